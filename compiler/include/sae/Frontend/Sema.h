@@ -1,0 +1,85 @@
+//===- Sema.h - Semantic analysis of .sae models ------------------*- C++ -*-===//
+//
+// Resolves names, dimensions and shapes, checks every operator's arguments
+// and records the type of every binding. MLIRGen only runs on a model that
+// Sema accepted.
+//
+//===----------------------------------------------------------------------===//
+#ifndef SAE_FRONTEND_SEMA_H
+#define SAE_FRONTEND_SEMA_H
+
+#include "sae/Frontend/AST.h"
+
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/StringMap.h"
+
+#include <map>
+#include <optional>
+
+namespace mlir {
+class MLIRContext;
+} // namespace mlir
+
+namespace sae {
+
+/// The type of a value in the language. Tensors are "batched" when they hold
+/// one row per input row (their leading batch dimension is implicit).
+struct ValueType {
+  enum Kind { Invalid, Scalar, Tensor, Codes };
+  Kind kind = Invalid;
+  bool batched = false;
+  std::vector<int64_t> shape; // per row when batched; {n} for codes
+  int64_t k = 0;              // codes only
+
+  static ValueType scalar() { return {Scalar, false, {}, 0}; }
+  static ValueType tensor(bool batched, std::vector<int64_t> shape) {
+    return {Tensor, batched, std::move(shape), 0};
+  }
+  static ValueType codes(int64_t n, int64_t k) { return {Codes, true, {n}, k}; }
+  bool isValid() const { return kind != Invalid; }
+  /// "[768]", "[768, 16384]", "sparse codes over 16384 latents (k = 32)"...
+  std::string str() const;
+};
+
+/// A model that passed semantic analysis, with everything MLIRGen needs.
+struct CheckedModel {
+  const ModelAST *ast = nullptr;
+  /// Dimensions after command-line overrides, in declaration order.
+  std::vector<std::pair<std::string, int64_t>> dims;
+  const TensorDeclAST *input = nullptr;
+  int64_t inputDim = 0;
+  /// Parameters in declaration order (the ABI's order) with their shapes.
+  std::vector<std::pair<const TensorDeclAST *, std::vector<int64_t>>> params;
+  const BindingDeclAST *encode = nullptr;
+  const BindingDeclAST *decode = nullptr;
+  const BindingDeclAST *loss = nullptr;
+  /// Every declaration by name.
+  llvm::StringMap<const DeclAST *> symbols;
+  /// The checked type of every let/encode/decode/loss binding.
+  llvm::DenseMap<const DeclAST *, ValueType> types;
+  /// The type of `encode`'s result: Codes (sparse) or a batched tensor.
+  ValueType codesType;
+  /// The sparsity operator at the root of `encode` ("topk", "relu", ...) and
+  /// its integer hyperparameters, for the library's description.
+  std::string encoderOp;
+  std::map<std::string, int64_t> encoderParams;
+  /// The root function of `loss` ("fvu", "mse", ...) or "expression".
+  std::string lossKind;
+  /// Arguments of every call, in the order of the callee's signature.
+  llvm::DenseMap<const CallExprAST *, std::vector<const ExprAST *>> boundArgs;
+  /// The value of every integer or float constant argument.
+  llvm::DenseMap<const ExprAST *, double> constants;
+
+  int64_t getDim(llvm::StringRef name) const;
+};
+
+/// Checks `model`; `overrides` replace the values of named dimensions
+/// (`saec -D n=4096`). Every error is reported through `ctx`; returns
+/// std::nullopt if there was any.
+std::optional<CheckedModel>
+analyze(const ModelAST &model, mlir::MLIRContext &ctx,
+        const std::map<std::string, int64_t> &overrides = {});
+
+} // namespace sae
+
+#endif // SAE_FRONTEND_SEMA_H

@@ -1,0 +1,724 @@
+//===- Sema.cpp - Semantic analysis of .sae models ------------------------===//
+//
+// One pass over the declarations in source order: a name must be declared
+// before it is used. Each expression is typed in a context (model code,
+// a parameter's initialiser, or the decoder) and every mistake is reported
+// once, at the construct that caused it; an invalid sub-expression makes its
+// parents invalid silently, so one mistake yields one error.
+//
+//===----------------------------------------------------------------------===//
+#include "sae/Frontend/Sema.h"
+#include "sae/Frontend/Diagnostics.h"
+
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/StringSwitch.h"
+
+#include <cmath>
+
+using namespace sae;
+
+std::string ValueType::str() const {
+  switch (kind) {
+  case Invalid:
+    return "<invalid>";
+  case Scalar:
+    return "a scalar";
+  case Codes:
+    return "sparse codes over " + std::to_string(shape[0]) +
+           " latents (k = " + std::to_string(k) + ")";
+  case Tensor: {
+    std::string s = "[";
+    for (size_t i = 0; i < shape.size(); ++i)
+      s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+  }
+  }
+  return "";
+}
+
+int64_t CheckedModel::getDim(llvm::StringRef name) const {
+  for (const auto &[n, v] : dims)
+    if (n == name)
+      return v;
+  return -1;
+}
+
+namespace {
+
+enum class ArgKind { Tensor, Int, Float };
+
+struct BuiltinSig {
+  llvm::StringRef name;
+  std::vector<std::pair<llvm::StringRef, ArgKind>> args;
+  /// Initialisers take their shape from the parameter being declared.
+  bool initOnly;
+};
+
+const std::vector<BuiltinSig> &builtins() {
+  static const std::vector<BuiltinSig> sigs = {
+      {"relu", {{"x", ArgKind::Tensor}}, false},
+      {"topk", {{"x", ArgKind::Tensor}, {"k", ArgKind::Int}}, false},
+      {"mse", {{"input", ArgKind::Tensor}, {"target", ArgKind::Tensor}}, false},
+      {"fvu", {{"input", ArgKind::Tensor}, {"target", ArgKind::Tensor}}, false},
+      {"transpose", {{"w", ArgKind::Tensor}}, false},
+      {"normalize_rows", {{"w", ArgKind::Tensor}}, false},
+      {"zeros", {}, true},
+      {"ones", {}, true},
+      {"constant", {{"value", ArgKind::Float}}, true},
+      {"uniform", {{"low", ArgKind::Float}, {"high", ArgKind::Float}}, true},
+      {"kaiming_uniform", {}, true},
+  };
+  return sigs;
+}
+
+const BuiltinSig *lookupBuiltin(llvm::StringRef name) {
+  for (const BuiltinSig &sig : builtins())
+    if (sig.name == name)
+      return &sig;
+  return nullptr;
+}
+
+/// Where an expression is evaluated.
+struct Scope {
+  enum Kind { Model, Init, Decode } kind = Model;
+  /// Init: the parameter being initialised.
+  const TensorDeclAST *param = nullptr;
+  std::vector<int64_t> paramShape;
+  /// Decode: the name of the codes it decodes.
+  llvm::StringRef codesName;
+};
+
+class Sema {
+public:
+  Sema(const ModelAST &ast, mlir::MLIRContext &ctx,
+       const std::map<std::string, int64_t> &overrides)
+      : ctx(ctx), overrides(overrides) {
+    m.ast = &ast;
+  }
+
+  std::optional<CheckedModel> run();
+
+private:
+  mlir::InFlightDiagnostic error(const SourceLoc &loc) {
+    ++numErrors;
+    return emitError(ctx, loc);
+  }
+
+
+  bool declare(const DeclAST &decl);
+  std::optional<std::vector<int64_t>>
+  resolveShape(const std::vector<DimRefAST> &shape);
+  ValueType check(const ExprAST &e, const Scope &scope, bool &usesInput);
+  ValueType checkName(const NameExprAST &e, const Scope &scope,
+                      bool &usesInput);
+  ValueType checkBinary(const BinaryExprAST &e, const Scope &scope,
+                        bool &usesInput);
+  ValueType checkCall(const CallExprAST &e, const Scope &scope,
+                      bool &usesInput);
+  std::optional<double> evalConst(const ExprAST &e);
+
+  mlir::MLIRContext &ctx;
+  const std::map<std::string, int64_t> &overrides;
+  CheckedModel m;
+  /// Bindings whose value depends on the input row.
+  llvm::DenseMap<const DeclAST *, bool> dependsOnInput;
+  unsigned numErrors = 0;
+};
+
+bool Sema::declare(const DeclAST &decl) {
+  auto [it, inserted] = m.symbols.try_emplace(decl.getName(), &decl);
+  if (inserted)
+    return true;
+  mlir::InFlightDiagnostic diag = error(decl.getLoc());
+  diag << "redefinition of '" << decl.getName() << "'";
+  diag.attachNote(toLocation(ctx, it->second->getLoc()))
+      << "previous definition is here";
+  return false;
+}
+
+std::optional<std::vector<int64_t>>
+Sema::resolveShape(const std::vector<DimRefAST> &shape) {
+  std::vector<int64_t> dims;
+  bool ok = true;
+  for (const DimRefAST &ref : shape) {
+    if (ref.name.empty()) {
+      if (ref.value < 1) {
+        error(ref.loc) << "dimension must be positive, got " << ref.value;
+        ok = false;
+      }
+      dims.push_back(ref.value);
+      continue;
+    }
+    auto it = m.symbols.find(ref.name);
+    if (it == m.symbols.end()) {
+      error(ref.loc) << "unknown dimension '" << ref.name << "'";
+      ok = false;
+    } else if (!llvm::isa<DimDeclAST>(it->second)) {
+      error(ref.loc) << "'" << ref.name << "' is not a dimension";
+      ok = false;
+    } else {
+      dims.push_back(m.getDim(ref.name));
+    }
+  }
+  if (!ok)
+    return std::nullopt;
+  return dims;
+}
+
+std::optional<double> Sema::evalConst(const ExprAST &e) {
+  if (auto *n = llvm::dyn_cast<NumberExprAST>(&e))
+    return n->getValue();
+  if (auto *n = llvm::dyn_cast<NameExprAST>(&e)) {
+    auto it = m.symbols.find(n->getName());
+    if (it != m.symbols.end() && llvm::isa<DimDeclAST>(it->second))
+      return double(m.getDim(n->getName()));
+    return std::nullopt;
+  }
+  if (auto *u = llvm::dyn_cast<UnaryExprAST>(&e)) {
+    if (auto v = evalConst(u->getOperand()))
+      return -*v;
+    return std::nullopt;
+  }
+  if (auto *b = llvm::dyn_cast<BinaryExprAST>(&e)) {
+    auto l = evalConst(b->getLHS()), r = evalConst(b->getRHS());
+    if (!l || !r)
+      return std::nullopt;
+    switch (b->getOp()) {
+    case '+': return *l + *r;
+    case '-': return *l - *r;
+    case '*': return *l * *r;
+    case '/': return *l / *r;
+    default: return std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+ValueType Sema::checkName(const NameExprAST &e, const Scope &scope,
+                          bool &usesInput) {
+  llvm::StringRef name = e.getName();
+  auto it = m.symbols.find(name);
+  if (it == m.symbols.end()) {
+    if (const BuiltinSig *sig = lookupBuiltin(name)) {
+      if (sig->initOnly && scope.kind == Scope::Init && sig->args.empty())
+        return ValueType::tensor(false, scope.paramShape);
+      error(e.getLoc()) << "'" << name << "' is a function; call it as '"
+                        << name << "(...)'";
+      return {};
+    }
+    error(e.getLoc()) << "use of undeclared name '" << name << "'";
+    return {};
+  }
+  const DeclAST *decl = it->second;
+  switch (decl->getKind()) {
+  case DeclAST::Dim:
+    return ValueType::scalar();
+  case DeclAST::Input:
+    if (scope.kind == Scope::Init) {
+      error(e.getLoc()) << "the initialiser of '" << scope.param->getName()
+                        << "' cannot use the input '" << name << "'";
+      return {};
+    }
+    if (scope.kind == Scope::Decode) {
+      error(e.getLoc()) << "decode may only use '" << scope.codesName
+                        << "' and parameters, not the input '" << name << "'";
+      return {};
+    }
+    usesInput = true;
+    return ValueType::tensor(true, {m.inputDim});
+  case DeclAST::Param:
+    for (const auto &[p, shape] : m.params)
+      if (p == decl)
+        return ValueType::tensor(false, shape);
+    return {}; // its declaration had an error
+  case DeclAST::Let:
+  case DeclAST::Encode:
+  case DeclAST::Decode: {
+    if (scope.kind == Scope::Init) {
+      error(e.getLoc()) << "the initialiser of '" << scope.param->getName()
+                        << "' may only use parameters, not '" << name << "'";
+      return {};
+    }
+    bool dep = dependsOnInput.lookup(decl);
+    if (scope.kind == Scope::Decode && dep && name != scope.codesName) {
+      error(e.getLoc()) << "decode may only use '" << scope.codesName
+                        << "' and parameters, but '" << name
+                        << "' depends on the input";
+      return {};
+    }
+    usesInput |= dep;
+    auto t = m.types.find(decl);
+    return t == m.types.end() ? ValueType() : t->second;
+  }
+  case DeclAST::Loss:
+    break;
+  }
+  return {};
+}
+
+ValueType Sema::checkBinary(const BinaryExprAST &e, const Scope &scope,
+                            bool &usesInput) {
+  ValueType l = check(e.getLHS(), scope, usesInput);
+  ValueType r = check(e.getRHS(), scope, usesInput);
+  if (!l.isValid() || !r.isValid())
+    return {};
+  char op = e.getOp();
+  const SourceLoc &loc = e.getOpLoc();
+
+  if (op == '@') {
+    if (l.kind == ValueType::Scalar || r.kind == ValueType::Scalar) {
+      error(loc) << "'@' needs tensor operands, got " << l.str() << " @ "
+                 << r.str();
+      return {};
+    }
+    if (r.kind != ValueType::Tensor || r.batched || r.shape.size() != 2) {
+      error(loc) << "the right operand of '@' must be a parameter matrix, "
+                    "got "
+                 << (r.batched && r.kind == ValueType::Tensor
+                         ? "a batched tensor " + r.str()
+                         : r.str());
+      return {};
+    }
+    int64_t inner = l.kind == ValueType::Codes ? l.shape[0] : l.shape.back();
+    if ((l.kind == ValueType::Tensor && !l.batched && l.shape.size() != 2) ||
+        inner != r.shape[0]) {
+      error(loc) << "shape mismatch in '@': " << l.str() << " @ " << r.str()
+                 << " (inner dimensions " << inner << " and " << r.shape[0]
+                 << " differ)";
+      return {};
+    }
+    if (l.kind == ValueType::Tensor && !l.batched)
+      return ValueType::tensor(false, {l.shape[0], r.shape[1]});
+    return ValueType::tensor(true, {r.shape[1]});
+  }
+
+  if (l.kind == ValueType::Codes || r.kind == ValueType::Codes) {
+    error(loc) << "'" << op << "' needs dense operands, but the "
+               << (l.kind == ValueType::Codes ? "left" : "right")
+               << " operand is " << (l.kind == ValueType::Codes ? l : r).str()
+               << "; decode them with '@' first";
+    return {};
+  }
+  if (l.kind == ValueType::Scalar && r.kind == ValueType::Scalar)
+    return ValueType::scalar();
+
+  if (op == '+' || op == '-') {
+    if (l.kind == ValueType::Scalar || r.kind == ValueType::Scalar) {
+      error(loc) << "cannot " << (op == '+' ? "add" : "subtract")
+                 << " a scalar and a tensor; '" << op
+                 << "' needs two tensors or two scalars";
+      return {};
+    }
+    if (l.shape != r.shape) {
+      error(loc) << "shape mismatch in '" << op << "': " << l.str() << " and "
+                 << r.str();
+      return {};
+    }
+    if (l.batched != r.batched && l.shape.size() != 1) {
+      error(loc) << "only a vector can be broadcast over the batch in '" << op
+                 << "', got " << (l.batched ? r : l).str();
+      return {};
+    }
+    return ValueType::tensor(l.batched || r.batched, l.shape);
+  }
+
+  // '*' and '/'.
+  if (r.kind == ValueType::Scalar)
+    return l;
+  if (l.kind == ValueType::Scalar) {
+    if (op == '/') {
+      error(loc) << "cannot divide a scalar by a tensor";
+      return {};
+    }
+    return r;
+  }
+  if (l.shape != r.shape || l.batched != r.batched) {
+    error(loc) << "shape mismatch in '" << op << "': " << l.str()
+               << (l.batched ? " (per row)" : "") << " and " << r.str()
+               << (r.batched ? " (per row)" : "");
+    return {};
+  }
+  return l;
+}
+
+ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
+                          bool &usesInput) {
+  llvm::StringRef name = e.getCallee();
+  const BuiltinSig *sig = lookupBuiltin(name);
+  if (!sig) {
+    error(e.getLoc()) << "unknown function '" << name << "'";
+    return {};
+  }
+  if (sig->initOnly && scope.kind != Scope::Init) {
+    error(e.getLoc()) << "'" << name
+                      << "' is an initialiser; it can only be used after '=' "
+                         "in a param declaration";
+    return {};
+  }
+
+  // Bind positional arguments, then named ones.
+  std::vector<const ArgAST *> bound(sig->args.size(), nullptr);
+  bool ok = true;
+  size_t positional = 0;
+  for (const ArgAST &arg : e.getArgs()) {
+    if (!arg.name) {
+      if (positional >= sig->args.size()) {
+        error(arg.loc) << "'" << name << "' takes " << sig->args.size()
+                       << " argument" << (sig->args.size() == 1 ? "" : "s")
+                       << " but " << e.getArgs().size() << " were given";
+        return {};
+      }
+      bound[positional++] = &arg;
+      continue;
+    }
+    auto it = llvm::find_if(sig->args,
+                            [&](const auto &a) { return a.first == *arg.name; });
+    if (it == sig->args.end()) {
+      error(arg.loc) << "'" << name << "' has no argument named '" << *arg.name
+                     << "'";
+      ok = false;
+      continue;
+    }
+    size_t i = it - sig->args.begin();
+    if (bound[i]) {
+      error(arg.loc) << "argument '" << *arg.name << "' of '" << name
+                     << "' is given twice";
+      ok = false;
+      continue;
+    }
+    bound[i] = &arg;
+  }
+  for (size_t i = 0; i < bound.size(); ++i) {
+    if (!bound[i]) {
+      error(e.getLoc()) << "missing argument '" << sig->args[i].first
+                        << "' in call to '" << name << "'";
+      ok = false;
+    }
+  }
+  if (!ok)
+    return {};
+
+  std::vector<ValueType> types;
+  std::vector<const ExprAST *> &argExprs = m.boundArgs[&e];
+  for (size_t i = 0; i < bound.size(); ++i) {
+    const ExprAST &value = *bound[i]->value;
+    argExprs.push_back(&value);
+    if (sig->args[i].second == ArgKind::Tensor) {
+      types.push_back(check(value, scope, usesInput));
+      if (!types.back().isValid())
+        ok = false;
+      continue;
+    }
+    std::optional<double> c = evalConst(value);
+    bool wantInt = sig->args[i].second == ArgKind::Int;
+    if (!c || (wantInt && (*c != std::floor(*c) || std::isinf(*c)))) {
+      error(bound[i]->loc) << "argument '" << sig->args[i].first << "' of '"
+                           << name << "' must be "
+                           << (wantInt ? "an integer" : "a numeric")
+                           << " constant";
+      ok = false;
+      types.push_back({});
+      continue;
+    }
+    m.constants[&value] = *c;
+    types.push_back(ValueType::scalar());
+  }
+  if (!ok)
+    return {};
+
+  auto needDense = [&](size_t i, bool batched) -> bool {
+    const ValueType &t = types[i];
+    if (t.kind == ValueType::Tensor && (!batched || t.batched))
+      return true;
+    error(bound[i]->loc) << "'" << name << "' expects "
+                         << (batched ? "a batched dense tensor"
+                                     : "a dense tensor")
+                         << " for '" << sig->args[i].first << "', got "
+                         << (t.kind == ValueType::Tensor && !t.batched
+                                 ? "the parameter-shaped tensor " + t.str()
+                                 : t.str());
+    return false;
+  };
+  auto needMatrix = [&](size_t i) -> bool {
+    const ValueType &t = types[i];
+    if (t.kind == ValueType::Tensor && !t.batched && t.shape.size() == 2)
+      return true;
+    error(bound[i]->loc) << "'" << name << "' expects a matrix parameter, got "
+                         << t.str();
+    return false;
+  };
+
+  if (name == "relu")
+    return needDense(0, false) ? types[0] : ValueType();
+  if (name == "topk") {
+    if (!needDense(0, true))
+      return {};
+    if (types[0].shape.size() != 1) {
+      error(bound[0]->loc) << "'topk' expects one vector per row, got "
+                           << types[0].str();
+      return {};
+    }
+    int64_t n = types[0].shape[0];
+    double k = m.constants[bound[1]->value.get()];
+    if (k < 1 || k > double(n)) {
+      error(bound[1]->loc) << "k = " << int64_t(k)
+                           << " is out of range: 'topk' needs 1 <= k <= " << n;
+      return {};
+    }
+    return ValueType::codes(n, int64_t(k));
+  }
+  if (name == "mse" || name == "fvu") {
+    if (!needDense(0, true) || !needDense(1, true))
+      return {};
+    if (types[0].shape != types[1].shape) {
+      error(e.getLoc()) << "'" << name << "' compares tensors of different "
+                        << "shapes: " << types[0].str() << " and "
+                        << types[1].str();
+      return {};
+    }
+    return ValueType::scalar();
+  }
+  if (name == "transpose") {
+    if (!needMatrix(0))
+      return {};
+    return ValueType::tensor(false, {types[0].shape[1], types[0].shape[0]});
+  }
+  if (name == "normalize_rows")
+    return needMatrix(0) ? types[0] : ValueType();
+  if (name == "uniform") {
+    double lo = m.constants[bound[0]->value.get()];
+    double hi = m.constants[bound[1]->value.get()];
+    if (!(lo < hi)) {
+      error(e.getLoc()) << "'uniform' needs low < high, got " << lo << " and "
+                        << hi;
+      return {};
+    }
+  }
+  // Initialisers: the shape of the parameter being declared.
+  return ValueType::tensor(false, scope.paramShape);
+}
+
+ValueType Sema::check(const ExprAST &e, const Scope &scope, bool &usesInput) {
+  switch (e.getKind()) {
+  case ExprAST::Number:
+    return ValueType::scalar();
+  case ExprAST::Name:
+    return checkName(llvm::cast<NameExprAST>(e), scope, usesInput);
+  case ExprAST::Unary: {
+    ValueType t = check(llvm::cast<UnaryExprAST>(e).getOperand(), scope,
+                        usesInput);
+    if (t.kind == ValueType::Codes) {
+      error(e.getLoc()) << "cannot negate " << t.str();
+      return {};
+    }
+    return t;
+  }
+  case ExprAST::Binary:
+    return checkBinary(llvm::cast<BinaryExprAST>(e), scope, usesInput);
+  case ExprAST::Call:
+    return checkCall(llvm::cast<CallExprAST>(e), scope, usesInput);
+  }
+  return {};
+}
+
+/// The root call of an expression, looking through nothing else.
+const CallExprAST *rootCall(const ExprAST &e) {
+  return llvm::dyn_cast<CallExprAST>(&e);
+}
+
+std::optional<CheckedModel> Sema::run() {
+  const ModelAST &ast = *m.ast;
+  llvm::StringMap<bool> usedOverrides;
+
+  for (const DeclPtr &declPtr : ast.getDecls()) {
+    const DeclAST &decl = *declPtr;
+    switch (decl.getKind()) {
+    case DeclAST::Dim: {
+      auto &dim = llvm::cast<DimDeclAST>(decl);
+      if (!declare(decl))
+        break;
+      int64_t v = dim.getValue();
+      auto o = overrides.find(dim.getName().str());
+      if (o != overrides.end()) {
+        v = o->second;
+        usedOverrides[dim.getName()] = true;
+      }
+      if (!dim.hasOverflow() && v < 1)
+        error(decl.getLoc()) << "dimension '" << dim.getName()
+                             << "' must be positive, got " << v;
+      m.dims.emplace_back(dim.getName().str(), v);
+      break;
+    }
+    case DeclAST::Input: {
+      auto &in = llvm::cast<TensorDeclAST>(decl);
+      if (!declare(decl))
+        break;
+      if (m.input) {
+        error(decl.getLoc()) << "a model has exactly one input; '"
+                             << m.input->getName() << "' is already declared";
+        break;
+      }
+      m.input = &in;
+      auto shape = resolveShape(in.getShape());
+      if (!shape)
+        break;
+      if (shape->size() != 1) {
+        error(decl.getLoc()) << "input '" << in.getName()
+                             << "' must be a vector [d] (one row of the "
+                                "batch), got rank "
+                             << shape->size();
+        break;
+      }
+      m.inputDim = (*shape)[0];
+      break;
+    }
+    case DeclAST::Param: {
+      auto &p = llvm::cast<TensorDeclAST>(decl);
+      if (!declare(decl))
+        break;
+      auto shape = resolveShape(p.getShape());
+      if (!shape)
+        break;
+      if (shape->empty() || shape->size() > 2) {
+        error(decl.getLoc()) << "parameter '" << p.getName()
+                             << "' must be a vector or a matrix, got rank "
+                             << shape->size();
+        break;
+      }
+      if (const ExprAST *init = p.getInit()) {
+        Scope scope{Scope::Init, &p, *shape, {}};
+        bool usesInput = false;
+        ValueType t = check(*init, scope, usesInput);
+        if (!t.isValid())
+          break;
+        if (t.kind != ValueType::Tensor || t.shape != *shape) {
+          error(init->getLoc())
+              << "the initialiser of '" << p.getName() << "' has "
+              << (t.kind == ValueType::Tensor ? "shape " : "") << t.str()
+              << ", expected " << ValueType::tensor(false, *shape).str();
+          break;
+        }
+      }
+      m.params.emplace_back(&p, *shape);
+      break;
+    }
+    case DeclAST::Let:
+    case DeclAST::Encode:
+    case DeclAST::Decode:
+    case DeclAST::Loss: {
+      auto &b = llvm::cast<BindingDeclAST>(decl);
+      const BindingDeclAST **slot =
+          decl.getKind() == DeclAST::Encode   ? &m.encode
+          : decl.getKind() == DeclAST::Decode ? &m.decode
+          : decl.getKind() == DeclAST::Loss   ? &m.loss
+                                              : nullptr;
+      const char *keyword = decl.getKind() == DeclAST::Encode   ? "encode"
+                            : decl.getKind() == DeclAST::Decode ? "decode"
+                                                                : "loss";
+      if (slot && *slot) {
+        mlir::InFlightDiagnostic diag = error(decl.getLoc());
+        diag << "a model has exactly one '" << keyword << "' statement";
+        diag.attachNote(toLocation(ctx, (*slot)->getLoc()))
+            << "the first one is here";
+        break;
+      }
+      if (decl.getKind() != DeclAST::Loss && !declare(decl))
+        break;
+      if (slot)
+        *slot = &b;
+      Scope scope;
+      if (decl.getKind() == DeclAST::Decode) {
+        if (!m.encode) {
+          error(decl.getLoc()) << "'decode' must come after 'encode'";
+          break;
+        }
+        scope.kind = Scope::Decode;
+        scope.codesName = m.encode->getName();
+      }
+      bool usesInput = false;
+      ValueType t = check(b.getValue(), scope, usesInput);
+      if (!t.isValid())
+        break;
+      dependsOnInput[&decl] = usesInput || decl.getKind() == DeclAST::Encode;
+      m.types[&decl] = t;
+      if (decl.getKind() == DeclAST::Encode) {
+        if (!usesInput) {
+          error(decl.getLoc()) << "encode does not use the input";
+          break;
+        }
+        if (t.kind == ValueType::Scalar ||
+            (t.kind == ValueType::Tensor &&
+             (!t.batched || t.shape.size() != 1))) {
+          error(b.getValue().getLoc())
+              << "encode must produce one code vector per row, got "
+              << t.str();
+          break;
+        }
+        m.codesType = t;
+        if (const CallExprAST *call = rootCall(b.getValue())) {
+          m.encoderOp = call->getCallee().str();
+          if (call->getCallee() == "topk")
+            m.encoderParams["k"] = t.k;
+        } else {
+          m.encoderOp = "linear";
+        }
+      } else if (decl.getKind() == DeclAST::Decode) {
+        if (t.kind != ValueType::Tensor || !t.batched ||
+            t.shape != std::vector<int64_t>{m.inputDim}) {
+          error(b.getValue().getLoc())
+              << "decode must produce the input's shape [" << m.inputDim
+              << "] per row, but produces "
+              << (t.kind == ValueType::Tensor && !t.batched
+                      ? "the parameter-shaped tensor " + t.str()
+                      : t.str());
+          break;
+        }
+      } else if (decl.getKind() == DeclAST::Loss) {
+        if (t.kind != ValueType::Scalar) {
+          error(b.getValue().getLoc())
+              << "loss must be a scalar, got " << t.str();
+          break;
+        }
+        const CallExprAST *call = rootCall(b.getValue());
+        m.lossKind = call ? call->getCallee().str() : "expression";
+      }
+      break;
+    }
+    }
+  }
+
+  for (const auto &[name, value] : overrides)
+    if (!usedOverrides.count(name))
+      error(SourceLoc{ast.getRange().begin.file, ast.getRange().begin.line,
+                      ast.getRange().begin.col})
+          << "-D " << name << "=" << value << ": model '" << ast.getName()
+          << "' has no dimension named '" << name << "'";
+
+  SourceLoc modelLoc = ast.getRange().begin;
+  if (numErrors == 0) {
+    if (!m.input)
+      error(modelLoc) << "model '" << ast.getName()
+                      << "' declares no 'input'";
+    if (!m.encode)
+      error(modelLoc) << "model '" << ast.getName()
+                      << "' has no 'encode' statement";
+    if (!m.decode)
+      error(modelLoc) << "model '" << ast.getName()
+                      << "' has no 'decode' statement";
+    if (!m.loss)
+      error(modelLoc) << "model '" << ast.getName()
+                      << "' has no 'loss' statement";
+  }
+  if (numErrors)
+    return std::nullopt;
+  return std::move(m);
+}
+
+} // namespace
+
+std::optional<CheckedModel>
+sae::analyze(const ModelAST &model, mlir::MLIRContext &ctx,
+             const std::map<std::string, int64_t> &overrides) {
+  Sema sema(model, ctx, overrides);
+  return sema.run();
+}

@@ -1,0 +1,464 @@
+//===- MLIRGen.cpp - Generate the sae dialect from a checked model --------===//
+//
+// Each entry point is a function over tensors whose leading dimension is the
+// (dynamic) batch. Bindings are generated on demand inside each function, so
+// a function only contains what it needs: decode_sparse never computes the
+// encoder, and the encoder's codes stay sparse unless dense codes are asked.
+//
+//===----------------------------------------------------------------------===//
+#include "sae/MLIRGen/MLIRGen.h"
+#include "sae/Dialect/Sae/IR/SaeOps.h"
+#include "sae/Frontend/Diagnostics.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/Verifier.h"
+#include "llvm/Support/JSON.h"
+
+#include <cmath>
+
+using namespace sae;
+using namespace mlir;
+/// The dialect's namespace; `sae` alone is the compiler's.
+namespace saedl = ::mlir::sae;
+
+namespace {
+
+/// Prints an expression back as source text (for the library description).
+std::string exprText(const ExprAST &e) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  if (auto *n = llvm::dyn_cast<NumberExprAST>(&e)) {
+    os << n->getValue();
+  } else if (auto *n = llvm::dyn_cast<NameExprAST>(&e)) {
+    os << n->getName();
+  } else if (auto *u = llvm::dyn_cast<UnaryExprAST>(&e)) {
+    os << "-" << exprText(u->getOperand());
+  } else if (auto *b = llvm::dyn_cast<BinaryExprAST>(&e)) {
+    os << "(" << exprText(b->getLHS()) << " " << b->getOp() << " "
+       << exprText(b->getRHS()) << ")";
+  } else if (auto *c = llvm::dyn_cast<CallExprAST>(&e)) {
+    os << c->getCallee() << "(";
+    for (size_t i = 0; i < c->getArgs().size(); ++i) {
+      const ArgAST &a = c->getArgs()[i];
+      os << (i ? ", " : "") << (a.name ? *a.name + " = " : "")
+         << exprText(*a.value);
+    }
+    os << ")";
+  }
+  return s;
+}
+
+class MLIRGenImpl {
+public:
+  MLIRGenImpl(MLIRContext &ctx, const CheckedModel &model)
+      : ctx(ctx), model(model), builder(&ctx) {}
+
+  OwningOpRef<ModuleOp> generate(StringRef sourceName);
+
+private:
+  /// Values of declarations inside the function being generated.
+  using Env = llvm::DenseMap<const DeclAST *, Value>;
+
+  Location loc(const SourceLoc &l) { return toLocation(ctx, l); }
+  Type f32() { return builder.getF32Type(); }
+  int64_t numLatents() const {
+    return model.codesType.kind == ValueType::Codes
+               ? model.codesType.shape[0]
+               : model.codesType.shape.back();
+  }
+  bool sparse() const { return model.codesType.kind == ValueType::Codes; }
+
+  RankedTensorType batchTensor(int64_t width) {
+    return RankedTensorType::get({ShapedType::kDynamic, width}, f32());
+  }
+  RankedTensorType paramTensor(const std::vector<int64_t> &shape) {
+    return RankedTensorType::get(shape, f32());
+  }
+  saedl::CodesType codesType() {
+    return saedl::CodesType::get(&ctx, ShapedType::kDynamic, numLatents(), f32(),
+                               model.codesType.k);
+  }
+
+  /// Creates `name(inputs) -> results` tagged as entry point `name`; the
+  /// parameters follow `inputs` when `withParams`.
+  func::FuncOp beginEntry(StringRef name, ArrayRef<Type> inputs,
+                          ArrayRef<Type> results, bool withParams, Env &env);
+
+  Value gen(const ExprAST &e, Env &env);
+  Value genDecl(const DeclAST *decl, Env &env);
+  Value genBinary(const BinaryExprAST &e, Env &env);
+  Value genCall(const CallExprAST &e, Env &env);
+  Value scalar(Location l, double v) {
+    return arith::ConstantOp::create(builder, l, builder.getF32FloatAttr(v));
+  }
+
+  void genInit();
+  std::string describe(StringRef sourceName);
+
+  MLIRContext &ctx;
+  const CheckedModel &model;
+  OpBuilder builder;
+  ModuleOp module;
+  /// In `init`: the parameter being initialised and its RNG stream.
+  const TensorDeclAST *initParam = nullptr;
+  Value seed;
+  int64_t stream = 0;
+};
+
+func::FuncOp MLIRGenImpl::beginEntry(StringRef name, ArrayRef<Type> inputs,
+                                     ArrayRef<Type> results, bool withParams,
+                                     Env &env) {
+  SmallVector<Type> argTypes(inputs);
+  if (withParams)
+    for (const auto &[decl, shape] : model.params)
+      argTypes.push_back(paramTensor(shape));
+  builder.setInsertionPointToEnd(module.getBody());
+  auto func = func::FuncOp::create(builder, loc(model.ast->getRange().begin),
+                                   name,
+                                   builder.getFunctionType(argTypes, results));
+  func->setAttr("sae.entry", builder.getStringAttr(name));
+  Block *block = func.addEntryBlock();
+  if (withParams) {
+    for (auto [i, p] : llvm::enumerate(model.params)) {
+      unsigned argNo = inputs.size() + i;
+      func.setArgAttr(argNo, "sae.param",
+                      builder.getStringAttr(p.first->getName()));
+      env[p.first] = block->getArgument(argNo);
+    }
+  }
+  builder.setInsertionPointToStart(block);
+  return func;
+}
+
+Value MLIRGenImpl::genDecl(const DeclAST *decl, Env &env) {
+  if (Value v = env.lookup(decl))
+    return v;
+  auto *binding = llvm::dyn_cast<BindingDeclAST>(decl);
+  assert(binding && "Sema admitted a name without a value in this function");
+  Value v = gen(binding->getValue(), env);
+  env[decl] = v;
+  return v;
+}
+
+Value MLIRGenImpl::gen(const ExprAST &e, Env &env) {
+  Location l = loc(e.getLoc());
+  switch (e.getKind()) {
+  case ExprAST::Number:
+    return scalar(l, llvm::cast<NumberExprAST>(e).getValue());
+  case ExprAST::Name: {
+    StringRef name = llvm::cast<NameExprAST>(e).getName();
+    auto it = model.symbols.find(name);
+    if (it == model.symbols.end()) {
+      // A bare initialiser such as `zeros` (Sema admitted it in `init`).
+      return genCall(CallExprAST(e.getRange(), name.str(), {}), env);
+    }
+    if (auto *dim = llvm::dyn_cast<DimDeclAST>(it->second))
+      return scalar(l, double(model.getDim(dim->getName())));
+    return genDecl(it->second, env);
+  }
+  case ExprAST::Unary: {
+    Value v = gen(llvm::cast<UnaryExprAST>(e).getOperand(), env);
+    if (isa<FloatType>(v.getType()))
+      return arith::NegFOp::create(builder, l, v);
+    return saedl::ScaleOp::create(builder, l, v.getType(), v, scalar(l, -1.0));
+  }
+  case ExprAST::Binary:
+    return genBinary(llvm::cast<BinaryExprAST>(e), env);
+  case ExprAST::Call:
+    return genCall(llvm::cast<CallExprAST>(e), env);
+  }
+  llvm_unreachable("unknown expression kind");
+}
+
+Value MLIRGenImpl::genBinary(const BinaryExprAST &e, Env &env) {
+  Location l = loc(e.getOpLoc());
+  Value lhs = gen(e.getLHS(), env);
+  Value rhs = gen(e.getRHS(), env);
+  bool lScalar = isa<FloatType>(lhs.getType());
+  bool rScalar = isa<FloatType>(rhs.getType());
+  char op = e.getOp();
+
+  if (op == '@') {
+    auto w = cast<RankedTensorType>(rhs.getType());
+    if (auto codes = dyn_cast<saedl::CodesType>(lhs.getType()))
+      return saedl::DecodeOp::create(
+          builder, l, batchTensor(w.getDimSize(1)), lhs, rhs);
+    auto in = cast<RankedTensorType>(lhs.getType());
+    auto type = RankedTensorType::get({in.getDimSize(0), w.getDimSize(1)},
+                                      f32());
+    return saedl::LinearOp::create(builder, l, type, lhs, rhs);
+  }
+
+  if (lScalar && rScalar) {
+    switch (op) {
+    case '+': return arith::AddFOp::create(builder, l, lhs, rhs);
+    case '-': return arith::SubFOp::create(builder, l, lhs, rhs);
+    case '*': return arith::MulFOp::create(builder, l, lhs, rhs);
+    default: return arith::DivFOp::create(builder, l, lhs, rhs);
+    }
+  }
+
+  if (op == '*' || op == '/') {
+    if (lScalar || rScalar) {
+      Value t = lScalar ? rhs : lhs;
+      Value s = lScalar ? lhs : rhs;
+      if (op == '/')
+        s = arith::DivFOp::create(builder, l, scalar(l, 1.0), s);
+      return saedl::ScaleOp::create(builder, l, t.getType(), t, s);
+    }
+    if (op == '*')
+      return saedl::MulOp::create(builder, l, lhs, rhs);
+    return saedl::DivOp::create(builder, l, lhs, rhs);
+  }
+
+  // '+' and '-' on tensors: same type, or a vector broadcast over a batch.
+  auto lt = cast<RankedTensorType>(lhs.getType());
+  auto rt = cast<RankedTensorType>(rhs.getType());
+  if (lt == rt) {
+    if (op == '+')
+      return saedl::AddOp::create(builder, l, lhs, rhs);
+    return saedl::SubOp::create(builder, l, lhs, rhs);
+  }
+  if (lt.getRank() == 2) {
+    if (op == '+')
+      return saedl::BiasAddOp::create(builder, l, lt, lhs, rhs);
+    return saedl::BiasSubOp::create(builder, l, lt, lhs, rhs);
+  }
+  // vector ± batch.
+  if (op == '+')
+    return saedl::BiasAddOp::create(builder, l, rt, rhs, lhs);
+  Value diff = saedl::BiasSubOp::create(builder, l, rt, rhs, lhs);
+  return saedl::ScaleOp::create(builder, l, rt, diff, scalar(l, -1.0));
+}
+
+Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
+  Location l = loc(e.getLoc());
+  StringRef name = e.getCallee();
+  static const std::vector<const ExprAST *> none;
+  auto it = model.boundArgs.find(&e);
+  const std::vector<const ExprAST *> &args =
+      it == model.boundArgs.end() ? none : it->second;
+  auto constant = [&](size_t i) { return model.constants.lookup(args[i]); };
+
+  if (name == "relu") {
+    Value x = gen(*args[0], env);
+    return saedl::ReluOp::create(builder, l, x);
+  }
+  if (name == "topk") {
+    Value x = gen(*args[0], env);
+    auto in = cast<RankedTensorType>(x.getType());
+    auto type = saedl::CodesType::get(&ctx, in.getDimSize(0), in.getDimSize(1),
+                                    f32(), int64_t(constant(1)));
+    return saedl::TopKOp::create(builder, l, type, x);
+  }
+  if (name == "mse" || name == "fvu") {
+    Value a = gen(*args[0], env), b = gen(*args[1], env);
+    if (name == "mse")
+      return saedl::MseOp::create(builder, l, f32(), a, b);
+    return saedl::FvuOp::create(builder, l, f32(), a, b);
+  }
+  if (name == "transpose") {
+    Value w = gen(*args[0], env);
+    auto t = cast<RankedTensorType>(w.getType());
+    return saedl::TransposeOp::create(
+        builder, l, paramTensor({t.getDimSize(1), t.getDimSize(0)}), w);
+  }
+  if (name == "normalize_rows")
+    return saedl::NormalizeRowsOp::create(builder, l, gen(*args[0], env));
+
+  // Initialisers take the shape of the parameter being initialised.
+  assert(initParam && "Sema admitted an initialiser outside a param");
+  const std::vector<int64_t> *shape = nullptr;
+  for (const auto &[p, s] : model.params)
+    if (p == initParam)
+      shape = &s;
+  RankedTensorType type = paramTensor(*shape);
+  auto fill = [&](double v) {
+    return saedl::FillOp::create(builder, l, type, builder.getF64FloatAttr(v));
+  };
+  auto uniform = [&](double lo, double hi) {
+    return saedl::RandomUniformOp::create(
+        builder, l, type, seed, builder.getF64FloatAttr(lo),
+        builder.getF64FloatAttr(hi), builder.getI64IntegerAttr(stream));
+  };
+  if (name == "zeros")
+    return fill(0.0);
+  if (name == "ones")
+    return fill(1.0);
+  if (name == "constant")
+    return fill(constant(0));
+  if (name == "uniform")
+    return uniform(constant(0), constant(1));
+  assert(name == "kaiming_uniform" && "unknown builtin admitted by Sema");
+  // He et al.: U(-b, b), b = sqrt(6 / fan_in); fan_in is the dimension that
+  // `x @ W` contracts, i.e. the first.
+  double bound = std::sqrt(6.0 / double((*shape)[0]));
+  return uniform(-bound, bound);
+}
+
+void MLIRGenImpl::genInit() {
+  SmallVector<Type> results;
+  for (const auto &[decl, shape] : model.params)
+    results.push_back(paramTensor(shape));
+  Env env;
+  func::FuncOp func =
+      beginEntry("init", {builder.getI64Type()}, results, false, env);
+  seed = func.getArgument(0);
+  SmallVector<Value> values;
+  for (auto [i, p] : llvm::enumerate(model.params)) {
+    initParam = p.first;
+    stream = int64_t(i);
+    Value v;
+    if (const ExprAST *init = p.first->getInit())
+      v = gen(*init, env);
+    else
+      v = saedl::FillOp::create(builder, loc(p.first->getLoc()),
+                              paramTensor(p.second),
+                              builder.getF64FloatAttr(0.0));
+    env[p.first] = v;
+    values.push_back(v);
+    func.setResultAttr(i, "sae.param",
+                       builder.getStringAttr(p.first->getName()));
+  }
+  initParam = nullptr;
+  func::ReturnOp::create(builder, func.getLoc(), values);
+}
+
+std::string MLIRGenImpl::describe(StringRef sourceName) {
+  namespace json = llvm::json;
+  json::Object dims;
+  for (const auto &[name, value] : model.dims)
+    dims[name] = value;
+  json::Array params;
+  for (const auto &[decl, shape] : model.params) {
+    json::Array s;
+    for (int64_t d : shape)
+      s.push_back(d);
+    params.push_back(json::Object{
+        {"name", decl->getName()},
+        {"shape", std::move(s)},
+        {"dtype", "float32"},
+        {"init", decl->getInit() ? exprText(*decl->getInit()) : "zeros"}});
+  }
+  json::Object codes{{"kind", sparse() ? "sparse" : "dense"}};
+  if (sparse())
+    codes["k"] = model.codesType.k;
+  json::Object encoder{{"op", model.encoderOp}};
+  for (const auto &[k, v] : model.encoderParams)
+    encoder[k] = v;
+  json::Array entries{"sae_init", "sae_encode_dense", "sae_decode_dense",
+                      "sae_forward"};
+  if (sparse()) {
+    entries.push_back("sae_encode_sparse");
+    entries.push_back("sae_decode_sparse");
+  }
+  // SAELens' cfg.json fields, written next to the weights.
+  json::Object cfg{{"architecture", model.encoderOp == "relu"
+                                        ? "standard"
+                                        : model.encoderOp},
+                   {"d_in", model.inputDim},
+                   {"d_sae", numLatents()},
+                   {"dtype", "float32"},
+                   {"normalize_activations", "none"}};
+  if (sparse())
+    cfg["k"] = model.codesType.k;
+  json::Object root{{"abi_version", 1},
+                    {"name", model.ast->getName()},
+                    {"source", sourceName},
+                    {"dims", std::move(dims)},
+                    {"input", json::Object{{"name", model.input->getName()},
+                                           {"dim", model.inputDim}}},
+                    {"latents", numLatents()},
+                    {"codes", std::move(codes)},
+                    {"encoder", std::move(encoder)},
+                    {"loss", model.lossKind},
+                    {"params", std::move(params)},
+                    {"entry_points", std::move(entries)},
+                    {"cfg", std::move(cfg)}};
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << json::Value(std::move(root));
+  return s;
+}
+
+OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
+  module = ModuleOp::create(loc(model.ast->getRange().begin),
+                            model.ast->getName());
+  module->setAttr("sae.describe", builder.getStringAttr(describe(sourceName)));
+  int64_t d = model.inputDim, n = numLatents();
+  const DeclAST *encodeDecl = model.encode;
+
+  genInit();
+
+  { // encode_dense(x, params) -> codes [B, n]
+    Env env;
+    func::FuncOp f = beginEntry("encode_dense", {batchTensor(d)},
+                                {batchTensor(n)}, true, env);
+    env[model.input] = f.getArgument(0);
+    Value z = genDecl(encodeDecl, env);
+    if (isa<saedl::CodesType>(z.getType()))
+      z = saedl::DensifyOp::create(builder, z.getLoc(), batchTensor(n), z);
+    func::ReturnOp::create(builder, f.getLoc(), z);
+  }
+  if (sparse()) { // encode_sparse(x, params) -> values, indices
+    Env env;
+    saedl::CodesType ct = codesType();
+    func::FuncOp f =
+        beginEntry("encode_sparse", {batchTensor(d)},
+                   {ct.getValuesType(), ct.getIndicesType()}, true, env);
+    env[model.input] = f.getArgument(0);
+    Value z = genDecl(encodeDecl, env);
+    Value v = saedl::CodesValuesOp::create(builder, z.getLoc(),
+                                         ct.getValuesType(), z);
+    Value i = saedl::CodesIndicesOp::create(builder, z.getLoc(),
+                                          ct.getIndicesType(), z);
+    func::ReturnOp::create(builder, f.getLoc(), ValueRange{v, i});
+  }
+  { // decode_dense(z, params) -> xhat
+    Env env;
+    func::FuncOp f = beginEntry("decode_dense", {batchTensor(n)},
+                                {batchTensor(d)}, true, env);
+    env[encodeDecl] = f.getArgument(0);
+    Value xhat = genDecl(model.decode, env);
+    func::ReturnOp::create(builder, f.getLoc(), xhat);
+  }
+  if (sparse()) { // decode_sparse(values, indices, params) -> xhat
+    Env env;
+    saedl::CodesType ct = codesType();
+    func::FuncOp f =
+        beginEntry("decode_sparse", {ct.getValuesType(), ct.getIndicesType()},
+                   {batchTensor(d)}, true, env);
+    env[encodeDecl] = saedl::MakeCodesOp::create(
+        builder, f.getLoc(), ct, f.getArgument(0), f.getArgument(1));
+    Value xhat = genDecl(model.decode, env);
+    func::ReturnOp::create(builder, f.getLoc(), xhat);
+  }
+  { // forward(x, params) -> xhat, loss
+    Env env;
+    func::FuncOp f = beginEntry("forward", {batchTensor(d)},
+                                {batchTensor(d), f32()}, true, env);
+    env[model.input] = f.getArgument(0);
+    Value xhat = genDecl(model.decode, env);
+    Value loss = genDecl(model.loss, env);
+    func::ReturnOp::create(builder, f.getLoc(), ValueRange{xhat, loss});
+  }
+
+  if (failed(verify(module))) {
+    module.emitError("internal error: generated IR failed to verify");
+    module.erase();
+    return nullptr;
+  }
+  return module;
+}
+
+} // namespace
+
+namespace sae {
+OwningOpRef<ModuleOp> mlirGen(MLIRContext &ctx, const CheckedModel &model,
+                              StringRef sourceName) {
+  ctx.loadDialect<saedl::SaeDialect, func::FuncDialect, arith::ArithDialect>();
+  return MLIRGenImpl(ctx, model).generate(sourceName);
+}
+} // namespace sae

@@ -1,0 +1,49 @@
+//===- Pipeline.cpp - Named lowering pipelines ----------------------------===//
+#include "sae/Pipeline/Pipeline.h"
+#include "sae/Conversion/Passes.h"
+#include "sae/Transforms/Passes.h"
+
+#include "mlir/Pass/PassRegistry.h"
+
+using namespace mlir;
+
+namespace sae {
+
+llvm::StringRef getCpuPipelineText() {
+  // One stage per line; see docs/pipeline.md for why each is where it is.
+  return "sae-emit-c-abi,"
+         "convert-sae-to-linalg,"
+         "canonicalize,cse,"
+         "func.func(linalg-fuse-elementwise-ops),"
+         "one-shot-bufferize,"
+         "buffer-deallocation-pipeline,"
+         "convert-linalg-to-loops,"
+         "convert-scf-to-cf,"
+         "expand-strided-metadata,"
+         "lower-affine,"
+         "finalize-memref-to-llvm,"
+         "convert-math-to-llvm,"
+         "convert-to-llvm,"
+         "reconcile-unrealized-casts,"
+         "canonicalize";
+}
+
+LogicalResult buildCpuPipeline(OpPassManager &pm, llvm::raw_ostream &errs) {
+  // Parse into the (module-anchored) pass manager directly: wrapping the text
+  // in builtin.module(...) would nest it and run nothing on the top module.
+  return parsePassPipeline(getCpuPipelineText(), pm, errs);
+}
+
+void registerSaePassesAndPipelines() {
+  mlir::sae::registerSaeConversionPasses();
+  mlir::sae::registerSaeTransformsPasses();
+  PassPipelineRegistration<>(
+      "sae-cpu-pipeline",
+      "Lower sae entry functions to the LLVM dialect for a CPU (what saec runs)",
+      [](OpPassManager &pm) {
+        if (failed(buildCpuPipeline(pm, llvm::errs())))
+          llvm::report_fatal_error("invalid built-in CPU pipeline");
+      });
+}
+
+} // namespace sae

@@ -1,0 +1,26 @@
+//===- Passes.td - Conversions out of the sae dialect ------*- tablegen -*-===//
+#ifndef SAE_CONVERSION_PASSES_TD
+#define SAE_CONVERSION_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def ConvertSaeToLinalg : Pass<"convert-sae-to-linalg", "ModuleOp"> {
+  let summary = "Lower sae ops to linalg, tensor, scf, memref and arith";
+  let description = [{
+    Dense ops become `linalg.generic` on tensors (the encoder product with
+    the reduction loop outside the contiguous output loop, so that plain
+    loops vectorise). Selection (`sae.topk`) becomes a per-row insertion
+    into a k-slot buffer written with scf loops on memrefs; sparse codes are
+    carried as their values and indices tensors, and `sae.decode` becomes a
+    gather: a `linalg.generic` over `[B, k, d]` that reads decoder rows with
+    `tensor.extract`, so its work is independent of the number of latents.
+  }];
+  let dependentDialects = [
+    "::mlir::arith::ArithDialect", "::mlir::bufferization::BufferizationDialect",
+    "::mlir::linalg::LinalgDialect", "::mlir::math::MathDialect",
+    "::mlir::memref::MemRefDialect", "::mlir::scf::SCFDialect",
+    "::mlir::tensor::TensorDialect"
+  ];
+}
+
+#endif // SAE_CONVERSION_PASSES_TD

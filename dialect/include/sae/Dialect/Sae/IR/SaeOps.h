@@ -1,0 +1,16 @@
+//===- SaeOps.h - Operations of the sae dialect -------------------*- C++ -*-===//
+#ifndef SAE_DIALECT_SAE_IR_SAEOPS_H
+#define SAE_DIALECT_SAE_IR_SAEOPS_H
+
+#include "mlir/Bytecode/BytecodeOpInterface.h"
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/OpDefinition.h"
+#include "mlir/Interfaces/InferTypeOpInterface.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
+#include "sae/Dialect/Sae/IR/SaeDialect.h"
+#include "sae/Dialect/Sae/IR/SaeTypes.h"
+
+#define GET_OP_CLASSES
+#include "sae/Dialect/Sae/IR/SaeOps.h.inc"
+
+#endif // SAE_DIALECT_SAE_IR_SAEOPS_H

@@ -1,0 +1,286 @@
+//===- EmitCABI.cpp - Wrap entry functions in the saec C ABI --------------===//
+//
+// Models runtime/include/sae/runtime/abi.h one to one: MLIRGen produces
+// tensor-level entry functions; this pass gives each a C signature of plain
+// integers and pointers, builds row-major memref descriptors from the
+// pointers, and inlines the tensor body between them.
+//
+//===----------------------------------------------------------------------===//
+#include "sae/Transforms/Passes.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Bufferization/IR/Bufferization.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/IRMapping.h"
+
+namespace mlir::sae {
+#define GEN_PASS_DEF_EMITCABI
+#include "sae/Transforms/Passes.h.inc"
+} // namespace mlir::sae
+
+using namespace mlir;
+
+namespace {
+
+/// Must equal SAE_ABI_VERSION in runtime/include/sae/runtime/abi.h.
+constexpr int32_t kAbiVersion = 1;
+
+constexpr StringLiteral kEntryAttr = "sae.entry";
+constexpr StringLiteral kParamAttr = "sae.param";
+constexpr StringLiteral kDescribeAttr = "sae.describe";
+
+/// Where each C argument of a wrapper comes from.
+struct AbiSlot {
+  enum Kind { Batch, ScalarArg, TensorArg, ParamArgs, TensorResult,
+              ScalarResult, ParamResults } kind;
+  unsigned index = 0;
+};
+
+bool hasDynamicDim(Type t) {
+  auto shaped = dyn_cast<RankedTensorType>(t);
+  return shaped && !shaped.hasStaticShape();
+}
+
+/// Builds a row-major memref over `ptr`. Only the leading dimension may be
+/// dynamic; it is `batch`.
+Value buildMemRef(OpBuilder &b, Location loc, Value ptr, RankedTensorType type,
+                  Value batch) {
+  MLIRContext *ctx = b.getContext();
+  Type i64 = b.getI64Type();
+  int64_t rank = type.getRank();
+  auto ptrTy = LLVM::LLVMPointerType::get(ctx);
+  SmallVector<Type> fields = {ptrTy, ptrTy, i64};
+  if (rank > 0) {
+    fields.push_back(LLVM::LLVMArrayType::get(i64, rank));
+    fields.push_back(LLVM::LLVMArrayType::get(i64, rank));
+  }
+  auto structTy = LLVM::LLVMStructType::getLiteral(ctx, fields);
+  auto cst = [&](int64_t v) -> Value {
+    return LLVM::ConstantOp::create(b, loc, i64, b.getI64IntegerAttr(v));
+  };
+  Value desc = LLVM::PoisonOp::create(b, loc, structTy);
+  desc = LLVM::InsertValueOp::create(b, loc, desc, ptr, ArrayRef<int64_t>{0});
+  desc = LLVM::InsertValueOp::create(b, loc, desc, ptr, ArrayRef<int64_t>{1});
+  desc = LLVM::InsertValueOp::create(b, loc, desc, cst(0), ArrayRef<int64_t>{2});
+  int64_t stride = 1;
+  for (int64_t d = rank - 1; d >= 0; --d) {
+    int64_t size = type.getDimSize(d);
+    Value sizeV = ShapedType::isDynamic(size) ? batch : cst(size);
+    desc = LLVM::InsertValueOp::create(b, loc, desc, sizeV,
+                                       ArrayRef<int64_t>{3, d});
+    desc = LLVM::InsertValueOp::create(b, loc, desc, cst(stride),
+                                       ArrayRef<int64_t>{4, d});
+    stride *= ShapedType::isDynamic(size) ? 1 : size;
+  }
+  auto memrefTy = MemRefType::get(type.getShape(), type.getElementType());
+  return UnrealizedConversionCastOp::create(b, loc, TypeRange{memrefTy},
+                                            ValueRange{desc})
+      .getResult(0);
+}
+
+struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    auto describe = module->getAttrOfType<StringAttr>(kDescribeAttr);
+    if (!describe) {
+      module.emitError() << "module has no '" << kDescribeAttr
+                         << "' attribute; it is set by saec's MLIRGen";
+      return signalPassFailure();
+    }
+    SmallVector<func::FuncOp> entries;
+    for (auto func : module.getOps<func::FuncOp>())
+      if (func->hasAttr(kEntryAttr))
+        entries.push_back(func);
+    for (func::FuncOp func : entries) {
+      if (failed(wrap(func)))
+        return signalPassFailure();
+      func.erase();
+    }
+    emitQueries(module, describe.getValue());
+  }
+
+  /// Classifies the arguments and results of `func` into C ABI slots.
+  LogicalResult classify(func::FuncOp func, SmallVectorImpl<AbiSlot> &slots) {
+    FunctionType type = func.getFunctionType();
+    bool needBatch = false;
+    auto checkTensor = [&](Type t) -> LogicalResult {
+      auto tensor = dyn_cast<RankedTensorType>(t);
+      if (!tensor)
+        return success();
+      for (int64_t d = 1; d < tensor.getRank(); ++d)
+        if (tensor.isDynamicDim(d))
+          return func.emitError()
+                 << "only the leading (batch) dimension may be dynamic in an "
+                    "entry point, got "
+                 << t;
+      return success();
+    };
+    for (Type t : llvm::concat<const Type>(type.getInputs(), type.getResults())) {
+      if (failed(checkTensor(t)))
+        return failure();
+      needBatch |= hasDynamicDim(t);
+    }
+    if (needBatch)
+      slots.push_back({AbiSlot::Batch});
+    bool paramArgs = false, paramResults = false;
+    for (auto [i, t] : llvm::enumerate(type.getInputs())) {
+      if (func.getArgAttr(i, kParamAttr)) {
+        if (!paramArgs)
+          slots.push_back({AbiSlot::ParamArgs});
+        paramArgs = true;
+      } else if (isa<RankedTensorType>(t)) {
+        slots.push_back({AbiSlot::TensorArg, unsigned(i)});
+      } else if (t.isIntOrFloat()) {
+        slots.push_back({AbiSlot::ScalarArg, unsigned(i)});
+      } else {
+        return func.emitError() << "entry argument of unsupported type " << t;
+      }
+    }
+    for (auto [i, t] : llvm::enumerate(type.getResults())) {
+      if (func.getResultAttr(i, kParamAttr)) {
+        if (!paramResults)
+          slots.push_back({AbiSlot::ParamResults});
+        paramResults = true;
+      } else if (isa<RankedTensorType>(t)) {
+        slots.push_back({AbiSlot::TensorResult, unsigned(i)});
+      } else if (t.isIntOrFloat()) {
+        slots.push_back({AbiSlot::ScalarResult, unsigned(i)});
+      } else {
+        return func.emitError() << "entry result of unsupported type " << t;
+      }
+    }
+    return success();
+  }
+
+  LogicalResult wrap(func::FuncOp func) {
+    SmallVector<AbiSlot> slots;
+    if (failed(classify(func, slots)))
+      return failure();
+    MLIRContext *ctx = func.getContext();
+    Location loc = func.getLoc();
+    FunctionType type = func.getFunctionType();
+    Type ptrTy = LLVM::LLVMPointerType::get(ctx);
+    Type i64 = IntegerType::get(ctx, 64);
+
+    SmallVector<Type> abiInputs;
+    for (const AbiSlot &slot : slots) {
+      if (slot.kind == AbiSlot::Batch)
+        abiInputs.push_back(i64);
+      else if (slot.kind == AbiSlot::ScalarArg)
+        abiInputs.push_back(type.getInput(slot.index));
+      else
+        abiInputs.push_back(ptrTy);
+    }
+    std::string name =
+        ("sae_" + func->getAttrOfType<StringAttr>(kEntryAttr).getValue()).str();
+    OpBuilder b(func);
+    auto wrapper = func::FuncOp::create(
+        b, loc, name,
+        FunctionType::get(ctx, abiInputs, {IntegerType::get(ctx, 32)}));
+    Block *block = wrapper.addEntryBlock();
+    b.setInsertionPointToStart(block);
+
+    Value batch;
+    IRMapping mapping;
+    // Results are written after the body; remember their destinations.
+    SmallVector<Value> resultDest(type.getNumResults());
+    auto paramPtr = [&](Value array, unsigned p) -> Value {
+      Value slot = LLVM::GEPOp::create(b, loc, ptrTy, ptrTy, array,
+                                       ArrayRef<LLVM::GEPArg>{int32_t(p)});
+      return LLVM::LoadOp::create(b, loc, ptrTy, slot);
+    };
+    auto inputTensor = [&](Value ptr, Type t) -> Value {
+      auto tensor = cast<RankedTensorType>(t);
+      Value m = buildMemRef(b, loc, ptr, tensor, batch);
+      return bufferization::ToTensorOp::create(b, loc, tensor, m,
+                                               /*restrict=*/true);
+    };
+    for (auto [slot, arg] : llvm::zip(slots, block->getArguments())) {
+      switch (slot.kind) {
+      case AbiSlot::Batch:
+        batch = arg;
+        break;
+      case AbiSlot::ScalarArg:
+        mapping.map(func.getArgument(slot.index), arg);
+        break;
+      case AbiSlot::TensorArg:
+        mapping.map(func.getArgument(slot.index),
+                    inputTensor(arg, type.getInput(slot.index)));
+        break;
+      case AbiSlot::ParamArgs: {
+        unsigned p = 0;
+        for (unsigned i = 0; i < type.getNumInputs(); ++i)
+          if (func.getArgAttr(i, kParamAttr))
+            mapping.map(func.getArgument(i),
+                        inputTensor(paramPtr(arg, p++), type.getInput(i)));
+        break;
+      }
+      case AbiSlot::TensorResult:
+      case AbiSlot::ScalarResult:
+        resultDest[slot.index] = arg;
+        break;
+      case AbiSlot::ParamResults: {
+        unsigned p = 0;
+        for (unsigned i = 0; i < type.getNumResults(); ++i)
+          if (func.getResultAttr(i, kParamAttr))
+            resultDest[i] = paramPtr(arg, p++);
+        break;
+      }
+      }
+    }
+
+    Block &body = func.getBody().front();
+    for (Operation &op : body.without_terminator())
+      b.clone(op, mapping);
+    Operation *ret = body.getTerminator();
+    for (auto [i, operand] : llvm::enumerate(ret->getOperands())) {
+      Value v = mapping.lookupOrDefault(operand);
+      if (auto tensor = dyn_cast<RankedTensorType>(v.getType())) {
+        Value dest = buildMemRef(b, loc, resultDest[i], tensor, batch);
+        bufferization::MaterializeInDestinationOp::create(
+            b, loc, TypeRange{}, v, dest, /*restrict=*/true,
+            /*writable=*/true);
+      } else {
+        LLVM::StoreOp::create(b, loc, v, resultDest[i]);
+      }
+    }
+    Value ok = arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(0));
+    func::ReturnOp::create(b, loc, ok);
+    return success();
+  }
+
+  /// sae_abi_version() and sae_model_describe().
+  void emitQueries(ModuleOp module, StringRef json) {
+    MLIRContext *ctx = module.getContext();
+    Location loc = module.getLoc();
+    OpBuilder b = OpBuilder::atBlockEnd(module.getBody());
+    std::string text = json.str();
+    text.push_back('\0');
+    auto arrayTy = LLVM::LLVMArrayType::get(IntegerType::get(ctx, 8),
+                                            text.size());
+    auto global = LLVM::GlobalOp::create(b, loc, arrayTy, /*isConstant=*/true,
+                                         LLVM::Linkage::Internal,
+                                         "__sae_model_describe",
+                                         b.getStringAttr(text));
+    Type ptrTy = LLVM::LLVMPointerType::get(ctx);
+    auto describe = func::FuncOp::create(b, loc, "sae_model_describe",
+                                         FunctionType::get(ctx, {}, {ptrTy}));
+    {
+      OpBuilder::InsertionGuard guard(b);
+      b.setInsertionPointToStart(describe.addEntryBlock());
+      Value addr = LLVM::AddressOfOp::create(b, loc, global);
+      func::ReturnOp::create(b, loc, addr);
+    }
+    Type i32 = IntegerType::get(ctx, 32);
+    auto version = func::FuncOp::create(b, loc, "sae_abi_version",
+                                        FunctionType::get(ctx, {}, {i32}));
+    b.setInsertionPointToStart(version.addEntryBlock());
+    Value v = arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(kAbiVersion));
+    func::ReturnOp::create(b, loc, v);
+  }
+};
+
+} // namespace
