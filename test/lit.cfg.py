@@ -20,7 +20,9 @@ llvm_config.with_environment("PYTHONDONTWRITEBYTECODE", "1")
 
 config.substitutions.append(("%examples", os.path.join(config.sae_src_root, "examples")))
 config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "Inputs")))
-config.substitutions.append(("%python", "python3"))
+# Debian's python3-numpy and python3-torch belong to the system interpreter.
+python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
+config.substitutions.append(("%python", python))
 llvm_config.add_tool_substitutions(["saec", "sae-opt", "sae"], [config.sae_tools_dir])
 
 # GPU features: PTX can be checked with ptxas anywhere; running needs a GPU.
@@ -29,8 +31,6 @@ if ptxas:
     config.available_features.add("ptxas")
 if os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"):
     config.available_features.add("cuda")
-try:
-    import numpy  # noqa: F401
+import subprocess
+if subprocess.call([python, "-c", "import numpy"], stderr=subprocess.DEVNULL) == 0:
     config.available_features.add("numpy")
-except ImportError:
-    pass

@@ -1,6 +1,8 @@
 //===- AST.cpp - Printing the AST (saec --emit=ast) -----------------------===//
 #include "sae/Frontend/AST.h"
 
+#include "llvm/Support/Format.h"
+
 using namespace sae;
 
 namespace {
@@ -13,7 +15,11 @@ void printRange(const SourceRange &r, llvm::raw_ostream &os) {
 void dumpExpr(const ExprAST &e, unsigned indent, llvm::raw_ostream &os) {
   os.indent(indent);
   if (auto *n = llvm::dyn_cast<NumberExprAST>(&e)) {
-    os << "Number " << n->getValue();
+    os << "Number ";
+    if (n->isInteger())
+      os << int64_t(n->getValue());
+    else
+      os << llvm::format("%g", n->getValue());
   } else if (auto *n = llvm::dyn_cast<NameExprAST>(&e)) {
     os << "Name '" << n->getName() << "'";
   } else if (auto *u = llvm::dyn_cast<UnaryExprAST>(&e)) {

@@ -16,6 +16,7 @@
 #include "llvm/Support/ConvertUTF.h"
 
 #include <cerrno>
+#include <cstring>
 #include <cstdlib>
 
 using namespace sae;
@@ -44,6 +45,11 @@ public:
     const std::string lexPrefix = "token recognition error at: ";
     if (text.rfind(lexPrefix, 0) == 0)
       text = "unexpected character " + text.substr(lexPrefix.size());
+    // "mismatched input '<EOF>' expecting X" reads better as end of file.
+    for (const char *prefix :
+         {"extraneous input '<EOF>' ", "mismatched input '<EOF>' "})
+      if (text.rfind(prefix, 0) == 0)
+        text = "unexpected end of file, " + text.substr(strlen(prefix));
     emitError(ctx, loc) << text;
   }
 

@@ -12,6 +12,7 @@
 
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/ADT/StringSwitch.h"
+#include "llvm/Support/Format.h"
 
 #include <cmath>
 
@@ -44,6 +45,14 @@ int64_t CheckedModel::getDim(llvm::StringRef name) const {
 }
 
 namespace {
+
+/// A number as a user wrote it: "1", "-0.5", "1e-08".
+std::string formatNumber(double v) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << llvm::format("%g", v);
+  return s;
+}
 
 enum class ArgKind { Tensor, Int, Float };
 
@@ -116,6 +125,11 @@ private:
   ValueType checkCall(const CallExprAST &e, const Scope &scope,
                       bool &usesInput);
   std::optional<double> evalConst(const ExprAST &e);
+  /// Checks what encode, decode and loss must produce; records model facts.
+  bool checkBinding(const BindingDeclAST &b, const ValueType &t,
+                    bool usesInput);
+  /// Checks for unused overrides and missing statements.
+  std::optional<CheckedModel> finish(const llvm::StringMap<bool> &usedOverrides);
 
   mlir::MLIRContext &ctx;
   const std::map<std::string, int64_t> &overrides;
@@ -376,15 +390,13 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     if (it == sig->args.end()) {
       error(arg.loc) << "'" << name << "' has no argument named '" << *arg.name
                      << "'";
-      ok = false;
-      continue;
+      return {};
     }
     size_t i = it - sig->args.begin();
     if (bound[i]) {
       error(arg.loc) << "argument '" << *arg.name << "' of '" << name
                      << "' is given twice";
-      ok = false;
-      continue;
+      return {};
     }
     bound[i] = &arg;
   }
@@ -489,8 +501,8 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     double lo = m.constants[bound[0]->value.get()];
     double hi = m.constants[bound[1]->value.get()];
     if (!(lo < hi)) {
-      error(e.getLoc()) << "'uniform' needs low < high, got " << lo << " and "
-                        << hi;
+      error(e.getLoc()) << "'uniform' needs low < high, got " << formatNumber(lo)
+                        << " and " << formatNumber(hi);
       return {};
     }
   }
@@ -640,53 +652,67 @@ std::optional<CheckedModel> Sema::run() {
       if (!t.isValid())
         break;
       dependsOnInput[&decl] = usesInput || decl.getKind() == DeclAST::Encode;
+      if (!checkBinding(b, t, usesInput))
+        break;
       m.types[&decl] = t;
-      if (decl.getKind() == DeclAST::Encode) {
-        if (!usesInput) {
-          error(decl.getLoc()) << "encode does not use the input";
-          break;
-        }
-        if (t.kind == ValueType::Scalar ||
-            (t.kind == ValueType::Tensor &&
-             (!t.batched || t.shape.size() != 1))) {
-          error(b.getValue().getLoc())
-              << "encode must produce one code vector per row, got "
-              << t.str();
-          break;
-        }
-        m.codesType = t;
-        if (const CallExprAST *call = rootCall(b.getValue())) {
-          m.encoderOp = call->getCallee().str();
-          if (call->getCallee() == "topk")
-            m.encoderParams["k"] = t.k;
-        } else {
-          m.encoderOp = "linear";
-        }
-      } else if (decl.getKind() == DeclAST::Decode) {
-        if (t.kind != ValueType::Tensor || !t.batched ||
-            t.shape != std::vector<int64_t>{m.inputDim}) {
-          error(b.getValue().getLoc())
-              << "decode must produce the input's shape [" << m.inputDim
-              << "] per row, but produces "
-              << (t.kind == ValueType::Tensor && !t.batched
-                      ? "the parameter-shaped tensor " + t.str()
-                      : t.str());
-          break;
-        }
-      } else if (decl.getKind() == DeclAST::Loss) {
-        if (t.kind != ValueType::Scalar) {
-          error(b.getValue().getLoc())
-              << "loss must be a scalar, got " << t.str();
-          break;
-        }
-        const CallExprAST *call = rootCall(b.getValue());
-        m.lossKind = call ? call->getCallee().str() : "expression";
-      }
       break;
     }
     }
   }
+  return finish(usedOverrides);
+}
 
+bool Sema::checkBinding(const BindingDeclAST &b, const ValueType &t,
+                        bool usesInput) {
+  switch (b.getKind()) {
+  case DeclAST::Encode:
+    if (!usesInput) {
+      error(b.getLoc()) << "encode does not use the input";
+      return false;
+    }
+    if (t.kind == ValueType::Scalar ||
+        (t.kind == ValueType::Tensor && (!t.batched || t.shape.size() != 1))) {
+      error(b.getValue().getLoc())
+          << "encode must produce one code vector per row, got " << t.str();
+      return false;
+    }
+    m.codesType = t;
+    if (const CallExprAST *call = rootCall(b.getValue())) {
+      m.encoderOp = call->getCallee().str();
+      if (call->getCallee() == "topk")
+        m.encoderParams["k"] = t.k;
+    } else {
+      m.encoderOp = "linear";
+    }
+    return true;
+  case DeclAST::Decode:
+    if (t.kind != ValueType::Tensor || !t.batched ||
+        t.shape != std::vector<int64_t>{m.inputDim}) {
+      error(b.getValue().getLoc())
+          << "decode must produce the input's shape [" << m.inputDim
+          << "] per row, but produces "
+          << (t.kind == ValueType::Tensor && !t.batched
+                  ? "the parameter-shaped tensor " + t.str()
+                  : t.str());
+      return false;
+    }
+    return true;
+  case DeclAST::Loss: {
+    if (t.kind != ValueType::Scalar) {
+      error(b.getValue().getLoc()) << "loss must be a scalar, got " << t.str();
+      return false;
+    }
+    const CallExprAST *call = rootCall(b.getValue());
+    m.lossKind = call ? call->getCallee().str() : "expression";
+    return true;
+  }
+  default:
+    return true;
+  }
+}
+
+std::optional<CheckedModel> Sema::finish(const llvm::StringMap<bool> &usedOverrides) {
+  const ModelAST &ast = *m.ast;
   for (const auto &[name, value] : overrides)
     if (!usedOverrides.count(name))
       error(SourceLoc{ast.getRange().begin.file, ast.getRange().begin.line,

@@ -8,6 +8,7 @@
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/OpImplementation.h"
+#include "llvm/Support/Format.h"
 
 using namespace mlir;
 using namespace mlir::sae;
@@ -15,6 +16,13 @@ using namespace mlir::sae;
 /// Prints a dimension the way MLIR types do ('?' when dynamic).
 static std::string dimStr(int64_t d) {
   return ShapedType::isDynamic(d) ? std::string("?") : std::to_string(d);
+}
+
+/// A number as a user would write it ("1", "-0.5").
+static std::string numberStr(double v) {
+  std::string s;
+  llvm::raw_string_ostream(s) << llvm::format("%g", v);
+  return s;
 }
 
 /// Checks that two batch dimensions are identical (both dynamic or equal).
@@ -182,9 +190,9 @@ LogicalResult FillOp::verify() {
 
 LogicalResult RandomUniformOp::verify() {
   if (!(getLow().convertToDouble() < getHigh().convertToDouble()))
-    return emitOpError() << "low (" << getLow().convertToDouble()
+    return emitOpError() << "low (" << numberStr(getLow().convertToDouble())
                          << ") must be less than high ("
-                         << getHigh().convertToDouble() << ")";
+                         << numberStr(getHigh().convertToDouble()) << ")";
   return verifyStatic(*this, getResult().getType());
 }
 

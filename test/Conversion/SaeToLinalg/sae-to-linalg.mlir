@@ -1,0 +1,174 @@
+// RUN: sae-opt %s -split-input-file -convert-sae-to-linalg | FileCheck %s
+
+// Tests that the encoder product is a generic whose reduction loop is outside
+// the contiguous output loop (i, k, j), accumulating into a zero-filled init.
+// CHECK-DAG: #[[IK:.*]] = affine_map<(d0, d1, d2) -> (d0, d1)>
+// CHECK-DAG: #[[KJ:.*]] = affine_map<(d0, d1, d2) -> (d1, d2)>
+// CHECK-DAG: #[[IJ:.*]] = affine_map<(d0, d1, d2) -> (d0, d2)>
+// CHECK-LABEL: func.func @linear
+// CHECK-SAME: (%[[X:.*]]: tensor<?x16xf32>, %[[W:.*]]: tensor<16x64xf32>)
+// CHECK: %[[INIT:.*]] = linalg.fill ins(%{{.*}} : f32) outs(%{{.*}} : tensor<?x64xf32>)
+// CHECK: linalg.generic {indexing_maps = [#[[IK]], #[[KJ]], #[[IJ]]], iterator_types = ["parallel", "reduction", "parallel"]}
+// CHECK-SAME: ins(%[[X]], %[[W]] : tensor<?x16xf32>, tensor<16x64xf32>) outs(%[[INIT]] : tensor<?x64xf32>)
+// CHECK: arith.mulf
+// CHECK: arith.addf
+func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>) -> tensor<?x64xf32> {
+  %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
+  return %0 : tensor<?x64xf32>
+}
+
+// -----
+
+// Tests that a bias is broadcast over rows and relu is maximumf with zero.
+// CHECK-DAG: #[[ROW:.*]] = affine_map<(d0, d1) -> (d1)>
+// CHECK-LABEL: func.func @bias_relu
+// CHECK: %[[ZERO:.*]] = arith.constant 0.000000e+00 : f32
+// CHECK: linalg.generic {{.*}}#[[ROW]]{{.*}}iterator_types = ["parallel", "parallel"]
+// CHECK: arith.subf
+// CHECK: linalg.generic
+// CHECK: arith.addf
+// CHECK: linalg.generic
+// CHECK: arith.maximumf %{{.*}}, %[[ZERO]] : f32
+func.func @bias_relu(%x: tensor<?x64xf32>, %b: tensor<64xf32>) -> tensor<?x64xf32> {
+  %0 = sae.bias_sub %x, %b : tensor<?x64xf32>, tensor<64xf32>
+  %1 = sae.bias_add %0, %b : tensor<?x64xf32>, tensor<64xf32>
+  %2 = sae.relu %1 : tensor<?x64xf32>
+  return %2 : tensor<?x64xf32>
+}
+
+// -----
+
+// Tests that topk writes k slots per row, initialised to -inf, and inserts an
+// entry only when it beats the last slot, carrying the displaced one down.
+// CHECK-LABEL: func.func @topk
+// CHECK-SAME: (%[[X:.*]]: tensor<?x64xf32>)
+// CHECK-DAG: %[[NEGINF:.*]] = arith.constant 0xFF800000 : f32
+// CHECK-DAG: %[[C3:.*]] = arith.constant 3 : index
+// CHECK-DAG: %[[C4:.*]] = arith.constant 4 : index
+// CHECK-DAG: %[[C64:.*]] = arith.constant 64 : index
+// CHECK: %[[IN:.*]] = bufferization.to_buffer %[[X]] read_only
+// CHECK: %[[VALS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xf32>
+// CHECK: %[[IDXS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xi32>
+// CHECK: scf.for %[[ROW:.*]] = %{{.*}} to %{{.*}}
+// CHECK:   memref.store %[[NEGINF]], %[[VALS]]
+// CHECK:   scf.for %[[COL:.*]] = %{{.*}} to %[[C64]]
+// CHECK:     %[[V:.*]] = memref.load %[[IN]][%[[ROW]], %[[COL]]]
+// CHECK:     %[[LAST:.*]] = memref.load %[[VALS]][%[[ROW]], %[[C3]]]
+// CHECK:     %[[BETTER:.*]] = arith.cmpf ogt, %[[V]], %[[LAST]]
+// CHECK:     scf.if %[[BETTER]]
+// CHECK:       scf.for %{{.*}} = %{{.*}} to %[[C4]] {{.*}} iter_args
+// CHECK:         arith.cmpf ogt
+// CHECK:         arith.select
+// CHECK: %[[VT:.*]] = bufferization.to_tensor %[[VALS]] restrict writable
+// CHECK: %[[IT:.*]] = bufferization.to_tensor %[[IDXS]] restrict writable
+// CHECK: return %[[VT]], %[[IT]]
+func.func @topk(%x: tensor<?x64xf32>) -> (tensor<?x4xf32>, tensor<?x4xi32>) {
+  %z = sae.topk %x : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  %v = sae.codes_values %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x4xf32>
+  %i = sae.codes_indices %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x4xi32>
+  return %v, %i : tensor<?x4xf32>, tensor<?x4xi32>
+}
+
+// -----
+
+// Tests that decoding gathers one decoder row per kept entry: a generic over
+// (row, entry, column) that never iterates over the 64 latents.
+// CHECK-DAG: #[[BT:.*]] = affine_map<(d0, d1, d2) -> (d0, d1)>
+// CHECK-DAG: #[[BJ:.*]] = affine_map<(d0, d1, d2) -> (d0, d2)>
+// CHECK-LABEL: func.func @decode
+// CHECK-SAME: (%[[V:.*]]: tensor<?x4xf32>, %[[I:.*]]: tensor<?x4xi32>, %[[W:.*]]: tensor<64x16xf32>)
+// CHECK: linalg.generic {indexing_maps = [#[[BT]], #[[BT]], #[[BJ]]], iterator_types = ["parallel", "reduction", "parallel"]}
+// CHECK-SAME: ins(%[[V]], %[[I]] : tensor<?x4xf32>, tensor<?x4xi32>)
+// CHECK: ^bb0(%[[VAL:.*]]: f32, %[[IDX:.*]]: i32, %[[ACC:.*]]: f32):
+// CHECK:   %[[ROWIDX:.*]] = arith.index_cast %[[IDX]] : i32 to index
+// CHECK:   %[[J:.*]] = linalg.index 2 : index
+// CHECK:   %[[WV:.*]] = tensor.extract %[[W]][%[[ROWIDX]], %[[J]]] : tensor<64x16xf32>
+// CHECK:   %[[P:.*]] = arith.mulf %[[VAL]], %[[WV]]
+// CHECK:   arith.addf %[[ACC]], %[[P]]
+// CHECK-NOT: sae.
+func.func @decode(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %w: tensor<64x16xf32>) -> tensor<?x16xf32> {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  %d = sae.decode %z, %w : !sae.codes<?x64xf32, k = 4>, tensor<64x16xf32> -> tensor<?x16xf32>
+  return %d : tensor<?x16xf32>
+}
+
+// -----
+
+// Tests that densify zero-fills [B, n] and stores each kept entry at its index.
+// CHECK-LABEL: func.func @densify
+// CHECK: %[[OUT:.*]] = memref.alloc(%{{.*}}) : memref<?x64xf32>
+// CHECK: linalg.fill ins(%{{.*}} : f32) outs(%[[OUT]] : memref<?x64xf32>)
+// CHECK: scf.for
+// CHECK:   scf.for
+// CHECK:     %[[COL:.*]] = arith.index_cast %{{.*}} : i32 to index
+// CHECK:     memref.store %{{.*}}, %[[OUT]][%{{.*}}, %[[COL]]]
+// CHECK: bufferization.to_tensor %[[OUT]] restrict writable
+func.func @densify(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>) -> tensor<?x64xf32> {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  %d = sae.densify %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x64xf32>
+  return %d : tensor<?x64xf32>
+}
+
+// -----
+
+// Tests that mse sums squared differences in f64 and divides by the rows.
+// CHECK-LABEL: func.func @mse
+// CHECK: linalg.generic {{.*}}iterator_types = ["reduction", "reduction"]
+// CHECK:   arith.extf %{{.*}} : f32 to f64
+// CHECK:   arith.subf %{{.*}} : f64
+// CHECK:   arith.mulf
+// CHECK: %[[SUM:.*]] = tensor.extract
+// CHECK: %[[ROWS:.*]] = arith.sitofp %{{.*}} : i64 to f64
+// CHECK: %[[MEAN:.*]] = arith.divf %[[SUM]], %[[ROWS]] : f64
+// CHECK: arith.truncf %[[MEAN]] : f64 to f32
+func.func @mse(%a: tensor<?x16xf32>, %b: tensor<?x16xf32>) -> f32 {
+  %0 = sae.mse %a, %b : tensor<?x16xf32> -> f32
+  return %0 : f32
+}
+
+// -----
+
+// Tests that fvu computes column means, the centred sum of squares and the
+// error sum, then their ratio.
+// CHECK-LABEL: func.func @fvu
+// CHECK: %[[COLSUM:.*]] = linalg.generic {{.*}}iterator_types = ["reduction", "parallel"]
+// CHECK: %[[DEN:.*]] = linalg.generic {{.*}}ins(%{{.*}}, %[[COLSUM]] : tensor<?x16xf32>, tensor<16xf64>)
+// CHECK: linalg.generic {{.*}}iterator_types = ["reduction", "reduction"]
+// CHECK: %[[R:.*]] = arith.divf %{{.*}}, %{{.*}} : f64
+// CHECK: arith.truncf %[[R]] : f64 to f32
+func.func @fvu(%a: tensor<?x16xf32>, %b: tensor<?x16xf32>) -> f32 {
+  %0 = sae.fvu %a, %b : tensor<?x16xf32> -> f32
+  return %0 : f32
+}
+
+// -----
+
+// Tests that random initialisation hashes (seed, stream, linear index).
+// CHECK-LABEL: func.func @random
+// CHECK-DAG: arith.constant -7046029254386353131 : i64
+// CHECK: linalg.generic
+// CHECK:   linalg.index 0
+// CHECK:   linalg.index 1
+// CHECK:   arith.shrui
+// CHECK:   arith.xori
+// CHECK:   arith.uitofp %{{.*}} : i64 to f64
+// CHECK:   arith.truncf %{{.*}} : f64 to f32
+func.func @random(%seed: i64) -> tensor<4x8xf32> {
+  %0 = sae.random_uniform %seed {low = -1.0 : f64, high = 1.0 : f64, stream = 1 : i64} : tensor<4x8xf32>
+  return %0 : tensor<4x8xf32>
+}
+
+// -----
+
+// Tests that normalize_rows divides by the row norm and keeps zero rows zero.
+// CHECK-LABEL: func.func @normalize
+// CHECK: linalg.generic {{.*}}iterator_types = ["parallel", "reduction"]
+// CHECK: linalg.generic
+// CHECK:   arith.cmpf ole
+// CHECK:   math.rsqrt
+// CHECK:   arith.select
+func.func @normalize(%w: tensor<8x4xf32>) -> tensor<8x4xf32> {
+  %0 = sae.normalize_rows %w : tensor<8x4xf32>
+  return %0 : tensor<8x4xf32>
+}
+

@@ -1,0 +1,158 @@
+// RUN: sae-opt %s -split-input-file -verify-diagnostics
+
+// Tests that the encoder product checks its inner dimensions.
+func.func @linear_inner(%x: tensor<?x16xf32>, %w: tensor<15x64xf32>) {
+  // expected-error@+1 {{'sae.linear' op inner dimensions do not match: input has 16 columns, weight has 15 rows}}
+  %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<15x64xf32> -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+// Tests that the encoder product's result width is the weight's.
+func.func @linear_width(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>) {
+  // expected-error@+1 {{'sae.linear' op result width mismatch: 64 vs 32}}
+  %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x32xf32>
+  return
+}
+
+// -----
+
+// Tests that the batch size is preserved.
+func.func @linear_batch(%x: tensor<8x16xf32>, %w: tensor<16x64xf32>) {
+  // expected-error@+1 {{'sae.linear' op batch size mismatch: 8 vs ?}}
+  %0 = sae.linear %x, %w : tensor<8x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+// Tests that a bias has the width of the rows.
+func.func @bias(%x: tensor<?x64xf32>, %b: tensor<63xf32>) {
+  // expected-error@+1 {{'sae.bias_add' op bias of size 63 does not match rows of width 64}}
+  %0 = sae.bias_add %x, %b : tensor<?x64xf32>, tensor<63xf32>
+  return
+}
+
+// -----
+
+// Tests that element types must agree.
+func.func @element_types(%x: tensor<?x16xf32>, %w: tensor<16x64xf16>) {
+  // expected-error@+1 {{'sae.linear' op element type mismatch: 'f32' vs 'f16'}}
+  %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x64xf16> -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+// Tests that k cannot exceed the number of latents.
+// expected-error@+1 {{k must lie in [1, 64], got 65}}
+func.func @codes_k(%z: !sae.codes<?x64xf32, k = 65>) {
+  return
+}
+
+// -----
+
+// Tests that k must be positive.
+// expected-error@+1 {{k must lie in [1, 64], got 0}}
+func.func @codes_k_zero(%z: !sae.codes<?x64xf32, k = 0>) {
+  return
+}
+
+// -----
+
+// Tests that codes hold floats.
+// expected-error@+1 {{sparse codes need a float element type, got 'i32'}}
+func.func @codes_int(%z: !sae.codes<?x64xi32, k = 2>) {
+  return
+}
+
+// -----
+
+// Tests that topk selects among as many latents as its codes have.
+func.func @topk_latents(%x: tensor<?x64xf32>) {
+  // expected-error@+1 {{'sae.topk' op input has 64 latents but the codes have 32}}
+  %0 = sae.topk %x : tensor<?x64xf32> -> !sae.codes<?x32xf32, k = 4>
+  return
+}
+
+// -----
+
+// Tests that the decoder has one row per latent.
+func.func @decode_rows(%z: !sae.codes<?x64xf32, k = 4>, %w: tensor<32x16xf32>) {
+  // expected-error@+1 {{'sae.decode' op decoder has 32 rows but the codes have 64 latents}}
+  %0 = sae.decode %z, %w : !sae.codes<?x64xf32, k = 4>, tensor<32x16xf32> -> tensor<?x16xf32>
+  return
+}
+
+// -----
+
+// Tests that the values of codes are [B, k].
+func.func @make_codes(%v: tensor<?x3xf32>, %i: tensor<?x4xi32>) {
+  // expected-error@+1 {{'sae.make_codes' op values must be 'tensor<?x4xf32>'}}
+  %0 = sae.make_codes %v, %i : tensor<?x3xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  return
+}
+
+// -----
+
+// Tests that densify produces [B, n].
+func.func @densify(%z: !sae.codes<?x64xf32, k = 4>) {
+  // expected-error@+1 {{'sae.densify' op result must be 'tensor<?x64xf32>'}}
+  %0 = sae.densify %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x32xf32>
+  return
+}
+
+// -----
+
+// Tests that the indices of codes are i32.
+func.func @indices(%z: !sae.codes<?x64xf32, k = 4>) {
+  // expected-error@+1 {{'sae.codes_indices' op result must be 'tensor<?x4xi32>'}}
+  %0 = sae.codes_indices %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x3xi32>
+  return
+}
+
+// -----
+
+// Tests that a loss has the element type of its operands.
+func.func @loss_type(%a: tensor<?x16xf32>) {
+  // expected-error@+1 {{'sae.mse' op element type mismatch: 'f32' vs 'f16'}}
+  %0 = sae.mse %a, %a : tensor<?x16xf32> -> f16
+  return
+}
+
+// -----
+
+// Tests that a random initialiser needs low < high.
+func.func @uniform(%s: i64) {
+  // expected-error@+1 {{'sae.random_uniform' op low (1) must be less than high (0)}}
+  %0 = sae.random_uniform %s {low = 1.0 : f64, high = 0.0 : f64, stream = 0 : i64} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that parameters have static shapes.
+func.func @fill() {
+  // expected-error@+1 {{'sae.fill' op result must have a static shape, got 'tensor<?xf32>'}}
+  %0 = sae.fill 0.0 : tensor<?xf32>
+  return
+}
+
+// -----
+
+// Tests that transpose swaps the dimensions.
+func.func @transpose(%w: tensor<4x8xf32>) {
+  // expected-error@+1 {{'sae.transpose' op result shape must be the transposed input shape}}
+  %0 = sae.transpose %w : tensor<4x8xf32> -> tensor<4x8xf32>
+  return
+}
+
+// -----
+
+// Tests that the scale has the tensor's element type.
+func.func @scale(%t: tensor<4xf32>, %s: f16) {
+  // expected-error@+1 {{'sae.scale' op element type mismatch: 'f32' vs 'f16'}}
+  %0 = sae.scale %t, %s : tensor<4xf32>, f16
+  return
+}

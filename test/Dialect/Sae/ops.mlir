@@ -1,0 +1,67 @@
+// RUN: sae-opt %s | sae-opt | FileCheck %s
+// RUN: sae-opt %s --mlir-print-op-generic | sae-opt | FileCheck %s
+// Tests that every sae op and the codes type round-trip through the printer
+// and parser, in both the custom and the generic form.
+
+// CHECK-LABEL: func.func @encoder
+func.func @encoder(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: tensor<64xf32>, %bd: tensor<16xf32>) -> !sae.codes<?x64xf32, k = 4> {
+  // CHECK: %[[C:.*]] = sae.bias_sub %{{.*}}, %{{.*}} : tensor<?x16xf32>, tensor<16xf32>
+  %c = sae.bias_sub %x, %bd : tensor<?x16xf32>, tensor<16xf32>
+  // CHECK: %[[P:.*]] = sae.linear %[[C]], %{{.*}} : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
+  %p = sae.linear %c, %w : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
+  // CHECK: %[[PB:.*]] = sae.bias_add %[[P]], %{{.*}} : tensor<?x64xf32>, tensor<64xf32>
+  %pb = sae.bias_add %p, %b : tensor<?x64xf32>, tensor<64xf32>
+  // CHECK: %[[R:.*]] = sae.relu %[[PB]] : tensor<?x64xf32>
+  %r = sae.relu %pb : tensor<?x64xf32>
+  // CHECK: %[[Z:.*]] = sae.topk %[[R]] : tensor<?x64xf32> -> <?x64xf32, k = 4>
+  %z = sae.topk %r : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  return %z : !sae.codes<?x64xf32, k = 4>
+}
+
+// CHECK-LABEL: func.func @codes
+// CHECK-SAME: !sae.codes<8x64xf32, k = 2>
+func.func @codes(%v: tensor<8x2xf32>, %i: tensor<8x2xi32>, %w: tensor<64x16xf32>) -> (tensor<8x16xf32>, tensor<8x64xf32>, tensor<8x2xf32>, tensor<8x2xi32>, !sae.codes<8x64xf32, k = 2>) {
+  // CHECK: sae.make_codes %{{.*}}, %{{.*}} : tensor<8x2xf32>, tensor<8x2xi32> -> <8x64xf32, k = 2>
+  %z = sae.make_codes %v, %i : tensor<8x2xf32>, tensor<8x2xi32> -> !sae.codes<8x64xf32, k = 2>
+  // CHECK: sae.decode %{{.*}}, %{{.*}} : <8x64xf32, k = 2>, tensor<64x16xf32> -> tensor<8x16xf32>
+  %d = sae.decode %z, %w : !sae.codes<8x64xf32, k = 2>, tensor<64x16xf32> -> tensor<8x16xf32>
+  // CHECK: sae.densify %{{.*}} : <8x64xf32, k = 2> -> tensor<8x64xf32>
+  %dense = sae.densify %z : !sae.codes<8x64xf32, k = 2> -> tensor<8x64xf32>
+  // CHECK: sae.codes_values %{{.*}} : <8x64xf32, k = 2> -> tensor<8x2xf32>
+  %vv = sae.codes_values %z : !sae.codes<8x64xf32, k = 2> -> tensor<8x2xf32>
+  // CHECK: sae.codes_indices %{{.*}} : <8x64xf32, k = 2> -> tensor<8x2xi32>
+  %ii = sae.codes_indices %z : !sae.codes<8x64xf32, k = 2> -> tensor<8x2xi32>
+  return %d, %dense, %vv, %ii, %z : tensor<8x16xf32>, tensor<8x64xf32>, tensor<8x2xf32>, tensor<8x2xi32>, !sae.codes<8x64xf32, k = 2>
+}
+
+// CHECK-LABEL: func.func @elementwise_and_losses
+func.func @elementwise_and_losses(%a: tensor<?x16xf32>, %b: tensor<?x16xf32>, %s: f32) -> (f32, f32, tensor<?x16xf32>) {
+  // CHECK: sae.add %{{.*}}, %{{.*}} : tensor<?x16xf32>
+  %0 = sae.add %a, %b : tensor<?x16xf32>
+  // CHECK: sae.sub
+  %1 = sae.sub %0, %b : tensor<?x16xf32>
+  // CHECK: sae.mul
+  %2 = sae.mul %1, %b : tensor<?x16xf32>
+  // CHECK: sae.div
+  %3 = sae.div %2, %b : tensor<?x16xf32>
+  // CHECK: sae.scale %{{.*}}, %{{.*}} : tensor<?x16xf32>, f32
+  %4 = sae.scale %3, %s : tensor<?x16xf32>, f32
+  // CHECK: sae.mse %{{.*}}, %{{.*}} : tensor<?x16xf32> -> f32
+  %m = sae.mse %4, %a : tensor<?x16xf32> -> f32
+  // CHECK: sae.fvu %{{.*}}, %{{.*}} : tensor<?x16xf32> -> f32
+  %f = sae.fvu %4, %a : tensor<?x16xf32> -> f32
+  return %m, %f, %4 : f32, f32, tensor<?x16xf32>
+}
+
+// CHECK-LABEL: func.func @initialisers
+func.func @initialisers(%seed: i64) -> (tensor<16x64xf32>, tensor<64x16xf32>, tensor<64xf32>) {
+  // CHECK: sae.random_uniform %{{.*}} {high = 1.000000e-01 : f64, low = -1.000000e-01 : f64, stream = 3 : i64} : tensor<16x64xf32>
+  %w = sae.random_uniform %seed {low = -0.1 : f64, high = 0.1 : f64, stream = 3 : i64} : tensor<16x64xf32>
+  // CHECK: sae.transpose %{{.*}} : tensor<16x64xf32> -> tensor<64x16xf32>
+  %t = sae.transpose %w : tensor<16x64xf32> -> tensor<64x16xf32>
+  // CHECK: sae.normalize_rows %{{.*}} : tensor<64x16xf32>
+  %n = sae.normalize_rows %t : tensor<64x16xf32>
+  // CHECK: sae.fill 2.500000e-01 : tensor<64xf32>
+  %f = sae.fill 0.25 : tensor<64xf32>
+  return %w, %n, %f : tensor<16x64xf32>, tensor<64x16xf32>, tensor<64xf32>
+}

@@ -1,0 +1,64 @@
+// RUN: sae-opt %s -split-input-file -sae-emit-c-abi | FileCheck %s
+
+// Tests that an entry point with a dynamic batch gets the C signature
+// (i64 batch, data pointers, the parameter array, result pointers), builds
+// row-major descriptors, reads parameters through the array, inlines the
+// tensor body and writes results in place.
+module attributes {sae.describe = "{\"abi_version\":1}"} {
+  func.func @decode_sparse(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %w: tensor<64x16xf32> {sae.param = "W_dec"}, %b: tensor<16xf32> {sae.param = "b_dec"}) -> tensor<?x16xf32> attributes {sae.entry = "decode_sparse"} {
+    %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+    %d = sae.decode %z, %w : !sae.codes<?x64xf32, k = 4>, tensor<64x16xf32> -> tensor<?x16xf32>
+    %r = sae.bias_add %d, %b : tensor<?x16xf32>, tensor<16xf32>
+    return %r : tensor<?x16xf32>
+  }
+}
+// CHECK-LABEL: func.func @sae_decode_sparse(
+// CHECK-SAME:    %[[B:.*]]: i64, %[[VP:.*]]: !llvm.ptr, %[[IP:.*]]: !llvm.ptr, %[[PARAMS:.*]]: !llvm.ptr, %[[OUTP:.*]]: !llvm.ptr) -> i32
+// CHECK-NOT:   func.func @decode_sparse
+// CHECK:         llvm.insertvalue %[[VP]], %{{.*}}[0]
+// CHECK:         llvm.insertvalue %[[B]], %{{.*}}[3, 0]
+// CHECK:         %[[VM:.*]] = builtin.unrealized_conversion_cast %{{.*}} : !llvm.struct<(ptr, ptr, i64, array<2 x i64>, array<2 x i64>)> to memref<?x4xf32>
+// CHECK:         %[[VT:.*]] = bufferization.to_tensor %[[VM]] restrict : memref<?x4xf32> to tensor<?x4xf32>
+// CHECK:         %[[IM:.*]] = builtin.unrealized_conversion_cast %{{.*}} to memref<?x4xi32>
+// CHECK:         %[[SLOT0:.*]] = llvm.getelementptr %[[PARAMS]][0] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr
+// CHECK:         llvm.load %[[SLOT0]] : !llvm.ptr -> !llvm.ptr
+// CHECK:         to memref<64x16xf32>
+// CHECK:         %[[SLOT1:.*]] = llvm.getelementptr %[[PARAMS]][1]
+// CHECK:         to memref<16xf32>
+// CHECK:         sae.make_codes
+// CHECK:         sae.decode
+// CHECK:         %[[R:.*]] = sae.bias_add
+// CHECK:         %[[OUT:.*]] = builtin.unrealized_conversion_cast %{{.*}} to memref<?x16xf32>
+// CHECK:         bufferization.materialize_in_destination %[[R]] in restrict writable %[[OUT]]
+// CHECK:         %[[OK:.*]] = arith.constant 0 : i32
+// CHECK:         return %[[OK]] : i32
+// CHECK-LABEL: llvm.mlir.global internal constant @__sae_model_describe("{\22abi_version\22:1}\00")
+// CHECK-LABEL: func.func @sae_model_describe() -> !llvm.ptr
+// CHECK:         llvm.mlir.addressof @__sae_model_describe
+// CHECK-LABEL: func.func @sae_abi_version() -> i32
+// CHECK:         arith.constant 1 : i32
+
+// -----
+
+// Tests that init takes the seed by value and writes parameters through the
+// array, and that a scalar result is stored through its pointer.
+module attributes {sae.describe = "{}"} {
+  func.func @init(%seed: i64) -> (tensor<4xf32> {sae.param = "b"}) attributes {sae.entry = "init"} {
+    %0 = sae.fill 0.0 : tensor<4xf32>
+    return %0 : tensor<4xf32>
+  }
+  func.func @loss(%x: tensor<?x4xf32>) -> f32 attributes {sae.entry = "loss"} {
+    %0 = sae.mse %x, %x : tensor<?x4xf32> -> f32
+    return %0 : f32
+  }
+}
+// CHECK-LABEL: func.func @sae_init(
+// CHECK-SAME:    %[[SEED:.*]]: i64, %[[PARAMS:.*]]: !llvm.ptr) -> i32
+// CHECK:         %[[SLOT:.*]] = llvm.getelementptr %[[PARAMS]][0]
+// CHECK:         %[[F:.*]] = sae.fill
+// CHECK:         bufferization.materialize_in_destination %[[F]] in restrict writable
+// CHECK-LABEL: func.func @sae_loss(
+// CHECK-SAME:    %{{.*}}: i64, %{{.*}}: !llvm.ptr, %[[LOSSP:.*]]: !llvm.ptr) -> i32
+// CHECK:         %[[L:.*]] = sae.mse
+// CHECK:         llvm.store %[[L]], %[[LOSSP]] : f32, !llvm.ptr
+
