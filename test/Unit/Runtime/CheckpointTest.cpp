@@ -26,10 +26,10 @@ protected:
               SAE_RT_OK)
         << sae_rt_last_error();
     for (size_t i = 0; i < 4; ++i)
-      EXPECT_EQ(std::memcmp(loaded.params[i], p.params[i],
-                            sizeof(float) *
-                                sae_rt_model_param_numel(g.model, i)),
-                0)
+      EXPECT_EQ(
+          std::memcmp(loaded.params[i], p.params[i],
+                      sizeof(float) * sae_rt_model_param_numel(g.model, i)),
+          0)
           << sae_rt_model_param_name(g.model, i);
   }
 
@@ -79,9 +79,9 @@ TEST_F(CheckpointTest, SaveLoadRoundTrip) {
 
   // The weights are plain F32 tensors named after the parameters.
   sae_rt_safetensors *st = nullptr;
-  ASSERT_EQ(sae_rt_safetensors_open((ckpt + "/sae_weights.safetensors").c_str(),
-                                    &st),
-            SAE_RT_OK);
+  ASSERT_EQ(
+      sae_rt_safetensors_open((ckpt + "/sae_weights.safetensors").c_str(), &st),
+      SAE_RT_OK);
   EXPECT_EQ(sae_rt_safetensors_count(st), 4u);
   EXPECT_STREQ(sae_rt_safetensors_dtype_name(st, 0), "F32");
   EXPECT_STREQ(sae_rt_safetensors_name(st, 2), "W_dec");
@@ -146,8 +146,7 @@ TEST_F(CheckpointTest, FailureMidwayKeepsTheOldCheckpoint) {
   expectOldCheckpointSurvives(ckpt, p.params, g.model, dir,
                               "checkpoint.weights");
   // Everything written, just before the swap.
-  expectOldCheckpointSurvives(ckpt, p.params, g.model, dir,
-                              "checkpoint.swap");
+  expectOldCheckpointSurvives(ckpt, p.params, g.model, dir, "checkpoint.swap");
   // Fallback path: the old checkpoint already moved aside, then a failure;
   // it must be moved back.
   expectOldCheckpointSurvives(ckpt, p.params, g.model, dir,
@@ -167,20 +166,20 @@ TEST_F(CheckpointTest, FailureOnFirstSaveLeavesNothing) {
 TEST_F(CheckpointTest, UnwritableLocations) {
   // The parent is a regular file: nothing can be created there.
   writeFile(dir.file("file"), "x");
-  expectError(sae_rt_checkpoint_save(g.model, dir.file("file/ckpt").c_str(),
-                                     p.params),
-              SAE_RT_ERR_IO, {"checkpoint '" + dir.file("file/ckpt") + "'"});
+  expectError(
+      sae_rt_checkpoint_save(g.model, dir.file("file/ckpt").c_str(), p.params),
+      SAE_RT_ERR_IO, {"checkpoint '" + dir.file("file/ckpt") + "'"});
   // The target is a regular file.
-  expectError(sae_rt_checkpoint_save(g.model, dir.file("file").c_str(),
-                                     p.params),
-              SAE_RT_ERR_IO, {"exists and is not a directory"});
+  expectError(
+      sae_rt_checkpoint_save(g.model, dir.file("file").c_str(), p.params),
+      SAE_RT_ERR_IO, {"exists and is not a directory"});
   EXPECT_EQ(readFile(dir.file("file")), "x");
   // A directory that is not a checkpoint is never wiped.
   std::filesystem::create_directories(dir.file("home"));
   writeFile(dir.file("home/precious.txt"), "keep me");
-  expectError(sae_rt_checkpoint_save(g.model, dir.file("home").c_str(),
-                                     p.params),
-              SAE_RT_ERR_ARG, {"refusing to replace"});
+  expectError(
+      sae_rt_checkpoint_save(g.model, dir.file("home").c_str(), p.params),
+      SAE_RT_ERR_ARG, {"refusing to replace"});
   EXPECT_EQ(readFile(dir.file("home/precious.txt")), "keep me");
   expectError(sae_rt_checkpoint_save(g.model, ".", p.params), SAE_RT_ERR_ARG,
               {"directory name"});
@@ -205,17 +204,17 @@ TEST_F(CheckpointTest, ReadOnlyParentKeepsOldCheckpoint) {
 TEST_F(CheckpointTest, LoadErrors) {
   ParamsGuard loaded;
   ASSERT_EQ(sae_rt_params_alloc(g.model, &loaded.params), SAE_RT_OK);
-  expectError(sae_rt_checkpoint_load(g.model, dir.file("none").c_str(),
-                                     loaded.params),
-              SAE_RT_ERR_IO, {"checkpoint '" + dir.file("none") + "'"});
+  expectError(
+      sae_rt_checkpoint_load(g.model, dir.file("none").c_str(), loaded.params),
+      SAE_RT_ERR_IO, {"checkpoint '" + dir.file("none") + "'"});
   std::filesystem::create_directories(dir.file("empty"));
-  expectError(sae_rt_checkpoint_load(g.model, dir.file("empty").c_str(),
-                                     loaded.params),
-              SAE_RT_ERR_IO, {"no sae_weights.safetensors"});
+  expectError(
+      sae_rt_checkpoint_load(g.model, dir.file("empty").c_str(), loaded.params),
+      SAE_RT_ERR_IO, {"no sae_weights.safetensors"});
 
   std::string missing = dir.file("missing");
-  writeWeights(missing, {{"W_enc", param(0)}, {"b_enc", param(1)},
-                         {"b_dec", param(3)}});
+  writeWeights(missing,
+               {{"W_enc", param(0)}, {"b_enc", param(1)}, {"b_dec", param(3)}});
   expectError(sae_rt_checkpoint_load(g.model, missing.c_str(), loaded.params),
               SAE_RT_ERR_SHAPE,
               {"checkpoint '" + missing + "': missing tensor 'W_dec'"});
@@ -223,8 +222,10 @@ TEST_F(CheckpointTest, LoadErrors) {
   std::string shape = dir.file("shape");
   std::vector<float> wide(4 * 100);
   sae_rt_array wrong = borrow(SAE_RT_DTYPE_FLOAT32, {4, 100}, wide);
-  writeWeights(shape, {{"W_enc", wrong}, {"b_enc", param(1)},
-                       {"W_dec", param(2)}, {"b_dec", param(3)}});
+  writeWeights(shape, {{"W_enc", wrong},
+                       {"b_enc", param(1)},
+                       {"W_dec", param(2)},
+                       {"b_dec", param(3)}});
   expectError(sae_rt_checkpoint_load(g.model, shape.c_str(), loaded.params),
               SAE_RT_ERR_SHAPE,
               {"checkpoint '" + shape +
@@ -233,11 +234,12 @@ TEST_F(CheckpointTest, LoadErrors) {
   std::string dtype = dir.file("dtype");
   std::vector<int32_t> ints(8);
   sae_rt_array i32 = borrow(SAE_RT_DTYPE_INT32, {8}, ints);
-  writeWeights(dtype, {{"W_enc", param(0)}, {"b_enc", i32},
-                       {"W_dec", param(2)}, {"b_dec", param(3)}});
+  writeWeights(dtype, {{"W_enc", param(0)},
+                       {"b_enc", i32},
+                       {"W_dec", param(2)},
+                       {"b_dec", param(3)}});
   expectError(sae_rt_checkpoint_load(g.model, dtype.c_str(), loaded.params),
-              SAE_RT_ERR_SHAPE,
-              {"tensor 'b_enc' has dtype I32, expected F32"});
+              SAE_RT_ERR_SHAPE, {"tensor 'b_enc' has dtype I32, expected F32"});
 
   // Nothing was written into the buffers by the failed loads.
   for (int i = 0; i < 32; ++i)
@@ -245,7 +247,8 @@ TEST_F(CheckpointTest, LoadErrors) {
 
   std::string corrupt = dir.file("corrupt");
   std::filesystem::create_directories(corrupt);
-  writeFile(corrupt + "/sae_weights.safetensors", std::string("\x10\0\0\0\0\0\0\0{oops", 13));
+  writeFile(corrupt + "/sae_weights.safetensors",
+            std::string("\x10\0\0\0\0\0\0\0{oops", 13));
   expectError(sae_rt_checkpoint_load(g.model, corrupt.c_str(), loaded.params),
               SAE_RT_ERR_FORMAT, {corrupt + "/sae_weights.safetensors"});
 }

@@ -65,8 +65,7 @@ TEST(ModelLoadTest, MissingCpuFeature) {
   if (__builtin_cpu_supports("avx512er"))
     GTEST_SKIP() << "this CPU has avx512er";
   ModelGuard g;
-  expectError(sae_rt_model_open(SAE_FAKE_MISSING_CPU, &g.model),
-              SAE_RT_ERR_ABI,
+  expectError(sae_rt_model_open(SAE_FAKE_MISSING_CPU, &g.model), SAE_RT_ERR_ABI,
               {std::string("'") + SAE_FAKE_MISSING_CPU +
                "' was compiled for a CPU with avx512er, which this CPU "
                "lacks; recompile it with saec on this machine"});
@@ -101,8 +100,10 @@ TEST(ModelLoadTest, FakeTopkLoads) {
   EXPECT_STREQ(sae_rt_model_encoder_attr_value(m, 0), "2");
   EXPECT_STREQ(sae_rt_model_loss(m), "mse");
   EXPECT_STREQ(sae_rt_model_target_cpu(m), "generic");
-  EXPECT_TRUE(contains(sae_rt_model_describe_json(m), "\"name\": \"fake_topk\""));
-  EXPECT_TRUE(contains(sae_rt_model_describe_pretty(m), "\n  \"latents\": 8,\n"));
+  EXPECT_TRUE(
+      contains(sae_rt_model_describe_json(m), "\"name\": \"fake_topk\""));
+  EXPECT_TRUE(
+      contains(sae_rt_model_describe_pretty(m), "\n  \"latents\": 8,\n"));
 
   ASSERT_EQ(sae_rt_model_param_count(m), 4u);
   EXPECT_STREQ(sae_rt_model_param_name(m, 0), "W_enc");
@@ -141,10 +142,10 @@ TEST(ModelLoadTest, DenseModelHasNoSparseEntryPoints) {
   ASSERT_EQ(sae_rt_params_alloc(g.model, &p.params), SAE_RT_OK);
   float x[4] = {0}, values[2];
   int32_t indices[2];
-  expectError(sae_rt_model_encode_sparse(g.model, 1, x, p.params, values,
-                                         indices),
-              SAE_RT_ERR_ABI,
-              {"model 'fake_relu' has no entry point sae_encode_sparse"});
+  expectError(
+      sae_rt_model_encode_sparse(g.model, 1, x, p.params, values, indices),
+      SAE_RT_ERR_ABI,
+      {"model 'fake_relu' has no entry point sae_encode_sparse"});
 }
 
 TEST(ModelLoadTest, ParamsAllocIsZeroedAndAligned) {
@@ -247,22 +248,22 @@ TEST_F(FakeModelTest, WrappersValidateArguments) {
   EXPECT_EQ(sae_rt_model_decode_sparse(g.model, 2, values.data(),
                                        indices.data(), p.params, xhat.data()),
             SAE_RT_ERR_ARG);
-  expectError(sae_rt_model_encode_dense(g.model, 0, x.data(), p.params,
-                                        xhat.data()),
-              SAE_RT_ERR_ARG, {"batch is 0"});
-  expectError(sae_rt_model_encode_dense(g.model, 1, nullptr, p.params,
-                                        xhat.data()),
-              SAE_RT_ERR_ARG, {"x is NULL"});
+  expectError(
+      sae_rt_model_encode_dense(g.model, 0, x.data(), p.params, xhat.data()),
+      SAE_RT_ERR_ARG, {"batch is 0"});
+  expectError(
+      sae_rt_model_encode_dense(g.model, 1, nullptr, p.params, xhat.data()),
+      SAE_RT_ERR_ARG, {"x is NULL"});
   float *holes[4] = {p.params[0], nullptr, p.params[2], p.params[3]};
-  expectError(sae_rt_model_encode_dense(g.model, 1, x.data(), holes,
-                                        xhat.data()),
-              SAE_RT_ERR_ARG, {"params[1] ('b_enc') is NULL"});
+  expectError(
+      sae_rt_model_encode_dense(g.model, 1, x.data(), holes, xhat.data()),
+      SAE_RT_ERR_ARG, {"params[1] ('b_enc') is NULL"});
   // A failing library call becomes SAE_RT_ERR_EXEC with the return code.
   x[1] = NAN;
   float loss;
-  expectError(sae_rt_model_forward(g.model, 2, x.data(), p.params,
-                                   xhat.data(), &loss),
-              SAE_RT_ERR_EXEC, {"model 'fake_topk': sae_forward returned 3"});
+  expectError(
+      sae_rt_model_forward(g.model, 2, x.data(), p.params, xhat.data(), &loss),
+      SAE_RT_ERR_EXEC, {"model 'fake_topk': sae_forward returned 3"});
 }
 
 } // namespace

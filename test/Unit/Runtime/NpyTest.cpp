@@ -13,8 +13,8 @@ const std::string kF4Dict =
 
 TEST(NpyTest, Float32RoundTripIsExact) {
   TempDir dir;
-  std::vector<float> values = {0.0f, -1.5f, 3.25e-30f, 1e30f,
-                               std::nextafter(1.0f, 2.0f), -0.0f};
+  std::vector<float> values = {
+      0.0f, -1.5f, 3.25e-30f, 1e30f, std::nextafter(1.0f, 2.0f), -0.0f};
   sae_rt_array in = borrow(SAE_RT_DTYPE_FLOAT32, {2, 3}, values);
   std::string path = dir.file("x.npy");
   ASSERT_EQ(sae_rt_npy_write(path.c_str(), &in), SAE_RT_OK)
@@ -302,8 +302,8 @@ TEST(NpyStreamTest, WriterNeedsExactlyTheDeclaredData) {
   float row[2] = {1.5f, -2.5f};
 
   sae_rt_npy_writer *writer = nullptr;
-  ASSERT_EQ(sae_rt_npy_writer_open(path.c_str(), SAE_RT_DTYPE_FLOAT32, 2,
-                                   shape, &writer),
+  ASSERT_EQ(sae_rt_npy_writer_open(path.c_str(), SAE_RT_DTYPE_FLOAT32, 2, shape,
+                                   &writer),
             SAE_RT_OK);
   ASSERT_EQ(sae_rt_npy_writer_append(writer, row, sizeof(row)), SAE_RT_OK);
   expectError(sae_rt_npy_writer_commit(writer), SAE_RT_ERR_ARG,
@@ -312,8 +312,8 @@ TEST(NpyStreamTest, WriterNeedsExactlyTheDeclaredData) {
   EXPECT_FALSE(exists(path));
   EXPECT_TRUE(dir.list().empty());
 
-  ASSERT_EQ(sae_rt_npy_writer_open(path.c_str(), SAE_RT_DTYPE_FLOAT32, 2,
-                                   shape, &writer),
+  ASSERT_EQ(sae_rt_npy_writer_open(path.c_str(), SAE_RT_DTYPE_FLOAT32, 2, shape,
+                                   &writer),
             SAE_RT_OK);
   for (int i = 0; i < 3; ++i)
     ASSERT_EQ(sae_rt_npy_writer_append(writer, row, sizeof(row)), SAE_RT_OK);

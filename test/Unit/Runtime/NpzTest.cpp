@@ -127,8 +127,8 @@ TEST(NpzTest, CompressedMembersAreRejectedClearly) {
   writeFile(path, bytes);
   NpzGuard g;
   expectError(sae_rt_npz_open(path.c_str(), &g.npz), SAE_RT_ERR_FORMAT,
-              {"deflate.npz", "member 'values.npy' is compressed",
-               "deflate", "numpy.savez_compressed"});
+              {"deflate.npz", "member 'values.npy' is compressed", "deflate",
+               "numpy.savez_compressed"});
 }
 
 TEST(NpzTest, MalformedArchives) {
@@ -183,18 +183,19 @@ TEST(NpzTest, InteroperatesWithNumpy) {
       "        v, i = z['values'], z['indices']\n"
       "        assert v.dtype == np.float32 and v.shape == (2, 3)\n"
       "        assert v.tolist() == [[1.5, -2.0, 0.25], [8.0, 9.5, -0.0]]\n"
-      "        assert i.dtype == np.int32 and i.tolist() == [[7, 0], [3, 65535]]\n"
+      "        assert i.dtype == np.int32 and i.tolist() == [[7, 0], [3, "
+      "65535]]\n"
       "np.savez(sys.argv[3], a=np.arange(6, dtype=np.float32).reshape(2, 3),\n"
       "         b=np.array([5, -6], dtype=np.int32))\n"
       "np.savez_compressed(sys.argv[4], a=np.zeros(3, np.float32))\n";
   writeFile(dir.file("check.py"), script);
-  RunResult result = run(
-      shellQuote(python) + " " + shellQuote(dir.file("check.py")) + " " +
-          shellQuote(dir.file("ours.npz")) + " " +
-          shellQuote(dir.file("ours64.npz")) + " " +
-          shellQuote(dir.file("theirs.npz")) + " " +
-          shellQuote(dir.file("compressed.npz")),
-      dir);
+  RunResult result =
+      run(shellQuote(python) + " " + shellQuote(dir.file("check.py")) + " " +
+              shellQuote(dir.file("ours.npz")) + " " +
+              shellQuote(dir.file("ours64.npz")) + " " +
+              shellQuote(dir.file("theirs.npz")) + " " +
+              shellQuote(dir.file("compressed.npz")),
+          dir);
   ASSERT_EQ(result.exitCode, 0) << result.err;
 
   NpzGuard g;

@@ -37,9 +37,9 @@ TEST(SafetensorsTest, RoundTripAllDtypesWithMetadata) {
   const char *keys[2] = {"format", "note"};
   const char *values[2] = {"pt", "hello \"world\""};
   std::string path = dir.file("t.safetensors");
-  ASSERT_EQ(sae_rt_safetensors_write(path.c_str(), 4, names, arrays, 2, keys,
-                                     values),
-            SAE_RT_OK)
+  ASSERT_EQ(
+      sae_rt_safetensors_write(path.c_str(), 4, names, arrays, 2, keys, values),
+      SAE_RT_OK)
       << sae_rt_last_error();
 
   // Header length is a multiple of 8 and the header is padded with spaces.
@@ -107,8 +107,7 @@ TEST(SafetensorsTest, ReadsForeignFilesAndRefusesUnsupportedDtypes) {
   ASSERT_EQ(sae_rt_safetensors_read(g.st, "a", scalar.get()), SAE_RT_OK);
   EXPECT_EQ(scalar->ndim, 0);
   EXPECT_EQ(scalar.as<float>()[0], 7.5f);
-  expectError(sae_rt_safetensors_read(g.st, "b", wide.get()),
-              SAE_RT_ERR_FORMAT,
+  expectError(sae_rt_safetensors_read(g.st, "b", wide.get()), SAE_RT_ERR_FORMAT,
               {"foreign.safetensors", "tensor 'b'", "F64", "not supported"});
 }
 
@@ -160,11 +159,11 @@ INSTANTIATE_TEST_SUITE_P(
                   stBytes("{\"W_enc\": {\"dtype\": ", ""),
                   {"invalid JSON header"}},
         Malformed{"not_object", stBytes("[1, 2]", ""), {"not an object"}},
-        Malformed{"offsets_out_of_range",
-                  stBytes("{" + entry("W_enc", "F32", "[2]", 0, 8) + "}",
-                          std::string(4, '\0')),
-                  {"tensor 'W_enc'", "out of range",
-                   "the data section has 4 bytes"}},
+        Malformed{
+            "offsets_out_of_range",
+            stBytes("{" + entry("W_enc", "F32", "[2]", 0, 8) + "}",
+                    std::string(4, '\0')),
+            {"tensor 'W_enc'", "out of range", "the data section has 4 bytes"}},
         Malformed{"offsets_reversed",
                   stBytes("{" + entry("W_enc", "F32", "[0]", 8, 4) + "}",
                           std::string(8, '\0')),
@@ -186,13 +185,12 @@ INSTANTIATE_TEST_SUITE_P(
         Malformed{"negative_dim",
                   stBytes("{" + entry("x", "F32", "[-1]", 0, 0) + "}", ""),
                   {"tensor 'x'", "not a non-negative integer"}},
-        Malformed{"shape_overflow",
-                  stBytes("{" +
-                              entry("x", "F32",
-                                    "[4294967296,4294967296]", 0, 0) +
-                              "}",
-                          ""),
-                  {"tensor 'x'", "too large"}},
+        Malformed{
+            "shape_overflow",
+            stBytes("{" + entry("x", "F32", "[4294967296,4294967296]", 0, 0) +
+                        "}",
+                    ""),
+            {"tensor 'x'", "too large"}},
         Malformed{"missing_offsets",
                   stBytes("{\"x\":{\"dtype\":\"F32\",\"shape\":[1]}}",
                           std::string(4, '\0')),
@@ -235,8 +233,8 @@ TEST(SafetensorsTest, NumpyCanParseWhatWeWrite) {
                             borrow(SAE_RT_DTYPE_BFLOAT16, {2}, bf16)};
   const char *names[2] = {"w", "b"};
   std::string path = dir.file("t.safetensors");
-  ASSERT_EQ(sae_rt_safetensors_write(path.c_str(), 2, names, arrays, 0,
-                                     nullptr, nullptr),
+  ASSERT_EQ(sae_rt_safetensors_write(path.c_str(), 2, names, arrays, 0, nullptr,
+                                     nullptr),
             SAE_RT_OK);
   // A minimal independent reader of the format.
   std::string script =
@@ -253,10 +251,10 @@ TEST(SafetensorsTest, NumpyCanParseWhatWeWrite) {
       "bits = np.frombuffer(data[b:e], '<u2').astype(np.uint32) << 16\n"
       "assert bits.view(np.float32).tolist() == [3.140625, -123.5]\n";
   writeFile(dir.file("check.py"), script);
-  RunResult result = run(shellQuote(python) + " " +
-                             shellQuote(dir.file("check.py")) + " " +
-                             shellQuote(path),
-                         dir);
+  RunResult result =
+      run(shellQuote(python) + " " + shellQuote(dir.file("check.py")) + " " +
+              shellQuote(path),
+          dir);
   EXPECT_EQ(result.exitCode, 0) << result.err;
 }
 

@@ -116,8 +116,8 @@ struct RunResult {
 /// Runs a shell command, capturing stdout and stderr through files in `dir`.
 inline RunResult run(const std::string &command, const TempDir &dir) {
   std::string outPath = dir.file(".stdout"), errPath = dir.file(".stderr");
-  std::string full = command + " >" + shellQuote(outPath) + " 2>" +
-                     shellQuote(errPath);
+  std::string full =
+      command + " >" + shellQuote(outPath) + " 2>" + shellQuote(errPath);
   int status = std::system(full.c_str());
   RunResult result;
   if (status != -1 && WIFEXITED(status))
@@ -144,8 +144,8 @@ inline std::string pythonWithNumpy() {
     candidates.push_back("python3");
     candidates.push_back("/usr/bin/python3");
     for (const std::string &candidate : candidates) {
-      std::string probe = shellQuote(candidate) +
-                          " -c 'import numpy' >/dev/null 2>&1";
+      std::string probe =
+          shellQuote(candidate) + " -c 'import numpy' >/dev/null 2>&1";
       int status = std::system(probe.c_str());
       if (status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return candidate;

@@ -71,8 +71,10 @@ TEST(ToolUsageTest, UsageErrorsExitWith2) {
        "--batch-size must be between 1"},
       {"encode a.so --checkpoint c --input x --output z --sparse=yes",
        "takes no value"},
-      {"encode a.so --checkpoint c --output z", "missing required option --input"},
-      {"decode a.so --checkpoint c --input z", "missing required option --output"},
+      {"encode a.so --checkpoint c --output z",
+       "missing required option --input"},
+      {"decode a.so --checkpoint c --input z",
+       "missing required option --output"},
       {"forward a.so --input x", "missing required option --checkpoint"}};
   for (const auto &c : cases) {
     RunResult result = runSae(c.first, dir);
@@ -95,9 +97,11 @@ TEST(ToolUsageTest, RuntimeErrorsExitWith1) {
   RunResult text = runSae("info " + q(dir.file("text.so")), dir);
   EXPECT_EQ(text.exitCode, 1);
   EXPECT_TRUE(contains(text.err, "sae: error: ")) << text.err;
-  RunResult noSymbols = runSae(std::string("info ") + q(SAE_FAKE_NO_SYMBOLS), dir);
+  RunResult noSymbols =
+      runSae(std::string("info ") + q(SAE_FAKE_NO_SYMBOLS), dir);
   EXPECT_EQ(noSymbols.exitCode, 1);
-  EXPECT_TRUE(contains(noSymbols.err, "is not a saec library")) << noSymbols.err;
+  EXPECT_TRUE(contains(noSymbols.err, "is not a saec library"))
+      << noSymbols.err;
 }
 
 TEST(ToolInfoTest, TableAndJson) {
@@ -111,8 +115,8 @@ TEST(ToolInfoTest, TableAndJson) {
         "sae_encode_sparse"})
     EXPECT_TRUE(contains(info.out, fragment)) << fragment << "\n" << info.out;
 
-  RunResult json = runSae(std::string("info ") + q(SAE_FAKE_TOPK) + " --json",
-                          dir);
+  RunResult json =
+      runSae(std::string("info ") + q(SAE_FAKE_TOPK) + " --json", dir);
   ASSERT_EQ(json.exitCode, 0) << json.err;
   EXPECT_EQ(json.out.front(), '{');
   EXPECT_TRUE(contains(json.out, "\n  \"name\": \"fake_topk\",\n"));
@@ -163,7 +167,8 @@ TEST_F(ToolRunTest, InitUsesTheSeed) {
   ASSERT_EQ(sae_rt_params_alloc(model.model, &direct.params), SAE_RT_OK);
   ASSERT_EQ(sae_rt_model_init(model.model, 5, direct.params), SAE_RT_OK);
   EXPECT_EQ(std::memcmp(direct.params[0], params.params[0], 32 * 4), 0);
-  EXPECT_TRUE(contains(readFile(ckpt + "/cfg.json"), "\"saec_model\": \"fake_topk\""));
+  EXPECT_TRUE(
+      contains(readFile(ckpt + "/cfg.json"), "\"saec_model\": \"fake_topk\""));
   RunResult again = runSae(std::string("init ") + q(SAE_FAKE_TOPK) +
                                " --seed 6 --out " + q(ckpt),
                            dir);
@@ -206,10 +211,10 @@ TEST_F(ToolRunTest, EncodeDenseMatchesReferenceInChunks) {
 }
 
 TEST_F(ToolRunTest, EncodeSparseWritesValuesAndIndices) {
-  RunResult result = runSae(base("encode") + "--sparse --batch-size 4 --input " +
-                                q(dir.file("x.npy")) + " --output " +
-                                q(dir.file("z.npz")),
-                            dir);
+  RunResult result =
+      runSae(base("encode") + "--sparse --batch-size 4 --input " +
+                 q(dir.file("x.npy")) + " --output " + q(dir.file("z.npz")),
+             dir);
   ASSERT_EQ(result.exitCode, 0) << result.err;
   sae_rt_npz *npz = nullptr;
   ASSERT_EQ(sae_rt_npz_open(dir.file("z.npz").c_str(), &npz), SAE_RT_OK)
@@ -237,13 +242,13 @@ TEST_F(ToolRunTest, EncodeSparseWritesValuesAndIndices) {
   // numpy can read it.
   std::string python = pythonWithNumpy();
   if (!python.empty()) {
-    RunResult check = run(
-        q(python) + " -c " +
-            q("import numpy as np, sys; z = np.load(sys.argv[1]); "
-              "assert z['values'].shape == (10, 2) and "
-              "z['indices'].dtype == np.int32") +
-            " " + q(dir.file("z.npz")),
-        dir);
+    RunResult check =
+        run(q(python) + " -c " +
+                q("import numpy as np, sys; z = np.load(sys.argv[1]); "
+                  "assert z['values'].shape == (10, 2) and "
+                  "z['indices'].dtype == np.int32") +
+                " " + q(dir.file("z.npz")),
+            dir);
     EXPECT_EQ(check.exitCode, 0) << check.err;
   }
 }
@@ -251,15 +256,15 @@ TEST_F(ToolRunTest, EncodeSparseWritesValuesAndIndices) {
 TEST_F(ToolRunTest, EncodeErrors) {
   // A dense model cannot produce sparse codes.
   std::string relu = dir.file("relu");
-  ASSERT_EQ(runSae(std::string("init ") + q(SAE_FAKE_RELU) + " --out " + q(relu),
-                   dir)
-                .exitCode,
-            0);
-  RunResult dense = runSae(std::string("encode ") + q(SAE_FAKE_RELU) +
-                               " --checkpoint " + q(relu) + " --sparse --input " +
-                               q(dir.file("x.npy")) + " --output " +
-                               q(dir.file("z.npz")),
-                           dir);
+  ASSERT_EQ(
+      runSae(std::string("init ") + q(SAE_FAKE_RELU) + " --out " + q(relu), dir)
+          .exitCode,
+      0);
+  RunResult dense =
+      runSae(std::string("encode ") + q(SAE_FAKE_RELU) + " --checkpoint " +
+                 q(relu) + " --sparse --input " + q(dir.file("x.npy")) +
+                 " --output " + q(dir.file("z.npz")),
+             dir);
   EXPECT_EQ(dense.exitCode, 1);
   EXPECT_EQ(dense.err, "sae: error: model 'fake_relu' has dense codes; "
                        "--sparse needs a model with sparse codes\n");
@@ -267,10 +272,10 @@ TEST_F(ToolRunTest, EncodeErrors) {
   // Input width must be the model's input dimension.
   std::vector<float> wide(3 * 5, 1.0f);
   writeInputs(dir.file("wide.npy"), wide, {3, 5});
-  RunResult mismatch = runSae(base("encode") + "--input " +
-                                  q(dir.file("wide.npy")) + " --output " +
-                                  q(dir.file("out.npy")),
-                              dir);
+  RunResult mismatch =
+      runSae(base("encode") + "--input " + q(dir.file("wide.npy")) +
+                 " --output " + q(dir.file("out.npy")),
+             dir);
   EXPECT_EQ(mismatch.exitCode, 1);
   EXPECT_EQ(mismatch.err, "sae: error: " + dir.file("wide.npy") +
                               ": shape [3, 5] does not match the model's "
@@ -281,18 +286,20 @@ TEST_F(ToolRunTest, EncodeErrors) {
   std::vector<int32_t> ints(4);
   sae_rt_array i32 = borrow(SAE_RT_DTYPE_INT32, {1, 4}, ints);
   ASSERT_EQ(sae_rt_npy_write(dir.file("ints.npy").c_str(), &i32), SAE_RT_OK);
-  RunResult dtype = runSae(base("encode") + "--input " + q(dir.file("ints.npy")) +
-                               " --output " + q(dir.file("out.npy")),
-                           dir);
+  RunResult dtype =
+      runSae(base("encode") + "--input " + q(dir.file("ints.npy")) +
+                 " --output " + q(dir.file("out.npy")),
+             dir);
   EXPECT_EQ(dtype.exitCode, 1);
-  EXPECT_TRUE(contains(dtype.err, "dtype int32, expected float32")) << dtype.err;
+  EXPECT_TRUE(contains(dtype.err, "dtype int32, expected float32"))
+      << dtype.err;
 
   writeFile(dir.file("old.npy"), "previous contents");
-  RunResult noCkpt = runSae(std::string("encode ") + q(SAE_FAKE_TOPK) +
-                                " --checkpoint " + q(dir.file("nope")) +
-                                " --input " + q(dir.file("x.npy")) +
-                                " --output " + q(dir.file("old.npy")),
-                            dir);
+  RunResult noCkpt =
+      runSae(std::string("encode ") + q(SAE_FAKE_TOPK) + " --checkpoint " +
+                 q(dir.file("nope")) + " --input " + q(dir.file("x.npy")) +
+                 " --output " + q(dir.file("old.npy")),
+             dir);
   EXPECT_EQ(noCkpt.exitCode, 1);
   EXPECT_TRUE(contains(noCkpt.err, "checkpoint '" + dir.file("nope") + "'"));
   EXPECT_EQ(readFile(dir.file("old.npy")), "previous contents");
@@ -301,9 +308,10 @@ TEST_F(ToolRunTest, EncodeErrors) {
 TEST_F(ToolRunTest, OneDimensionalInputIsOneRow) {
   std::vector<float> row(x.begin(), x.begin() + kD);
   writeInputs(dir.file("row.npy"), row, {kD});
-  RunResult result = runSae(base("encode") + "--input " + q(dir.file("row.npy")) +
-                                " --output " + q(dir.file("z.npy")),
-                            dir);
+  RunResult result =
+      runSae(base("encode") + "--input " + q(dir.file("row.npy")) +
+                 " --output " + q(dir.file("z.npy")),
+             dir);
   ASSERT_EQ(result.exitCode, 0) << result.err;
   ArrayGuard z;
   ASSERT_EQ(sae_rt_npy_read(dir.file("z.npy").c_str(), z.get()), SAE_RT_OK);
@@ -326,10 +334,10 @@ TEST_F(ToolRunTest, DecodeSparseAndDenseAgree) {
                    dir)
                 .exitCode,
             0);
-  RunResult sparse = runSae(base("decode") + "--batch-size 3 --input " +
-                                q(dir.file("z.npz")) + " --output " +
-                                q(dir.file("xs.npy")),
-                            dir);
+  RunResult sparse =
+      runSae(base("decode") + "--batch-size 3 --input " + q(dir.file("z.npz")) +
+                 " --output " + q(dir.file("xs.npy")),
+             dir);
   ASSERT_EQ(sparse.exitCode, 0) << sparse.err;
   RunResult dense = runSae(base("decode") + "--input " + q(dir.file("z.npy")) +
                                " --output " + q(dir.file("xd.npy")),
@@ -369,22 +377,23 @@ TEST_F(ToolRunTest, DecodeValidatesInputs) {
   EXPECT_FALSE(exists(dir.file("xhat.npy")));
 
   const char *wrongNames[2] = {"vals", "idx"};
-  ASSERT_EQ(sae_rt_npz_write(dir.file("names.npz").c_str(), 2, wrongNames,
-                             arrays),
-            SAE_RT_OK);
-  RunResult missing = runSae(base("decode") + "--input " +
-                                 q(dir.file("names.npz")) + " --output " +
-                                 q(dir.file("xhat.npy")),
-                             dir);
+  ASSERT_EQ(
+      sae_rt_npz_write(dir.file("names.npz").c_str(), 2, wrongNames, arrays),
+      SAE_RT_OK);
+  RunResult missing =
+      runSae(base("decode") + "--input " + q(dir.file("names.npz")) +
+                 " --output " + q(dir.file("xhat.npy")),
+             dir);
   EXPECT_EQ(missing.exitCode, 1);
   EXPECT_TRUE(contains(missing.err, "'values' and 'indices'")) << missing.err;
 
   // Dense codes must have the model's number of latents.
   std::vector<float> codes(2 * 7);
   writeInputs(dir.file("codes.npy"), codes, {2, 7});
-  RunResult width = runSae(base("decode") + "--input " + q(dir.file("codes.npy")) +
-                               " --output " + q(dir.file("xhat.npy")),
-                           dir);
+  RunResult width =
+      runSae(base("decode") + "--input " + q(dir.file("codes.npy")) +
+                 " --output " + q(dir.file("xhat.npy")),
+             dir);
   EXPECT_EQ(width.exitCode, 1);
   EXPECT_TRUE(contains(width.err, "shape [2, 7] does not match the model's 8 "
                                   "latents"))
@@ -394,8 +403,8 @@ TEST_F(ToolRunTest, DecodeValidatesInputs) {
 TEST_F(ToolRunTest, DecodeSparseCodesWithADenseModel) {
   // A dense model decodes an .npz by scattering into dense codes.
   std::string relu = dir.file("relu");
-  ASSERT_EQ(runSae(std::string("init ") + q(SAE_FAKE_RELU) + " --seed 5 --out " +
-                       q(relu),
+  ASSERT_EQ(runSae(std::string("init ") + q(SAE_FAKE_RELU) +
+                       " --seed 5 --out " + q(relu),
                    dir)
                 .exitCode,
             0);
@@ -406,11 +415,11 @@ TEST_F(ToolRunTest, DecodeSparseCodesWithADenseModel) {
   const char *names[2] = {"values", "indices"};
   ASSERT_EQ(sae_rt_npz_write(dir.file("s.npz").c_str(), 2, names, arrays),
             SAE_RT_OK);
-  RunResult result = runSae(std::string("decode ") + q(SAE_FAKE_RELU) +
-                                " --checkpoint " + q(relu) + " --input " +
-                                q(dir.file("s.npz")) + " --output " +
-                                q(dir.file("xhat.npy")),
-                            dir);
+  RunResult result =
+      runSae(std::string("decode ") + q(SAE_FAKE_RELU) + " --checkpoint " +
+                 q(relu) + " --input " + q(dir.file("s.npz")) + " --output " +
+                 q(dir.file("xhat.npy")),
+             dir);
   ASSERT_EQ(result.exitCode, 0) << result.err;
   // Same initialiser as the topk model, so the same parameters (seed 5).
   float codes[kN] = {0, 2.0f, 0, 0, 0, 0, 1.5f, 0}, xhat[kD];
@@ -427,9 +436,8 @@ TEST_F(ToolRunTest, ForwardReportsStatistics) {
                                " --output " + q(dir.file("xhat.npy")),
                            dir);
   ASSERT_EQ(whole.exitCode, 0) << whole.err;
-  RunResult chunked = runSae(base("forward") + "--batch-size 3 --input " +
-                                 q(dir.file("x.npy")),
-                             dir);
+  RunResult chunked = runSae(
+      base("forward") + "--batch-size 3 --input " + q(dir.file("x.npy")), dir);
   ASSERT_EQ(chunked.exitCode, 0) << chunked.err;
   EXPECT_EQ(whole.out.front(), '{');
   EXPECT_TRUE(contains(whole.out, "\"loss\": "));

@@ -59,7 +59,7 @@ EXPORT int fake_model_unrelated_function(void) { return 42; }
 #define FAKE_ENTRIES                                                           \
   "\"sae_init\", \"sae_encode_dense\", \"sae_decode_dense\", \"sae_forward\""
 #define FAKE_CFG                                                               \
-  "{\"architecture\": \"standard\", \"d_in\": 4, \"d_sae\": 8, "              \
+  "{\"architecture\": \"standard\", \"d_in\": 4, \"d_sae\": 8, "               \
   "\"dtype\": \"float32\"}"
 #else
 #define FAKE_NAME "fake_topk"
@@ -102,8 +102,8 @@ static const char kDescribe[] =
     "\"init\": \"uniform(-0.1, 0.1)\"}], "
     "\"entry_points\": [" FAKE_ENTRIES "], "
     "\"target\": {\"triple\": \"x86_64-unknown-linux-gnu\", "
-    "\"cpu\": \"generic\", \"required_features\": [" FAKE_FEATURES "]}"
-    FAKE_CFG_ENTRY "}"
+    "\"cpu\": \"generic\", \"required_features\": [" FAKE_FEATURES
+    "]}" FAKE_CFG_ENTRY "}"
 #endif
     ;
 
@@ -155,7 +155,8 @@ static void preActivations(const float *x, float *const *params, float *pre) {
 
 /* Hand-written top-k: k passes, each picking the largest remaining value
  * (strictly greater wins, so ties keep the lower index first). */
-static void topk(const float *pre, float *values, int32_t *indices) {
+__attribute__((unused)) static void topk(const float *pre, float *values,
+                                         int32_t *indices) {
   int taken[N] = {0};
   for (int t = 0; t < K; ++t) {
     int best = -1;

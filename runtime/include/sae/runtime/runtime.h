@@ -1,0 +1,366 @@
+/*===- runtime.h - The saec host runtime: arrays, files, models -----------===*
+ *
+ * The C11 host API of libsae_runtime. It reads and writes the array files
+ * that SAE tooling exchanges (.npy, .npz, .safetensors), loads a
+ * saec-compiled model library (see abi.h) and saves/loads its checkpoints.
+ *
+ * Conventions
+ *  - Every function that can fail returns an sae_rt_status. On failure,
+ *    sae_rt_last_error() gives a message naming the file involved; outputs
+ *    are left untouched (or zeroed), and nothing is leaked.
+ *  - No function aborts the process or throws.
+ *  - Names are sae_rt_<noun>_<verb>.
+ *
+ * This header is C11; it includes nothing from C++.
+ *===----------------------------------------------------------------------===*/
+#ifndef SAE_RUNTIME_RUNTIME_H
+#define SAE_RUNTIME_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sae/runtime/abi.h"
+
+#if defined(__GNUC__)
+#define SAE_RT_API __attribute__((visibility("default")))
+#else
+#define SAE_RT_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*===-------------------------- Status ----------------------------------===*/
+
+typedef enum {
+  SAE_RT_OK = 0,
+  SAE_RT_ERR_IO,     /* a file could not be opened, read or written */
+  SAE_RT_ERR_FORMAT, /* a file is malformed or uses an unsupported feature */
+  SAE_RT_ERR_SHAPE,  /* an array does not have the expected shape/dtype */
+  SAE_RT_ERR_ABI,    /* a model library violates or mismatches abi.h */
+  SAE_RT_ERR_ARG,    /* an invalid argument was passed by the caller */
+  SAE_RT_ERR_NOMEM,  /* an allocation failed or a size overflowed */
+  SAE_RT_ERR_EXEC,   /* a model entry point reported a failure */
+  /* Not statuses: make the type span int32 so any int a C caller passes is
+     a valid value of it. */
+  SAE_RT_STATUS_RANGE_MIN_ = -0x7fffffff - 1,
+  SAE_RT_STATUS_RANGE_MAX_ = 0x7fffffff
+} sae_rt_status;
+
+/// A short constant description of `status` ("ok", "I/O error", ...).
+SAE_RT_API const char *sae_rt_status_string(sae_rt_status status);
+
+/// The message of the last failure on the calling thread ("" if none). It
+/// stays valid until the next failing call on the same thread. Successful
+/// calls do not clear it.
+SAE_RT_API const char *sae_rt_last_error(void);
+
+/*===-------------------------- Arrays ----------------------------------===*/
+
+typedef enum {
+  SAE_RT_DTYPE_FLOAT32 = 0,
+  SAE_RT_DTYPE_INT32 = 1,
+  SAE_RT_DTYPE_FLOAT16 = 2,
+  SAE_RT_DTYPE_BFLOAT16 = 3,
+  /* Not dtypes: see sae_rt_status. */
+  SAE_RT_DTYPE_RANGE_MIN_ = -0x7fffffff - 1,
+  SAE_RT_DTYPE_RANGE_MAX_ = 0x7fffffff
+} sae_rt_dtype;
+
+#define SAE_RT_MAX_NDIM 8
+
+/// A dense row-major array. `data` is owned (malloc'd, 64-byte aligned) when
+/// the array comes from this library; release it with sae_rt_array_free().
+/// Arrays passed *into* the library (e.g. to writers) may point anywhere.
+/// An array with zero elements may have data == NULL.
+typedef struct sae_rt_array {
+  sae_rt_dtype dtype;
+  int32_t ndim; /* 0 <= ndim <= SAE_RT_MAX_NDIM */
+  int64_t shape[SAE_RT_MAX_NDIM];
+  void *data;
+} sae_rt_array;
+
+/// Element size in bytes (4, 4, 2, 2); 0 for an invalid dtype.
+SAE_RT_API size_t sae_rt_dtype_size(sae_rt_dtype dtype);
+/// "float32", "int32", "float16", "bfloat16"; "invalid" otherwise.
+SAE_RT_API const char *sae_rt_dtype_name(sae_rt_dtype dtype);
+
+/// Allocates a zero-filled array. `shape` may be NULL when ndim == 0.
+SAE_RT_API sae_rt_status sae_rt_array_alloc(sae_rt_dtype dtype, int32_t ndim,
+                                            const int64_t *shape,
+                                            sae_rt_array *out);
+/// Frees `array->data` and resets the struct to an empty 0-d float32 array.
+/// Accepts NULL and already-freed arrays.
+SAE_RT_API void sae_rt_array_free(sae_rt_array *array);
+/// Number of elements (product of the shape; 1 for ndim == 0), or -1 if the
+/// array description is invalid or the product overflows.
+SAE_RT_API int64_t sae_rt_array_numel(const sae_rt_array *array);
+/// Size of the data in bytes, or 0 if invalid.
+SAE_RT_API size_t sae_rt_array_nbytes(const sae_rt_array *array);
+/// Converts `in` (any dtype) to a new float32 array in `out`. float16 and
+/// bfloat16 are widened exactly; int32 is converted by value.
+SAE_RT_API sae_rt_status sae_rt_array_to_float32(const sae_rt_array *in,
+                                                 sae_rt_array *out);
+
+/// IEEE binary16 bits -> float (exact, incl. subnormals, inf and NaN).
+SAE_RT_API float sae_rt_float16_to_float32(uint16_t bits);
+/// bfloat16 bits -> float (exact).
+SAE_RT_API float sae_rt_bfloat16_to_float32(uint16_t bits);
+
+/*===--------------------------- .npy -----------------------------------===*/
+
+/// Reads a whole .npy file (format 1.0, 2.0 or 3.0; dtypes '<f4', '<i4',
+/// '<f2'; C order). Bytes after the data are ignored.
+SAE_RT_API sae_rt_status sae_rt_npy_read(const char *path, sae_rt_array *out);
+
+/// Writes `array` (float32, int32 or float16) as a .npy file, atomically
+/// (temporary file in the same directory, then rename).
+SAE_RT_API sae_rt_status sae_rt_npy_write(const char *path,
+                                          const sae_rt_array *array);
+
+/// Streaming access to a large .npy file, row by row (a "row" is one index
+/// of the first dimension; a 0-d or 1-d array has one row for ndim 0 and
+/// shape[0] rows for ndim 1).
+typedef struct sae_rt_npy_reader sae_rt_npy_reader;
+
+/// Opens and validates `path` (header and size); reads no data.
+SAE_RT_API sae_rt_status sae_rt_npy_reader_open(const char *path,
+                                                sae_rt_npy_reader **out);
+SAE_RT_API sae_rt_dtype sae_rt_npy_reader_dtype(const sae_rt_npy_reader *r);
+SAE_RT_API int32_t sae_rt_npy_reader_ndim(const sae_rt_npy_reader *r);
+/// The shape (SAE_RT_MAX_NDIM entries, the first ndim are meaningful).
+SAE_RT_API const int64_t *sae_rt_npy_reader_shape(const sae_rt_npy_reader *r);
+/// Reads rows [first, first + count) of the array into `dst` (count * row
+/// size bytes). For ndim 0 the only row is the scalar.
+SAE_RT_API sae_rt_status sae_rt_npy_reader_read_rows(sae_rt_npy_reader *r,
+                                                     int64_t first,
+                                                     int64_t count, void *dst);
+SAE_RT_API void sae_rt_npy_reader_close(sae_rt_npy_reader *r);
+
+/// Streaming writer: declares the dtype and full shape up front, then takes
+/// the data in order, in as many pieces as convenient. Nothing is visible at
+/// `path` until sae_rt_npy_writer_commit() succeeds.
+typedef struct sae_rt_npy_writer sae_rt_npy_writer;
+
+SAE_RT_API sae_rt_status sae_rt_npy_writer_open(const char *path,
+                                                sae_rt_dtype dtype,
+                                                int32_t ndim,
+                                                const int64_t *shape,
+                                                sae_rt_npy_writer **out);
+/// Appends `nbytes` bytes of row-major data.
+SAE_RT_API sae_rt_status sae_rt_npy_writer_append(sae_rt_npy_writer *w,
+                                                  const void *data,
+                                                  size_t nbytes);
+/// Checks that exactly the declared amount of data was appended, then makes
+/// the file appear at its path. The writer must still be closed.
+SAE_RT_API sae_rt_status sae_rt_npy_writer_commit(sae_rt_npy_writer *w);
+/// Frees the writer; an uncommitted file is discarded.
+SAE_RT_API void sae_rt_npy_writer_close(sae_rt_npy_writer *w);
+
+/*===--------------------------- .npz -----------------------------------===*/
+
+/// Writes an uncompressed ("stored") ZIP of .npy members, as numpy.savez
+/// does; member i is named names[i] + ".npy". Written atomically.
+SAE_RT_API sae_rt_status sae_rt_npz_write(const char *path, size_t count,
+                                          const char *const *names,
+                                          const sae_rt_array *arrays);
+
+/// An .npz archive read into memory (stored members only).
+typedef struct sae_rt_npz sae_rt_npz;
+
+SAE_RT_API sae_rt_status sae_rt_npz_open(const char *path, sae_rt_npz **out);
+/// Number of .npy members (other members are ignored).
+SAE_RT_API size_t sae_rt_npz_count(const sae_rt_npz *npz);
+/// Name of member `index` without the ".npy" suffix; NULL if out of range.
+SAE_RT_API const char *sae_rt_npz_name(const sae_rt_npz *npz, size_t index);
+/// The array of member `index`, owned by the archive; NULL if out of range.
+SAE_RT_API const sae_rt_array *sae_rt_npz_array(const sae_rt_npz *npz,
+                                                size_t index);
+/// The array named `name` (without ".npy"), or NULL.
+SAE_RT_API const sae_rt_array *sae_rt_npz_find(const sae_rt_npz *npz,
+                                               const char *name);
+SAE_RT_API void sae_rt_npz_close(sae_rt_npz *npz);
+
+/*===------------------------ .safetensors ------------------------------===*/
+
+/// Writes tensors (any sae_rt_dtype) with optional string metadata
+/// (`metadata_count` key/value pairs, may be 0 with NULL arrays). The JSON
+/// header is padded with spaces to a multiple of 8 bytes. Written atomically.
+SAE_RT_API sae_rt_status sae_rt_safetensors_write(
+    const char *path, size_t count, const char *const *names,
+    const sae_rt_array *arrays, size_t metadata_count,
+    const char *const *metadata_keys, const char *const *metadata_values);
+
+/// A validated safetensors file; tensor data is read on demand.
+typedef struct sae_rt_safetensors sae_rt_safetensors;
+
+/// Opens `path` and validates its header: length within the file, valid
+/// JSON, known dtypes, offsets in range, non-overlapping and matching
+/// shape x dtype size.
+SAE_RT_API sae_rt_status sae_rt_safetensors_open(const char *path,
+                                                 sae_rt_safetensors **out);
+SAE_RT_API size_t sae_rt_safetensors_count(const sae_rt_safetensors *st);
+/// Name of tensor `index` (in file order of the data); NULL if out of range.
+SAE_RT_API const char *sae_rt_safetensors_name(const sae_rt_safetensors *st,
+                                               size_t index);
+/// Index of the tensor named `name`, or -1.
+SAE_RT_API int64_t sae_rt_safetensors_find(const sae_rt_safetensors *st,
+                                           const char *name);
+/// The dtype as spelled in the file ("F32", "BF16", "I64", ...).
+SAE_RT_API const char *
+sae_rt_safetensors_dtype_name(const sae_rt_safetensors *st, size_t index);
+/// Shape of tensor `index`; *ndim receives its rank. NULL if out of range.
+SAE_RT_API const int64_t *sae_rt_safetensors_shape(const sae_rt_safetensors *st,
+                                                   size_t index, int32_t *ndim);
+/// Reads tensor `name` into a new array in its stored dtype (F32, I32, F16
+/// or BF16; other dtypes -> SAE_RT_ERR_FORMAT).
+SAE_RT_API sae_rt_status sae_rt_safetensors_read(sae_rt_safetensors *st,
+                                                 const char *name,
+                                                 sae_rt_array *out);
+/// The __metadata__ value of `key`, or NULL.
+SAE_RT_API const char *sae_rt_safetensors_metadata(const sae_rt_safetensors *st,
+                                                   const char *key);
+SAE_RT_API void sae_rt_safetensors_close(sae_rt_safetensors *st);
+
+/*===-------------------------- Models ----------------------------------===*/
+
+typedef struct sae_rt_model sae_rt_model;
+
+typedef enum {
+  SAE_RT_CODES_DENSE = 0,
+  SAE_RT_CODES_SPARSE = 1
+} sae_rt_codes_kind;
+
+/// The entry points of a model library; NULL where the library has none.
+typedef struct sae_rt_entry_points {
+  sae_abi_version_fn abi_version;
+  sae_model_describe_fn describe;
+  sae_init_fn init;
+  sae_encode_dense_fn encode_dense;
+  sae_encode_sparse_fn encode_sparse;
+  sae_decode_dense_fn decode_dense;
+  sae_decode_sparse_fn decode_sparse;
+  sae_forward_fn forward;
+} sae_rt_entry_points;
+
+/// Loads a saec-compiled library: dlopen(RTLD_NOW | RTLD_LOCAL), ABI version
+/// check, describe JSON validation, and a check that the host CPU has every
+/// feature in target.required_features.
+SAE_RT_API sae_rt_status sae_rt_model_open(const char *path,
+                                           sae_rt_model **out);
+/// Unloads the library. Pointers obtained from the model become invalid.
+SAE_RT_API void sae_rt_model_close(sae_rt_model *model);
+
+SAE_RT_API const char *sae_rt_model_name(const sae_rt_model *model);
+/// The path the model was opened from.
+SAE_RT_API const char *sae_rt_model_path(const sae_rt_model *model);
+/// The text returned by sae_model_describe().
+SAE_RT_API const char *sae_rt_model_describe_json(const sae_rt_model *model);
+/// The same document, pretty-printed with an indent of 2 and a final newline.
+SAE_RT_API const char *sae_rt_model_describe_pretty(const sae_rt_model *model);
+/// "source" of the describe JSON ("" when absent).
+SAE_RT_API const char *sae_rt_model_source(const sae_rt_model *model);
+/// The text written as a checkpoint's cfg.json.
+SAE_RT_API const char *sae_rt_model_cfg_json(const sae_rt_model *model);
+SAE_RT_API uint32_t sae_rt_model_abi_version(const sae_rt_model *model);
+/// d: the width of an input row.
+SAE_RT_API int64_t sae_rt_model_input_dim(const sae_rt_model *model);
+/// n: the number of latents (width of a dense code row).
+SAE_RT_API int64_t sae_rt_model_latents(const sae_rt_model *model);
+SAE_RT_API sae_rt_codes_kind sae_rt_model_codes_kind(const sae_rt_model *model);
+/// k of a sparse model; 0 for dense models.
+SAE_RT_API int64_t sae_rt_model_codes_k(const sae_rt_model *model);
+/// "encoder.op" and "loss" of the describe JSON ("" when absent).
+SAE_RT_API const char *sae_rt_model_encoder_op(const sae_rt_model *model);
+SAE_RT_API const char *sae_rt_model_loss(const sae_rt_model *model);
+/// The hyperparameters of "encoder" (every key but "op"), in document
+/// order: names, and values as compact JSON text ("32", "0.5", "\"x\"").
+SAE_RT_API size_t sae_rt_model_encoder_attr_count(const sae_rt_model *model);
+SAE_RT_API const char *sae_rt_model_encoder_attr_name(const sae_rt_model *model,
+                                                      size_t index);
+SAE_RT_API const char *
+sae_rt_model_encoder_attr_value(const sae_rt_model *model, size_t index);
+/// "target.triple" and "target.cpu" ("" when absent).
+SAE_RT_API const char *sae_rt_model_target_triple(const sae_rt_model *model);
+SAE_RT_API const char *sae_rt_model_target_cpu(const sae_rt_model *model);
+SAE_RT_API size_t sae_rt_model_feature_count(const sae_rt_model *model);
+SAE_RT_API const char *sae_rt_model_feature(const sae_rt_model *model,
+                                            size_t index);
+
+SAE_RT_API size_t sae_rt_model_param_count(const sae_rt_model *model);
+/// Parameter accessors; NULL / 0 when `index` is out of range.
+SAE_RT_API const char *sae_rt_model_param_name(const sae_rt_model *model,
+                                               size_t index);
+SAE_RT_API int32_t sae_rt_model_param_ndim(const sae_rt_model *model,
+                                           size_t index);
+SAE_RT_API const int64_t *sae_rt_model_param_shape(const sae_rt_model *model,
+                                                   size_t index);
+SAE_RT_API int64_t sae_rt_model_param_numel(const sae_rt_model *model,
+                                            size_t index);
+/// The "init" of the parameter ("" when absent).
+SAE_RT_API const char *sae_rt_model_param_init(const sae_rt_model *model,
+                                               size_t index);
+
+SAE_RT_API const sae_rt_entry_points *
+sae_rt_model_entry_points(const sae_rt_model *model);
+
+/// Checked wrappers around the entry points: validate the arguments (a
+/// missing entry point -> SAE_RT_ERR_ABI, batch < 1 or NULL buffers ->
+/// SAE_RT_ERR_ARG, sparse indices outside [0, n) -> SAE_RT_ERR_ARG), call
+/// the library and turn a nonzero return into SAE_RT_ERR_EXEC.
+SAE_RT_API sae_rt_status sae_rt_model_init(const sae_rt_model *model,
+                                           uint64_t seed, float *const *params);
+SAE_RT_API sae_rt_status sae_rt_model_encode_dense(const sae_rt_model *model,
+                                                   int64_t batch,
+                                                   const float *x,
+                                                   float *const *params,
+                                                   float *codes);
+SAE_RT_API sae_rt_status sae_rt_model_encode_sparse(
+    const sae_rt_model *model, int64_t batch, const float *x,
+    float *const *params, float *values, int32_t *indices);
+SAE_RT_API sae_rt_status sae_rt_model_decode_dense(const sae_rt_model *model,
+                                                   int64_t batch,
+                                                   const float *codes,
+                                                   float *const *params,
+                                                   float *xhat);
+SAE_RT_API sae_rt_status sae_rt_model_decode_sparse(
+    const sae_rt_model *model, int64_t batch, const float *values,
+    const int32_t *indices, float *const *params, float *xhat);
+SAE_RT_API sae_rt_status sae_rt_model_forward(const sae_rt_model *model,
+                                              int64_t batch, const float *x,
+                                              float *const *params, float *xhat,
+                                              float *loss);
+
+/*===------------------------ Parameters --------------------------------===*/
+
+/// Allocates one zero-filled, 64-byte aligned float buffer per parameter of
+/// `model`, in describe order, and the array of pointers to them.
+SAE_RT_API sae_rt_status sae_rt_params_alloc(const sae_rt_model *model,
+                                             float ***out);
+/// Frees what sae_rt_params_alloc() returned (NULL is accepted). Does not
+/// need the model, which may already be closed.
+SAE_RT_API void sae_rt_params_free(float **params);
+
+/*===------------------------ Checkpoints -------------------------------===*/
+
+/// Writes `dir`/sae_weights.safetensors (one F32 tensor per parameter, named
+/// after it) and `dir`/cfg.json, atomically: everything is written and
+/// fsync'ed in a sibling `dir`.tmp-XXXXXX, which then replaces `dir`. An
+/// existing `dir` must be empty or look like a checkpoint (contain
+/// cfg.json or sae_weights.safetensors); it is replaced whole.
+SAE_RT_API sae_rt_status sae_rt_checkpoint_save(const sae_rt_model *model,
+                                                const char *dir,
+                                                float *const *params);
+/// Reads `dir`/sae_weights.safetensors into `params`: every parameter must
+/// be present with exactly the model's shape (F32; F16 and BF16 are
+/// widened). Extra tensors are ignored.
+SAE_RT_API sae_rt_status sae_rt_checkpoint_load(const sae_rt_model *model,
+                                                const char *dir,
+                                                float *const *params);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SAE_RUNTIME_RUNTIME_H */
