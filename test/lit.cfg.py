@@ -23,6 +23,7 @@ config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "I
 # Debian's python3-numpy and python3-torch belong to the system interpreter.
 python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
 config.substitutions.append(("%python", python))
+config.substitutions.append(("%expect-exit", python + " " + os.path.join(config.test_source_root, "Inputs", "expect_exit.py")))
 llvm_config.add_tool_substitutions(["saec", "sae-opt", "sae"], [config.sae_tools_dir])
 
 # GPU features: PTX can be checked with ptxas anywhere; running needs a GPU.

@@ -154,6 +154,11 @@ int main(int argc, char **argv) {
       "  saec examples/topk.sae -o libtopk.so\n"
       "  saec examples/topk.sae --emit=mlir\n");
 
+  if (optLevel > 3) {
+    llvm::errs() << "saec: error: -O" << optLevel
+                 << " is not an optimisation level; use -O0 to -O3\n";
+    return 1;
+  }
   std::map<std::string, int64_t> overrides;
   for (const std::string &d : defines) {
     llvm::StringRef name, value;

@@ -99,13 +99,16 @@ const char *const kEncodeHelp =
     "                  [--sparse] [--batch-size N]\n"
     "\n"
     "Encodes the rows of X.npy, a float32 [B, d] array (or [d], one row)\n"
-    "whose d is the model's input dimension. Writes dense codes [B, n] as\n"
+    "whose d is the model's input dimension, or of an IDX file such as\n"
+    "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz (plain or\n"
+    "gzip; names ending in -ubyte[.gz] or .idx[.gz]; pixels scaled to\n"
+    "[0, 1], each image one row). Writes dense codes [B, n] as\n"
     "float32 .npy, or with --sparse an .npz holding 'values' [B, k] float32\n"
     "and 'indices' [B, k] int32. The output is written atomically.\n"
     "\n"
     "options:\n"
     "  --checkpoint DIR  checkpoint to load the parameters from (required)\n"
-    "  --input X.npy     input rows (required)\n"
+    "  --input X         input rows, .npy or IDX (required)\n"
     "  --output OUT      output file (required)\n"
     "  --sparse          write sparse codes (models with sparse codes only)\n"
     "  --batch-size N    rows per call into the model (default 1024)\n"
@@ -131,7 +134,8 @@ const char *const kForwardHelp =
     "usage: sae forward LIB.so --checkpoint DIR --input X.npy\n"
     "                   [--output XHAT.npy] [--batch-size N]\n"
     "\n"
-    "Runs the model's forward pass over X.npy (float32 [B, d] or [d]) and\n"
+    "Runs the model's forward pass over X.npy (float32 [B, d] or [d], or an\n"
+    "IDX file as for 'sae encode') and\n"
     "prints one JSON object to stdout:\n"
     "  {\"loss\": ..., \"mse\": ..., \"fvu\": ..., \"l0\": ...}\n"
     "loss: the model's own loss, averaged over chunks weighted by rows;\n"
@@ -143,7 +147,7 @@ const char *const kForwardHelp =
     "\n"
     "options:\n"
     "  --checkpoint DIR  checkpoint to load the parameters from (required)\n"
-    "  --input X.npy     input rows (required)\n"
+    "  --input X         input rows, .npy or IDX (required)\n"
     "  --output XHAT.npy also write the reconstructions\n"
     "  --batch-size N    rows per call into the model (default 1024)\n"
     "  -h, --help        show this help\n";
@@ -338,19 +342,41 @@ void loadModel(LoadedModel &loaded, const Args &args, Fn validate) {
                                loaded.params.get()));
 }
 
-/// A float32 [B, width] or [width] .npy input read in chunks of rows.
+/// True for IDX files (MNIST's format, e.g. Debian's Fashion-MNIST
+/// `train-images-idx3-ubyte.gz`), recognised by name.
+bool isIdxPath(const std::string &path) {
+  auto endsWith = [&](const char *suffix) {
+    size_t n = std::strlen(suffix);
+    return path.size() >= n && path.compare(path.size() - n, n, suffix) == 0;
+  };
+  return endsWith("-ubyte") || endsWith("-ubyte.gz") || endsWith(".idx") ||
+         endsWith(".idx.gz");
+}
+
+/// A float32 [B, width] or [width] input read in chunks of rows: a .npy
+/// file streamed from disk, or an IDX file (plain or gzip) read whole.
 class RowInput {
 public:
   RowInput(const std::string &path, int64_t width, const std::string &what)
       : path(path), width(width) {
-    sae_rt_npy_reader *raw = nullptr;
-    check(sae_rt_npy_reader_open(path.c_str(), &raw));
-    reader.reset(raw);
-    int32_t ndim = sae_rt_npy_reader_ndim(raw);
-    const int64_t *shape = sae_rt_npy_reader_shape(raw);
-    sae_rt_dtype dtype = sae_rt_npy_reader_dtype(raw);
-    if (dtype != SAE_RT_DTYPE_FLOAT32)
-      fail(path + ": dtype " + sae_rt_dtype_name(dtype) + ", expected float32");
+    int32_t ndim;
+    const int64_t *shape;
+    if (isIdxPath(path)) {
+      check(sae_rt_idx_read(path.c_str(), &idx));
+      ownsIdx = true;
+      ndim = idx.ndim;
+      shape = idx.shape;
+    } else {
+      sae_rt_npy_reader *raw = nullptr;
+      check(sae_rt_npy_reader_open(path.c_str(), &raw));
+      reader.reset(raw);
+      ndim = sae_rt_npy_reader_ndim(raw);
+      shape = sae_rt_npy_reader_shape(raw);
+      sae_rt_dtype dtype = sae_rt_npy_reader_dtype(raw);
+      if (dtype != SAE_RT_DTYPE_FLOAT32)
+        fail(path + ": dtype " + sae_rt_dtype_name(dtype) +
+             ", expected float32");
+    }
     if (ndim == 1) {
       oneRow = true;
       rows = 1;
@@ -367,20 +393,33 @@ public:
            std::to_string(width) + "] or [" + std::to_string(width) + "]");
     }
   }
+  ~RowInput() {
+    if (ownsIdx)
+      sae_rt_array_free(&idx);
+  }
+  RowInput(const RowInput &) = delete;
+  RowInput &operator=(const RowInput &) = delete;
 
   int64_t getRows() const { return rows; }
 
   void read(int64_t first, int64_t count, float *dst) {
-    if (oneRow)
+    if (ownsIdx) {
+      const float *src = static_cast<const float *>(idx.data);
+      std::memcpy(dst, src + first * width,
+                  static_cast<size_t>(count * width) * sizeof(float));
+    } else if (oneRow) {
       check(sae_rt_npy_reader_read_rows(reader.get(), 0, width, dst));
-    else
+    } else {
       check(sae_rt_npy_reader_read_rows(reader.get(), first, count, dst));
+    }
   }
 
 private:
   std::string path;
   int64_t width;
   ReaderPtr reader;
+  sae_rt_array idx{};
+  bool ownsIdx = false;
   int64_t rows = 0;
   bool oneRow = false;
 };

@@ -114,6 +114,12 @@ SAE_RT_API float sae_rt_bfloat16_to_float32(uint16_t bits);
 /// '<f2'; C order). Bytes after the data are ignored.
 SAE_RT_API sae_rt_status sae_rt_npy_read(const char *path, sae_rt_array *out);
 
+/// Reads an IDX file (the MNIST / Fashion-MNIST format), plain or
+/// gzip-compressed, as a float32 array [N, prod(other dims)] (or [N] for a
+/// rank-1 file). Unsigned-byte data (pixels) is scaled to [0, 1]; other
+/// element types are converted as they are.
+SAE_RT_API sae_rt_status sae_rt_idx_read(const char *path, sae_rt_array *out);
+
 /// Writes `array` (float32, int32 or float16) as a .npy file, atomically
 /// (temporary file in the same directory, then rename).
 SAE_RT_API sae_rt_status sae_rt_npy_write(const char *path,
