@@ -24,6 +24,7 @@ config.substitutions.append(("%inputs", os.path.join(config.test_source_root, "I
 python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
 config.substitutions.append(("%python", python))
 config.substitutions.append(("%expect-exit", python + " " + os.path.join(config.test_source_root, "Inputs", "expect_exit.py")))
+config.substitutions.append(("%saec_path", os.path.join(config.sae_tools_dir, "saec")))
 llvm_config.add_tool_substitutions(["saec", "sae-opt", "sae"], [config.sae_tools_dir])
 
 # GPU features: PTX can be checked with ptxas anywhere; running needs a GPU.
