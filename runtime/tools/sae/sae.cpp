@@ -402,7 +402,22 @@ public:
 
   int64_t getRows() const { return rows; }
 
+  /// Reads rows [first, first + count) into `dst`; a NaN or infinity in
+  /// them is an error naming its row and column (the model would otherwise
+  /// turn it into garbage codes silently).
   void read(int64_t first, int64_t count, float *dst) {
+    readRaw(first, count, dst);
+    int64_t n = (oneRow ? 1 : count) * width;
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(dst[i]))
+        fail(path + ": row " + std::to_string(first + i / width) +
+             ", column " + std::to_string(i % width) + " is " +
+             (std::isnan(dst[i]) ? "NaN" : "infinite") +
+             "; inputs must be finite");
+  }
+
+private:
+  void readRaw(int64_t first, int64_t count, float *dst) {
     if (ownsIdx) {
       const float *src = static_cast<const float *>(idx.data);
       std::memcpy(dst, src + first * width,
@@ -414,7 +429,6 @@ public:
     }
   }
 
-private:
   std::string path;
   int64_t width;
   ReaderPtr reader;
