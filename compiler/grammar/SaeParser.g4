@@ -15,7 +15,7 @@ stmt
   | LET name=IDENT ASSIGN expr SEMI                           # letStmt
   | ENCODE name=IDENT ASSIGN expr SEMI                        # encodeStmt
   | DECODE name=IDENT ASSIGN expr SEMI                        # decodeStmt
-  | LOSS ASSIGN expr SEMI                                     # lossStmt
+  | LOSS (name=IDENT)? ASSIGN expr SEMI                       # lossStmt
   ;
 
 dimDef : name=IDENT ASSIGN value=INT ;

@@ -36,7 +36,7 @@ module attributes {sae.describe = "{\"abi_version\":1}"} {
 // CHECK-LABEL: func.func @sae_model_describe() -> !llvm.ptr
 // CHECK:         llvm.mlir.addressof @__sae_model_describe
 // CHECK-LABEL: func.func @sae_abi_version() -> i32
-// CHECK:         arith.constant 1 : i32
+// CHECK:         arith.constant 2 : i32
 
 // -----
 
@@ -62,3 +62,40 @@ module attributes {sae.describe = "{}"} {
 // CHECK:         %[[L:.*]] = sae.mse
 // CHECK:         llvm.store %[[L]], %[[LOSSP]] : f32, !llvm.ptr
 
+
+// -----
+
+// Tests the ABI groups: inputs and parameters arrive as arrays of pointers,
+// a trailing scalar (the seed) is passed by value after them, and scalar
+// results tagged sae.loss are stored into consecutive floats of one array.
+module attributes {sae.describe = "{}"} {
+  func.func @forward(%x: tensor<?x4xf32> {sae.input = "x"}, %g: tensor<?x4xf32> {sae.input = "g"}, %b: tensor<4xf32> {sae.param = "b"}, %seed: i64) -> (tensor<?x4xf32>, f32 {sae.loss = "total"}, f32 {sae.loss = "recon"}) attributes {sae.entry = "forward"} {
+    %y = sae.bias_add %x, %b : tensor<?x4xf32>, tensor<4xf32>
+    %l = sae.mse %y, %g : tensor<?x4xf32> -> f32
+    return %y, %l, %l : tensor<?x4xf32>, f32, f32
+  }
+}
+// CHECK-LABEL: func.func @sae_forward(
+// CHECK-SAME:    %[[B:.*]]: i64, %[[INPUTS:.*]]: !llvm.ptr, %[[PARAMS:.*]]: !llvm.ptr, %[[SEED:.*]]: i64, %[[XHAT:.*]]: !llvm.ptr, %[[LOSSES:.*]]: !llvm.ptr) -> i32
+// CHECK:         %[[X0:.*]] = llvm.getelementptr %[[INPUTS]][0] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr
+// CHECK:         %[[G0:.*]] = llvm.getelementptr %[[INPUTS]][1] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr
+// CHECK:         llvm.getelementptr %[[PARAMS]][0]
+// CHECK:         %[[L0:.*]] = llvm.getelementptr %[[LOSSES]][0] : (!llvm.ptr) -> !llvm.ptr, f32
+// CHECK:         %[[L1:.*]] = llvm.getelementptr %[[LOSSES]][1] : (!llvm.ptr) -> !llvm.ptr, f32
+// CHECK:         %[[L:.*]] = sae.mse
+// CHECK:         llvm.store %[[L]], %[[L0]] : f32, !llvm.ptr
+// CHECK:         llvm.store %[[L]], %[[L1]] : f32, !llvm.ptr
+
+// -----
+
+// Tests that a tensor tagged sae.batch_scale = k has batch * k rows.
+module attributes {sae.describe = "{}"} {
+  func.func @decode_batch(%v: tensor<?xf32> {sae.batch_scale = 4 : i64}, %x: tensor<?x2xf32>) -> tensor<?x2xf32> attributes {sae.entry = "decode_batch"} {
+    return %x : tensor<?x2xf32>
+  }
+}
+// CHECK-LABEL: func.func @sae_decode_batch(
+// CHECK-SAME:    %[[B:.*]]: i64, %[[V:.*]]: !llvm.ptr, %[[X:.*]]: !llvm.ptr, %{{.*}}: !llvm.ptr) -> i32
+// CHECK:         %[[K:.*]] = llvm.mlir.constant(4 : i64) : i64
+// CHECK:         %[[N:.*]] = llvm.mul %[[B]], %[[K]] : i64
+// CHECK:         llvm.insertvalue %[[N]], %{{.*}}[3, 0] : !llvm.struct<(ptr, ptr, i64, array<1 x i64>, array<1 x i64>)>

@@ -145,7 +145,8 @@ private:
           DeclAST::Decode, r, dec->name->getText(), buildExpr(dec->expr())));
     } else if (auto *loss = dynamic_cast<SaeParser::LossStmtContext *>(stmt)) {
       decls.push_back(std::make_unique<BindingDeclAST>(
-          DeclAST::Loss, r, "", buildExpr(loss->expr())));
+          DeclAST::Loss, r, loss->name ? loss->name->getText() : "",
+          buildExpr(loss->expr())));
     }
   }
 

@@ -56,26 +56,60 @@ std::string formatNumber(double v) {
 
 enum class ArgKind { Tensor, Int, Float };
 
+struct ArgSpec {
+  llvm::StringRef name;
+  ArgKind kind;
+  /// An optional tensor may be left out; an optional constant takes
+  /// `defaultValue`.
+  bool optional = false;
+  double defaultValue = 0;
+};
+
 struct BuiltinSig {
   llvm::StringRef name;
-  std::vector<std::pair<llvm::StringRef, ArgKind>> args;
+  std::vector<ArgSpec> args;
   /// Initialisers take their shape from the parameter being declared.
   bool initOnly;
 };
 
 const std::vector<BuiltinSig> &builtins() {
+  const ArgKind T = ArgKind::Tensor, I = ArgKind::Int, F = ArgKind::Float;
   static const std::vector<BuiltinSig> sigs = {
-      {"relu", {{"x", ArgKind::Tensor}}, false},
-      {"topk", {{"x", ArgKind::Tensor}, {"k", ArgKind::Int}}, false},
-      {"mse", {{"input", ArgKind::Tensor}, {"target", ArgKind::Tensor}}, false},
-      {"fvu", {{"input", ArgKind::Tensor}, {"target", ArgKind::Tensor}}, false},
-      {"transpose", {{"w", ArgKind::Tensor}}, false},
-      {"normalize_rows", {{"w", ArgKind::Tensor}}, false},
+      {"relu", {{"x", T}}, false},
+      {"abs", {{"x", T}}, false},
+      {"exp", {{"x", T}}, false},
+      {"tanh", {{"x", T}}, false},
+      {"step", {{"x", T}}, false},
+      {"stopgrad", {{"x", T}}, false},
+      {"jump_relu", {{"x", T}, {"threshold", T}}, false},
+      {"topk", {{"x", T}, {"k", I}}, false},
+      {"abs_topk", {{"x", T}, {"k", I}}, false},
+      {"group_max", {{"x", T}, {"k", I}}, false},
+      {"grad_topk",
+       {{"x", T}, {"grad", T}, {"decoder", T}, {"k", I}, {"beta", F, true, 1.0}},
+       false},
+      {"mse", {{"input", T}, {"target", T}, {"mean", I, true, 0}}, false},
+      {"fvu", {{"input", T}, {"target", T}}, false},
+      {"l1", {{"codes", T}, {"decoder", T, true}}, false},
+      {"tanh_penalty", {{"codes", T}, {"decoder", T}, {"c", F}}, false},
+      {"l0", {{"x", T}, {"threshold", T}}, false},
+      {"matching_pursuit",
+       {{"r", T}, {"decoder", T}, {"k", I}, {"nonneg", I, true, 0}},
+       false},
+      {"top_afa", {{"x", T}, {"decoder", T}, {"target", T}}, false},
+      {"afa", {{"codes", T}, {"x", T}}, false},
+      {"kl_std_normal", {{"mu", T}}, false},
+      {"transpose", {{"w", T}}, false},
+      {"normalize_rows", {{"w", T}}, false},
       {"zeros", {}, true},
       {"ones", {}, true},
-      {"constant", {{"value", ArgKind::Float}}, true},
-      {"uniform", {{"low", ArgKind::Float}, {"high", ArgKind::Float}}, true},
+      {"constant", {{"value", F}}, true},
+      {"uniform", {{"low", F}, {"high", F}}, true},
       {"kaiming_uniform", {}, true},
+      {"normal", {{"mean", F}, {"std", F}}, true},
+      {"data_mean", {{"x", T}}, true},
+      {"geometric_median", {{"x", T}, {"iterations", I, true, 100}}, true},
+      {"gaussian", {{"mu", T}}, false},
   };
   return sigs;
 }
@@ -89,7 +123,9 @@ const BuiltinSig *lookupBuiltin(llvm::StringRef name) {
 
 /// Where an expression is evaluated.
 struct Scope {
-  enum Kind { Model, Init, Decode } kind = Model;
+  /// InitData: the data argument of a data-dependent initialiser, which may
+  /// read the input.
+  enum Kind { Model, Init, InitData, Decode } kind = Model;
   /// Init: the parameter being initialised.
   const TensorDeclAST *param = nullptr;
   std::vector<int64_t> paramShape;
@@ -186,6 +222,10 @@ std::optional<double> Sema::evalConst(const ExprAST &e) {
     auto it = m.symbols.find(n->getName());
     if (it != m.symbols.end() && llvm::isa<DimDeclAST>(it->second))
       return double(m.getDim(n->getName()));
+    if (it == m.symbols.end() && n->getName() == "true")
+      return 1.0;
+    if (it == m.symbols.end() && n->getName() == "false")
+      return 0.0;
     return std::nullopt;
   }
   if (auto *u = llvm::dyn_cast<UnaryExprAST>(&e)) {
@@ -230,7 +270,8 @@ ValueType Sema::checkName(const NameExprAST &e, const Scope &scope,
   case DeclAST::Input:
     if (scope.kind == Scope::Init) {
       error(e.getLoc()) << "the initialiser of '" << scope.param->getName()
-                        << "' cannot use the input '" << name << "'";
+                        << "' cannot use the input '" << name
+                        << "' except through data_mean or geometric_median";
       return {};
     }
     if (scope.kind == Scope::Decode) {
@@ -239,7 +280,10 @@ ValueType Sema::checkName(const NameExprAST &e, const Scope &scope,
       return {};
     }
     usesInput = true;
-    return ValueType::tensor(true, {m.inputDim});
+    for (const auto &[in, dim] : m.inputs)
+      if (in == decl)
+        return ValueType::tensor(true, {dim});
+    return {}; // its declaration had an error
   case DeclAST::Param:
     for (const auto &[p, shape] : m.params)
       if (p == decl)
@@ -248,7 +292,7 @@ ValueType Sema::checkName(const NameExprAST &e, const Scope &scope,
   case DeclAST::Let:
   case DeclAST::Encode:
   case DeclAST::Decode: {
-    if (scope.kind == Scope::Init) {
+    if (scope.kind == Scope::Init || scope.kind == Scope::InitData) {
       error(e.getLoc()) << "the initialiser of '" << scope.param->getName()
                         << "' may only use parameters, not '" << name << "'";
       return {};
@@ -346,6 +390,12 @@ ValueType Sema::checkBinary(const BinaryExprAST &e, const Scope &scope,
     }
     return r;
   }
+  // A parameter vector scales the columns of a batch or of a matrix.
+  bool rowsOfL = !r.batched && r.shape.size() == 1 &&
+                 (l.batched ? l.shape.size() == 1 : l.shape.size() == 2) &&
+                 l.shape.back() == r.shape[0];
+  if (rowsOfL && (l.batched || l.shape.size() == 2))
+    return l;
   if (l.shape != r.shape || l.batched != r.batched) {
     error(loc) << "shape mismatch in '" << op << "': " << l.str()
                << (l.batched ? " (per row)" : "") << " and " << r.str()
@@ -364,6 +414,11 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     return {};
   }
   if (sig->initOnly && scope.kind != Scope::Init) {
+    if (scope.kind == Scope::InitData) {
+      error(e.getLoc()) << "'" << name << "' cannot be nested in a data "
+                        << "initialiser's argument";
+      return {};
+    }
     error(e.getLoc()) << "'" << name
                       << "' is an initialiser; it can only be used after '=' "
                          "in a param declaration";
@@ -386,7 +441,7 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
       continue;
     }
     auto it = llvm::find_if(sig->args,
-                            [&](const auto &a) { return a.first == *arg.name; });
+                            [&](const ArgSpec &a) { return a.name == *arg.name; });
     if (it == sig->args.end()) {
       error(arg.loc) << "'" << name << "' has no argument named '" << *arg.name
                      << "'";
@@ -401,8 +456,8 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     bound[i] = &arg;
   }
   for (size_t i = 0; i < bound.size(); ++i) {
-    if (!bound[i]) {
-      error(e.getLoc()) << "missing argument '" << sig->args[i].first
+    if (!bound[i] && !sig->args[i].optional) {
+      error(e.getLoc()) << "missing argument '" << sig->args[i].name
                         << "' in call to '" << name << "'";
       ok = false;
     }
@@ -412,27 +467,39 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
 
   std::vector<ValueType> types;
   std::vector<const ExprAST *> &argExprs = m.boundArgs[&e];
+  std::vector<double> &consts = m.callConstants[&e];
   for (size_t i = 0; i < bound.size(); ++i) {
+    const ArgSpec &spec = sig->args[i];
+    consts.push_back(spec.defaultValue);
+    if (!bound[i]) { // an optional argument left out
+      argExprs.push_back(nullptr);
+      types.push_back({});
+      continue;
+    }
     const ExprAST &value = *bound[i]->value;
     argExprs.push_back(&value);
-    if (sig->args[i].second == ArgKind::Tensor) {
-      types.push_back(check(value, scope, usesInput));
+    if (spec.kind == ArgKind::Tensor) {
+      bool dataArg = name == "data_mean" || name == "geometric_median";
+      Scope argScope = scope;
+      if (dataArg)
+        argScope.kind = Scope::InitData;
+      types.push_back(check(value, argScope, usesInput));
       if (!types.back().isValid())
         ok = false;
       continue;
     }
     std::optional<double> c = evalConst(value);
-    bool wantInt = sig->args[i].second == ArgKind::Int;
+    bool wantInt = spec.kind == ArgKind::Int;
     if (!c || (wantInt && (*c != std::floor(*c) || std::isinf(*c)))) {
-      error(bound[i]->loc) << "argument '" << sig->args[i].first << "' of '"
-                           << name << "' must be "
+      error(bound[i]->loc) << "argument '" << spec.name << "' of '" << name
+                           << "' must be "
                            << (wantInt ? "an integer" : "a numeric")
                            << " constant";
       ok = false;
       types.push_back({});
       continue;
     }
-    m.constants[&value] = *c;
+    consts.back() = *c;
     types.push_back(ValueType::scalar());
   }
   if (!ok)
@@ -445,7 +512,7 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     error(bound[i]->loc) << "'" << name << "' expects "
                          << (batched ? "a batched dense tensor"
                                      : "a dense tensor")
-                         << " for '" << sig->args[i].first << "', got "
+                         << " for '" << sig->args[i].name << "', got "
                          << (t.kind == ValueType::Tensor && !t.batched
                                  ? "the parameter-shaped tensor " + t.str()
                                  : t.str());
@@ -460,22 +527,137 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     return false;
   };
 
-  if (name == "relu")
+  // A batched vector per row, or sparse codes: what penalties accept.
+  auto needCodes = [&](size_t i) -> bool {
+    const ValueType &t = types[i];
+    if (t.kind == ValueType::Codes ||
+        (t.kind == ValueType::Tensor && t.batched && t.shape.size() == 1))
+      return true;
+    error(bound[i]->loc) << "'" << name << "' expects codes (sparse, or one "
+                         << "dense vector per row) for '" << sig->args[i].name
+                         << "', got " << t.str();
+    return false;
+  };
+  auto latentsOf = [](const ValueType &t) { return t.shape[0]; };
+  // A parameter vector with one entry per column of argument `of`.
+  auto needThreshold = [&](size_t i, size_t of) -> bool {
+    const ValueType &t = types[i];
+    int64_t n = latentsOf(types[of]);
+    if (t.kind == ValueType::Tensor && !t.batched && t.shape.size() == 1 &&
+        t.shape[0] == n)
+      return true;
+    error(bound[i]->loc) << "'" << name << "' expects a parameter vector ["
+                         << n << "] for '" << sig->args[i].name << "', got "
+                         << t.str();
+    return false;
+  };
+  // A decoder [n, d] matching the codes in argument `of`.
+  auto needDecoder = [&](size_t i, size_t of) -> bool {
+    if (!needMatrix(i))
+      return false;
+    int64_t n = latentsOf(types[of]);
+    if (types[i].shape[0] == n)
+      return true;
+    error(bound[i]->loc) << "'" << name << "' expects a decoder with " << n
+                         << " rows for '" << sig->args[i].name << "', got "
+                         << types[i].str();
+    return false;
+  };
+
+  if (name == "relu" || name == "abs" || name == "exp" || name == "tanh" ||
+      name == "step" || name == "stopgrad")
     return needDense(0, false) ? types[0] : ValueType();
-  if (name == "topk") {
+  if (name == "jump_relu") {
+    if (!needDense(0, true) || types[0].shape.size() != 1 ||
+        !needThreshold(1, 0))
+      return {};
+    return types[0];
+  }
+  if (name == "matching_pursuit") {
+    if (!needDense(0, true) || !needMatrix(1))
+      return {};
+    int64_t n = types[1].shape[0], d = types[1].shape[1];
+    if (types[0].shape != std::vector<int64_t>{d}) {
+      error(bound[0]->loc) << "'matching_pursuit' expects residual rows of the "
+                              "decoder's width ["
+                           << d << "], got " << types[0].str();
+      return {};
+    }
+    double k = consts[2];
+    if (k < 1 || k > double(n)) {
+      error(bound[2]->loc) << "k = " << int64_t(k) << " is out of range: '"
+                           << name << "' needs 1 <= k <= " << n;
+      return {};
+    }
+    return ValueType::codes(n, int64_t(k));
+  }
+  if (name == "top_afa") {
+    if (!needDense(0, true) || types[0].shape.size() != 1 ||
+        !needDecoder(1, 0) || !needDense(2, true))
+      return {};
+    if (types[2].shape != std::vector<int64_t>{types[1].shape[1]}) {
+      error(bound[2]->loc) << "'top_afa' expects target rows of the decoder's "
+                              "width ["
+                           << types[1].shape[1] << "], got " << types[2].str();
+      return {};
+    }
+    return types[0];
+  }
+  if (name == "l0") {
+    if (!needDense(0, true) || !needThreshold(1, 0))
+      return {};
+    return ValueType::scalar();
+  }
+  if (name == "l1") {
+    if (!needCodes(0) || (bound[1] && !needDecoder(1, 0)))
+      return {};
+    return ValueType::scalar();
+  }
+  if (name == "tanh_penalty") {
+    if (!needCodes(0) || !needDecoder(1, 0))
+      return {};
+    return ValueType::scalar();
+  }
+  if (name == "afa") {
+    if (!needCodes(0) || !needDense(1, true))
+      return {};
+    return ValueType::scalar();
+  }
+  if (name == "kl_std_normal")
+    return needDense(0, true) ? ValueType::scalar() : ValueType();
+  if (name == "topk" || name == "abs_topk" || name == "group_max" ||
+      name == "grad_topk") {
     if (!needDense(0, true))
       return {};
     if (types[0].shape.size() != 1) {
-      error(bound[0]->loc) << "'topk' expects one vector per row, got "
+      error(bound[0]->loc) << "'" << name << "' expects one vector per row, got "
                            << types[0].str();
       return {};
     }
     int64_t n = types[0].shape[0];
-    double k = m.constants[bound[1]->value.get()];
+    size_t kArg = name == "grad_topk" ? 3 : 1;
+    double k = consts[kArg];
     if (k < 1 || k > double(n)) {
-      error(bound[1]->loc) << "k = " << int64_t(k)
-                           << " is out of range: 'topk' needs 1 <= k <= " << n;
+      error(bound[kArg]->loc) << "k = " << int64_t(k) << " is out of range: '"
+                              << name << "' needs 1 <= k <= " << n;
       return {};
+    }
+    if (name == "group_max" && n % int64_t(k) != 0) {
+      error(bound[kArg]->loc) << "k = " << int64_t(k) << " does not divide the "
+                              << n << " latents into equal groups";
+      return {};
+    }
+    if (name == "grad_topk") {
+      // The downstream gradient has the input's width; the decoder maps the
+      // n latents to it.
+      if (!needDense(1, true) || !needDecoder(2, 0))
+        return {};
+      if (types[1].shape != std::vector<int64_t>{types[2].shape[1]}) {
+        error(bound[1]->loc) << "'grad_topk' expects a gradient of shape ["
+                             << types[2].shape[1] << "] per row, got "
+                             << types[1].str();
+        return {};
+      }
     }
     return ValueType::codes(n, int64_t(k));
   }
@@ -497,9 +679,33 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
   }
   if (name == "normalize_rows")
     return needMatrix(0) ? types[0] : ValueType();
+  if (name == "data_mean" || name == "geometric_median") {
+    const ValueType &t = types[0];
+    if (t.kind != ValueType::Tensor || !t.batched || t.shape.size() != 1) {
+      error(bound[0]->loc) << "'" << name << "' expects the input rows, got "
+                           << t.str();
+      return {};
+    }
+    if (consts.size() > 1 && consts[1] < 0) {
+      error(bound[1]->loc) << "iterations must be non-negative";
+      return {};
+    }
+    m.initNeedsData = true;
+    return ValueType::tensor(false, t.shape);
+  }
+  if (name == "normal" && !(consts[1] >= 0)) {
+    error(e.getLoc()) << "'normal' needs std >= 0, got " << formatNumber(consts[1]);
+    return {};
+  }
+  if (name == "gaussian") {
+    if (!needDense(0, true))
+      return {};
+    m.stochastic = true;
+    return types[0];
+  }
   if (name == "uniform") {
-    double lo = m.constants[bound[0]->value.get()];
-    double hi = m.constants[bound[1]->value.get()];
+    double lo = consts[0];
+    double hi = consts[1];
     if (!(lo < hi)) {
       error(e.getLoc()) << "'uniform' needs low < high, got " << formatNumber(lo)
                         << " and " << formatNumber(hi);
@@ -565,12 +771,6 @@ std::optional<CheckedModel> Sema::run() {
       auto &in = llvm::cast<TensorDeclAST>(decl);
       if (!declare(decl))
         break;
-      if (m.input) {
-        error(decl.getLoc()) << "a model has exactly one input; '"
-                             << m.input->getName() << "' is already declared";
-        break;
-      }
-      m.input = &in;
       auto shape = resolveShape(in.getShape());
       if (!shape)
         break;
@@ -581,7 +781,11 @@ std::optional<CheckedModel> Sema::run() {
                              << shape->size();
         break;
       }
-      m.inputDim = (*shape)[0];
+      if (!m.input) {
+        m.input = &in;
+        m.inputDim = (*shape)[0];
+      }
+      m.inputs.emplace_back(&in, (*shape)[0]);
       break;
     }
     case DeclAST::Param: {
@@ -619,10 +823,11 @@ std::optional<CheckedModel> Sema::run() {
     case DeclAST::Decode:
     case DeclAST::Loss: {
       auto &b = llvm::cast<BindingDeclAST>(decl);
+      bool namedTerm = decl.getKind() == DeclAST::Loss && !decl.getName().empty();
       const BindingDeclAST **slot =
           decl.getKind() == DeclAST::Encode   ? &m.encode
           : decl.getKind() == DeclAST::Decode ? &m.decode
-          : decl.getKind() == DeclAST::Loss   ? &m.loss
+          : decl.getKind() == DeclAST::Loss && !namedTerm ? &m.loss
                                               : nullptr;
       const char *keyword = decl.getKind() == DeclAST::Encode   ? "encode"
                             : decl.getKind() == DeclAST::Decode ? "decode"
@@ -634,8 +839,34 @@ std::optional<CheckedModel> Sema::run() {
             << "the first one is here";
         break;
       }
-      if (decl.getKind() != DeclAST::Loss && !declare(decl))
+      if (decl.getKind() == DeclAST::Loss) {
+        const DeclAST *other = m.loss ? m.loss
+                               : !m.lossTerms.empty() ? m.lossTerms.front()
+                                                      : nullptr;
+        if (other && (!namedTerm || other == m.loss)) {
+          mlir::InFlightDiagnostic diag = error(decl.getLoc());
+          diag << "a loss is either one unnamed 'loss = ...' or named terms "
+                  "'loss NAME = ...' that add up";
+          diag.attachNote(toLocation(ctx, other->getLoc()))
+              << "the first loss statement is here";
+          break;
+        }
+        if (namedTerm) {
+          auto dup = llvm::find_if(m.lossTerms, [&](const DeclAST *t) {
+            return t->getName() == decl.getName();
+          });
+          if (dup != m.lossTerms.end()) {
+            mlir::InFlightDiagnostic diag = error(decl.getLoc());
+            diag << "redefinition of loss term '" << decl.getName() << "'";
+            diag.attachNote(toLocation(ctx, (*dup)->getLoc()))
+                << "previous definition is here";
+            break;
+          }
+          m.lossTerms.push_back(&b);
+        }
+      } else if (!declare(decl)) {
         break;
+      }
       if (slot)
         *slot = &b;
       Scope scope;
@@ -677,13 +908,12 @@ bool Sema::checkBinding(const BindingDeclAST &b, const ValueType &t,
       return false;
     }
     m.codesType = t;
-    if (const CallExprAST *call = rootCall(b.getValue())) {
+    if (const CallExprAST *call = rootCall(b.getValue()))
       m.encoderOp = call->getCallee().str();
-      if (call->getCallee() == "topk")
-        m.encoderParams["k"] = t.k;
-    } else {
-      m.encoderOp = "linear";
-    }
+    else
+      m.encoderOp = "expression";
+    if (t.kind == ValueType::Codes)
+      m.encoderParams["k"] = t.k;
     return true;
   case DeclAST::Decode:
     if (t.kind != ValueType::Tensor || !t.batched ||
@@ -701,6 +931,10 @@ bool Sema::checkBinding(const BindingDeclAST &b, const ValueType &t,
     if (t.kind != ValueType::Scalar) {
       error(b.getValue().getLoc()) << "loss must be a scalar, got " << t.str();
       return false;
+    }
+    if (!b.getName().empty()) {
+      m.lossKind = "sum";
+      return true;
     }
     const CallExprAST *call = rootCall(b.getValue());
     m.lossKind = call ? call->getCallee().str() : "expression";
@@ -731,7 +965,7 @@ std::optional<CheckedModel> Sema::finish(const llvm::StringMap<bool> &usedOverri
     if (!m.decode)
       error(modelLoc) << "model '" << ast.getName()
                       << "' has no 'decode' statement";
-    if (!m.loss)
+    if (!m.loss && m.lossTerms.empty())
       error(modelLoc) << "model '" << ast.getName()
                       << "' has no 'loss' statement";
   }

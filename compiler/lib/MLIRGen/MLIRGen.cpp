@@ -14,6 +14,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/Verifier.h"
+#include "llvm/ADT/StringSwitch.h"
 #include "llvm/Support/JSON.h"
 
 #include <cmath>
@@ -81,10 +82,14 @@ private:
                                model.codesType.k);
   }
 
-  /// Creates `name(inputs) -> results` tagged as entry point `name`; the
-  /// parameters follow `inputs` when `withParams`.
-  func::FuncOp beginEntry(StringRef name, ArrayRef<Type> inputs,
-                          ArrayRef<Type> results, bool withParams, Env &env);
+  /// Creates entry point `name` with arguments `leading`, then the model's
+  /// inputs (tagged sae.input) if `withInputs`, then its parameters (tagged
+  /// sae.param) if `withParams`, then `trailing`; binds inputs and
+  /// parameters in `env`.
+  func::FuncOp beginEntry(StringRef name, ArrayRef<Type> leading,
+                          bool withInputs, bool withParams,
+                          ArrayRef<Type> trailing, ArrayRef<Type> results,
+                          Env &env);
 
   Value gen(const ExprAST &e, Env &env);
   Value genDecl(const DeclAST *decl, Env &env);
@@ -105,27 +110,44 @@ private:
   const TensorDeclAST *initParam = nullptr;
   Value seed;
   int64_t stream = 0;
+  /// In `forward`: the seed of stochastic operators, and the stream of the
+  /// next one.
+  Value noiseSeed;
+  int64_t noiseStream = 0;
 };
 
-func::FuncOp MLIRGenImpl::beginEntry(StringRef name, ArrayRef<Type> inputs,
-                                     ArrayRef<Type> results, bool withParams,
-                                     Env &env) {
-  SmallVector<Type> argTypes(inputs);
+func::FuncOp MLIRGenImpl::beginEntry(StringRef name, ArrayRef<Type> leading,
+                                     bool withInputs, bool withParams,
+                                     ArrayRef<Type> trailing,
+                                     ArrayRef<Type> results, Env &env) {
+  // Arguments: leading..., inputs..., params..., trailing...
+  SmallVector<Type> argTypes(leading);
+  if (withInputs)
+    for (const auto &[decl, dim] : model.inputs)
+      argTypes.push_back(batchTensor(dim));
   if (withParams)
     for (const auto &[decl, shape] : model.params)
       argTypes.push_back(paramTensor(shape));
+  argTypes.append(trailing.begin(), trailing.end());
   builder.setInsertionPointToEnd(module.getBody());
   auto func = func::FuncOp::create(builder, loc(model.ast->getRange().begin),
                                    name,
                                    builder.getFunctionType(argTypes, results));
   func->setAttr("sae.entry", builder.getStringAttr(name));
   Block *block = func.addEntryBlock();
+  unsigned argNo = leading.size();
+  if (withInputs) {
+    for (const auto &[decl, dim] : model.inputs) {
+      func.setArgAttr(argNo, "sae.input",
+                      builder.getStringAttr(decl->getName()));
+      env[decl] = block->getArgument(argNo++);
+    }
+  }
   if (withParams) {
-    for (auto [i, p] : llvm::enumerate(model.params)) {
-      unsigned argNo = inputs.size() + i;
+    for (const auto &[decl, shape] : model.params) {
       func.setArgAttr(argNo, "sae.param",
-                      builder.getStringAttr(p.first->getName()));
-      env[p.first] = block->getArgument(argNo);
+                      builder.getStringAttr(decl->getName()));
+      env[decl] = block->getArgument(argNo++);
     }
   }
   builder.setInsertionPointToStart(block);
@@ -208,6 +230,11 @@ Value MLIRGenImpl::genBinary(const BinaryExprAST &e, Env &env) {
         s = arith::DivFOp::create(builder, l, scalar(l, 1.0), s);
       return saedl::ScaleOp::create(builder, l, t.getType(), t, s);
     }
+    if (lhs.getType() != rhs.getType()) { // a vector over columns
+      if (op == '*')
+        return saedl::BiasMulOp::create(builder, l, lhs.getType(), lhs, rhs);
+      return saedl::BiasDivOp::create(builder, l, lhs.getType(), lhs, rhs);
+    }
     if (op == '*')
       return saedl::MulOp::create(builder, l, lhs, rhs);
     return saedl::DivOp::create(builder, l, lhs, rhs);
@@ -240,23 +267,105 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
   auto it = model.boundArgs.find(&e);
   const std::vector<const ExprAST *> &args =
       it == model.boundArgs.end() ? none : it->second;
-  auto constant = [&](size_t i) { return model.constants.lookup(args[i]); };
+  auto cit = model.callConstants.find(&e);
+  auto constant = [&](size_t i) {
+    return cit == model.callConstants.end() ? 0.0 : cit->second[i];
+  };
 
-  if (name == "relu") {
+  if (name == "relu")
+    return saedl::ReluOp::create(builder, l, gen(*args[0], env));
+  if (name == "abs")
+    return saedl::AbsOp::create(builder, l, gen(*args[0], env));
+  if (name == "exp")
+    return saedl::ExpOp::create(builder, l, gen(*args[0], env));
+  if (name == "tanh")
+    return saedl::TanhOp::create(builder, l, gen(*args[0], env));
+  if (name == "step")
+    return saedl::StepOp::create(builder, l, gen(*args[0], env));
+  if (name == "stopgrad")
+    return saedl::StopGradOp::create(builder, l, gen(*args[0], env));
+  if (name == "jump_relu") {
     Value x = gen(*args[0], env);
-    return saedl::ReluOp::create(builder, l, x);
+    return saedl::JumpReluOp::create(builder, l, x.getType(), x,
+                                     gen(*args[1], env));
   }
-  if (name == "topk") {
+  if (name == "gaussian") {
+    Value mu = gen(*args[0], env);
+    // Sampling belongs to the training form (forward); encoding uses μ.
+    if (!noiseSeed)
+      return mu;
+    return saedl::GaussianNoiseOp::create(builder, l, mu, noiseSeed,
+                                          builder.getI64IntegerAttr(noiseStream++));
+  }
+  if (name == "matching_pursuit") {
+    Value r = gen(*args[0], env), w = gen(*args[1], env);
+    auto wt = cast<RankedTensorType>(w.getType());
+    auto in = cast<RankedTensorType>(r.getType());
+    auto type = saedl::CodesType::get(&ctx, in.getDimSize(0), wt.getDimSize(0),
+                                      f32(), int64_t(constant(2)));
+    auto mp = saedl::MatchingPursuitOp::create(builder, l, type, r, w);
+    if (constant(3) != 0)
+      mp.setNonneg(true);
+    return mp;
+  }
+  if (name == "top_afa") {
+    Value a = gen(*args[0], env);
+    return saedl::TopAfaOp::create(builder, l, a.getType(), a,
+                                   gen(*args[1], env), gen(*args[2], env));
+  }
+  if (name == "l0")
+    return saedl::L0Op::create(builder, l, f32(), gen(*args[0], env),
+                               gen(*args[1], env));
+  if (name == "l1") {
+    Value z = gen(*args[0], env);
+    Value w = args[1] ? gen(*args[1], env) : Value();
+    return saedl::L1Op::create(builder, l, f32(), z, w);
+  }
+  if (name == "tanh_penalty")
+    return saedl::TanhPenaltyOp::create(
+        builder, l, f32(), gen(*args[0], env), gen(*args[1], env),
+        builder.getF64FloatAttr(constant(2)));
+  if (name == "afa")
+    return saedl::AfaOp::create(builder, l, f32(), gen(*args[0], env),
+                                gen(*args[1], env));
+  if (name == "kl_std_normal")
+    return saedl::KlStdNormalOp::create(builder, l, f32(), gen(*args[0], env));
+  if (name == "topk" || name == "abs_topk" || name == "group_max" ||
+      name == "grad_topk") {
     Value x = gen(*args[0], env);
     auto in = cast<RankedTensorType>(x.getType());
+    int64_t k = int64_t(constant(name == "grad_topk" ? 3 : 1));
     auto type = saedl::CodesType::get(&ctx, in.getDimSize(0), in.getDimSize(1),
-                                    f32(), int64_t(constant(1)));
-    return saedl::TopKOp::create(builder, l, type, x);
+                                      f32(), k);
+    if (name == "group_max")
+      return saedl::GroupMaxOp::create(builder, l, type, x);
+    Value score;
+    if (name == "grad_topk") {
+      // g-SAE: s = x + β · x ⊙ |g · W_decᵀ|, selecting by s, keeping x.
+      Value g = gen(*args[1], env), w = gen(*args[2], env);
+      auto wt = cast<RankedTensorType>(w.getType());
+      Value wT = saedl::TransposeOp::create(
+          builder, l, paramTensor({wt.getDimSize(1), wt.getDimSize(0)}), w);
+      Value gw = saedl::LinearOp::create(builder, l, in, g, wT);
+      Value mag = saedl::AbsOp::create(builder, l, gw);
+      Value prod = saedl::MulOp::create(builder, l, x, mag);
+      Value scaled =
+          saedl::ScaleOp::create(builder, l, in, prod, scalar(l, constant(4)));
+      score = saedl::AddOp::create(builder, l, x, scaled);
+    }
+    auto topk = saedl::TopKOp::create(builder, l, type, x, score);
+    if (name == "abs_topk")
+      topk.setByMagnitude(true);
+    return topk;
   }
   if (name == "mse" || name == "fvu") {
     Value a = gen(*args[0], env), b = gen(*args[1], env);
-    if (name == "mse")
-      return saedl::MseOp::create(builder, l, f32(), a, b);
+    if (name == "mse") {
+      auto mse = saedl::MseOp::create(builder, l, f32(), a, b);
+      if (constant(2) != 0)
+        mse.setMeanOverColumns(true);
+      return mse;
+    }
     return saedl::FvuOp::create(builder, l, f32(), a, b);
   }
   if (name == "transpose") {
@@ -283,6 +392,17 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
         builder, l, type, seed, builder.getF64FloatAttr(lo),
         builder.getF64FloatAttr(hi), builder.getI64IntegerAttr(stream));
   };
+  if (name == "data_mean" || name == "geometric_median") {
+    Value x = gen(*args[0], env);
+    if (name == "data_mean")
+      return saedl::ColumnMeanOp::create(builder, l, type, x);
+    return saedl::GeometricMedianOp::create(
+        builder, l, type, x, builder.getI64IntegerAttr(int64_t(constant(1))));
+  }
+  if (name == "normal")
+    return saedl::RandomNormalOp::create(
+        builder, l, type, seed, builder.getF64FloatAttr(constant(0)),
+        builder.getF64FloatAttr(constant(1)), builder.getI64IntegerAttr(stream));
   if (name == "zeros")
     return fill(0.0);
   if (name == "ones")
@@ -303,9 +423,12 @@ void MLIRGenImpl::genInit() {
   for (const auto &[decl, shape] : model.params)
     results.push_back(paramTensor(shape));
   Env env;
+  // init(seed, x): data-dependent initialisers read the sample x.
   func::FuncOp func =
-      beginEntry("init", {builder.getI64Type()}, results, false, env);
+      beginEntry("init", {builder.getI64Type(), batchTensor(model.inputDim)},
+                 false, false, {}, results, env);
   seed = func.getArgument(0);
+  env[model.input] = func.getArgument(1);
   SmallVector<Value> values;
   for (auto [i, p] : llvm::enumerate(model.params)) {
     initParam = p.first;
@@ -343,8 +466,16 @@ std::string MLIRGenImpl::describe(StringRef sourceName) {
         {"init", decl->getInit() ? exprText(*decl->getInit()) : "zeros"}});
   }
   json::Object codes{{"kind", sparse() ? "sparse" : "dense"}};
-  if (sparse())
+  if (sparse()) {
+    codes["layout"] = "rows";
     codes["k"] = model.codesType.k;
+  }
+  json::Array inputs;
+  for (const auto &[decl, dim] : model.inputs)
+    inputs.push_back(json::Object{{"name", decl->getName()}, {"dim", dim}});
+  json::Array terms;
+  for (const BindingDeclAST *term : model.lossTerms)
+    terms.push_back(term->getName());
   json::Object encoder{{"op", model.encoderOp}};
   for (const auto &[k, v] : model.encoderParams)
     encoder[k] = v;
@@ -355,25 +486,33 @@ std::string MLIRGenImpl::describe(StringRef sourceName) {
     entries.push_back("sae_decode_sparse");
   }
   // SAELens' cfg.json fields, written next to the weights.
-  json::Object cfg{{"architecture", model.encoderOp == "relu"
-                                        ? "standard"
-                                        : model.encoderOp},
+  // SAELens' architecture names where it has the architecture.
+  std::string arch = llvm::StringSwitch<std::string>(model.encoderOp)
+                         .Case("relu", "standard")
+                         .Case("jump_relu", "jumprelu")
+                         .Case("batch_topk", "batchtopk")
+                         .Default(model.encoderOp);
+  json::Object cfg{{"architecture", arch},
                    {"d_in", model.inputDim},
                    {"d_sae", numLatents()},
                    {"dtype", "float32"},
                    {"normalize_activations", "none"}};
   if (sparse())
     cfg["k"] = model.codesType.k;
-  json::Object root{{"abi_version", 1},
+  json::Object root{{"abi_version", 2},
                     {"name", model.ast->getName()},
                     {"source", sourceName},
                     {"dims", std::move(dims)},
                     {"input", json::Object{{"name", model.input->getName()},
                                            {"dim", model.inputDim}}},
+                    {"inputs", std::move(inputs)},
                     {"latents", numLatents()},
                     {"codes", std::move(codes)},
                     {"encoder", std::move(encoder)},
                     {"loss", model.lossKind},
+                    {"loss_terms", std::move(terms)},
+                    {"init_needs_data", model.initNeedsData},
+                    {"stochastic", model.stochastic},
                     {"params", std::move(params)},
                     {"entry_points", std::move(entries)},
                     {"cfg", std::move(cfg)}};
@@ -392,11 +531,10 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
 
   genInit();
 
-  { // encode_dense(x, params) -> codes [B, n]
+  { // encode_dense(inputs, params) -> codes [B, n]
     Env env;
-    func::FuncOp f = beginEntry("encode_dense", {batchTensor(d)},
-                                {batchTensor(n)}, true, env);
-    env[model.input] = f.getArgument(0);
+    func::FuncOp f = beginEntry("encode_dense", {}, true, true, {},
+                                {batchTensor(n)}, env);
     Value z = genDecl(encodeDecl, env);
     if (isa<saedl::CodesType>(z.getType()))
       z = saedl::DensifyOp::create(builder, z.getLoc(), batchTensor(n), z);
@@ -406,9 +544,8 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
     Env env;
     saedl::CodesType ct = codesType();
     func::FuncOp f =
-        beginEntry("encode_sparse", {batchTensor(d)},
-                   {ct.getValuesType(), ct.getIndicesType()}, true, env);
-    env[model.input] = f.getArgument(0);
+        beginEntry("encode_sparse", {}, true, true, {},
+                   {ct.getValuesType(), ct.getIndicesType()}, env);
     Value z = genDecl(encodeDecl, env);
     Value v = saedl::CodesValuesOp::create(builder, z.getLoc(),
                                          ct.getValuesType(), z);
@@ -418,8 +555,8 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
   }
   { // decode_dense(z, params) -> xhat
     Env env;
-    func::FuncOp f = beginEntry("decode_dense", {batchTensor(n)},
-                                {batchTensor(d)}, true, env);
+    func::FuncOp f = beginEntry("decode_dense", {batchTensor(n)}, false,
+                                true, {}, {batchTensor(d)}, env);
     env[encodeDecl] = f.getArgument(0);
     Value xhat = genDecl(model.decode, env);
     func::ReturnOp::create(builder, f.getLoc(), xhat);
@@ -429,20 +566,40 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
     saedl::CodesType ct = codesType();
     func::FuncOp f =
         beginEntry("decode_sparse", {ct.getValuesType(), ct.getIndicesType()},
-                   {batchTensor(d)}, true, env);
+                   false, true, {}, {batchTensor(d)}, env);
     env[encodeDecl] = saedl::MakeCodesOp::create(
         builder, f.getLoc(), ct, f.getArgument(0), f.getArgument(1));
     Value xhat = genDecl(model.decode, env);
     func::ReturnOp::create(builder, f.getLoc(), xhat);
   }
-  { // forward(x, params) -> xhat, loss
+  { // forward(inputs, params, seed) -> xhat, total loss, loss terms...
     Env env;
-    func::FuncOp f = beginEntry("forward", {batchTensor(d)},
-                                {batchTensor(d), f32()}, true, env);
-    env[model.input] = f.getArgument(0);
+    SmallVector<Type> results = {batchTensor(d), f32()};
+    results.append(model.lossTerms.size(), f32());
+    func::FuncOp f = beginEntry("forward", {}, true, true,
+                                {builder.getI64Type()}, results, env);
+    noiseSeed = f.getArguments().back();
+    noiseStream = 0;
     Value xhat = genDecl(model.decode, env);
-    Value loss = genDecl(model.loss, env);
-    func::ReturnOp::create(builder, f.getLoc(), ValueRange{xhat, loss});
+    SmallVector<Value> outs = {xhat};
+    if (model.loss) {
+      outs.push_back(genDecl(model.loss, env));
+    } else {
+      Value total;
+      for (const BindingDeclAST *term : model.lossTerms) {
+        Value v = genDecl(term, env);
+        total = total ? arith::AddFOp::create(builder, v.getLoc(), total, v)
+                            .getResult()
+                      : v;
+        outs.push_back(v);
+      }
+      outs.insert(outs.begin() + 1, total);
+    }
+    f.setResultAttr(1, "sae.loss", builder.getStringAttr("total"));
+    for (auto [i, term] : llvm::enumerate(model.lossTerms))
+      f.setResultAttr(2 + i, "sae.loss", builder.getStringAttr(term->getName()));
+    func::ReturnOp::create(builder, f.getLoc(), outs);
+    noiseSeed = Value();
   }
 
   if (failed(verify(module))) {

@@ -15,6 +15,7 @@
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/IRMapping.h"
+#include "llvm/ADT/StringSet.h"
 
 namespace mlir::sae {
 #define GEN_PASS_DEF_EMITCABI
@@ -26,17 +27,22 @@ using namespace mlir;
 namespace {
 
 /// Must equal SAE_ABI_VERSION in runtime/include/sae/runtime/abi.h.
-constexpr int32_t kAbiVersion = 1;
+constexpr int32_t kAbiVersion = 2;
 
 constexpr StringLiteral kEntryAttr = "sae.entry";
-constexpr StringLiteral kParamAttr = "sae.param";
 constexpr StringLiteral kDescribeAttr = "sae.describe";
+/// Arguments or results carrying one of these attributes are passed as one
+/// C array: of pointers for tensors, of values for scalars.
+constexpr StringLiteral kGroupAttrs[] = {"sae.input", "sae.param", "sae.loss"};
+/// On a tensor whose leading dimension is dynamic: that dimension is
+/// batch * this (e.g. k for the B*k entries of batch-layout codes).
+constexpr StringLiteral kBatchScaleAttr = "sae.batch_scale";
 
 /// Where each C argument of a wrapper comes from.
 struct AbiSlot {
-  enum Kind { Batch, ScalarArg, TensorArg, ParamArgs, TensorResult,
-              ScalarResult, ParamResults } kind;
-  unsigned index = 0;
+  enum Kind { Batch, Arg, ArgGroup, Result, ResultGroup } kind;
+  unsigned index = 0;     // Arg, Result: position in the function type
+  StringRef group;        // ArgGroup, ResultGroup: the attribute name
 };
 
 bool hasDynamicDim(Type t) {
@@ -44,10 +50,19 @@ bool hasDynamicDim(Type t) {
   return shaped && !shaped.hasStaticShape();
 }
 
+/// The group attribute of an argument or result, if any.
+StringRef groupOf(DictionaryAttr attrs) {
+  if (attrs)
+    for (StringRef g : kGroupAttrs)
+      if (attrs.get(g))
+        return g;
+  return {};
+}
+
 /// Builds a row-major memref over `ptr`. Only the leading dimension may be
-/// dynamic; it is `batch`.
+/// dynamic; it is `rows`.
 Value buildMemRef(OpBuilder &b, Location loc, Value ptr, RankedTensorType type,
-                  Value batch) {
+                  Value rows) {
   MLIRContext *ctx = b.getContext();
   Type i64 = b.getI64Type();
   int64_t rank = type.getRank();
@@ -68,7 +83,7 @@ Value buildMemRef(OpBuilder &b, Location loc, Value ptr, RankedTensorType type,
   int64_t stride = 1;
   for (int64_t d = rank - 1; d >= 0; --d) {
     int64_t size = type.getDimSize(d);
-    Value sizeV = ShapedType::isDynamic(size) ? batch : cst(size);
+    Value sizeV = ShapedType::isDynamic(size) ? rows : cst(size);
     desc = LLVM::InsertValueOp::create(b, loc, desc, sizeV,
                                        ArrayRef<int64_t>{3, d});
     desc = LLVM::InsertValueOp::create(b, loc, desc, cst(stride),
@@ -102,55 +117,52 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
     emitQueries(module, describe.getValue());
   }
 
-  /// Classifies the arguments and results of `func` into C ABI slots.
+  /// Classifies the arguments and results of `func` into C ABI slots, in
+  /// order; the batch size comes right before the first slot that needs it.
   LogicalResult classify(func::FuncOp func, SmallVectorImpl<AbiSlot> &slots) {
     FunctionType type = func.getFunctionType();
-    bool needBatch = false;
-    auto checkTensor = [&](Type t) -> LogicalResult {
-      auto tensor = dyn_cast<RankedTensorType>(t);
-      if (!tensor)
+    bool haveBatch = false;
+    llvm::StringSet<> seenArgGroups, seenResultGroups;
+    auto check = [&](Type t, bool isArg) -> LogicalResult {
+      if (auto tensor = dyn_cast<RankedTensorType>(t)) {
+        for (int64_t d = 1; d < tensor.getRank(); ++d)
+          if (tensor.isDynamicDim(d))
+            return func.emitError()
+                   << "only the leading (batch) dimension may be dynamic in "
+                      "an entry point, got "
+                   << t;
         return success();
-      for (int64_t d = 1; d < tensor.getRank(); ++d)
-        if (tensor.isDynamicDim(d))
-          return func.emitError()
-                 << "only the leading (batch) dimension may be dynamic in an "
-                    "entry point, got "
-                 << t;
-      return success();
-    };
-    for (Type t : llvm::concat<const Type>(type.getInputs(), type.getResults())) {
-      if (failed(checkTensor(t)))
-        return failure();
-      needBatch |= hasDynamicDim(t);
-    }
-    if (needBatch)
-      slots.push_back({AbiSlot::Batch});
-    bool paramArgs = false, paramResults = false;
-    for (auto [i, t] : llvm::enumerate(type.getInputs())) {
-      if (func.getArgAttr(i, kParamAttr)) {
-        if (!paramArgs)
-          slots.push_back({AbiSlot::ParamArgs});
-        paramArgs = true;
-      } else if (isa<RankedTensorType>(t)) {
-        slots.push_back({AbiSlot::TensorArg, unsigned(i)});
-      } else if (t.isIntOrFloat()) {
-        slots.push_back({AbiSlot::ScalarArg, unsigned(i)});
-      } else {
-        return func.emitError() << "entry argument of unsupported type " << t;
       }
+      if (t.isIntOrFloat())
+        return success();
+      return func.emitError() << "entry " << (isArg ? "argument" : "result")
+                              << " of unsupported type " << t;
+    };
+    auto needBatch = [&](Type t) {
+      if (!haveBatch && hasDynamicDim(t)) {
+        slots.push_back({AbiSlot::Batch});
+        haveBatch = true;
+      }
+    };
+    for (auto [i, t] : llvm::enumerate(type.getInputs())) {
+      if (failed(check(t, true)))
+        return failure();
+      needBatch(t);
+      StringRef g = groupOf(func.getArgAttrDict(i));
+      if (g.empty())
+        slots.push_back({AbiSlot::Arg, unsigned(i)});
+      else if (seenArgGroups.insert(g).second)
+        slots.push_back({AbiSlot::ArgGroup, 0, g});
     }
     for (auto [i, t] : llvm::enumerate(type.getResults())) {
-      if (func.getResultAttr(i, kParamAttr)) {
-        if (!paramResults)
-          slots.push_back({AbiSlot::ParamResults});
-        paramResults = true;
-      } else if (isa<RankedTensorType>(t)) {
-        slots.push_back({AbiSlot::TensorResult, unsigned(i)});
-      } else if (t.isIntOrFloat()) {
-        slots.push_back({AbiSlot::ScalarResult, unsigned(i)});
-      } else {
-        return func.emitError() << "entry result of unsupported type " << t;
-      }
+      if (failed(check(t, false)))
+        return failure();
+      needBatch(t);
+      StringRef g = groupOf(func.getResultAttrDict(i));
+      if (g.empty())
+        slots.push_back({AbiSlot::Result, unsigned(i)});
+      else if (seenResultGroups.insert(g).second)
+        slots.push_back({AbiSlot::ResultGroup, 0, g});
     }
     return success();
   }
@@ -169,7 +181,8 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
     for (const AbiSlot &slot : slots) {
       if (slot.kind == AbiSlot::Batch)
         abiInputs.push_back(i64);
-      else if (slot.kind == AbiSlot::ScalarArg)
+      else if (slot.kind == AbiSlot::Arg && !isa<RankedTensorType>(
+                                                type.getInput(slot.index)))
         abiInputs.push_back(type.getInput(slot.index));
       else
         abiInputs.push_back(ptrTy);
@@ -187,46 +200,61 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
     IRMapping mapping;
     // Results are written after the body; remember their destinations.
     SmallVector<Value> resultDest(type.getNumResults());
-    auto paramPtr = [&](Value array, unsigned p) -> Value {
-      Value slot = LLVM::GEPOp::create(b, loc, ptrTy, ptrTy, array,
-                                       ArrayRef<LLVM::GEPArg>{int32_t(p)});
-      return LLVM::LoadOp::create(b, loc, ptrTy, slot);
+    auto element = [&](Value array, unsigned i, Type elementType) -> Value {
+      return LLVM::GEPOp::create(b, loc, ptrTy, elementType, array,
+                                 ArrayRef<LLVM::GEPArg>{int32_t(i)});
     };
-    auto inputTensor = [&](Value ptr, Type t) -> Value {
-      auto tensor = cast<RankedTensorType>(t);
-      Value m = buildMemRef(b, loc, ptr, tensor, batch);
+    auto load = [&](Value array, unsigned i) -> Value {
+      return LLVM::LoadOp::create(b, loc, ptrTy, element(array, i, ptrTy));
+    };
+    auto rowsOf = [&](DictionaryAttr attrs) -> Value {
+      auto scale =
+          attrs ? attrs.getAs<IntegerAttr>(kBatchScaleAttr) : IntegerAttr();
+      if (!scale || !batch)
+        return batch;
+      Value s = LLVM::ConstantOp::create(b, loc, i64, scale);
+      return LLVM::MulOp::create(b, loc, batch, s);
+    };
+    auto inputTensor = [&](Value ptr, unsigned argNo) -> Value {
+      auto tensor = cast<RankedTensorType>(type.getInput(argNo));
+      Value m = buildMemRef(b, loc, ptr, tensor,
+                            rowsOf(func.getArgAttrDict(argNo)));
       return bufferization::ToTensorOp::create(b, loc, tensor, m,
                                                /*restrict=*/true);
+    };
+    auto mapArg = [&](unsigned argNo, Value ptrOrValue) {
+      if (isa<RankedTensorType>(type.getInput(argNo)))
+        mapping.map(func.getArgument(argNo), inputTensor(ptrOrValue, argNo));
+      else
+        mapping.map(func.getArgument(argNo), ptrOrValue);
     };
     for (auto [slot, arg] : llvm::zip(slots, block->getArguments())) {
       switch (slot.kind) {
       case AbiSlot::Batch:
         batch = arg;
         break;
-      case AbiSlot::ScalarArg:
-        mapping.map(func.getArgument(slot.index), arg);
+      case AbiSlot::Arg:
+        mapArg(slot.index, arg);
         break;
-      case AbiSlot::TensorArg:
-        mapping.map(func.getArgument(slot.index),
-                    inputTensor(arg, type.getInput(slot.index)));
-        break;
-      case AbiSlot::ParamArgs: {
-        unsigned p = 0;
+      case AbiSlot::ArgGroup: {
+        unsigned member = 0;
         for (unsigned i = 0; i < type.getNumInputs(); ++i)
-          if (func.getArgAttr(i, kParamAttr))
-            mapping.map(func.getArgument(i),
-                        inputTensor(paramPtr(arg, p++), type.getInput(i)));
+          if (groupOf(func.getArgAttrDict(i)) == slot.group)
+            mapArg(i, load(arg, member++));
         break;
       }
-      case AbiSlot::TensorResult:
-      case AbiSlot::ScalarResult:
+      case AbiSlot::Result:
         resultDest[slot.index] = arg;
         break;
-      case AbiSlot::ParamResults: {
-        unsigned p = 0;
-        for (unsigned i = 0; i < type.getNumResults(); ++i)
-          if (func.getResultAttr(i, kParamAttr))
-            resultDest[i] = paramPtr(arg, p++);
+      case AbiSlot::ResultGroup: {
+        unsigned member = 0;
+        for (unsigned i = 0; i < type.getNumResults(); ++i) {
+          if (groupOf(func.getResultAttrDict(i)) != slot.group)
+            continue;
+          Type t = type.getResult(i);
+          resultDest[i] = isa<RankedTensorType>(t) ? load(arg, member++)
+                                                   : element(arg, member++, t);
+        }
         break;
       }
       }
@@ -239,7 +267,8 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
     for (auto [i, operand] : llvm::enumerate(ret->getOperands())) {
       Value v = mapping.lookupOrDefault(operand);
       if (auto tensor = dyn_cast<RankedTensorType>(v.getType())) {
-        Value dest = buildMemRef(b, loc, resultDest[i], tensor, batch);
+        Value dest = buildMemRef(b, loc, resultDest[i], tensor,
+                                 rowsOf(func.getResultAttrDict(i)));
         bufferization::MaterializeInDestinationOp::create(
             b, loc, TypeRange{}, v, dest, /*restrict=*/true,
             /*writable=*/true);

@@ -29,6 +29,11 @@ using Json = nlohmann::ordered_json;
 
 namespace {
 
+struct InputInfo {
+  std::string name;
+  int64_t dim = 0;
+};
+
 struct ParamInfo {
   std::string name;
   std::string init;
@@ -176,11 +181,16 @@ struct sae_rt_model {
   std::string triple;
   std::string cpu;
   std::vector<std::string> features;
+  std::vector<std::string> lossTerms;
   uint32_t abiVersion = 0;
   int64_t inputDim = 0;
+  std::vector<InputInfo> inputs;
   int64_t latents = 0;
   sae_rt_codes_kind codesKind = SAE_RT_CODES_DENSE;
+  sae_rt_codes_layout layout = SAE_RT_LAYOUT_ROWS;
   int64_t k = 0;
+  bool initNeedsData = false;
+  bool stochastic = false;
   std::vector<ParamInfo> params;
   sae_rt_entry_points entries = {};
 };
@@ -214,8 +224,7 @@ public:
     if (model.name.empty())
       invalid("name", "is empty");
 
-    const Json &input = member(json, "input", "input");
-    model.inputDim = integer(member(input, "dim", "input.dim"), "input.dim", 1);
+    parseInputs();
     model.latents = integer(member(json, "latents", "latents"), "latents", 1);
 
     const Json &codes = member(json, "codes", "codes");
@@ -228,6 +237,17 @@ public:
         invalid("codes.k", "(" + std::to_string(model.k) +
                                ") exceeds the number of latents (" +
                                std::to_string(model.latents) + ")");
+      // Libraries from before layouts existed have "rows" codes.
+      if (codes.contains("layout")) {
+        std::string layout = string(codes["layout"], "codes.layout");
+        if (layout == "rows")
+          model.layout = SAE_RT_LAYOUT_ROWS;
+        else if (layout == "batch")
+          model.layout = SAE_RT_LAYOUT_BATCH;
+        else
+          invalid("codes.layout",
+                  "is " + quote(layout) + ", expected 'rows' or 'batch'");
+      }
     } else if (kind == "dense") {
       model.codesKind = SAE_RT_CODES_DENSE;
       model.k = 0;
@@ -250,6 +270,11 @@ public:
     }
     if (json.contains("loss"))
       model.loss = string(json["loss"], "loss");
+    parseLossTerms();
+    if (json.contains("init_needs_data"))
+      model.initNeedsData = boolean(json["init_needs_data"], "init_needs_data");
+    if (json.contains("stochastic"))
+      model.stochastic = boolean(json["stochastic"], "stochastic");
     if (json.contains("source"))
       model.source = string(json["source"], "source");
     model.describePretty = dump(json, 2) + "\n";
@@ -302,6 +327,12 @@ private:
     return value.get<std::string>();
   }
 
+  bool boolean(const Json &value, const std::string &field) {
+    if (!value.is_boolean())
+      invalid(field, "is not a boolean");
+    return value.get<bool>();
+  }
+
   int64_t integer(const Json &value, const std::string &field,
                   int64_t minimum) {
     if (!value.is_number_integer())
@@ -314,6 +345,70 @@ private:
       invalid(field, "is " + std::to_string(result) + ", expected at least " +
                          std::to_string(minimum));
     return result;
+  }
+
+  /// "inputs" (ABI order) and the older "input" (the first input). Either
+  /// may be absent, not both; when both are there they must agree.
+  void parseInputs() {
+    bool hasList = json.contains("inputs");
+    if (!hasList && !json.contains("input"))
+      invalid("input", "is missing (and there is no \"inputs\" list)");
+    if (hasList) {
+      const Json &list = json["inputs"];
+      if (!list.is_array() || list.empty())
+        invalid("inputs", "must be a non-empty array");
+      std::set<std::string> names;
+      for (size_t i = 0; i < list.size(); ++i) {
+        std::string field = "inputs[" + std::to_string(i) + "]";
+        const Json &entry = list[i];
+        if (!entry.is_object())
+          invalid(field, "is not an object");
+        InputInfo input;
+        input.name =
+            string(member(entry, "name", field + ".name"), field + ".name");
+        if (input.name.empty() || !names.insert(input.name).second)
+          invalid(field + ".name",
+                  "is empty or duplicated: " + quote(input.name));
+        input.dim =
+            integer(member(entry, "dim", field + ".dim"), field + ".dim", 1);
+        model.inputs.push_back(std::move(input));
+      }
+    }
+    if (json.contains("input")) {
+      const Json &input = json["input"];
+      int64_t dim = integer(member(input, "dim", "input.dim"), "input.dim", 1);
+      std::string name = "x";
+      if (input.contains("name"))
+        name = string(input["name"], "input.name");
+      if (!hasList) {
+        model.inputs.push_back(InputInfo{name.empty() ? "x" : name, dim});
+      } else {
+        const InputInfo &first = model.inputs.front();
+        if (dim != first.dim || (input.contains("name") && name != first.name))
+          invalid("input", "(" + quote(name) + ", dim " + std::to_string(dim) +
+                               ") does not match inputs[0] (" +
+                               quote(first.name) + ", dim " +
+                               std::to_string(first.dim) + ")");
+      }
+    }
+    model.inputDim = model.inputs.front().dim;
+  }
+
+  /// "loss_terms": the names of losses[1..] of sae_forward.
+  void parseLossTerms() {
+    if (!json.contains("loss_terms"))
+      return;
+    const Json &list = json["loss_terms"];
+    if (!list.is_array())
+      invalid("loss_terms", "is not an array");
+    std::set<std::string> names;
+    for (size_t i = 0; i < list.size(); ++i) {
+      std::string field = "loss_terms[" + std::to_string(i) + "]";
+      std::string name = string(list[i], field);
+      if (name.empty() || !names.insert(name).second)
+        invalid(field, "is empty or duplicated: " + quote(name));
+      model.lossTerms.push_back(std::move(name));
+    }
   }
 
   void parseParams(const Json &list) {
@@ -481,6 +576,10 @@ std::unique_ptr<sae_rt_model> openModel(const std::string &path) {
       lookup<sae_decode_dense_fn>(handle, SAE_SYM_DECODE_DENSE);
   entries.decode_sparse =
       lookup<sae_decode_sparse_fn>(handle, SAE_SYM_DECODE_SPARSE);
+  entries.encode_batch =
+      lookup<sae_encode_batch_fn>(handle, SAE_SYM_ENCODE_BATCH);
+  entries.decode_batch =
+      lookup<sae_decode_batch_fn>(handle, SAE_SYM_DECODE_BATCH);
   entries.forward = lookup<sae_forward_fn>(handle, SAE_SYM_FORWARD);
   for (const std::string &name : parser.entryPoints()) {
     if (!lookup<void *>(handle, name.c_str()))
@@ -535,6 +634,62 @@ void checkBuffer(const sae_rt_model *model, const void *buffer,
   if (!buffer)
     fail(SAE_RT_ERR_ARG,
          modelLabel(model) + ": " + symbol + ": " + what + " is NULL");
+}
+
+void checkInputs(const sae_rt_model *model, const float *const *inputs,
+                 const char *symbol) {
+  if (!inputs)
+    fail(SAE_RT_ERR_ARG,
+         modelLabel(model) + ": " + symbol + ": inputs is NULL");
+  for (size_t i = 0; i < model->inputs.size(); ++i)
+    if (!inputs[i])
+      fail(SAE_RT_ERR_ARG, modelLabel(model) + ": " + symbol + ": inputs[" +
+                               std::to_string(i) + "] (" +
+                               quote(model->inputs[i].name) + ") is NULL");
+}
+
+const char *layoutText(const sae_rt_model *model) {
+  if (model->codesKind != SAE_RT_CODES_SPARSE)
+    return "dense codes";
+  return model->layout == SAE_RT_LAYOUT_BATCH ? "sparse codes of layout 'batch'"
+                                              : "sparse codes of layout 'rows'";
+}
+
+/// The sparse entry points exist for one layout each (abi.h).
+void checkLayout(const sae_rt_model *model, sae_rt_codes_layout layout,
+                 const char *symbol) {
+  if (model->codesKind == SAE_RT_CODES_SPARSE && model->layout == layout)
+    return;
+  fail(SAE_RT_ERR_ARG, modelLabel(model) + ": " + symbol +
+                           " is for models with sparse codes of layout " +
+                           quote(sae_rt_codes_layout_name(layout)) +
+                           ", but the model has " + layoutText(model));
+}
+
+/// The batch*k entries of layout "batch": indices in [0, n), rows in
+/// [0, batch) and non-decreasing. `separator` follows the symbol.
+void checkEntries(const sae_rt_model *model, int64_t batch,
+                  const int32_t *indices, const int32_t *rows,
+                  const char *symbol, sae_rt_status status,
+                  const char *separator) {
+  uint64_t count = checkedMul(static_cast<uint64_t>(batch),
+                              static_cast<uint64_t>(model->k), symbol);
+  std::string where = modelLabel(model) + ": " + symbol + separator;
+  for (uint64_t i = 0; i < count; ++i) {
+    int32_t index = indices[i], row = rows[i];
+    std::string entry = where + "entry " + std::to_string(i) + ": ";
+    if (index < 0 || index >= model->latents)
+      fail(status, entry + "index " + std::to_string(index) +
+                       " is out of range [0, " +
+                       std::to_string(model->latents) + ")");
+    if (row < 0 || row >= batch)
+      fail(status, entry + "row " + std::to_string(row) +
+                       " is out of range [0, " + std::to_string(batch) + ")");
+    if (i > 0 && row < rows[i - 1])
+      fail(status, entry + "row " + std::to_string(row) + " follows row " +
+                       std::to_string(rows[i - 1]) +
+                       "; entries must be sorted by row");
+  }
 }
 
 void checkResult(const sae_rt_model *model, int32_t result,
@@ -597,6 +752,48 @@ uint32_t sae_rt_model_abi_version(const sae_rt_model *model) {
 int64_t sae_rt_model_input_dim(const sae_rt_model *model) {
   return model ? model->inputDim : 0;
 }
+size_t sae_rt_model_input_count(const sae_rt_model *model) {
+  return model ? model->inputs.size() : 0;
+}
+const char *sae_rt_model_input_name(const sae_rt_model *model, size_t index) {
+  if (!model || index >= model->inputs.size())
+    return nullptr;
+  return model->inputs[index].name.c_str();
+}
+int64_t sae_rt_model_input_dim_at(const sae_rt_model *model, size_t index) {
+  if (!model || index >= model->inputs.size())
+    return 0;
+  return model->inputs[index].dim;
+}
+sae_rt_codes_layout sae_rt_model_codes_layout(const sae_rt_model *model) {
+  return model && model->codesKind == SAE_RT_CODES_SPARSE ? model->layout
+                                                          : SAE_RT_LAYOUT_ROWS;
+}
+const char *sae_rt_codes_layout_name(sae_rt_codes_layout layout) {
+  switch (layout) {
+  case SAE_RT_LAYOUT_ROWS:
+    return "rows";
+  case SAE_RT_LAYOUT_BATCH:
+    return "batch";
+  default:
+    return "invalid";
+  }
+}
+size_t sae_rt_model_loss_term_count(const sae_rt_model *model) {
+  return model ? model->lossTerms.size() : 0;
+}
+const char *sae_rt_model_loss_term_name(const sae_rt_model *model,
+                                        size_t index) {
+  if (!model || index >= model->lossTerms.size())
+    return nullptr;
+  return model->lossTerms[index].c_str();
+}
+int32_t sae_rt_model_init_needs_data(const sae_rt_model *model) {
+  return model && model->initNeedsData ? 1 : 0;
+}
+int32_t sae_rt_model_stochastic(const sae_rt_model *model) {
+  return model && model->stochastic ? 1 : 0;
+}
 int64_t sae_rt_model_latents(const sae_rt_model *model) {
   return model ? model->latents : 0;
 }
@@ -658,43 +855,93 @@ sae_rt_model_entry_points(const sae_rt_model *model) {
 }
 
 sae_rt_status sae_rt_model_init(const sae_rt_model *model, uint64_t seed,
+                                int64_t batch, const float *x,
                                 float *const *params) {
   return guard([&] {
-    checkCall(model, model && model->entries.init, SAE_SYM_INIT, 1, false);
-    checkParams(model, params, SAE_SYM_INIT);
-    checkResult(model, model->entries.init(seed, params), SAE_SYM_INIT);
+    const char *symbol = SAE_SYM_INIT;
+    checkCall(model, model && model->entries.init, symbol, batch, false);
+    if (model->initNeedsData) {
+      if (batch < 1 || !x)
+        fail(SAE_RT_ERR_ARG,
+             modelLabel(model) + ": " + symbol +
+                 ": the model has data-dependent initialisers and needs a "
+                 "sample of its input " +
+                 quote(model->inputs.front().name) +
+                 " (batch >= 1 and x non-NULL); got batch " +
+                 std::to_string(batch) + (x ? "" : " and x NULL"));
+    } else {
+      if (batch < 0)
+        fail(SAE_RT_ERR_ARG, modelLabel(model) + ": " + symbol + ": batch is " +
+                                 std::to_string(batch) + ", expected >= 0");
+      if (batch > 0 && !x)
+        fail(SAE_RT_ERR_ARG, modelLabel(model) + ": " + symbol +
+                                 ": x is NULL but batch is " +
+                                 std::to_string(batch));
+    }
+    checkParams(model, params, symbol);
+    checkResult(model, model->entries.init(seed, batch, x, params), symbol);
   });
 }
 
 sae_rt_status sae_rt_model_encode_dense(const sae_rt_model *model,
-                                        int64_t batch, const float *x,
+                                        int64_t batch,
+                                        const float *const *inputs,
                                         float *const *params, float *codes) {
   return guard([&] {
     const char *symbol = SAE_SYM_ENCODE_DENSE;
     checkCall(model, model && model->entries.encode_dense, symbol, batch, true);
-    checkBuffer(model, x, "x", symbol);
+    checkInputs(model, inputs, symbol);
     checkBuffer(model, codes, "codes", symbol);
     checkParams(model, params, symbol);
-    checkResult(model, model->entries.encode_dense(batch, x, params, codes),
+    checkResult(model,
+                model->entries.encode_dense(batch, inputs, params, codes),
                 symbol);
   });
 }
 
 sae_rt_status sae_rt_model_encode_sparse(const sae_rt_model *model,
-                                         int64_t batch, const float *x,
+                                         int64_t batch,
+                                         const float *const *inputs,
                                          float *const *params, float *values,
                                          int32_t *indices) {
   return guard([&] {
     const char *symbol = SAE_SYM_ENCODE_SPARSE;
     checkCall(model, model && model->entries.encode_sparse, symbol, batch,
               true);
-    checkBuffer(model, x, "x", symbol);
+    checkLayout(model, SAE_RT_LAYOUT_ROWS, symbol);
+    checkInputs(model, inputs, symbol);
     checkBuffer(model, values, "values", symbol);
     checkBuffer(model, indices, "indices", symbol);
     checkParams(model, params, symbol);
+    checkResult(
+        model,
+        model->entries.encode_sparse(batch, inputs, params, values, indices),
+        symbol);
+  });
+}
+
+sae_rt_status sae_rt_model_encode_batch(const sae_rt_model *model,
+                                        int64_t batch,
+                                        const float *const *inputs,
+                                        float *const *params, float *values,
+                                        int32_t *indices, int32_t *rows) {
+  return guard([&] {
+    const char *symbol = SAE_SYM_ENCODE_BATCH;
+    checkCall(model, model && model->entries.encode_batch, symbol, batch, true);
+    checkLayout(model, SAE_RT_LAYOUT_BATCH, symbol);
+    checkInputs(model, inputs, symbol);
+    checkBuffer(model, values, "values", symbol);
+    checkBuffer(model, indices, "indices", symbol);
+    checkBuffer(model, rows, "rows", symbol);
+    checkParams(model, params, symbol);
     checkResult(model,
-                model->entries.encode_sparse(batch, x, params, values, indices),
+                model->entries.encode_batch(batch, inputs, params, values,
+                                            indices, rows),
                 symbol);
+    // The entries must be decodable: a library breaking the contract is an
+    // ABI error, not the caller's fault.
+    checkEntries(model, batch, indices, rows, symbol, SAE_RT_ERR_ABI,
+                 " returned entries that violate abi.h: ");
   });
 }
 
@@ -720,6 +967,7 @@ sae_rt_status sae_rt_model_decode_sparse(const sae_rt_model *model,
     const char *symbol = SAE_SYM_DECODE_SPARSE;
     checkCall(model, model && model->entries.decode_sparse, symbol, batch,
               true);
+    checkLayout(model, SAE_RT_LAYOUT_ROWS, symbol);
     checkBuffer(model, values, "values", symbol);
     checkBuffer(model, indices, "indices", symbol);
     checkBuffer(model, xhat, "xhat", symbol);
@@ -744,18 +992,43 @@ sae_rt_status sae_rt_model_decode_sparse(const sae_rt_model *model,
   });
 }
 
+sae_rt_status sae_rt_model_decode_batch(const sae_rt_model *model,
+                                        int64_t batch, const float *values,
+                                        const int32_t *indices,
+                                        const int32_t *rows,
+                                        float *const *params, float *xhat) {
+  return guard([&] {
+    const char *symbol = SAE_SYM_DECODE_BATCH;
+    checkCall(model, model && model->entries.decode_batch, symbol, batch, true);
+    checkLayout(model, SAE_RT_LAYOUT_BATCH, symbol);
+    checkBuffer(model, values, "values", symbol);
+    checkBuffer(model, indices, "indices", symbol);
+    checkBuffer(model, rows, "rows", symbol);
+    checkBuffer(model, xhat, "xhat", symbol);
+    checkParams(model, params, symbol);
+    checkEntries(model, batch, indices, rows, symbol, SAE_RT_ERR_ARG, ": ");
+    checkResult(
+        model,
+        model->entries.decode_batch(batch, values, indices, rows, params, xhat),
+        symbol);
+  });
+}
+
 sae_rt_status sae_rt_model_forward(const sae_rt_model *model, int64_t batch,
-                                   const float *x, float *const *params,
-                                   float *xhat, float *loss) {
+                                   const float *const *inputs,
+                                   float *const *params, uint64_t seed,
+                                   float *xhat, float *losses) {
   return guard([&] {
     const char *symbol = SAE_SYM_FORWARD;
     checkCall(model, model && model->entries.forward, symbol, batch, true);
-    checkBuffer(model, x, "x", symbol);
+    checkInputs(model, inputs, symbol);
     checkBuffer(model, xhat, "xhat", symbol);
-    checkBuffer(model, loss, "loss", symbol);
+    checkBuffer(model, losses, "losses", symbol);
     checkParams(model, params, symbol);
-    checkResult(model, model->entries.forward(batch, x, params, xhat, loss),
-                symbol);
+    checkResult(
+        model,
+        model->entries.forward(batch, inputs, params, seed, xhat, losses),
+        symbol);
   });
 }
 

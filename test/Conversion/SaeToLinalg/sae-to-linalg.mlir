@@ -172,3 +172,50 @@ func.func @normalize(%w: tensor<8x4xf32>) -> tensor<8x4xf32> {
   return %0 : tensor<8x4xf32>
 }
 
+
+// -----
+
+// Tests that JumpReLU keeps an entry only strictly above its threshold.
+// CHECK-LABEL: func.func @jump_relu
+// CHECK: linalg.generic
+// CHECK:   %[[ABOVE:.*]] = arith.cmpf ogt, %{{.*}}, %{{.*}} : f32
+// CHECK:   arith.select %[[ABOVE]], %{{.*}}, %{{.*}} : f32
+func.func @jump_relu(%x: tensor<?x64xf32>, %t: tensor<64xf32>) -> tensor<?x64xf32> {
+  %0 = sae.jump_relu %x, %t : tensor<?x64xf32>, tensor<64xf32>
+  return %0 : tensor<?x64xf32>
+}
+
+// -----
+
+// Tests that the L1 of sparse codes sums |value| * ‖W_dec[index]‖ over the
+// k stored entries only: a reduction over [B, k], never over n.
+// CHECK-LABEL: func.func @l1_codes
+// CHECK: linalg.generic {{.*}} ins(%{{.*}} : tensor<64x16xf32>)
+// CHECK: %[[NORMS:.*]] = linalg.generic
+// CHECK:   math.sqrt
+// CHECK: linalg.generic {{.*}}iterator_types = ["reduction", "reduction"]{{.*}} ins(%{{.*}}, %{{.*}} : tensor<?x4xf32>, tensor<?x4xi32>)
+// CHECK:   math.absf
+// CHECK:   tensor.extract %[[NORMS]][%{{.*}}] : tensor<64xf32>
+// CHECK: arith.divf
+func.func @l1_codes(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %w: tensor<64x16xf32>) -> f32 {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  %0 = sae.l1 %z, %w : !sae.codes<?x64xf32, k = 4>, tensor<64x16xf32> -> f32
+  return %0 : f32
+}
+
+// -----
+
+// Tests the elementwise functions: step is a compare and select, stopgrad
+// disappears in the forward pass.
+// CHECK-LABEL: func.func @unary
+// CHECK-SAME: (%[[X:.*]]: tensor<?x8xf32>)
+// CHECK: math.exp
+// CHECK: arith.cmpf ogt
+// CHECK: arith.select
+// CHECK-NOT: stopgrad
+func.func @unary(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  %s = sae.stopgrad %x : tensor<?x8xf32>
+  %e = sae.exp %s : tensor<?x8xf32>
+  %h = sae.step %e : tensor<?x8xf32>
+  return %h : tensor<?x8xf32>
+}

@@ -156,3 +156,21 @@ func.func @scale(%t: tensor<4xf32>, %s: f16) {
   %0 = sae.scale %t, %s : tensor<4xf32>, f16
   return
 }
+
+// -----
+
+// Tests that a JumpReLU threshold has one entry per latent.
+func.func @jump_relu(%x: tensor<?x64xf32>, %t: tensor<32xf32>) {
+  // expected-error@+1 {{'sae.jump_relu' op bias of size 32 does not match rows of width 64}}
+  %0 = sae.jump_relu %x, %t : tensor<?x64xf32>, tensor<32xf32>
+  return
+}
+
+// -----
+
+// Tests that a penalty's decoder has one row per latent.
+func.func @l1_decoder(%z: !sae.codes<?x64xf32, k = 4>, %w: tensor<32x16xf32>) {
+  // expected-error@+1 {{'sae.l1' op decoder has 32 rows but the codes have 64 latents}}
+  %0 = sae.l1 %z, %w : !sae.codes<?x64xf32, k = 4>, tensor<32x16xf32> -> f32
+  return
+}

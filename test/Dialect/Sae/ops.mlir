@@ -65,3 +65,32 @@ func.func @initialisers(%seed: i64) -> (tensor<16x64xf32>, tensor<64x16xf32>, te
   %f = sae.fill 0.25 : tensor<64xf32>
   return %w, %n, %f : tensor<16x64xf32>, tensor<64x16xf32>, tensor<64xf32>
 }
+
+// CHECK-LABEL: func.func @catalog_ops
+func.func @catalog_ops(%x: tensor<?x64xf32>, %t: tensor<64xf32>, %w: tensor<64x16xf32>, %z: !sae.codes<?x64xf32, k = 4>, %m: tensor<16x64xf32>) -> (f32, f32, f32, f32, f32, tensor<16x64xf32>) {
+  // CHECK: sae.abs %{{.*}} : tensor<?x64xf32>
+  %a = sae.abs %x : tensor<?x64xf32>
+  // CHECK: sae.exp
+  %e = sae.exp %a : tensor<?x64xf32>
+  // CHECK: sae.tanh
+  %th = sae.tanh %e : tensor<?x64xf32>
+  // CHECK: sae.step
+  %s = sae.step %th : tensor<?x64xf32>
+  // CHECK: sae.stopgrad
+  %sg = sae.stopgrad %s : tensor<?x64xf32>
+  // CHECK: sae.jump_relu %{{.*}}, %{{.*}} : tensor<?x64xf32>, tensor<64xf32>
+  %j = sae.jump_relu %sg, %t : tensor<?x64xf32>, tensor<64xf32>
+  // CHECK: sae.bias_mul %{{.*}}, %{{.*}} : tensor<16x64xf32>, tensor<64xf32>
+  %bm = sae.bias_mul %m, %t : tensor<16x64xf32>, tensor<64xf32>
+  // CHECK: sae.l1 %{{.*}}, %{{.*}} : !sae.codes<?x64xf32, k = 4>, tensor<64x16xf32> -> f32
+  %l1 = sae.l1 %z, %w : !sae.codes<?x64xf32, k = 4>, tensor<64x16xf32> -> f32
+  // CHECK: sae.l1 %{{.*}} : tensor<?x64xf32> -> f32
+  %l1d = sae.l1 %j : tensor<?x64xf32> -> f32
+  // CHECK: sae.tanh_penalty %{{.*}}, %{{.*}} {scale = 4.000000e+00 : f64} : tensor<?x64xf32>, tensor<64x16xf32> -> f32
+  %tp = sae.tanh_penalty %j, %w {scale = 4.0 : f64} : tensor<?x64xf32>, tensor<64x16xf32> -> f32
+  // CHECK: sae.l0 %{{.*}}, %{{.*}} : tensor<?x64xf32>, tensor<64xf32> -> f32
+  %l0 = sae.l0 %x, %t : tensor<?x64xf32>, tensor<64xf32> -> f32
+  // CHECK: sae.kl_std_normal %{{.*}} : tensor<?x64xf32> -> f32
+  %kl = sae.kl_std_normal %x : tensor<?x64xf32> -> f32
+  return %l1, %l1d, %tp, %l0, %kl, %bm : f32, f32, f32, f32, f32, tensor<16x64xf32>
+}

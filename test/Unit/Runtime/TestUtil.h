@@ -221,6 +221,8 @@ struct ParamsGuard {
 //===----------------------------------------------------------------------===//
 
 constexpr int kD = 4, kN = 8, kK = 2;
+/// Width of the auxiliary input g of the FAKE_AUX variant.
+constexpr int kG = 3;
 
 struct FakeParams {
   std::vector<float> wEnc = std::vector<float>(kD * kN);
@@ -238,20 +240,24 @@ struct FakeParams {
   }
 };
 
-inline void referencePre(const FakeParams &p, const float *x, float *pre) {
+/// Pre-activations of one row; `g` (kG values) for the FAKE_AUX variant.
+inline void referencePre(const FakeParams &p, const float *x, float *pre,
+                         const float *g = nullptr) {
   for (int j = 0; j < kN; ++j) {
     float sum = p.bEnc[j];
     for (int i = 0; i < kD; ++i)
       sum += (x[i] - p.bDec[i]) * p.wEnc[i * kN + j];
+    if (g)
+      sum += g[j % kG];
     pre[j] = sum;
   }
 }
 
 /// TopK (ties: lower index first) then ReLU, as values/indices.
 inline void referenceTopk(const FakeParams &p, const float *x, float *values,
-                          int32_t *indices) {
+                          int32_t *indices, const float *g = nullptr) {
   float pre[kN];
-  referencePre(p, x, pre);
+  referencePre(p, x, pre, g);
   bool taken[kN] = {};
   for (int t = 0; t < kK; ++t) {
     int best = -1;
@@ -265,21 +271,70 @@ inline void referenceTopk(const FakeParams &p, const float *x, float *values,
 }
 
 inline void referenceEncodeDense(const FakeParams &p, const float *x,
-                                 float *codes, bool sparseModel) {
+                                 float *codes, bool sparseModel,
+                                 const float *g = nullptr) {
   for (int j = 0; j < kN; ++j)
     codes[j] = 0.0f;
   if (sparseModel) {
     float values[kK];
     int32_t indices[kK];
-    referenceTopk(p, x, values, indices);
+    referenceTopk(p, x, values, indices, g);
     for (int t = 0; t < kK; ++t)
       codes[indices[t]] = values[t];
   } else {
     float pre[kN];
-    referencePre(p, x, pre);
+    referencePre(p, x, pre, g);
     for (int j = 0; j < kN; ++j)
       codes[j] = pre[j] > 0.0f ? pre[j] : 0.0f;
   }
+}
+
+/// Sparse codes of layout "batch": entries sorted by row.
+struct BatchCodes {
+  std::vector<float> values;
+  std::vector<int32_t> indices;
+  std::vector<int32_t> rows;
+};
+
+/// BatchTopK over `rows` rows of x (the FAKE_BATCH variant): the rows*kK
+/// largest pre-activations of the batch (ties: lower row*kN + j first),
+/// ReLU, listed by row, then by decreasing value. Row numbers start at
+/// `firstRow`.
+inline BatchCodes referenceBatchTopk(const FakeParams &p, const float *x,
+                                     int rows, int firstRow = 0) {
+  std::vector<float> pre(static_cast<size_t>(rows) * kN);
+  for (int r = 0; r < rows; ++r)
+    referencePre(p, x + r * kD, &pre[static_cast<size_t>(r) * kN]);
+  std::vector<bool> taken(pre.size());
+  std::vector<size_t> picked;
+  for (int t = 0; t < rows * kK; ++t) {
+    size_t best = pre.size();
+    for (size_t c = 0; c < pre.size(); ++c)
+      if (!taken[c] && (best == pre.size() || pre[c] > pre[best]))
+        best = c;
+    taken[best] = true;
+    picked.push_back(best);
+  }
+  // Stable by row keeps decreasing values within a row.
+  std::stable_sort(picked.begin(), picked.end(),
+                   [](size_t a, size_t b) { return a / kN < b / kN; });
+  BatchCodes codes;
+  for (size_t cell : picked) {
+    codes.values.push_back(pre[cell] > 0.0f ? pre[cell] : 0.0f);
+    codes.indices.push_back(static_cast<int32_t>(cell % kN));
+    codes.rows.push_back(static_cast<int32_t>(cell / kN) + firstRow);
+  }
+  return codes;
+}
+
+/// Dense codes [rows, kN] of batch codes whose rows start at `firstRow`.
+inline std::vector<float> densify(const BatchCodes &codes, int rows,
+                                  int firstRow = 0) {
+  std::vector<float> dense(static_cast<size_t>(rows) * kN, 0.0f);
+  for (size_t i = 0; i < codes.values.size(); ++i)
+    dense[static_cast<size_t>(codes.rows[i] - firstRow) * kN +
+          codes.indices[i]] += codes.values[i];
+  return dense;
 }
 
 inline void referenceDecode(const FakeParams &p, const float *codes,
@@ -291,6 +346,30 @@ inline void referenceDecode(const FakeParams &p, const float *codes,
     xhat[i] = sum;
   }
 }
+
+/// The fake model's first uniform draw from `seed` (splitmix64, top 24
+/// bits), as its stochastic forward takes for the "noise" term.
+inline double fakeNoise(uint64_t seed) {
+  uint64_t z = seed + 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return static_cast<float>(z >> 40) / 16777216.0f;
+}
+
+/// Sets an environment variable for the scope (unset again after).
+class ScopedEnv {
+public:
+  ScopedEnv(const char *name, const std::string &value) : name(name) {
+    setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() { unsetenv(name); }
+  ScopedEnv(const ScopedEnv &) = delete;
+  ScopedEnv &operator=(const ScopedEnv &) = delete;
+
+private:
+  const char *name;
+};
 
 /// Deterministic test inputs: rows x kD values in [-2, 2].
 inline std::vector<float> sampleInputs(int rows, uint32_t seed = 1) {

@@ -1,10 +1,24 @@
 /*===- fake_model.c - A hand-written stand-in for a saec-compiled model ---===*
  *
- * Implements the C ABI of abi.h for a toy TopK SAE (d = 4, n = 8, k = 2),
- * so the runtime's loader, checkpoints and the `sae` tool can be tested
- * without the compiler. Compile-time switches build the broken variants the
- * loader must refuse:
- *   FAKE_DENSE               a dense ReLU model (no sparse entry points)
+ * Implements the C ABI of abi.h (version 2) for a toy TopK SAE (d = 4,
+ * n = 8, k = 2), so the runtime's loader, checkpoints and the `sae` tool can
+ * be tested without the compiler. Compile-time switches build the other
+ * models and the broken variants the loader must refuse:
+ *   FAKE_DENSE               a dense ReLU model (no sparse entry points, no
+ *                            loss terms)
+ *   FAKE_BATCH               a BatchTopK model: codes of layout "batch"
+ *                            (B*k entries per batch), stochastic forward;
+ *                            with $SAE_FAKE_BREAK_ROWS set, sae_encode_batch
+ *                            returns unsorted rows
+ *   FAKE_AUX                 a TopK model with an auxiliary input g [B, 3]
+ *   FAKE_INIT_DATA           a TopK model whose b_dec is initialised to the
+ *                            column mean of x (init_needs_data)
+ *   FAKE_MINIMAL             the TopK model with a description that leaves
+ *                            out every optional field of schema version 2
+ *                            (inputs, codes.layout, loss_terms,
+ *                            init_needs_data, stochastic)
+ *   FAKE_CUSTOM_DESCRIBE     the TopK model, describing itself with the
+ *                            text of $SAE_FAKE_DESCRIBE when it is set
  *   FAKE_ABI_VERSION=N       report ABI version N
  *   FAKE_MISSING_CPU         require "avx512er" (no current CPU has it)
  *   FAKE_UNKNOWN_FEATURE     require a feature name nobody knows
@@ -12,19 +26,31 @@
  *   FAKE_NO_CFG              leave out the optional "cfg" object
  *   FAKE_NO_SYMBOLS          export none of the ABI symbols
  *
- * Semantics (the tests recompute them):
+ * Semantics (TestUtil.h recomputes them):
  *   pre[j]   = b_enc[j] + sum_i (x[i] - b_dec[i]) * W_enc[i][j]
- *   sparse:  the k largest pre[j] (ties: lower j first), then ReLU
+ *              (+ g[j mod 3] with FAKE_AUX)
+ *   topk:    per row, the k largest pre[j] (ties: lower j first), then ReLU
+ *   batch:   per batch, the B*k largest pre[b][j] (ties: lower b*n + j
+ *            first), then ReLU; listed by row, then by decreasing value
  *   dense:   ReLU(pre)
  *   xhat[i]  = b_dec[i] + sum_j codes[j] * W_dec[j][i]
- *   loss     = mean over rows of sum_i (xhat[i] - x[i])^2
- * Every entry point returns 3 if an input value is NaN, 1 if batch < 1.
+ *   recon    = mean over rows of sum_i (xhat[i] - x[i])^2
+ *   sparsity = mean over rows of sum_j |codes[j]|
+ *   losses   topk:  {recon + 0.25 * sparsity, recon, sparsity}
+ *            dense, minimal: {recon}
+ *            batch: {recon + noise, recon, noise}, noise being the first
+ *                   uniform [0, 1) draw of splitmix64 from the seed
+ *   sae_init: uniform parameters from splitmix64(seed), W_dec = W_enc^T;
+ *             FAKE_INIT_DATA then sets b_dec to the column mean of x.
+ * Every entry point returns 3 if an input value is NaN, 1 if batch < 1,
+ * 2 if memory runs out, 4 if init needs data and has none.
  *===----------------------------------------------------------------------===*/
 
 #include "sae/runtime/abi.h"
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -37,9 +63,15 @@ EXPORT int fake_model_unrelated_function(void) { return 42; }
 #define D 4
 #define N 8
 #define K 2
+#define G 3 /* width of the auxiliary input of FAKE_AUX */
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 #ifndef FAKE_ABI_VERSION
-#define FAKE_ABI_VERSION SAE_ABI_VERSION
+#define FAKE_ABI_VERSION 2
+_Static_assert(FAKE_ABI_VERSION == SAE_ABI_VERSION,
+               "fake_model.c implements another ABI version than abi.h");
 #endif
 
 #if defined(FAKE_MISSING_CPU)
@@ -52,25 +84,83 @@ EXPORT int fake_model_unrelated_function(void) { return 42; }
 #define FAKE_FEATURES ""
 #endif
 
-#ifdef FAKE_DENSE
+/* The fields every variant shares unless it says otherwise. */
+#define FAKE_INPUTS_ENTRY "\"inputs\": [{\"name\": \"x\", \"dim\": 4}], "
+#define FAKE_LOSS_TERMS_ENTRY "\"loss_terms\": [\"recon\", \"sparsity\"], "
+#define FAKE_INIT_ENTRY "\"init_needs_data\": false, "
+#define FAKE_STOCHASTIC_ENTRY "\"stochastic\": false, "
+#define FAKE_B_DEC_INIT "uniform(-0.1, 0.1)"
+#define FAKE_SPARSE_ENTRIES                                                    \
+  "\"sae_init\", \"sae_encode_dense\", \"sae_encode_sparse\", "                \
+  "\"sae_decode_dense\", \"sae_decode_sparse\", \"sae_forward\""
+#define FAKE_TOPK_CFG                                                          \
+  "{\"architecture\": \"topk\", \"d_in\": 4, \"d_sae\": 8, \"k\": 2, "         \
+  "\"dtype\": \"float32\", \"activation_fn_kwargs\": {\"k\": 2}}"
+
+#if defined(FAKE_DENSE)
 #define FAKE_NAME "fake_relu"
 #define FAKE_CODES "{\"kind\": \"dense\"}"
 #define FAKE_ENCODER "{\"op\": \"relu\"}"
+#undef FAKE_LOSS_TERMS_ENTRY
+#define FAKE_LOSS_TERMS_ENTRY "\"loss_terms\": [], "
 #define FAKE_ENTRIES                                                           \
   "\"sae_init\", \"sae_encode_dense\", \"sae_decode_dense\", \"sae_forward\""
 #define FAKE_CFG                                                               \
   "{\"architecture\": \"standard\", \"d_in\": 4, \"d_sae\": 8, "               \
   "\"dtype\": \"float32\"}"
+#elif defined(FAKE_BATCH)
+#define FAKE_NAME "fake_batch_topk"
+#define FAKE_CODES "{\"kind\": \"sparse\", \"layout\": \"batch\", \"k\": 2}"
+#define FAKE_ENCODER "{\"op\": \"batch_topk\", \"k\": 2}"
+#undef FAKE_LOSS_TERMS_ENTRY
+#define FAKE_LOSS_TERMS_ENTRY "\"loss_terms\": [\"recon\", \"noise\"], "
+#undef FAKE_STOCHASTIC_ENTRY
+#define FAKE_STOCHASTIC_ENTRY "\"stochastic\": true, "
+#define FAKE_ENTRIES                                                           \
+  "\"sae_init\", \"sae_encode_dense\", \"sae_encode_batch\", "                 \
+  "\"sae_decode_dense\", \"sae_decode_batch\", \"sae_forward\""
+#define FAKE_CFG                                                               \
+  "{\"architecture\": \"batchtopk\", \"d_in\": 4, \"d_sae\": 8, \"k\": 2, "    \
+  "\"dtype\": \"float32\"}"
+#else
+#define FAKE_CODES "{\"kind\": \"sparse\", \"layout\": \"rows\", \"k\": 2}"
+#define FAKE_ENCODER "{\"op\": \"topk\", \"k\": 2}"
+#define FAKE_ENTRIES FAKE_SPARSE_ENTRIES
+#define FAKE_CFG FAKE_TOPK_CFG
+#if defined(FAKE_AUX)
+#define FAKE_NAME "fake_grad_topk"
+#undef FAKE_INPUTS_ENTRY
+#define FAKE_INPUTS_ENTRY                                                      \
+  "\"inputs\": [{\"name\": \"x\", \"dim\": 4}, {\"name\": \"g\", \"dim\": "    \
+  "3}], "
+#elif defined(FAKE_INIT_DATA)
+#define FAKE_NAME "fake_topk_data"
+#undef FAKE_INIT_ENTRY
+#define FAKE_INIT_ENTRY "\"init_needs_data\": true, "
+#undef FAKE_B_DEC_INIT
+#define FAKE_B_DEC_INIT "data_mean"
+#elif defined(FAKE_MINIMAL)
+#define FAKE_NAME "fake_topk_minimal"
+#undef FAKE_INPUTS_ENTRY
+#define FAKE_INPUTS_ENTRY ""
+#undef FAKE_CODES
+#define FAKE_CODES "{\"kind\": \"sparse\", \"k\": 2}"
+#undef FAKE_LOSS_TERMS_ENTRY
+#define FAKE_LOSS_TERMS_ENTRY ""
+#undef FAKE_INIT_ENTRY
+#define FAKE_INIT_ENTRY ""
+#undef FAKE_STOCHASTIC_ENTRY
+#define FAKE_STOCHASTIC_ENTRY ""
 #else
 #define FAKE_NAME "fake_topk"
-#define FAKE_CODES "{\"kind\": \"sparse\", \"k\": 2}"
-#define FAKE_ENCODER "{\"op\": \"topk\", \"k\": 2}"
-#define FAKE_ENTRIES                                                           \
-  "\"sae_init\", \"sae_encode_dense\", \"sae_encode_sparse\", "                \
-  "\"sae_decode_dense\", \"sae_decode_sparse\", \"sae_forward\""
-#define FAKE_CFG                                                               \
-  "{\"architecture\": \"topk\", \"d_in\": 4, \"d_sae\": 8, \"k\": 2, "         \
-  "\"dtype\": \"float32\", \"activation_fn_kwargs\": {\"k\": 2}}"
+#endif
+#endif
+
+/* losses[] entries written by sae_forward (1 + number of terms). */
+#if defined(FAKE_DENSE) || defined(FAKE_MINIMAL)
+#define FAKE_LOSS_COUNT 1
+#else
+#define FAKE_LOSS_COUNT 3
 #endif
 
 #ifdef FAKE_NO_CFG
@@ -79,18 +169,20 @@ EXPORT int fake_model_unrelated_function(void) { return 42; }
 #define FAKE_CFG_ENTRY ", \"cfg\": " FAKE_CFG
 #endif
 
+/* clang-format off */
 static const char kDescribe[] =
 #ifdef FAKE_BAD_DESCRIBE
-    "{\"abi_version\": 1, \"name\": \"broken\", "
+    "{\"abi_version\": " STR(FAKE_ABI_VERSION) ", \"name\": \"broken\", "
 #else
-    "{\"abi_version\": 1, \"name\": \"" FAKE_NAME "\", "
+    "{\"abi_version\": " STR(FAKE_ABI_VERSION) ", \"name\": \"" FAKE_NAME "\", "
     "\"source\": \"test/Unit/Runtime/fake_model.c\", "
     "\"dims\": {\"d\": 4, \"n\": 8}, "
-    "\"input\": {\"name\": \"x\", \"dim\": 4}, "
+    "\"input\": {\"name\": \"x\", \"dim\": 4}, " FAKE_INPUTS_ENTRY
     "\"latents\": 8, "
     "\"codes\": " FAKE_CODES ", "
     "\"encoder\": " FAKE_ENCODER ", "
     "\"loss\": \"mse\", "
+    FAKE_LOSS_TERMS_ENTRY FAKE_INIT_ENTRY FAKE_STOCHASTIC_ENTRY
     "\"params\": ["
     "{\"name\": \"W_enc\", \"shape\": [4, 8], \"dtype\": \"float32\", "
     "\"init\": \"uniform(-1, 1)\"}, "
@@ -99,17 +191,25 @@ static const char kDescribe[] =
     "{\"name\": \"W_dec\", \"shape\": [8, 4], \"dtype\": \"float32\", "
     "\"init\": \"transpose(W_enc)\"}, "
     "{\"name\": \"b_dec\", \"shape\": [4], \"dtype\": \"float32\", "
-    "\"init\": \"uniform(-0.1, 0.1)\"}], "
+    "\"init\": \"" FAKE_B_DEC_INIT "\"}], "
     "\"entry_points\": [" FAKE_ENTRIES "], "
     "\"target\": {\"triple\": \"x86_64-unknown-linux-gnu\", "
     "\"cpu\": \"generic\", \"required_features\": [" FAKE_FEATURES
     "]}" FAKE_CFG_ENTRY "}"
 #endif
     ;
+/* clang-format on */
 
 EXPORT uint32_t sae_abi_version(void) { return FAKE_ABI_VERSION; }
 
-EXPORT const char *sae_model_describe(void) { return kDescribe; }
+EXPORT const char *sae_model_describe(void) {
+#ifdef FAKE_CUSTOM_DESCRIBE
+  const char *text = getenv("SAE_FAKE_DESCRIBE");
+  if (text)
+    return text;
+#endif
+  return kDescribe;
+}
 
 /* splitmix64, then the top 24 bits as a float in [0, 1). */
 static float nextUniform(uint64_t *state) {
@@ -120,7 +220,8 @@ static float nextUniform(uint64_t *state) {
   return (float)(z >> 40) / 16777216.0f;
 }
 
-EXPORT int32_t sae_init(uint64_t seed, float *const *params) {
+EXPORT int32_t sae_init(uint64_t seed, int64_t batch, const float *x,
+                        float *const *params) {
   float *wEnc = params[0], *bEnc = params[1], *wDec = params[2],
         *bDec = params[3];
   uint64_t state = seed;
@@ -133,6 +234,19 @@ EXPORT int32_t sae_init(uint64_t seed, float *const *params) {
   for (int j = 0; j < N; ++j)
     for (int i = 0; i < D; ++i)
       wDec[j * D + i] = wEnc[i * N + j];
+#ifdef FAKE_INIT_DATA
+  if (batch < 1 || !x)
+    return 4;
+  for (int i = 0; i < D; ++i) {
+    double sum = 0.0;
+    for (int64_t b = 0; b < batch; ++b)
+      sum += x[b * D + i];
+    bDec[i] = (float)(sum / (double)batch);
+  }
+#else
+  (void)batch;
+  (void)x;
+#endif
   return 0;
 }
 
@@ -143,16 +257,78 @@ static int hasNaN(const float *values, int64_t count) {
   return 0;
 }
 
-static void preActivations(const float *x, float *const *params, float *pre) {
+static int inputsHaveNaN(int64_t batch, const float *const *inputs) {
+#ifdef FAKE_AUX
+  if (hasNaN(inputs[1], batch * G))
+    return 1;
+#endif
+  return hasNaN(inputs[0], batch * D);
+}
+
+/* Pre-activations of row b. */
+static void preActivations(const float *const *inputs, int64_t b,
+                           float *const *params, float *pre) {
   const float *wEnc = params[0], *bEnc = params[1], *bDec = params[3];
+  const float *x = inputs[0] + b * D;
   for (int j = 0; j < N; ++j) {
     float sum = bEnc[j];
     for (int i = 0; i < D; ++i)
       sum += (x[i] - bDec[i]) * wEnc[i * N + j];
+#ifdef FAKE_AUX
+    sum += inputs[1][b * G + j % G];
+#endif
     pre[j] = sum;
   }
 }
 
+static float relu(float value) { return value > 0.0f ? value : 0.0f; }
+
+#ifdef FAKE_BATCH
+/* Hand-written batch top-k: B*k passes over the whole batch, each picking
+ * the largest remaining pre-activation (strictly greater wins, so ties keep
+ * the lower flat index b*n + j first); then a stable counting sort by row,
+ * which keeps each row's entries by decreasing value. */
+static int32_t batchTopk(int64_t batch, const float *const *inputs,
+                         float *const *params, float *values, int32_t *indices,
+                         int32_t *rows) {
+  int64_t cells = batch * N, total = batch * K;
+  float *pre = malloc((size_t)cells * sizeof(float));
+  unsigned char *taken = calloc((size_t)cells, 1);
+  int64_t *picked = malloc((size_t)total * sizeof(int64_t));
+  int64_t *start = calloc((size_t)batch + 1, sizeof(int64_t));
+  int32_t result = 0;
+  if (!pre || !taken || !picked || !start) {
+    result = 2;
+    goto done;
+  }
+  for (int64_t b = 0; b < batch; ++b)
+    preActivations(inputs, b, params, pre + b * N);
+  for (int64_t t = 0; t < total; ++t) {
+    int64_t best = -1;
+    for (int64_t c = 0; c < cells; ++c)
+      if (!taken[c] && (best < 0 || pre[c] > pre[best]))
+        best = c;
+    taken[best] = 1;
+    picked[t] = best;
+  }
+  for (int64_t t = 0; t < total; ++t)
+    ++start[picked[t] / N + 1];
+  for (int64_t b = 0; b < batch; ++b)
+    start[b + 1] += start[b];
+  for (int64_t t = 0; t < total; ++t) {
+    int64_t cell = picked[t], row = cell / N, at = start[row]++;
+    values[at] = relu(pre[cell]);
+    indices[at] = (int32_t)(cell % N);
+    rows[at] = (int32_t)row;
+  }
+done:
+  free(pre);
+  free(taken);
+  free(picked);
+  free(start);
+  return result;
+}
+#else
 /* Hand-written top-k: k passes, each picking the largest remaining value
  * (strictly greater wins, so ties keep the lower index first). */
 __attribute__((unused)) static void topk(const float *pre, float *values,
@@ -164,25 +340,48 @@ __attribute__((unused)) static void topk(const float *pre, float *values,
       if (!taken[j] && (best < 0 || pre[j] > pre[best]))
         best = j;
     taken[best] = 1;
-    values[t] = pre[best] > 0.0f ? pre[best] : 0.0f;
+    values[t] = relu(pre[best]);
     indices[t] = best;
   }
 }
+#endif
 
-static void encodeRow(const float *x, float *const *params, float *codes) {
-  float pre[N];
-  preActivations(x, params, pre);
-  for (int j = 0; j < N; ++j)
-    codes[j] = 0.0f;
-#ifdef FAKE_DENSE
-  for (int j = 0; j < N; ++j)
-    codes[j] = pre[j] > 0.0f ? pre[j] : 0.0f;
+/* Dense codes [batch, n] of the variant's encoder. */
+static int32_t encodeAll(int64_t batch, const float *const *inputs,
+                         float *const *params, float *codes) {
+  for (int64_t i = 0; i < batch * N; ++i)
+    codes[i] = 0.0f;
+#if defined(FAKE_BATCH)
+  int64_t total = batch * K;
+  float *values = malloc((size_t)total * sizeof(float));
+  int32_t *indices = malloc((size_t)total * sizeof(int32_t));
+  int32_t *rows = malloc((size_t)total * sizeof(int32_t));
+  int32_t result = values && indices && rows ? 0 : 2;
+  if (result == 0)
+    result = batchTopk(batch, inputs, params, values, indices, rows);
+  if (result == 0)
+    for (int64_t t = 0; t < total; ++t)
+      codes[rows[t] * N + indices[t]] += values[t];
+  free(values);
+  free(indices);
+  free(rows);
+  return result;
 #else
-  float values[K];
-  int32_t indices[K];
-  topk(pre, values, indices);
-  for (int t = 0; t < K; ++t)
-    codes[indices[t]] = values[t];
+  for (int64_t b = 0; b < batch; ++b) {
+    float pre[N];
+    preActivations(inputs, b, params, pre);
+#if defined(FAKE_DENSE)
+    for (int j = 0; j < N; ++j)
+      codes[b * N + j] = relu(pre[j]);
+#else
+    float values[K];
+    int32_t indices[K];
+    topk(pre, values, indices);
+    for (int t = 0; t < K; ++t)
+      codes[b * N + indices[t]] = values[t];
+#endif
+  }
+  return 0;
 #endif
 }
 
@@ -196,15 +395,13 @@ static void decodeRow(const float *codes, float *const *params, float *xhat) {
   }
 }
 
-EXPORT int32_t sae_encode_dense(int64_t batch, const float *x,
+EXPORT int32_t sae_encode_dense(int64_t batch, const float *const *inputs,
                                 float *const *params, float *codes) {
   if (batch < 1)
     return 1;
-  if (hasNaN(x, batch * D))
+  if (inputsHaveNaN(batch, inputs))
     return 3;
-  for (int64_t b = 0; b < batch; ++b)
-    encodeRow(x + b * D, params, codes + b * N);
-  return 0;
+  return encodeAll(batch, inputs, params, codes);
 }
 
 EXPORT int32_t sae_decode_dense(int64_t batch, const float *codes,
@@ -218,17 +415,49 @@ EXPORT int32_t sae_decode_dense(int64_t batch, const float *codes,
   return 0;
 }
 
-#ifndef FAKE_DENSE
-EXPORT int32_t sae_encode_sparse(int64_t batch, const float *x,
+#if defined(FAKE_BATCH)
+EXPORT int32_t sae_encode_batch(int64_t batch, const float *const *inputs,
+                                float *const *params, float *values,
+                                int32_t *indices, int32_t *rows) {
+  if (batch < 1)
+    return 1;
+  if (inputsHaveNaN(batch, inputs))
+    return 3;
+  int32_t result = batchTopk(batch, inputs, params, values, indices, rows);
+  /* Test switch: break the contract by putting the last entry in row 0. */
+  if (result == 0 && getenv("SAE_FAKE_BREAK_ROWS"))
+    rows[batch * K - 1] = 0;
+  return result;
+}
+
+/* Gathers one decoder row per entry. */
+EXPORT int32_t sae_decode_batch(int64_t batch, const float *values,
+                                const int32_t *indices, const int32_t *rows,
+                                float *const *params, float *xhat) {
+  const float *wDec = params[2], *bDec = params[3];
+  if (batch < 1)
+    return 1;
+  if (hasNaN(values, batch * K))
+    return 3;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int i = 0; i < D; ++i)
+      xhat[b * D + i] = bDec[i];
+  for (int64_t t = 0; t < batch * K; ++t)
+    for (int i = 0; i < D; ++i)
+      xhat[rows[t] * D + i] += values[t] * wDec[indices[t] * D + i];
+  return 0;
+}
+#elif !defined(FAKE_DENSE)
+EXPORT int32_t sae_encode_sparse(int64_t batch, const float *const *inputs,
                                  float *const *params, float *values,
                                  int32_t *indices) {
   if (batch < 1)
     return 1;
-  if (hasNaN(x, batch * D))
+  if (inputsHaveNaN(batch, inputs))
     return 3;
   for (int64_t b = 0; b < batch; ++b) {
     float pre[N];
-    preActivations(x + b * D, params, pre);
+    preActivations(inputs, b, params, pre);
     topk(pre, values + b * K, indices + b * K);
   }
   return 0;
@@ -251,23 +480,52 @@ EXPORT int32_t sae_decode_sparse(int64_t batch, const float *values,
 }
 #endif
 
-EXPORT int32_t sae_forward(int64_t batch, const float *x, float *const *params,
-                           float *xhat, float *loss) {
+EXPORT int32_t sae_forward(int64_t batch, const float *const *inputs,
+                           float *const *params, uint64_t seed, float *xhat,
+                           float *losses) {
   if (batch < 1)
     return 1;
-  if (hasNaN(x, batch * D))
+  if (inputsHaveNaN(batch, inputs))
     return 3;
-  double total = 0.0;
+  float *codes = malloc((size_t)(batch * N) * sizeof(float));
+  if (!codes)
+    return 2;
+  int32_t result = encodeAll(batch, inputs, params, codes);
+  if (result != 0) {
+    free(codes);
+    return result;
+  }
+  const float *x = inputs[0];
+  double recon = 0.0, sparsity = 0.0;
   for (int64_t b = 0; b < batch; ++b) {
-    float codes[N];
-    encodeRow(x + b * D, params, codes);
-    decodeRow(codes, params, xhat + b * D);
+    decodeRow(codes + b * N, params, xhat + b * D);
     for (int i = 0; i < D; ++i) {
       double diff = (double)xhat[b * D + i] - (double)x[b * D + i];
-      total += diff * diff;
+      recon += diff * diff;
     }
+    for (int j = 0; j < N; ++j)
+      sparsity += fabs((double)codes[b * N + j]);
   }
-  *loss = (float)(total / (double)batch);
+  free(codes);
+  recon /= (double)batch;
+  sparsity /= (double)batch;
+#if FAKE_LOSS_COUNT == 1
+  (void)seed;
+  (void)sparsity;
+  losses[0] = (float)recon;
+#elif defined(FAKE_BATCH)
+  uint64_t state = seed;
+  double noise = nextUniform(&state);
+  (void)sparsity;
+  losses[0] = (float)(recon + noise);
+  losses[1] = (float)recon;
+  losses[2] = (float)noise;
+#else
+  (void)seed;
+  losses[0] = (float)(recon + 0.25 * sparsity);
+  losses[1] = (float)recon;
+  losses[2] = (float)sparsity;
+#endif
   return 0;
 }
 

@@ -46,13 +46,19 @@ struct CheckedModel {
   const ModelAST *ast = nullptr;
   /// Dimensions after command-line overrides, in declaration order.
   std::vector<std::pair<std::string, int64_t>> dims;
+  /// The first input: what the model reconstructs.
   const TensorDeclAST *input = nullptr;
   int64_t inputDim = 0;
+  /// Every input in declaration order (the ABI's order) with its dimension.
+  std::vector<std::pair<const TensorDeclAST *, int64_t>> inputs;
   /// Parameters in declaration order (the ABI's order) with their shapes.
   std::vector<std::pair<const TensorDeclAST *, std::vector<int64_t>>> params;
   const BindingDeclAST *encode = nullptr;
   const BindingDeclAST *decode = nullptr;
+  /// `loss = expr;`, or null when the loss is a sum of named terms.
   const BindingDeclAST *loss = nullptr;
+  /// `loss NAME = expr;` terms, in order; the total is their sum.
+  std::vector<const BindingDeclAST *> lossTerms;
   /// Every declaration by name.
   llvm::StringMap<const DeclAST *> symbols;
   /// The checked type of every let/encode/decode/loss binding.
@@ -63,12 +69,19 @@ struct CheckedModel {
   /// its integer hyperparameters, for the library's description.
   std::string encoderOp;
   std::map<std::string, int64_t> encoderParams;
-  /// The root function of `loss` ("fvu", "mse", ...) or "expression".
+  /// The root function of `loss` ("fvu", "mse", ...), "expression", or
+  /// "sum" for named terms.
   std::string lossKind;
-  /// Arguments of every call, in the order of the callee's signature.
+  /// Some initialiser reads a data sample (data_mean, geometric_median).
+  bool initNeedsData = false;
+  /// The forward pass samples noise (gaussian).
+  bool stochastic = false;
+  /// Arguments of every call, in the order of the callee's signature (null
+  /// for an optional argument left out).
   llvm::DenseMap<const CallExprAST *, std::vector<const ExprAST *>> boundArgs;
-  /// The value of every integer or float constant argument.
-  llvm::DenseMap<const ExprAST *, double> constants;
+  /// Per call and argument position: the value of integer and numeric
+  /// constant arguments (or their defaults).
+  llvm::DenseMap<const CallExprAST *, std::vector<double>> callConstants;
 
   int64_t getDim(llvm::StringRef name) const;
 };

@@ -116,6 +116,18 @@ Value squaredDiffF64(OpBuilder &b, Location loc, Value x, Value y) {
   return arith::MulFOp::create(b, loc, d, d);
 }
 
+Value floatConst(OpBuilder &b, Location l, Type t, double v) {
+  return arith::ConstantOp::create(b, l, b.getFloatAttr(t, v));
+}
+
+Value rowNorms(OpBuilder &b, Location loc, Value w);
+
+Value toF64(OpBuilder &b, Location l, Value v) {
+  return v.getType().isF64()
+             ? v
+             : arith::ExtFOp::create(b, l, b.getF64Type(), v).getResult();
+}
+
 /// A read-only memref view of a tensor, for hand-written loops.
 Value toBuffer(OpBuilder &b, Location loc, Value tensor) {
   auto type = cast<RankedTensorType>(tensor.getType());
@@ -306,61 +318,277 @@ struct FillLowering : OpRewritePattern<FillOp> {
   }
 };
 
-/// splitmix64's finaliser over (seed + stream·φ + i·γ); the top 24 bits give
-/// u in [0, 1). Documented in docs/language.md; tests re-implement it.
+/// u in [0, 1) from splitmix64's finaliser over (seed + stream·φ + i·γ):
+/// the top 24 bits. Documented in docs/language.md; tests re-implement it.
+Value hashUniform(OpBuilder &b, Location l, Value seed, uint64_t stream,
+                  Value counter) {
+  auto c = [&](uint64_t v) -> Value {
+    return arith::ConstantOp::create(b, l,
+                                     b.getI64IntegerAttr(static_cast<int64_t>(v)));
+  };
+  Value z = arith::AddIOp::create(b, l, seed, c(stream * 0x9E3779B97F4A7C15ull));
+  z = arith::AddIOp::create(
+      b, l, z, arith::MulIOp::create(b, l, counter, c(0xD1B54A32D192ED03ull)));
+  auto mix = [&](Value v, uint64_t shift, uint64_t mul) -> Value {
+    Value sh = arith::ShRUIOp::create(b, l, v, c(shift));
+    Value x = arith::XOrIOp::create(b, l, v, sh);
+    return mul ? arith::MulIOp::create(b, l, x, c(mul)).getResult() : x;
+  };
+  z = mix(z, 30, 0xBF58476D1CE4E5B9ull);
+  z = mix(z, 27, 0x94D049BB133111EBull);
+  z = mix(z, 31, 0);
+  Value top = arith::ShRUIOp::create(b, l, z, c(40));
+  Value u = arith::UIToFPOp::create(b, l, b.getF64Type(), top);
+  return arith::MulFOp::create(b, l, u,
+                               floatConst(b, l, b.getF64Type(), 1.0 / 16777216.0));
+}
+
+/// N(0, 1) by Box–Muller from the uniforms at counters 2i and 2i + 1.
+Value hashNormal(OpBuilder &b, Location l, Value seed, uint64_t stream,
+                 Value counter) {
+  Type f64 = b.getF64Type();
+  auto c = [&](int64_t v) -> Value {
+    return arith::ConstantOp::create(b, l, b.getI64IntegerAttr(v));
+  };
+  Value twice = arith::MulIOp::create(b, l, counter, c(2));
+  Value u1 = hashUniform(b, l, seed, stream, twice);
+  Value u2 = hashUniform(b, l, seed, stream,
+                         arith::AddIOp::create(b, l, twice, c(1)));
+  Value oneMinus = arith::SubFOp::create(b, l, floatConst(b, l, f64, 1.0), u1);
+  Value radius = math::SqrtOp::create(
+      b, l,
+      arith::MulFOp::create(b, l, floatConst(b, l, f64, -2.0),
+                            math::LogOp::create(b, l, oneMinus)));
+  Value angle = arith::MulFOp::create(
+      b, l, u2, floatConst(b, l, f64, 6.283185307179586476925286766559));
+  return arith::MulFOp::create(b, l, radius, math::CosOp::create(b, l, angle));
+}
+
+/// The row-major linear index of the current element of a generic.
+Value linearIndex(OpBuilder &b, Location l, RankedTensorType type,
+                  Value dynRows = {}) {
+  Type i64 = b.getI64Type();
+  Value lin = arith::ConstantOp::create(b, l, b.getI64IntegerAttr(0));
+  for (int64_t d = 0; d < type.getRank(); ++d) {
+    Value idx = arith::IndexCastOp::create(b, l, i64,
+                                           linalg::IndexOp::create(b, l, d));
+    Value size = arith::ConstantOp::create(b, l,
+                                           b.getI64IntegerAttr(type.getDimSize(d)));
+    if (d > 0)
+      lin = arith::MulIOp::create(b, l, lin, size);
+    lin = arith::AddIOp::create(b, l, lin, idx);
+  }
+  return lin;
+}
+
 struct RandomUniformLowering : OpRewritePattern<RandomUniformOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(RandomUniformOp op,
                                 PatternRewriter &rewriter) const override {
     Location loc = op.getLoc();
     auto type = op.getType();
-    int64_t rank = type.getRank();
     Value init = tensor::EmptyOp::create(rewriter, loc, type, ValueRange{});
     double low = op.getLow().convertToDouble();
     double high = op.getHigh().convertToDouble();
-    uint64_t stream = op.getStream();
-    Value seed = op.getSeed();
-    SmallVector<utils::IteratorType> iterators(rank,
+    SmallVector<utils::IteratorType> iterators(type.getRank(),
                                                utils::IteratorType::parallel);
     Value result = buildGeneric(
-        rewriter, loc, {}, init, {rewriter.getMultiDimIdentityMap(rank)},
+        rewriter, loc, {}, init, {rewriter.getMultiDimIdentityMap(type.getRank())},
         iterators, [&](OpBuilder &b, Location l, ValueRange) {
-          Type i64 = b.getI64Type();
-          auto c = [&](uint64_t v) -> Value {
-            return arith::ConstantOp::create(
-                b, l, b.getI64IntegerAttr(static_cast<int64_t>(v)));
-          };
-          // Row-major linear index of the element.
-          Value lin = c(0);
-          for (int64_t d = 0; d < rank; ++d) {
-            Value idx = arith::IndexCastOp::create(
-                b, l, i64, linalg::IndexOp::create(b, l, d));
-            lin = arith::MulIOp::create(b, l, lin, c(type.getDimSize(d)));
-            lin = arith::AddIOp::create(b, l, lin, idx);
-          }
-          Value z = arith::AddIOp::create(b, l, seed,
-                                          c(stream * 0x9E3779B97F4A7C15ull));
-          z = arith::AddIOp::create(
-              b, l, z, arith::MulIOp::create(b, l, lin, c(0xD1B54A32D192ED03ull)));
-          auto mix = [&](Value v, uint64_t shift, uint64_t mul) -> Value {
-            Value s = arith::ShRUIOp::create(b, l, v, c(shift));
-            Value x = arith::XOrIOp::create(b, l, v, s);
-            return mul ? arith::MulIOp::create(b, l, x, c(mul)).getResult() : x;
-          };
-          z = mix(z, 30, 0xBF58476D1CE4E5B9ull);
-          z = mix(z, 27, 0x94D049BB133111EBull);
-          z = mix(z, 31, 0);
-          Value top = arith::ShRUIOp::create(b, l, z, c(40));
-          Value u = arith::UIToFPOp::create(b, l, b.getF64Type(), top);
-          Value scale = arith::ConstantOp::create(
-              b, l, b.getF64FloatAttr((high - low) / 16777216.0));
-          Value lo = arith::ConstantOp::create(b, l, b.getF64FloatAttr(low));
+          Value u = hashUniform(b, l, op.getSeed(), op.getStream(),
+                                linearIndex(b, l, type));
           Value v = arith::AddFOp::create(
-              b, l, lo, arith::MulFOp::create(b, l, u, scale));
+              b, l, floatConst(b, l, b.getF64Type(), low),
+              arith::MulFOp::create(b, l, u,
+                                    floatConst(b, l, b.getF64Type(), high - low)));
           return arith::TruncFOp::create(b, l, type.getElementType(), v)
               .getResult();
         });
     rewriter.replaceOp(op, result);
+    return success();
+  }
+};
+
+struct RandomNormalLowering : OpRewritePattern<RandomNormalOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(RandomNormalOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    auto type = op.getType();
+    Value init = tensor::EmptyOp::create(rewriter, loc, type, ValueRange{});
+    double mean = op.getMean().convertToDouble();
+    double stddev = op.getStd().convertToDouble();
+    SmallVector<utils::IteratorType> iterators(type.getRank(),
+                                               utils::IteratorType::parallel);
+    Value result = buildGeneric(
+        rewriter, loc, {}, init, {rewriter.getMultiDimIdentityMap(type.getRank())},
+        iterators, [&](OpBuilder &b, Location l, ValueRange) {
+          Value z = hashNormal(b, l, op.getSeed(), op.getStream(),
+                               linearIndex(b, l, type));
+          Value v = arith::AddFOp::create(
+              b, l, floatConst(b, l, b.getF64Type(), mean),
+              arith::MulFOp::create(b, l, z,
+                                    floatConst(b, l, b.getF64Type(), stddev)));
+          return arith::TruncFOp::create(b, l, type.getElementType(), v)
+              .getResult();
+        });
+    rewriter.replaceOp(op, result);
+    return success();
+  }
+};
+
+struct GaussianNoiseLowering : OpRewritePattern<GaussianNoiseOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(GaussianNoiseOp op,
+                                PatternRewriter &rewriter) const override {
+    auto type = op.getType();
+    AffineMap id = rewriter.getMultiDimIdentityMap(2);
+    Value result = buildElementwise(
+        rewriter, op.getLoc(), op.getInput(), {op.getInput()}, {id},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value z = hashNormal(b, l, op.getSeed(), op.getStream(),
+                               linearIndex(b, l, type));
+          Value eps = arith::TruncFOp::create(b, l, type.getElementType(), z);
+          return arith::AddFOp::create(b, l, a[0], eps).getResult();
+        });
+    rewriter.replaceOp(op, result);
+    return success();
+  }
+};
+
+/// Σ_b x[b, :] in f64, then / B.
+Value columnMeanF64(OpBuilder &b, Location loc, Value x) {
+  MLIRContext *ctx = b.getContext();
+  auto type = cast<RankedTensorType>(x.getType());
+  AffineExpr i, j;
+  bindDims(ctx, i, j);
+  auto colType = RankedTensorType::get({type.getDimSize(1)}, b.getF64Type());
+  Value acc = filledTensor(b, loc, colType, x, 0.0);
+  Value sum = buildGeneric(
+      b, loc, {x}, acc,
+      {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
+      {utils::IteratorType::reduction, utils::IteratorType::parallel},
+      [](OpBuilder &nb, Location l, ValueRange a) {
+        return arith::AddFOp::create(nb, l, a[1], toF64(nb, l, a[0])).getResult();
+      });
+  Value rows = rowCount(b, loc, x, b.getF64Type());
+  AffineMap id = b.getMultiDimIdentityMap(1);
+  return buildElementwise(b, loc, sum, {sum}, {id},
+                          [&](OpBuilder &nb, Location l, ValueRange a) {
+                            return arith::DivFOp::create(nb, l, a[0], rows)
+                                .getResult();
+                          });
+}
+
+struct ColumnMeanLowering : OpRewritePattern<ColumnMeanOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(ColumnMeanOp op,
+                                PatternRewriter &rewriter) const override {
+    Value mean = columnMeanF64(rewriter, op.getLoc(), op.getInput());
+    AffineMap id = rewriter.getMultiDimIdentityMap(1);
+    Type elt = op.getType().getElementType();
+    Value init = tensor::EmptyOp::create(rewriter, op.getLoc(), op.getType(),
+                                         ValueRange{});
+    Value result = buildGeneric(
+        rewriter, op.getLoc(), {mean}, init, {id, id},
+        {utils::IteratorType::parallel},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          return arith::TruncFOp::create(b, l, elt, a[0]).getResult();
+        });
+    rewriter.replaceOp(op, result);
+    return success();
+  }
+};
+
+/// Weiszfeld iterations on memrefs, in f64, from the column mean.
+struct GeometricMedianLowering : OpRewritePattern<GeometricMedianOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(GeometricMedianOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    Type f64 = rewriter.getF64Type();
+    Value input = op.getInput();
+    auto inType = cast<RankedTensorType>(input.getType());
+    int64_t d = inType.getDimSize(1);
+    Value x = toBuffer(rewriter, loc, input);
+    Value y = toBuffer(rewriter, loc, columnMeanF64(rewriter, loc, input));
+    auto vecType = MemRefType::get({d}, f64);
+    Value cur = memref::AllocOp::create(rewriter, loc, vecType);
+    Value num = memref::AllocOp::create(rewriter, loc, vecType);
+    memref::CopyOp::create(rewriter, loc, y, cur);
+    auto cIdx = [&](int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(rewriter, loc, v);
+    };
+    Value c0 = cIdx(0), c1 = cIdx(1), cD = cIdx(d);
+    Value iters = cIdx(op.getIterations());
+    Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
+    Value zero = floatConst(rewriter, loc, f64, 0.0);
+    Value eps = floatConst(rewriter, loc, f64, 1e-8);
+    Value one = floatConst(rewriter, loc, f64, 1.0);
+    scf::ForOp::create(
+        rewriter, loc, c0, iters, c1, ValueRange{},
+        [&](OpBuilder &b, Location l, Value, ValueRange) {
+          linalg::FillOp::create(b, l, ValueRange{zero}, ValueRange{num});
+          auto den = scf::ForOp::create(
+              b, l, c0, rows, c1, ValueRange{zero},
+              [&](OpBuilder &rb, Location rl, Value row, ValueRange acc) {
+                auto dist2 = scf::ForOp::create(
+                    rb, rl, c0, cD, c1, ValueRange{zero},
+                    [&](OpBuilder &tb, Location tl, Value t, ValueRange s2) {
+                      Value xv = toF64(tb, tl,
+                                       memref::LoadOp::create(tb, tl, x, {row, t}));
+                      Value dv = arith::SubFOp::create(
+                          tb, tl, xv, memref::LoadOp::create(tb, tl, cur, t));
+                      scf::YieldOp::create(
+                          tb, tl,
+                          ValueRange{arith::AddFOp::create(
+                              tb, tl, s2[0], arith::MulFOp::create(tb, tl, dv, dv))});
+                    });
+                Value dist = arith::MaximumFOp::create(
+                    rb, rl, math::SqrtOp::create(rb, rl, dist2.getResult(0)), eps);
+                Value w = arith::DivFOp::create(rb, rl, one, dist);
+                scf::ForOp::create(
+                    rb, rl, c0, cD, c1, ValueRange{},
+                    [&](OpBuilder &tb, Location tl, Value t, ValueRange) {
+                      Value xv = toF64(tb, tl,
+                                       memref::LoadOp::create(tb, tl, x, {row, t}));
+                      Value nv = memref::LoadOp::create(tb, tl, num, t);
+                      memref::StoreOp::create(
+                          tb, tl,
+                          arith::AddFOp::create(tb, tl, nv,
+                                                arith::MulFOp::create(tb, tl, w, xv)),
+                          num, t);
+                      scf::YieldOp::create(tb, tl);
+                    });
+                scf::YieldOp::create(
+                    rb, rl, ValueRange{arith::AddFOp::create(rb, rl, acc[0], w)});
+              });
+          scf::ForOp::create(
+              b, l, c0, cD, c1, ValueRange{},
+              [&](OpBuilder &tb, Location tl, Value t, ValueRange) {
+                Value nv = memref::LoadOp::create(tb, tl, num, t);
+                memref::StoreOp::create(
+                    tb, tl, arith::DivFOp::create(tb, tl, nv, den.getResult(0)),
+                    cur, t);
+                scf::YieldOp::create(tb, tl);
+              });
+          scf::YieldOp::create(b, l);
+        });
+    // Round to the element type into a fresh buffer.
+    auto outType = op.getType();
+    Value out = memref::AllocOp::create(
+        rewriter, loc, MemRefType::get({d}, outType.getElementType()));
+    scf::ForOp::create(rewriter, loc, c0, cD, c1, ValueRange{},
+                       [&](OpBuilder &tb, Location tl, Value t, ValueRange) {
+                         Value v = memref::LoadOp::create(tb, tl, cur, t);
+                         memref::StoreOp::create(
+                             tb, tl,
+                             arith::TruncFOp::create(tb, tl,
+                                                     outType.getElementType(), v),
+                             out, t);
+                         scf::YieldOp::create(tb, tl);
+                       });
+    rewriter.replaceOp(op, asTensor(rewriter, loc, outType, out));
     return success();
   }
 };
@@ -381,6 +609,11 @@ struct MseLowering : OpRewritePattern<MseOp> {
                               return squaredDiffF64(b, l, a[0], a[1]);
                             });
     Value rows = rowCount(rewriter, loc, op.getInput(), rewriter.getF64Type());
+    if (op.getMeanOverColumns())
+      rows = arith::MulFOp::create(
+          rewriter, loc, rows,
+          floatConst(rewriter, loc, rewriter.getF64Type(),
+                     double(op.getInput().getType().getDimSize(1))));
     Value mean = arith::DivFOp::create(rewriter, loc, sum, rows);
     rewriter.replaceOp(
         op, arith::TruncFOp::create(rewriter, loc, op.getType(), mean));
@@ -435,9 +668,10 @@ struct FvuLowering : OpRewritePattern<FvuOp> {
 // Sparse codes
 //===----------------------------------------------------------------------===//
 
-/// For every row: k slots sorted by decreasing value, initialised to -inf;
-/// each entry larger than the last slot is inserted by carrying the
-/// displaced entry down (branch-free selects). Strict comparisons keep the
+/// For every row: k slots sorted by decreasing rank, initialised to -inf;
+/// each entry whose rank beats the last slot is inserted by carrying the
+/// displaced (rank, value, index) down (branch-free selects). The rank is the
+/// value, the score operand, or its magnitude. Strict comparisons keep the
 /// lower index first among ties and never select NaN.
 struct TopKLowering : OpRewritePattern<TopKOp> {
   using OpRewritePattern::OpRewritePattern;
@@ -449,12 +683,19 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
     Type i32 = rewriter.getI32Type();
     int64_t k = codes.getK();
     Value input = op.getInput();
+    bool byMagnitude = op.getByMagnitude();
 
     SmallVector<Value> dyn =
         dynamicSizes(rewriter, loc, codes.getValuesType(), input);
     Value in = toBuffer(rewriter, loc, input);
+    Value score = op.getScore() ? toBuffer(rewriter, loc, op.getScore()) : in;
     Value vals = allocLike(rewriter, loc, codes.getValuesType(), dyn);
     Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), dyn);
+    // The ranks of the kept entries, when they differ from the values.
+    bool separateRanks = byMagnitude || op.getScore();
+    Value ranks = separateRanks
+                      ? allocLike(rewriter, loc, codes.getValuesType(), dyn)
+                      : vals;
 
     auto cIdx = [&](int64_t v) -> Value {
       return arith::ConstantIndexOp::create(rewriter, loc, v);
@@ -468,6 +709,7 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
         rewriter.getFloatAttr(
             elt, APFloat::getInf(cast<FloatType>(elt).getFloatSemantics(),
                                  /*Negative=*/true)));
+    Value zeroF = floatConst(rewriter, loc, elt, 0.0);
     Value zeroI = arith::ConstantOp::create(rewriter, loc,
                                             rewriter.getI32IntegerAttr(0));
 
@@ -477,40 +719,60 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
           scf::ForOp::create(
               b, l, c0, cK, c1, ValueRange{},
               [&](OpBuilder &nb, Location nl, Value t, ValueRange) {
-                memref::StoreOp::create(nb, nl, negInf, vals, {row, t});
+                memref::StoreOp::create(nb, nl, negInf, ranks, {row, t});
+                if (separateRanks)
+                  memref::StoreOp::create(nb, nl, zeroF, vals, {row, t});
                 memref::StoreOp::create(nb, nl, zeroI, idxs, {row, t});
                 scf::YieldOp::create(nb, nl);
               });
           scf::ForOp::create(
               b, l, c0, cols, c1, ValueRange{},
               [&](OpBuilder &nb, Location nl, Value col, ValueRange) {
-                Value v = memref::LoadOp::create(nb, nl, in, {row, col});
-                Value last = memref::LoadOp::create(nb, nl, vals, {row, cLast});
+                Value r = memref::LoadOp::create(nb, nl, score, {row, col});
+                if (byMagnitude)
+                  r = math::AbsFOp::create(nb, nl, r);
+                Value last = memref::LoadOp::create(nb, nl, ranks, {row, cLast});
                 Value better = arith::CmpFOp::create(
-                    nb, nl, arith::CmpFPredicate::OGT, v, last);
+                    nb, nl, arith::CmpFPredicate::OGT, r, last);
                 scf::IfOp::create(
                     nb, nl, better, [&](OpBuilder &ib, Location il) {
+                      Value v = separateRanks
+                                    ? memref::LoadOp::create(ib, il, in,
+                                                             {row, col})
+                                          .getResult()
+                                    : r;
                       Value ci = arith::IndexCastOp::create(ib, il, i32, col);
+                      SmallVector<Value> carryInit = {r, ci};
+                      if (separateRanks)
+                        carryInit.push_back(v);
                       scf::ForOp::create(
-                          ib, il, c0, cK, c1, ValueRange{v, ci},
+                          ib, il, c0, cK, c1, carryInit,
                           [&](OpBuilder &fb, Location fl, Value t,
                               ValueRange carry) {
-                            Value ov =
-                                memref::LoadOp::create(fb, fl, vals, {row, t});
+                            Value orank =
+                                memref::LoadOp::create(fb, fl, ranks, {row, t});
                             Value oi =
                                 memref::LoadOp::create(fb, fl, idxs, {row, t});
                             Value swap = arith::CmpFOp::create(
-                                fb, fl, arith::CmpFPredicate::OGT, carry[0], ov);
+                                fb, fl, arith::CmpFPredicate::OGT, carry[0],
+                                orank);
                             auto sel = [&](Value a, Value c) -> Value {
                               return arith::SelectOp::create(fb, fl, swap, a, c);
                             };
-                            memref::StoreOp::create(fb, fl, sel(carry[0], ov),
-                                                    vals, {row, t});
+                            memref::StoreOp::create(fb, fl, sel(carry[0], orank),
+                                                    ranks, {row, t});
                             memref::StoreOp::create(fb, fl, sel(carry[1], oi),
                                                     idxs, {row, t});
-                            scf::YieldOp::create(
-                                fb, fl,
-                                ValueRange{sel(ov, carry[0]), sel(oi, carry[1])});
+                            SmallVector<Value> next = {sel(orank, carry[0]),
+                                                       sel(oi, carry[1])};
+                            if (separateRanks) {
+                              Value ov = memref::LoadOp::create(fb, fl, vals,
+                                                                {row, t});
+                              memref::StoreOp::create(
+                                  fb, fl, sel(carry[2], ov), vals, {row, t});
+                              next.push_back(sel(ov, carry[2]));
+                            }
+                            scf::YieldOp::create(fb, fl, next);
                           });
                       scf::YieldOp::create(ib, il);
                     });
@@ -522,6 +784,325 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
     Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
     Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
     rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT);
+    return success();
+  }
+};
+
+/// For every row and group g: the first maximum of input[row, g*s, (g+1)*s).
+struct GroupMaxLowering : OpRewritePattern<GroupMaxOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(GroupMaxOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    CodesType codes = op.getType();
+    Type elt = codes.getElementType();
+    Type i32 = rewriter.getI32Type();
+    int64_t k = codes.getK(), size = codes.getNumLatents() / k;
+    Value input = op.getInput();
+    SmallVector<Value> dyn =
+        dynamicSizes(rewriter, loc, codes.getValuesType(), input);
+    Value in = toBuffer(rewriter, loc, input);
+    Value vals = allocLike(rewriter, loc, codes.getValuesType(), dyn);
+    Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), dyn);
+    auto cIdx = [&](int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(rewriter, loc, v);
+    };
+    Value c0 = cIdx(0), c1 = cIdx(1), cK = cIdx(k), cSize = cIdx(size);
+    Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
+    Value negInf = arith::ConstantOp::create(
+        rewriter, loc,
+        rewriter.getFloatAttr(
+            elt, APFloat::getInf(cast<FloatType>(elt).getFloatSemantics(),
+                                 /*Negative=*/true)));
+    scf::ForOp::create(
+        rewriter, loc, c0, rows, c1, ValueRange{},
+        [&](OpBuilder &b, Location l, Value row, ValueRange) {
+          scf::ForOp::create(
+              b, l, c0, cK, c1, ValueRange{},
+              [&](OpBuilder &gb, Location gl, Value g, ValueRange) {
+                Value first = arith::MulIOp::create(gb, gl, g, cSize);
+                auto best = scf::ForOp::create(
+                    gb, gl, c0, cSize, c1, ValueRange{negInf, first},
+                    [&](OpBuilder &fb, Location fl, Value j, ValueRange carry) {
+                      Value col = arith::AddIOp::create(fb, fl, first, j);
+                      Value v = memref::LoadOp::create(fb, fl, in, {row, col});
+                      Value better = arith::CmpFOp::create(
+                          fb, fl, arith::CmpFPredicate::OGT, v, carry[0]);
+                      scf::YieldOp::create(
+                          fb, fl,
+                          ValueRange{
+                              arith::SelectOp::create(fb, fl, better, v,
+                                                      carry[0]),
+                              arith::SelectOp::create(fb, fl, better, col,
+                                                      carry[1])});
+                    });
+                memref::StoreOp::create(gb, gl, best.getResult(0), vals,
+                                        {row, g});
+                Value ci = arith::IndexCastOp::create(gb, gl, i32,
+                                                      best.getResult(1));
+                memref::StoreOp::create(gb, gl, ci, idxs, {row, g});
+                scf::YieldOp::create(gb, gl);
+              });
+          scf::YieldOp::create(b, l);
+        });
+    Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
+    Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
+    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT);
+    return success();
+  }
+};
+
+/// Σ_t a[row, t] · w[col, t] over the shared width, as an f32 loop.
+Value rowDot(OpBuilder &b, Location l, Value a, Value row, Value w, Value col,
+             Value width, Type elt) {
+  Value c0 = arith::ConstantIndexOp::create(b, l, 0);
+  Value c1 = arith::ConstantIndexOp::create(b, l, 1);
+  auto loop = scf::ForOp::create(
+      b, l, c0, width, c1, ValueRange{floatConst(b, l, elt, 0.0)},
+      [&](OpBuilder &fb, Location fl, Value t, ValueRange acc) {
+        Value x = memref::LoadOp::create(fb, fl, a, {row, t});
+        Value y = memref::LoadOp::create(fb, fl, w, {col, t});
+        Value p = arith::MulFOp::create(fb, fl, x, y);
+        scf::YieldOp::create(fb, fl,
+                             ValueRange{arith::AddFOp::create(fb, fl, acc[0], p)});
+      });
+  return loop.getResult(0);
+}
+
+Value negInfOf(OpBuilder &b, Location l, Type elt) {
+  return arith::ConstantOp::create(
+      b, l,
+      b.getFloatAttr(elt, APFloat::getInf(
+                              cast<FloatType>(elt).getFloatSemantics(), true)));
+}
+
+/// Per row: a residual copy, k argmax scans over the atoms, merge into an
+/// existing slot when an atom is chosen again, subtract v · atom.
+struct MatchingPursuitLowering : OpRewritePattern<MatchingPursuitOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(MatchingPursuitOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    CodesType codes = op.getType();
+    Type elt = codes.getElementType();
+    Type i32 = rewriter.getI32Type();
+    Value input = op.getInput();
+    auto inType = cast<RankedTensorType>(input.getType());
+    SmallVector<Value> dyn =
+        dynamicSizes(rewriter, loc, codes.getValuesType(), input);
+    Value in = toBuffer(rewriter, loc, input);
+    Value w = toBuffer(rewriter, loc, op.getDecoder());
+    Value res = allocLike(rewriter, loc, inType,
+                          dynamicSizes(rewriter, loc, inType, input));
+    memref::CopyOp::create(rewriter, loc, in, res);
+    Value vals = allocLike(rewriter, loc, codes.getValuesType(), dyn);
+    Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), dyn);
+    Value zeroF = floatConst(rewriter, loc, elt, 0.0);
+    Value zeroI = arith::ConstantOp::create(rewriter, loc,
+                                            rewriter.getI32IntegerAttr(0));
+    linalg::FillOp::create(rewriter, loc, ValueRange{zeroF}, ValueRange{vals});
+    linalg::FillOp::create(rewriter, loc, ValueRange{zeroI}, ValueRange{idxs});
+    auto cIdx = [&](int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(rewriter, loc, v);
+    };
+    Value c0 = cIdx(0), c1 = cIdx(1), cK = cIdx(codes.getK());
+    Value cN = cIdx(codes.getNumLatents()), cD = cIdx(inType.getDimSize(1));
+    Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
+    Value negInf = negInfOf(rewriter, loc, elt);
+    bool nonneg = op.getNonneg();
+
+    scf::ForOp::create(
+        rewriter, loc, c0, rows, c1, ValueRange{},
+        [&](OpBuilder &b, Location l, Value row, ValueRange) {
+          scf::ForOp::create(
+              b, l, c0, cK, c1, ValueRange{c0},
+              [&](OpBuilder &sb, Location sl, Value, ValueRange count) {
+                auto best = scf::ForOp::create(
+                    sb, sl, c0, cN, c1, ValueRange{negInf, c0},
+                    [&](OpBuilder &jb, Location jl, Value j, ValueRange bst) {
+                      Value dot = rowDot(jb, jl, res, row, w, j, cD, elt);
+                      Value better = arith::CmpFOp::create(
+                          jb, jl, arith::CmpFPredicate::OGT, dot, bst[0]);
+                      scf::YieldOp::create(
+                          jb, jl,
+                          ValueRange{
+                              arith::SelectOp::create(jb, jl, better, dot, bst[0]),
+                              arith::SelectOp::create(jb, jl, better, j,
+                                                      bst[1])});
+                    });
+                Value v = best.getResult(0);
+                Value atom = best.getResult(1);
+                if (nonneg)
+                  v = arith::MaximumFOp::create(sb, sl, v, zeroF);
+                Value atomI = arith::IndexCastOp::create(sb, sl, i32, atom);
+                // The slot already holding this atom, else `count`.
+                auto slot = scf::ForOp::create(
+                    sb, sl, c0, count[0], c1, ValueRange{count[0]},
+                    [&](OpBuilder &tb, Location tl, Value t, ValueRange found) {
+                      Value held = memref::LoadOp::create(tb, tl, idxs, {row, t});
+                      Value same = arith::CmpIOp::create(
+                          tb, tl, arith::CmpIPredicate::eq, held, atomI);
+                      Value first = arith::CmpIOp::create(
+                          tb, tl, arith::CmpIPredicate::eq, found[0], count[0]);
+                      Value take = arith::AndIOp::create(tb, tl, same, first);
+                      scf::YieldOp::create(
+                          tb, tl,
+                          ValueRange{arith::SelectOp::create(tb, tl, take, t,
+                                                             found[0])});
+                    });
+                Value target = slot.getResult(0);
+                Value old = memref::LoadOp::create(sb, sl, vals, {row, target});
+                memref::StoreOp::create(sb, sl,
+                                        arith::AddFOp::create(sb, sl, old, v),
+                                        vals, {row, target});
+                memref::StoreOp::create(sb, sl, atomI, idxs, {row, target});
+                Value isNew = arith::CmpIOp::create(
+                    sb, sl, arith::CmpIPredicate::eq, target, count[0]);
+                Value next = arith::SelectOp::create(
+                    sb, sl, isNew, arith::AddIOp::create(sb, sl, count[0], c1),
+                    count[0]);
+                scf::ForOp::create(
+                    sb, sl, c0, cD, c1, ValueRange{},
+                    [&](OpBuilder &ub, Location ul, Value t, ValueRange) {
+                      Value r = memref::LoadOp::create(ub, ul, res, {row, t});
+                      Value a = memref::LoadOp::create(ub, ul, w, {atom, t});
+                      Value d = arith::MulFOp::create(ub, ul, v, a);
+                      memref::StoreOp::create(
+                          ub, ul, arith::SubFOp::create(ub, ul, r, d), res,
+                          {row, t});
+                      scf::YieldOp::create(ub, ul);
+                    });
+                scf::YieldOp::create(sb, sl, ValueRange{next});
+              });
+          scf::YieldOp::create(b, l);
+        });
+    Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
+    Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
+    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT);
+    return success();
+  }
+};
+
+/// Per row: extract the best unselected latent by (a_i n_i)² until the
+/// running norm sqrt(Σ s) is as close to ‖target‖ as it will get.
+struct TopAfaLowering : OpRewritePattern<TopAfaOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(TopAfaOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    auto type = op.getType();
+    Type elt = type.getElementType();
+    Type f64 = rewriter.getF64Type();
+    Value input = op.getInput();
+    Value norms = toBuffer(rewriter, loc, rowNorms(rewriter, loc, op.getDecoder()));
+    Value in = toBuffer(rewriter, loc, input);
+    Value tgt = toBuffer(rewriter, loc, op.getTarget());
+    SmallVector<Value> dyn = dynamicSizes(rewriter, loc, type, input);
+    Value out = allocLike(rewriter, loc, type, dyn);
+    auto maskType = RankedTensorType::get(type.getShape(), rewriter.getI8Type());
+    Value mask = allocLike(rewriter, loc, maskType, dyn);
+    Value zeroF = floatConst(rewriter, loc, elt, 0.0);
+    Value zero8 = arith::ConstantOp::create(rewriter, loc,
+                                            rewriter.getI8IntegerAttr(0));
+    Value one8 = arith::ConstantOp::create(rewriter, loc,
+                                           rewriter.getI8IntegerAttr(1));
+    linalg::FillOp::create(rewriter, loc, ValueRange{zeroF}, ValueRange{out});
+    linalg::FillOp::create(rewriter, loc, ValueRange{zero8}, ValueRange{mask});
+    auto cIdx = [&](int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(rewriter, loc, v);
+    };
+    Value c0 = cIdx(0), c1 = cIdx(1), cN = cIdx(type.getDimSize(1));
+    Value cD = cIdx(cast<RankedTensorType>(op.getTarget().getType()).getDimSize(1));
+    Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
+    Value zero64 = floatConst(rewriter, loc, f64, 0.0);
+    Value minus1 = floatConst(rewriter, loc, f64, -1.0);
+    Value falseV = arith::ConstantOp::create(rewriter, loc, rewriter.getBoolAttr(false));
+    Value trueV = arith::ConstantOp::create(rewriter, loc, rewriter.getBoolAttr(true));
+
+    scf::ForOp::create(
+        rewriter, loc, c0, rows, c1, ValueRange{},
+        [&](OpBuilder &b, Location l, Value row, ValueRange) {
+          auto t2 = scf::ForOp::create(
+              b, l, c0, cD, c1, ValueRange{zero64},
+              [&](OpBuilder &fb, Location fl, Value t, ValueRange acc) {
+                Value x = arith::ExtFOp::create(
+                    fb, fl, f64, memref::LoadOp::create(fb, fl, tgt, {row, t}).getResult());
+                Value sq = arith::MulFOp::create(fb, fl, x, x);
+                scf::YieldOp::create(
+                    fb, fl, ValueRange{arith::AddFOp::create(fb, fl, acc[0], sq)});
+              });
+          Value target = math::SqrtOp::create(b, l, t2.getResult(0));
+          // iter_args: running Σ s, the previous c, done.
+          scf::ForOp::create(
+              b, l, c0, cN, c1, ValueRange{zero64, zero64, falseV},
+              [&](OpBuilder &jb, Location jl, Value j, ValueRange st) {
+                auto step = scf::IfOp::create(
+                    jb, jl, TypeRange{f64, f64, jb.getI1Type()}, st[2],
+                    /*withElseRegion=*/true);
+                {
+                  OpBuilder::InsertionGuard g(jb);
+                  jb.setInsertionPointToStart(&step.getThenRegion().front());
+                  scf::YieldOp::create(jb, jl, ValueRange{st[0], st[1], st[2]});
+                  jb.setInsertionPointToStart(&step.getElseRegion().front());
+                  // The best unselected latent (first maximum of s).
+                  auto best = scf::ForOp::create(
+                      jb, jl, c0, cN, c1, ValueRange{minus1, c0},
+                      [&](OpBuilder &ib, Location il, Value i, ValueRange bst) {
+                        Value a = arith::ExtFOp::create(
+                            ib, il, f64,
+                            memref::LoadOp::create(ib, il, in, {row, i}).getResult());
+                        Value n = arith::ExtFOp::create(
+                            ib, il, f64, memref::LoadOp::create(ib, il, norms, i).getResult());
+                        Value an = arith::MulFOp::create(ib, il, a, n);
+                        Value sc = arith::MulFOp::create(ib, il, an, an);
+                        Value free = arith::CmpIOp::create(
+                            ib, il, arith::CmpIPredicate::eq,
+                            memref::LoadOp::create(ib, il, mask, {row, i}),
+                            zero8);
+                        Value gt = arith::CmpFOp::create(
+                            ib, il, arith::CmpFPredicate::OGT, sc, bst[0]);
+                        Value better = arith::AndIOp::create(ib, il, free, gt);
+                        scf::YieldOp::create(
+                            ib, il,
+                            ValueRange{
+                                arith::SelectOp::create(ib, il, better, sc, bst[0]),
+                                arith::SelectOp::create(ib, il, better, i,
+                                                        bst[1])});
+                      });
+                  Value sBest = best.getResult(0), iBest = best.getResult(1);
+                  Value cum = arith::AddFOp::create(jb, jl, st[0], sBest);
+                  Value c = math::SqrtOp::create(jb, jl, cum);
+                  // Taking entry j (0-based) is right unless c_{j-1} is at
+                  // least as close to the target: argmin keeps the first.
+                  Value dPrev = math::AbsFOp::create(
+                      jb, jl, arith::SubFOp::create(jb, jl, st[1], target));
+                  Value dCur = math::AbsFOp::create(
+                      jb, jl, arith::SubFOp::create(jb, jl, c, target));
+                  Value isFirst = arith::CmpIOp::create(
+                      jb, jl, arith::CmpIPredicate::eq, j, c0);
+                  Value prevBetter = arith::CmpFOp::create(
+                      jb, jl, arith::CmpFPredicate::OLE, dPrev, dCur);
+                  Value stopBefore = arith::AndIOp::create(
+                      jb, jl, prevBetter,
+                      arith::XOrIOp::create(jb, jl, isFirst, trueV));
+                  Value take = arith::XOrIOp::create(jb, jl, stopBefore, trueV);
+                  scf::IfOp::create(jb, jl, take, [&](OpBuilder &tb, Location tl) {
+                    Value a = memref::LoadOp::create(tb, tl, in, {row, iBest});
+                    memref::StoreOp::create(tb, tl, a, out, {row, iBest});
+                    memref::StoreOp::create(tb, tl, one8, mask, {row, iBest});
+                    scf::YieldOp::create(tb, tl);
+                  });
+                  // Past the target, c only moves away: stop.
+                  Value reached = arith::CmpFOp::create(
+                      jb, jl, arith::CmpFPredicate::OGE, c, target);
+                  Value done = arith::OrIOp::create(jb, jl, stopBefore, reached);
+                  scf::YieldOp::create(jb, jl, ValueRange{cum, c, done});
+                }
+                scf::YieldOp::create(jb, jl, step.getResults());
+              });
+          scf::YieldOp::create(b, l);
+        });
+    rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
     return success();
   }
 };
@@ -603,13 +1184,269 @@ struct DensifyLowering : OpRewritePattern<DensifyOp> {
                 Value i = memref::LoadOp::create(nb, nl, idxs, {row, t});
                 Value col = arith::IndexCastOp::create(nb, nl,
                                                        nb.getIndexType(), i);
-                memref::StoreOp::create(nb, nl, v, out, {row, col});
+                // Entries add up: an operator may list a latent twice.
+                Value old = memref::LoadOp::create(nb, nl, out, {row, col});
+                Value sum = arith::AddFOp::create(nb, nl, old, v);
+                memref::StoreOp::create(nb, nl, sum, out, {row, col});
                 scf::YieldOp::create(nb, nl);
               });
           scf::YieldOp::create(b, l);
         });
     rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
     return success();
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// Elementwise functions
+//===----------------------------------------------------------------------===//
+
+/// result = fn(input) elementwise.
+template <typename OpTy>
+struct UnaryLowering : OpRewritePattern<OpTy> {
+  using BodyBuilder = Value (*)(OpBuilder &, Location, Value);
+  UnaryLowering(MLIRContext *ctx, BodyBuilder fn)
+      : OpRewritePattern<OpTy>(ctx), fn(fn) {}
+  LogicalResult matchAndRewrite(OpTy op,
+                                PatternRewriter &rewriter) const override {
+    AffineMap id = rewriter.getMultiDimIdentityMap(op.getType().getRank());
+    Value result = buildElementwise(
+        rewriter, op.getLoc(), op.getInput(), {op.getInput()}, {id},
+        [&](OpBuilder &b, Location l, ValueRange a) { return fn(b, l, a[0]); });
+    rewriter.replaceOp(op, result);
+    return success();
+  }
+  BodyBuilder fn;
+};
+
+/// The forward pass of stopgrad is the identity.
+struct StopGradLowering : OpRewritePattern<StopGradOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(StopGradOp op,
+                                PatternRewriter &rewriter) const override {
+    rewriter.replaceOp(op, op.getInput());
+    return success();
+  }
+};
+
+/// x · H(x − θ): kept only when strictly above the threshold.
+struct JumpReluLowering : OpRewritePattern<JumpReluOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(JumpReluOp op,
+                                PatternRewriter &rewriter) const override {
+    MLIRContext *ctx = op.getContext();
+    AffineExpr i, j;
+    bindDims(ctx, i, j);
+    Type elt = op.getType().getElementType();
+    Value result = buildElementwise(
+        rewriter, op.getLoc(), op.getInput(),
+        {op.getInput(), op.getThreshold()},
+        {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value above =
+              arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, a[0], a[1]);
+          return arith::SelectOp::create(b, l, above, a[0],
+                                         floatConst(b, l, elt, 0.0))
+              .getResult();
+        });
+    rewriter.replaceOp(op, result);
+    return success();
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// Penalties
+//===----------------------------------------------------------------------===//
+
+/// ‖W[i, :]‖₂ for every row of a matrix, as a vector of its element type.
+Value rowNorms(OpBuilder &b, Location loc, Value w) {
+  MLIRContext *ctx = b.getContext();
+  auto type = cast<RankedTensorType>(w.getType());
+  AffineExpr i, j;
+  bindDims(ctx, i, j);
+  auto rowType = RankedTensorType::get({type.getDimSize(0)},
+                                       type.getElementType());
+  Value acc = filledTensor(b, loc, rowType, w, 0.0);
+  Value sumSq = buildGeneric(
+      b, loc, {w}, acc,
+      {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {i}, ctx)},
+      {utils::IteratorType::parallel, utils::IteratorType::reduction},
+      [](OpBuilder &nb, Location l, ValueRange a) {
+        Value sq = arith::MulFOp::create(nb, l, a[0], a[0]);
+        return arith::AddFOp::create(nb, l, a[1], sq).getResult();
+      });
+  AffineMap id = b.getMultiDimIdentityMap(1);
+  return buildElementwise(b, loc, sumSq, {sumSq}, {id},
+                          [](OpBuilder &nb, Location l, ValueRange a) {
+                            return math::SqrtOp::create(nb, l, a[0])
+                                .getResult();
+                          });
+}
+
+/// Σ over the entries of codes (dense [B, n], or the k stored entries of
+/// sparse codes) of term(value, latent index) in f64, divided by B.
+Value meanOverRows(OpBuilder &b, Location loc, Value codes,
+                   function_ref<Value(OpBuilder &, Location, Value, Value)> term) {
+  Value values = codes, indices;
+  if (isa<CodesType>(codes.getType())) {
+    if (failed(getCodeParts(codes, values, indices)))
+      return {};
+  }
+  AffineMap id = b.getMultiDimIdentityMap(2);
+  SmallVector<Value> ins = {values};
+  SmallVector<AffineMap> maps = {id};
+  if (indices) {
+    ins.push_back(indices);
+    maps.push_back(id);
+  }
+  Value sum = sumToScalar(b, loc, ins, maps, 2,
+                          [&](OpBuilder &nb, Location l, ValueRange a) {
+                            Value latent =
+                                indices ? arith::IndexCastOp::create(
+                                              nb, l, nb.getIndexType(), a[1])
+                                              .getResult()
+                                        : linalg::IndexOp::create(nb, l, 1)
+                                              .getResult();
+                            return term(nb, l, a[0], latent);
+                          });
+  Value rows = rowCount(b, loc, values, b.getF64Type());
+  return arith::DivFOp::create(b, loc, sum, rows);
+}
+
+
+/// getCodeParts fails for codes that do not come from a lowered producer.
+template <typename OpTy>
+LogicalResult replaceScalar(PatternRewriter &rewriter, OpTy op, Value f64) {
+  if (!f64)
+    return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+  rewriter.replaceOp(op, arith::TruncFOp::create(rewriter, op.getLoc(),
+                                                 op.getType(), f64));
+  return success();
+}
+
+struct L1Lowering : OpRewritePattern<L1Op> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(L1Op op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    Value norms = op.getDecoder() ? rowNorms(rewriter, loc, op.getDecoder())
+                                  : Value();
+    Value v = meanOverRows(
+        rewriter, loc, op.getCodes(),
+        [&](OpBuilder &b, Location l, Value f, Value latent) {
+          Value a = math::AbsFOp::create(b, l, f);
+          if (norms)
+            a = arith::MulFOp::create(
+                b, l, a, tensor::ExtractOp::create(b, l, norms, latent));
+          return toF64(b, l, a);
+        });
+    return replaceScalar(rewriter, op, v);
+  }
+};
+
+struct TanhPenaltyLowering : OpRewritePattern<TanhPenaltyOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(TanhPenaltyOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    Value norms = rowNorms(rewriter, loc, op.getDecoder());
+    double scale = op.getScale().convertToDouble();
+    Value v = meanOverRows(
+        rewriter, loc, op.getCodes(),
+        [&](OpBuilder &b, Location l, Value f, Value latent) {
+          Value n = tensor::ExtractOp::create(b, l, norms, latent);
+          Value x = arith::MulFOp::create(
+              b, l, toF64(b, l, arith::MulFOp::create(b, l, f, n)),
+              floatConst(b, l, b.getF64Type(), scale));
+          return math::TanhOp::create(b, l, x).getResult();
+        });
+    return replaceScalar(rewriter, op, v);
+  }
+};
+
+struct L0Lowering : OpRewritePattern<L0Op> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(L0Op op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    MLIRContext *ctx = op.getContext();
+    AffineExpr i, j;
+    bindDims(ctx, i, j);
+    Value sum = sumToScalar(
+        rewriter, loc, {op.getInput(), op.getThreshold()},
+        {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)}, 2,
+        [](OpBuilder &b, Location l, ValueRange a) {
+          Value above =
+              arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, a[0], a[1]);
+          return arith::UIToFPOp::create(b, l, b.getF64Type(), above)
+              .getResult();
+        });
+    Value rows = rowCount(rewriter, loc, op.getInput(), rewriter.getF64Type());
+    return replaceScalar(rewriter, op,
+                         arith::DivFOp::create(rewriter, loc, sum, rows));
+  }
+};
+
+/// Per-row sums of squares of dense [B, m] values (or of codes' values), f64.
+Value rowSumSq(OpBuilder &b, Location loc, Value values) {
+  MLIRContext *ctx = b.getContext();
+  auto type = cast<RankedTensorType>(values.getType());
+  AffineExpr i, j;
+  bindDims(ctx, i, j);
+  auto rowType = RankedTensorType::get({type.getDimSize(0)}, b.getF64Type());
+  Value acc = filledTensor(b, loc, rowType, values, 0.0);
+  return buildGeneric(
+      b, loc, {values}, acc,
+      {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {i}, ctx)},
+      {utils::IteratorType::parallel, utils::IteratorType::reduction},
+      [](OpBuilder &nb, Location l, ValueRange a) {
+        Value x = toF64(nb, l, a[0]);
+        Value sq = arith::MulFOp::create(nb, l, x, x);
+        return arith::AddFOp::create(nb, l, a[1], sq).getResult();
+      });
+}
+
+struct AfaLowering : OpRewritePattern<AfaOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(AfaOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    Value values = op.getCodes(), indices;
+    if (isa<CodesType>(values.getType()) &&
+        failed(getCodeParts(op.getCodes(), values, indices)))
+      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+    Value f = rowSumSq(rewriter, loc, values);
+    Value x = rowSumSq(rewriter, loc, op.getTarget());
+    AffineMap id = rewriter.getMultiDimIdentityMap(1);
+    Value sum = sumToScalar(rewriter, loc, {f, x}, {id, id}, 1,
+                            [](OpBuilder &b, Location l, ValueRange a) {
+                              Value d = arith::SubFOp::create(
+                                  b, l, math::SqrtOp::create(b, l, a[0]),
+                                  math::SqrtOp::create(b, l, a[1]));
+                              return arith::MulFOp::create(b, l, d, d)
+                                  .getResult();
+                            });
+    Value rows = rowCount(rewriter, loc, op.getTarget(), rewriter.getF64Type());
+    return replaceScalar(rewriter, op,
+                         arith::DivFOp::create(rewriter, loc, sum, rows));
+  }
+};
+
+struct KlStdNormalLowering : OpRewritePattern<KlStdNormalOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(KlStdNormalOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    Value v = meanOverRows(rewriter, loc, op.getInput(),
+                           [](OpBuilder &b, Location l, Value mu, Value) {
+                             Value x = toF64(b, l, mu);
+                             Value sq = arith::MulFOp::create(b, l, x, x);
+                             return arith::MulFOp::create(
+                                        b, l, sq,
+                                        floatConst(b, l, b.getF64Type(), 0.5))
+                                 .getResult();
+                           });
+    return replaceScalar(rewriter, op, v);
   }
 };
 
@@ -645,6 +1482,29 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns) {
                BinaryLowering<DivOp, arith::DivFOp>, ScaleLowering,
                ReluLowering, TransposeLowering, NormalizeRowsLowering,
                FillLowering, RandomUniformLowering, MseLowering, FvuLowering,
-               TopKLowering, DecodeLowering, DensifyLowering>(
-      patterns.getContext());
+               TopKLowering, GroupMaxLowering, MatchingPursuitLowering,
+               TopAfaLowering, DecodeLowering, DensifyLowering,
+               BiasLowering<BiasMulOp, arith::MulFOp>,
+               BiasLowering<BiasDivOp, arith::DivFOp>, StopGradLowering,
+               JumpReluLowering, L1Lowering, TanhPenaltyLowering, L0Lowering,
+               AfaLowering, KlStdNormalLowering, RandomNormalLowering,
+               GaussianNoiseLowering, ColumnMeanLowering,
+               GeometricMedianLowering>(patterns.getContext());
+  MLIRContext *ctx = patterns.getContext();
+  patterns.add<UnaryLowering<AbsOp>>(ctx, [](OpBuilder &b, Location l, Value x) {
+    return math::AbsFOp::create(b, l, x).getResult();
+  });
+  patterns.add<UnaryLowering<ExpOp>>(ctx, [](OpBuilder &b, Location l, Value x) {
+    return math::ExpOp::create(b, l, x).getResult();
+  });
+  patterns.add<UnaryLowering<TanhOp>>(ctx, [](OpBuilder &b, Location l, Value x) {
+    return math::TanhOp::create(b, l, x).getResult();
+  });
+  patterns.add<UnaryLowering<StepOp>>(ctx, [](OpBuilder &b, Location l, Value x) {
+    Value zero = floatConst(b, l, x.getType(), 0.0);
+    Value above = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, x, zero);
+    return arith::SelectOp::create(b, l, above, floatConst(b, l, x.getType(), 1.0),
+                                   zero)
+        .getResult();
+  });
 }

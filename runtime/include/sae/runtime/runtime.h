@@ -238,6 +238,17 @@ typedef enum {
   SAE_RT_CODES_SPARSE = 1
 } sae_rt_codes_kind;
 
+/// How a sparse model lays out its codes (see abi.h): "rows" (exactly k
+/// entries per row, values/indices [B, k]) or "batch" (B*k entries per
+/// batch, a variable number per row, with a row number per entry).
+typedef enum {
+  SAE_RT_LAYOUT_ROWS = 0,
+  SAE_RT_LAYOUT_BATCH = 1,
+  /* Not layouts: see sae_rt_status. */
+  SAE_RT_LAYOUT_RANGE_MIN_ = -0x7fffffff - 1,
+  SAE_RT_LAYOUT_RANGE_MAX_ = 0x7fffffff
+} sae_rt_codes_layout;
+
 /// The entry points of a model library; NULL where the library has none.
 typedef struct sae_rt_entry_points {
   sae_abi_version_fn abi_version;
@@ -245,8 +256,10 @@ typedef struct sae_rt_entry_points {
   sae_init_fn init;
   sae_encode_dense_fn encode_dense;
   sae_encode_sparse_fn encode_sparse;
+  sae_encode_batch_fn encode_batch;
   sae_decode_dense_fn decode_dense;
   sae_decode_sparse_fn decode_sparse;
+  sae_decode_batch_fn decode_batch;
   sae_forward_fn forward;
 } sae_rt_entry_points;
 
@@ -270,16 +283,44 @@ SAE_RT_API const char *sae_rt_model_source(const sae_rt_model *model);
 /// The text written as a checkpoint's cfg.json.
 SAE_RT_API const char *sae_rt_model_cfg_json(const sae_rt_model *model);
 SAE_RT_API uint32_t sae_rt_model_abi_version(const sae_rt_model *model);
-/// d: the width of an input row.
+/// d: the width of a row of the first input x (the one reconstructed).
 SAE_RT_API int64_t sae_rt_model_input_dim(const sae_rt_model *model);
+/// The inputs of the model, in ABI order ("inputs" of the describe JSON, or
+/// just "input" for a library without that list): at least 1. Input 0 is x;
+/// the others are auxiliary (e.g. the downstream gradient of grad_topk).
+SAE_RT_API size_t sae_rt_model_input_count(const sae_rt_model *model);
+/// The name of input `index`; NULL when out of range.
+SAE_RT_API const char *sae_rt_model_input_name(const sae_rt_model *model,
+                                               size_t index);
+/// The row width of input `index`; 0 when out of range.
+SAE_RT_API int64_t sae_rt_model_input_dim_at(const sae_rt_model *model,
+                                             size_t index);
 /// n: the number of latents (width of a dense code row).
 SAE_RT_API int64_t sae_rt_model_latents(const sae_rt_model *model);
 SAE_RT_API sae_rt_codes_kind sae_rt_model_codes_kind(const sae_rt_model *model);
-/// k of a sparse model; 0 for dense models.
+/// k of a sparse model; 0 for dense models. With layout "batch", k is the
+/// average number of entries per row (a batch of B rows holds B*k).
 SAE_RT_API int64_t sae_rt_model_codes_k(const sae_rt_model *model);
+/// "codes.layout" of a sparse model ("rows" when absent); SAE_RT_LAYOUT_ROWS
+/// for dense models.
+SAE_RT_API sae_rt_codes_layout
+sae_rt_model_codes_layout(const sae_rt_model *model);
+/// "rows" or "batch"; "invalid" otherwise.
+SAE_RT_API const char *sae_rt_codes_layout_name(sae_rt_codes_layout layout);
 /// "encoder.op" and "loss" of the describe JSON ("" when absent).
 SAE_RT_API const char *sae_rt_model_encoder_op(const sae_rt_model *model);
 SAE_RT_API const char *sae_rt_model_loss(const sae_rt_model *model);
+/// The named terms of the loss ("loss_terms"; none when absent), in the
+/// order of losses[1..] of sae_forward. Name: NULL when out of range.
+SAE_RT_API size_t sae_rt_model_loss_term_count(const sae_rt_model *model);
+SAE_RT_API const char *sae_rt_model_loss_term_name(const sae_rt_model *model,
+                                                   size_t index);
+/// 1 when sae_init needs a sample of x (data-dependent initialisers such as
+/// data_mean), 0 otherwise ("init_needs_data"; 0 when absent).
+SAE_RT_API int32_t sae_rt_model_init_needs_data(const sae_rt_model *model);
+/// 1 when sae_forward samples noise from its seed ("stochastic"; 0 when
+/// absent).
+SAE_RT_API int32_t sae_rt_model_stochastic(const sae_rt_model *model);
 /// The hyperparameters of "encoder" (every key but "op"), in document
 /// order: names, and values as compact JSON text ("32", "0.5", "\"x\"").
 SAE_RT_API size_t sae_rt_model_encoder_attr_count(const sae_rt_model *model);
@@ -312,31 +353,61 @@ SAE_RT_API const sae_rt_entry_points *
 sae_rt_model_entry_points(const sae_rt_model *model);
 
 /// Checked wrappers around the entry points: validate the arguments (a
-/// missing entry point -> SAE_RT_ERR_ABI, batch < 1 or NULL buffers ->
-/// SAE_RT_ERR_ARG, sparse indices outside [0, n) -> SAE_RT_ERR_ARG), call
-/// the library and turn a nonzero return into SAE_RT_ERR_EXEC.
+/// missing entry point -> SAE_RT_ERR_ABI; batch < 1, NULL buffers, a NULL
+/// input or parameter pointer, sparse indices outside [0, n), batch-layout
+/// rows outside [0, B) or out of order, or a call that does not fit the
+/// model's codes layout -> SAE_RT_ERR_ARG), call the library and turn a
+/// nonzero return into SAE_RT_ERR_EXEC.
+///
+/// `inputs` holds sae_rt_model_input_count() pointers, input i being
+/// [batch, sae_rt_model_input_dim_at(i)].
+
+/// Fills the parameters from their initialisers. `x` [batch, d] is a sample
+/// of the first input; it is required (batch >= 1, x non-NULL) when
+/// sae_rt_model_init_needs_data(); otherwise batch may be 0 and x NULL.
 SAE_RT_API sae_rt_status sae_rt_model_init(const sae_rt_model *model,
-                                           uint64_t seed, float *const *params);
+                                           uint64_t seed, int64_t batch,
+                                           const float *x,
+                                           float *const *params);
+/// inputs -> codes[batch, n].
 SAE_RT_API sae_rt_status sae_rt_model_encode_dense(const sae_rt_model *model,
                                                    int64_t batch,
-                                                   const float *x,
+                                                   const float *const *inputs,
                                                    float *const *params,
                                                    float *codes);
+/// inputs -> values[batch, k], indices[batch, k] (layout "rows").
 SAE_RT_API sae_rt_status sae_rt_model_encode_sparse(
-    const sae_rt_model *model, int64_t batch, const float *x,
+    const sae_rt_model *model, int64_t batch, const float *const *inputs,
     float *const *params, float *values, int32_t *indices);
+/// inputs -> values[batch*k], indices[batch*k], rows[batch*k] (layout
+/// "batch"). What the library returns is checked too (indices in [0, n),
+/// rows in [0, batch) and sorted): a violation is SAE_RT_ERR_ABI.
+SAE_RT_API sae_rt_status sae_rt_model_encode_batch(
+    const sae_rt_model *model, int64_t batch, const float *const *inputs,
+    float *const *params, float *values, int32_t *indices, int32_t *rows);
+/// codes[batch, n] -> xhat[batch, d].
 SAE_RT_API sae_rt_status sae_rt_model_decode_dense(const sae_rt_model *model,
                                                    int64_t batch,
                                                    const float *codes,
                                                    float *const *params,
                                                    float *xhat);
+/// values[batch, k], indices[batch, k] -> xhat[batch, d] (layout "rows").
 SAE_RT_API sae_rt_status sae_rt_model_decode_sparse(
     const sae_rt_model *model, int64_t batch, const float *values,
     const int32_t *indices, float *const *params, float *xhat);
-SAE_RT_API sae_rt_status sae_rt_model_forward(const sae_rt_model *model,
-                                              int64_t batch, const float *x,
-                                              float *const *params, float *xhat,
-                                              float *loss);
+/// values[batch*k], indices[batch*k], rows[batch*k] -> xhat[batch, d]
+/// (layout "batch"). Indices must lie in [0, n), rows in [0, batch), and
+/// rows must be non-decreasing.
+SAE_RT_API sae_rt_status sae_rt_model_decode_batch(
+    const sae_rt_model *model, int64_t batch, const float *values,
+    const int32_t *indices, const int32_t *rows, float *const *params,
+    float *xhat);
+/// inputs -> xhat[batch, d] and losses[1 + sae_rt_model_loss_term_count()]:
+/// the total loss, then each named term. `seed` drives the sampling of
+/// stochastic models (ignored by the others).
+SAE_RT_API sae_rt_status sae_rt_model_forward(
+    const sae_rt_model *model, int64_t batch, const float *const *inputs,
+    float *const *params, uint64_t seed, float *xhat, float *losses);
 
 /*===------------------------ Parameters --------------------------------===*/
 

@@ -8,9 +8,10 @@ checkpoints itself, so that no test trusts the runtime to check the runtime.
 Usage (each sub-command exits non-zero with a message on any mismatch):
   saeref.py check-init CKPT SEED             the init values match the formula
   saeref.py randomize CKPT OUT_CKPT X.npy B SEED   random biases and inputs
-  saeref.py check-encode CKPT X.npy Z          Z = codes .npz (sparse) or .npy (dense)
-  saeref.py check-decode CKPT CODES XHAT.npy   decoding of CODES (.npz or .npy)
-  saeref.py check-forward CKPT X.npy XHAT.npy METRICS.json
+  saeref.py check-encode ARCH CKPT X.npy Z      Z = codes .npz (sparse) or .npy (dense)
+  saeref.py check-decode CKPT CODES XHAT.npy    decoding of CODES (.npz or .npy)
+  saeref.py check-forward ARCH CKPT X.npy XHAT.npy METRICS.json
+ARCH names the formula of the catalog to check against (see MODELS).
 """
 import json
 import os
@@ -79,22 +80,154 @@ def splitmix_uniform(seed, stream, count, low, high):
     return (low + u * ((high - low) / 16777216.0)).astype(np.float32)
 
 
-def encode(p, cfg, x):
-    """Dense codes [B, n] per the catalog: pre = (x - b_dec) W_enc + b_enc."""
-    pre = (x.astype(np.float64) - p["b_dec"]) @ p["W_enc"].astype(np.float64) + p["b_enc"]
-    f = np.maximum(pre, 0)
-    k = cfg.get("k")
-    if k is None:
-        return f, None
-    # Stable descending order: ties keep the lower latent index first.
-    idx = np.argsort(-f, axis=1, kind="stable")[:, :k]
+def row_norms(w):
+    return np.linalg.norm(w.astype(np.float64), axis=1)
+
+
+def mse(a, b):
+    return ((a - b) ** 2).sum(1).mean()
+
+
+def fvu(a, b):
+    return ((a - b) ** 2).sum() / ((b - b.mean(0)) ** 2).sum()
+
+
+def relu(v):
+    return np.maximum(v, 0)
+
+
+# Each model maps (params, x, hyperparameters) to a dict with
+#   codes: dense [B, n] codes of the encoder (inference form),
+#   xhat:  the reconstruction of the forward (training) pass,
+#   loss:  the total loss, terms: {name: value} (empty for an unnamed loss),
+#   scores: for sparse top-k models, the [B, n] values the selection ranks.
+def select_topk(values, rank, k):
+    """Keep values at the k highest ranks per row (stable: lower index first)."""
+    idx = np.argsort(-rank, axis=1, kind="stable")[:, :k]
+    z = np.zeros_like(values)
+    np.put_along_axis(z, idx, np.take_along_axis(values, idx, 1), 1)
+    return z
+
+
+def sparse_model(p, x, values, rank, k, order="rank"):
+    z = select_topk(values, rank, k) if order == "rank" else group_max_dense(values, k)
+    xhat = z @ p["W_dec"] + p["b_dec"]
+    return dict(codes=z, select=dict(values=values, rank=rank, k=k, order=order),
+                xhat=xhat, loss=fvu(xhat, x), terms={})
+
+
+def group_max_dense(f, k):
+    B, n = f.shape
+    g = f.reshape(B, k, n // k)
+    arg = g.argmax(axis=2)  # first maximum: the lower index
     z = np.zeros_like(f)
-    np.put_along_axis(z, idx, np.take_along_axis(f, idx, 1), 1)
-    return z, f
+    cols = arg + np.arange(k) * (n // k)
+    np.put_along_axis(z, cols, np.take_along_axis(f, cols, 1), 1)
+    return z
 
 
-def decode(p, z):
-    return z @ p["W_dec"].astype(np.float64) + p["b_dec"]
+def model_topk(p, x, h):
+    f = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    return sparse_model(p, x, f, f, h["k"])
+
+
+def model_abs_topk(p, x, h):
+    pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    return sparse_model(p, x, pre, np.abs(pre), h["k"])
+
+
+def model_group_max(p, x, h):
+    f = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    return sparse_model(p, x, f, f, h["k"], order="group")
+
+
+def model_grad_topk(p, x, h, g):
+    pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    s = pre + 1.0 * pre * np.abs(g @ p["W_dec"].T)
+    return sparse_model(p, x, pre, s, h["k"])
+
+
+def model_relu(p, x, h):
+    z = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    xhat = z @ p["W_dec"] + p["b_dec"]
+    return dict(codes=z, xhat=xhat, loss=mse(xhat, x), terms={})
+
+
+def model_relu_l1(p, x, h):
+    z = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    xhat = z @ p["W_dec"] + p["b_dec"]
+    terms = {"recon": mse(xhat, x),
+             "sparsity": 5 * (np.abs(z) * row_norms(p["W_dec"])).sum(1).mean()}
+    return dict(codes=z, xhat=xhat, loss=sum(terms.values()), terms=terms)
+
+
+def model_jump_relu(p, x, h):
+    pre = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    theta = p["threshold"].astype(np.float64)
+    z = pre * (pre > theta)
+    xhat = z @ p["W_dec"] + p["b_dec"]
+    terms = {"recon": mse(xhat, x), "sparsity": 0.001 * (pre > theta).sum(1).mean()}
+    return dict(codes=z, xhat=xhat, loss=sum(terms.values()), terms=terms)
+
+
+def model_gated(p, x, h):
+    xc = x - p["b_dec"]
+    pi_gate = xc @ p["W_enc"] + p["b_gate"]
+    pi_mag = xc @ (p["W_enc"] * np.exp(p["r_mag"].astype(np.float64))) + p["b_mag"]
+    z = (pi_gate > 0) * relu(pi_mag)
+    xhat = z @ p["W_dec"] + p["b_dec"]
+    g = relu(pi_gate)
+    terms = {"recon": mse(xhat, x),
+             "sparsity": 0.5 * (g * row_norms(p["W_dec"])).sum(1).mean(),
+             "aux": mse(g @ p["W_dec"] + p["b_dec"], x)}
+    return dict(codes=z, xhat=xhat, loss=sum(terms.values()), terms=terms)
+
+
+def model_matching_pursuit(p, x, h):
+    W = p["W_dec"]
+    r = x - p["b_dec"]
+    z = np.zeros((len(x), W.shape[0]))
+    for b in range(len(x)):
+        res = r[b].copy()
+        for _ in range(h["k"]):
+            c = W @ res
+            i = int(np.argmax(c))  # the first maximum
+            v = max(c[i], 0.0)     # nonneg = true
+            z[b, i] += v
+            res = res - v * W[i]
+    xhat = z @ W + p["b_dec"]
+    return dict(codes=z, xhat=xhat, loss=mse(xhat, x), terms={})
+
+
+def model_top_afa(p, x, h):
+    xc = x - p["b_dec"]
+    a = relu(xc @ p["W_enc"])
+    s = (a * row_norms(p["W_dec"])) ** 2
+    target = np.linalg.norm(xc, axis=1)
+    order = np.argsort(-s, axis=1, kind="stable")
+    c = np.sqrt(np.cumsum(np.take_along_axis(s, order, 1), axis=1))
+    kstar = np.argmin(np.abs(c - target[:, None]), axis=1) + 1
+    z = np.zeros_like(a)
+    for b in range(len(x)):
+        keep = order[b, :kstar[b]]
+        z[b, keep] = a[b, keep]
+    xhat = z @ p["W_dec"] + p["b_dec"]
+    terms = {"recon": mse(xhat, x),
+             "afa": 0.03125 * ((np.linalg.norm(z, axis=1) - np.linalg.norm(x, axis=1)) ** 2).mean()}
+    return dict(codes=z, xhat=xhat, loss=sum(terms.values()), terms=terms)
+
+
+MODELS = {"topk": model_topk, "relu": model_relu, "relu_l1": model_relu_l1,
+          "jump_relu": model_jump_relu, "gated": model_gated,
+          "abs_topk": model_abs_topk, "group_max": model_group_max,
+          "grad_topk": model_grad_topk, "matching_pursuit": model_matching_pursuit,
+          "top_afa": model_top_afa}
+
+
+def run_model(arch, p, cfg, x, grad=None):
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    extra = () if grad is None else (np.load(grad).astype(np.float64),)
+    return MODELS[arch](p64, x.astype(np.float64), cfg, *extra)
 
 
 def close(a, b, what, rtol=RTOL):
@@ -116,6 +249,13 @@ def close(a, b, what, rtol=RTOL):
 
 def check_init(ckpt, seed):
     p, cfg = load_ckpt(ckpt)
+    if "W_enc" not in p:
+        # Tied dictionary (matching pursuit): normalize_rows(kaiming_uniform).
+        n, d = p["W_dec"].shape
+        bound = np.sqrt(6.0 / n)
+        raw = splitmix_uniform(int(seed), 0, n * d, -bound, bound).reshape(n, d).astype(np.float64)
+        close(p["W_dec"], raw / np.linalg.norm(raw, axis=1, keepdims=True), "W_dec = normalize_rows(kaiming_uniform)")
+        return
     W_enc = p["W_enc"]
     d, n = W_enc.shape
     bound = np.sqrt(6.0 / d)
@@ -124,91 +264,116 @@ def check_init(ckpt, seed):
         fail("W_enc differs from kaiming_uniform(seed=%s): max diff %g" % (seed, np.abs(W_enc - ref).max()))
     t = ref.T.astype(np.float64)
     close(p["W_dec"], t / np.linalg.norm(t, axis=1, keepdims=True), "W_dec = normalize_rows(W_enc^T)")
-    for b in ("b_enc", "b_dec"):
-        if np.any(p[b] != 0):
+    for b in ("b_enc", "b_dec", "b_gate", "b_mag", "r_mag"):
+        if b in p and np.any(p[b] != 0):
             fail("%s is not zeros" % b)
     if cfg.get("d_in") != d or cfg.get("d_sae") != n:
         fail("cfg.json d_in/d_sae %s/%s, expected %d/%d" % (cfg.get("d_in"), cfg.get("d_sae"), d, n))
     print("init matches the reference: W_enc %dx%d" % (d, n))
 
 
-def randomize(ckpt, out, xpath, batch, seed):
+def randomize(ckpt, out, xpath, batch, seed, gpath=None):
     p, cfg = load_ckpt(ckpt)
     rng = np.random.default_rng(int(seed))
-    p["b_enc"] = (rng.standard_normal(p["b_enc"].shape) * 0.05).astype(np.float32)
-    p["b_dec"] = (rng.standard_normal(p["b_dec"].shape) * 0.1).astype(np.float32)
+    # Every vector parameter (biases, thresholds, gate scales) gets random
+    # values of a realistic size, so that none of them is tested at zero.
+    for name in sorted(p):
+        if p[name].ndim == 1:
+            scale = 0.02 if name in ("threshold", "r_mag") else 0.05
+            v = rng.standard_normal(p[name].shape) * scale
+            if name == "threshold":
+                v = np.abs(v)
+            p[name] = v.astype(np.float32)
     os.makedirs(out, exist_ok=True)
     write_safetensors(os.path.join(out, "sae_weights.safetensors"), p)
     json.dump(cfg, open(os.path.join(out, "cfg.json"), "w"))
-    d = p["W_enc"].shape[0]
+    d = p["W_dec"].shape[1]
     x = rng.standard_normal((int(batch), d)).astype(np.float32)
     np.save(xpath, x)
+    if gpath:
+        np.save(gpath, rng.standard_normal((int(batch), d)).astype(np.float32))
 
 
-def check_encode(ckpt, xpath, zpath):
+def check_encode(arch, ckpt, xpath, zpath, grad=None):
     p, cfg = load_ckpt(ckpt)
     x = np.load(xpath)
-    ref, f = encode(p, cfg, x)
-    if zpath.endswith(".npz"):
-        z = np.load(zpath)
-        vals, idx = z["values"], z["indices"]
-        k = cfg["k"]
-        if vals.shape != (x.shape[0], k) or idx.shape != (x.shape[0], k):
-            fail("sparse codes have shapes %s/%s, expected %s" % (vals.shape, idx.shape, (x.shape[0], k)))
-        if vals.dtype != np.float32 or idx.dtype != np.int32:
-            fail("sparse codes have dtypes %s/%s" % (vals.dtype, idx.dtype))
-        if np.any(idx < 0) or np.any(idx >= f.shape[1]):
-            fail("an index is out of range")
-        for row in range(idx.shape[0]):
-            if len(set(idx[row].tolist())) != k:
-                fail("row %d repeats a latent" % row)
-        # Each reported value is the value of its latent...
-        close(vals, np.take_along_axis(f, idx.astype(np.int64), 1), "values at their indices")
-        # ... and the k of them are the k largest (ties aside).
-        close(vals, -np.sort(-f, axis=1)[:, :k], "sorted top-k values")
-        if np.any(np.diff(vals, axis=1) > 0):
-            fail("values are not in decreasing order")
-        ref_idx = np.argsort(-f, axis=1, kind="stable")[:, :k]
-        same = np.mean([len(set(a) & set(b)) / k for a, b in zip(idx.tolist(), ref_idx.tolist())])
-        print("index agreement with the reference: %.4f" % same)
-        if same < 0.999:
-            fail("top-k indices differ from the reference beyond ties (%.4f)" % same)
-    else:
-        z = np.load(zpath)
-        close(z, ref, "dense codes")
+    ref = run_model(arch, p, cfg, x, grad)
+    if not zpath.endswith(".npz"):
+        close(np.load(zpath), ref["codes"], "dense codes")
+        return
+    sel = ref["select"]
+    values, rank, k = sel["values"], sel["rank"], sel["k"]
+    z = np.load(zpath)
+    vals, idx = z["values"], z["indices"]
+    if vals.shape != (x.shape[0], k) or idx.shape != (x.shape[0], k):
+        fail("sparse codes have shapes %s/%s, expected %s" % (vals.shape, idx.shape, (x.shape[0], k)))
+    if vals.dtype != np.float32 or idx.dtype != np.int32:
+        fail("sparse codes have dtypes %s/%s" % (vals.dtype, idx.dtype))
+    if np.any(idx < 0) or np.any(idx >= values.shape[1]):
+        fail("an index is out of range")
+    for row in range(idx.shape[0]):
+        if len(set(idx[row].tolist())) != k:
+            fail("row %d repeats a latent" % row)
+    i64 = idx.astype(np.int64)
+    # Each reported value is the value of its latent...
+    close(vals, np.take_along_axis(values, i64, 1), "values at their indices")
+    if sel["order"] == "group":
+        n = values.shape[1]
+        want = np.argmax(values.reshape(len(values), k, n // k), axis=2) + np.arange(k) * (n // k)
+        if not np.array_equal(i64, want):
+            fail("group maxima differ from the reference")
+        print("group maxima match the reference")
+        return
+    # ... ranked as the k highest (ties aside), in decreasing order.
+    got_rank = np.take_along_axis(rank, i64, 1)
+    close(got_rank, -np.sort(-rank, axis=1)[:, :k], "ranks of the kept entries")
+    if np.any(np.diff(got_rank, axis=1) > 1e-9 * np.abs(got_rank).max()):
+        fail("entries are not in decreasing rank order")
+    ref_idx = np.argsort(-rank, axis=1, kind="stable")[:, :k]
+    same = np.mean([len(set(a) & set(b)) / k for a, b in zip(idx.tolist(), ref_idx.tolist())])
+    print("index agreement with the reference: %.4f" % same)
+    if same < 0.999:
+        fail("top-k indices differ from the reference beyond ties (%.4f)" % same)
 
 
 def load_codes(path, n):
     if path.endswith(".npz"):
         z = np.load(path)
-        vals, idx = z["values"], z["indices"]
+        vals, idx = z["values"].astype(np.float64), z["indices"].astype(np.int64)
+        if "rows" in z:  # batch layout: one entry per (row, latent)
+            rows = z["rows"].astype(np.int64)
+            dense = np.zeros((int(rows.max()) + 1 if len(rows) else 0, n))
+            np.add.at(dense, (rows, idx), vals)
+            return dense
         dense = np.zeros((vals.shape[0], n))
-        np.put_along_axis(dense, idx.astype(np.int64), vals, 1)
+        # Entries add up (matching pursuit may leave unused slots of value 0).
+        np.add.at(dense, (np.arange(vals.shape[0])[:, None], idx), vals)
         return dense
     return np.load(path).astype(np.float64)
 
 
 def check_decode(ckpt, codes, xhat):
     p, cfg = load_ckpt(ckpt)
-    z = load_codes(codes, p["W_enc"].shape[1])
-    close(np.load(xhat), decode(p, z), "decoded xhat")
+    z = load_codes(codes, p["W_dec"].shape[0])
+    close(np.load(xhat), z @ p["W_dec"].astype(np.float64) + p["b_dec"], "decoded xhat")
 
 
-def check_forward(ckpt, xpath, xhat, metrics):
+def check_forward(arch, ckpt, xpath, xhat, metrics, grad=None):
     p, cfg = load_ckpt(ckpt)
     x = np.load(xpath).astype(np.float64)
-    z, _ = encode(p, cfg, x)
-    ref = decode(p, z)
-    close(np.load(xhat), ref, "forward xhat")
+    ref = run_model(arch, p, cfg, x, grad)
+    close(np.load(xhat), ref["xhat"], "forward xhat")
     m = json.load(open(metrics))
-    err = ((ref - x) ** 2).sum()
-    mse = err / x.shape[0]
-    fvu = err / ((x - x.mean(0)) ** 2).sum()
-    close(m["mse"], mse, "mse")
-    close(m["fvu"], fvu, "fvu")
-    close(m["l0"], (z != 0).sum(1).mean(), "l0", rtol=1e-3)
-    loss_ref = fvu if cfg.get("architecture") == "topk" else mse
-    close(m["loss"], loss_ref, "loss")
+    err = ((ref["xhat"] - x) ** 2).sum()
+    close(m["mse"], err / x.shape[0], "mse")
+    close(m["fvu"], err / ((x - x.mean(0)) ** 2).sum(), "fvu")
+    close(m["l0"], (ref["codes"] != 0).sum(1).mean(), "l0", rtol=1e-3)
+    close(m["loss"], ref["loss"], "loss")
+    terms = m.get("terms", {})
+    if sorted(terms) != sorted(ref["terms"]):
+        fail("loss terms %s, expected %s" % (sorted(terms), sorted(ref["terms"])))
+    for name, value in ref["terms"].items():
+        close(terms[name], value, "loss term '%s'" % name)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,74 @@ LogicalResult BiasSubOp::verify() {
   return verifyBias(*this, getInput().getType(), getBias().getType());
 }
 
+LogicalResult BiasMulOp::verify() {
+  return verifyBias(*this, getInput().getType(), getBias().getType());
+}
+LogicalResult BiasDivOp::verify() {
+  return verifyBias(*this, getInput().getType(), getBias().getType());
+}
+LogicalResult JumpReluOp::verify() {
+  return verifyBias(*this, getInput().getType(), getThreshold().getType());
+}
+
+/// The batch size, number of latents and element type of dense codes
+/// [B, n] or of sparse codes.
+static void codesShape(Type t, int64_t &batch, int64_t &latents, Type &elt) {
+  if (auto codes = dyn_cast<CodesType>(t)) {
+    batch = codes.getBatch();
+    latents = codes.getNumLatents();
+    elt = codes.getElementType();
+    return;
+  }
+  auto dense = cast<RankedTensorType>(t);
+  batch = dense.getDimSize(0);
+  latents = dense.getDimSize(1);
+  elt = dense.getElementType();
+}
+
+/// Codes (dense or sparse) against a decoder [n, d] and a scalar result.
+static LogicalResult verifyCodesLoss(Operation *op, Type codes, Value decoder,
+                                     Type result) {
+  int64_t batch, latents;
+  Type elt;
+  codesShape(codes, batch, latents, elt);
+  if (decoder) {
+    auto w = cast<RankedTensorType>(decoder.getType());
+    if (w.getDimSize(0) != latents)
+      return op->emitOpError() << "decoder has " << dimStr(w.getDimSize(0))
+                               << " rows but the codes have " << latents
+                               << " latents";
+    if (failed(verifySameElementType(op, elt, w.getElementType())))
+      return failure();
+  }
+  return verifySameElementType(op, elt, result);
+}
+
+LogicalResult L1Op::verify() {
+  return verifyCodesLoss(*this, getCodes().getType(), getDecoder(),
+                         getResult().getType());
+}
+LogicalResult TanhPenaltyOp::verify() {
+  return verifyCodesLoss(*this, getCodes().getType(), getDecoder(),
+                         getResult().getType());
+}
+LogicalResult L0Op::verify() {
+  if (failed(verifyBias(*this, getInput().getType(),
+                        getThreshold().getType())))
+    return failure();
+  return verifySameElementType(*this, getInput().getType().getElementType(),
+                               getResult().getType());
+}
+LogicalResult AfaOp::verify() {
+  int64_t batch, latents;
+  Type elt;
+  codesShape(getCodes().getType(), batch, latents, elt);
+  if (failed(verifySameDim(*this, batch, getTarget().getType().getDimSize(0),
+                           "batch size")))
+    return failure();
+  return verifySameElementType(*this, elt, getResult().getType());
+}
+
 LogicalResult ScaleOp::verify() {
   return verifySameElementType(*this, getInput().getType().getElementType(),
                                getScale().getType());
@@ -90,18 +158,68 @@ LogicalResult TransposeOp::verify() {
                                out.getElementType());
 }
 
-LogicalResult TopKOp::verify() {
-  auto in = getInput().getType();
-  CodesType codes = getResult().getType();
-  if (failed(verifySameDim(*this, in.getDimSize(0), codes.getBatch(),
+/// A selection from `in : [B, n]` into `codes`.
+static LogicalResult verifySelection(Operation *op, RankedTensorType in,
+                                     CodesType codes) {
+  if (failed(verifySameDim(op, in.getDimSize(0), codes.getBatch(),
                            "batch size")))
     return failure();
   if (in.getDimSize(1) != codes.getNumLatents())
-    return emitOpError() << "input has " << dimStr(in.getDimSize(1))
-                         << " latents but the codes have "
-                         << codes.getNumLatents();
+    return op->emitOpError() << "input has " << dimStr(in.getDimSize(1))
+                             << " latents but the codes have "
+                             << codes.getNumLatents();
+  return verifySameElementType(op, in.getElementType(),
+                               codes.getElementType());
+}
+
+LogicalResult TopKOp::verify() {
+  if (getScore() && getScore().getType() != getInput().getType())
+    return emitOpError() << "score must have the input's type "
+                         << getInput().getType();
+  return verifySelection(*this, getInput().getType(), getResult().getType());
+}
+
+LogicalResult GroupMaxOp::verify() {
+  CodesType codes = getResult().getType();
+  if (codes.getNumLatents() % codes.getK() != 0)
+    return emitOpError() << "k = " << codes.getK()
+                         << " does not divide the " << codes.getNumLatents()
+                         << " latents into equal groups";
+  return verifySelection(*this, getInput().getType(), codes);
+}
+
+LogicalResult MatchingPursuitOp::verify() {
+  CodesType codes = getResult().getType();
+  auto in = getInput().getType(), w = getDecoder().getType();
+  if (w.getDimSize(0) != codes.getNumLatents())
+    return emitOpError() << "decoder has " << dimStr(w.getDimSize(0))
+                         << " atoms but the codes have "
+                         << codes.getNumLatents() << " latents";
+  if (w.getDimSize(1) != in.getDimSize(1))
+    return emitOpError() << "atoms of width " << dimStr(w.getDimSize(1))
+                         << " do not match rows of width "
+                         << dimStr(in.getDimSize(1));
+  if (failed(verifySameDim(*this, in.getDimSize(0), codes.getBatch(),
+                           "batch size")))
+    return failure();
   return verifySameElementType(*this, in.getElementType(),
                                codes.getElementType());
+}
+
+LogicalResult TopAfaOp::verify() {
+  auto in = getInput().getType(), w = getDecoder().getType(),
+       t = getTarget().getType();
+  if (getResult().getType() != in)
+    return emitOpError() << "result must have the input's type " << in;
+  if (w.getDimSize(0) != in.getDimSize(1))
+    return emitOpError() << "decoder has " << dimStr(w.getDimSize(0))
+                         << " rows but the input has "
+                         << dimStr(in.getDimSize(1)) << " latents";
+  if (w.getDimSize(1) != t.getDimSize(1))
+    return emitOpError() << "target rows of width " << dimStr(t.getDimSize(1))
+                         << " do not match the decoder's "
+                         << dimStr(w.getDimSize(1));
+  return verifySameDim(*this, in.getDimSize(0), t.getDimSize(0), "batch size");
 }
 
 LogicalResult DecodeOp::verify() {
@@ -194,6 +312,32 @@ LogicalResult RandomUniformOp::verify() {
                          << ") must be less than high ("
                          << numberStr(getHigh().convertToDouble()) << ")";
   return verifyStatic(*this, getResult().getType());
+}
+
+LogicalResult RandomNormalOp::verify() {
+  if (!(getStd().convertToDouble() >= 0))
+    return emitOpError() << "std must be non-negative, got "
+                         << numberStr(getStd().convertToDouble());
+  return verifyStatic(*this, getResult().getType());
+}
+
+/// A vector with one entry per column of `in`.
+static LogicalResult verifyColumns(Operation *op, RankedTensorType in,
+                                   RankedTensorType out) {
+  if (out.getDimSize(0) != in.getDimSize(1))
+    return op->emitOpError() << "result of size " << dimStr(out.getDimSize(0))
+                             << " does not match rows of width "
+                             << dimStr(in.getDimSize(1));
+  return verifySameElementType(op, in.getElementType(), out.getElementType());
+}
+
+LogicalResult ColumnMeanOp::verify() {
+  return verifyColumns(*this, getInput().getType(), getResult().getType());
+}
+LogicalResult GeometricMedianOp::verify() {
+  if (getIterations() < 0)
+    return emitOpError() << "iterations must be non-negative";
+  return verifyColumns(*this, getInput().getType(), getResult().getType());
 }
 
 #define GET_OP_CLASSES

@@ -85,6 +85,30 @@ def Sae_BiasSubOp : Sae_BiasOp<"bias_sub", "subtraction"> {
   }];
 }
 
+def Sae_BiasMulOp : Sae_BiasOp<"bias_mul", "multiplication"> {
+  let description = [{
+    `result[r, j] = input[r, j] * bias[j]`: scales every column of a batch or
+    a parameter matrix (e.g. `W_enc ⊙ exp(r_mag)` in a gated SAE). Dense in,
+    dense out.
+
+    Example:
+    ```mlir
+    %m = sae.bias_mul %W_enc, %scale : tensor<768x16384xf32>, tensor<16384xf32>
+    ```
+  }];
+}
+
+def Sae_BiasDivOp : Sae_BiasOp<"bias_div", "division"> {
+  let description = [{
+    `result[r, j] = input[r, j] / bias[j]`. Dense in, dense out.
+
+    Example:
+    ```mlir
+    %m = sae.bias_div %x, %s : tensor<?x768xf32>, tensor<768xf32>
+    ```
+  }];
+}
+
 class Sae_ElementwiseBinaryOp<string mnemonic, string sym>
     : Sae_Op<mnemonic, [SameOperandsAndResultType]> {
   let summary = "elementwise `" # sym # "` of two tensors of the same type";
@@ -178,24 +202,149 @@ def Sae_ReluOp : Sae_Op<"relu", [SameOperandsAndResultType]> {
   let assemblyFormat = "$input attr-dict `:` type($input)";
 }
 
-def Sae_TopKOp : Sae_Op<"topk"> {
-  let summary = "keep the k largest entries of every row as sparse codes";
+class Sae_UnaryOp<string mnemonic, string formula, string extra = "">
+    : Sae_Op<mnemonic, [SameOperandsAndResultType]> {
+  let summary = "elementwise " # formula;
   let description = [{
-    Selects, in every row of `input : [B, n]`, the `k` entries with the
-    largest values (k is the result type's), and returns them as
-    `!sae.codes` ordered by decreasing value; ties keep the lower latent
-    index first, NaN entries are never selected. The result never holds the
+    `result[i] = }] # formula # [{`. }] # extra # [{ Dense in, dense out.
+
+    Example:
+    ```mlir
+    %r = sae.}] # mnemonic # [{ %t : tensor<?x16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_FloatTensor:$input);
+  let results = (outs Sae_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def Sae_AbsOp : Sae_UnaryOp<"abs", "|input[i]|">;
+def Sae_ExpOp : Sae_UnaryOp<"exp", "exp(input[i])">;
+def Sae_TanhOp : Sae_UnaryOp<"tanh", "tanh(input[i])">;
+def Sae_StepOp : Sae_UnaryOp<"step", "H(input[i]): 1 if input[i] > 0, else 0",
+    "The Heaviside step (gates of gated SAEs); its gradient is zero.">;
+def Sae_StopGradOp : Sae_UnaryOp<"stopgrad", "input[i]",
+    "The identity in the forward pass; gradients do not flow through it.">;
+
+def Sae_JumpReluOp : Sae_Op<"jump_relu", [AllTypesMatch<["input", "result"]>]> {
+  let summary = "JumpReLU: keep an entry only when it exceeds its latent's threshold";
+  let description = [{
+    `result[b, i] = input[b, i] * H(input[b, i] − threshold[i])` with a
+    learned per-latent threshold (Rajamanoharan et al. 2024, Gemma Scope).
+    The number of active latents per row is data-dependent and unbounded, so
+    the result is a dense `[B, n]` tensor whose zeros are structural.
+    Gradient (training): ∂/∂input = H(input − θ); ∂/∂θ through the
+    straight-through estimator with bandwidth ε.
+
+    Example:
+    ```mlir
+    %f = sae.jump_relu %pre, %threshold : tensor<?x16384xf32>, tensor<16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Sae_Vector:$threshold);
+  let results = (outs Sae_Matrix:$result);
+  let assemblyFormat = [{
+    $input `,` $threshold attr-dict `:` type($input) `,` type($threshold)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_TopKOp : Sae_Op<"topk"> {
+  let summary = "keep the k best-ranked entries of every row as sparse codes";
+  let description = [{
+    Selects, in every row of `input : [B, n]`, the `k` entries ranked
+    highest (k is the result type's) and returns their values as
+    `!sae.codes`, ordered by decreasing rank; ties keep the lower latent
+    index first, NaN entries are never selected. The rank of an entry is
+    its value, or with `score` the matching entry of that tensor (g-SAE's
+    gradient-weighted selection), and with `by_magnitude` its absolute
+    value (AbsTopK: signed values are kept). The result never holds the
     other `n - k` entries: consumers (`sae.decode`) work in O(k) per row.
-    Gradients (training) flow through the kept entries only.
+    Gradients (training) flow through the kept values only.
 
     Example:
     ```mlir
     %z = sae.topk %f : tensor<?x16384xf32> -> !sae.codes<?x16384xf32, k = 32>
+    %a = sae.topk %pre {by_magnitude} : tensor<?x16384xf32> -> !sae.codes<?x16384xf32, k = 32>
+    %g = sae.topk %pre score %s : tensor<?x16384xf32>, tensor<?x16384xf32> -> !sae.codes<?x16384xf32, k = 32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Optional<Sae_Matrix>:$score,
+                       UnitAttr:$by_magnitude);
+  let results = (outs Sae_CodesType:$result);
+  let assemblyFormat = [{
+    $input (`score` $score^)? attr-dict `:` type($input) (`,` type($score)^)? `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_GroupMaxOp : Sae_Op<"group_max"> {
+  let summary = "the largest entry of each of k contiguous groups of latents";
+  let description = [{
+    Splits the `n` latents of every row into `k` contiguous groups of `n/k`
+    (k is the result type's; it divides n) and keeps the largest entry of
+    each group (ties: the lower index), in group order (EleutherAI
+    sparsify's GroupMax). Exactly k entries per row; decoding gathers them.
+
+    Example:
+    ```mlir
+    %z = sae.group_max %f : tensor<?x16384xf32> -> !sae.codes<?x16384xf32, k = 32>
     ```
   }];
   let arguments = (ins Sae_Matrix:$input);
   let results = (outs Sae_CodesType:$result);
   let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Sae_MatchingPursuitOp : Sae_Op<"matching_pursuit"> {
+  let summary = "k steps of matching pursuit over unit-norm decoder atoms";
+  let description = [{
+    For every row, starting from the residual `r = input[b]`, repeats k
+    times (k is the result type's): `i = argmax_j ⟨r, decoder[j]⟩` (the first
+    maximum), `v = ⟨r, decoder[i]⟩` (clamped at 0 with `nonneg`),
+    `f_i += v`, `r −= v · decoder[i]` (MP-SAE, "From Flat to Hierarchical").
+    An atom chosen again adds to its entry, leaving an unused slot of value 0
+    at the end of the row; entries are in selection order. Work per row is
+    `k · n · d`; the result decodes by gather like any codes. Gradients
+    (training) flow through the selected inner products only.
+
+    Example:
+    ```mlir
+    %z = sae.matching_pursuit %r, %W_dec : tensor<?x768xf32>, tensor<16384x768xf32> -> !sae.codes<?x16384xf32, k = 32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Sae_Matrix:$decoder,
+                       UnitAttr:$nonneg);
+  let results = (outs Sae_CodesType:$result);
+  let assemblyFormat = [{
+    $input `,` $decoder attr-dict `:` type($input) `,` type($decoder) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_TopAfaOp : Sae_Op<"top_afa"> {
+  let summary = "keep the k*(x) latents whose decoded norms best match ‖x‖";
+  let description = [{
+    Top-AFA ("Evaluating and Designing SAEs by Approximating
+    Quasi-Orthogonality"): for every row, latents are ordered by
+    `s_i = (input[b, i] · ‖decoder[i]‖)²` (descending, ties by lower index),
+    `c_j = sqrt(s_(1) + … + s_(j))`, and the first
+    `k* = argmin_j |c_j − ‖target[b]‖| + 1` of them are kept (at least one).
+    The count varies per row and is not bounded, so the result is a dense
+    `[B, n]` tensor whose zeros are structural. Work per row is `k* · n`.
+
+    Example:
+    ```mlir
+    %f = sae.top_afa %a, %W_dec, %xc : tensor<?x16384xf32>, tensor<16384x768xf32>, tensor<?x768xf32> -> tensor<?x16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Sae_Matrix:$decoder,
+                       Sae_Matrix:$target);
+  let results = (outs Sae_Matrix:$result);
+  let assemblyFormat = [{
+    $input `,` $decoder `,` $target attr-dict `:` type($input) `,` type($decoder) `,` type($target) `->` type($result)
+  }];
   let hasVerifier = 1;
 }
 
@@ -295,7 +444,8 @@ def Sae_MakeCodesOp : Sae_Op<"make_codes"> {
 
 class Sae_LossOp<string mnemonic>
     : Sae_Op<mnemonic, [AllTypesMatch<["input", "target"]>]> {
-  let arguments = (ins Sae_Matrix:$input, Sae_Matrix:$target);
+  let arguments = (ins Sae_Matrix:$input, Sae_Matrix:$target,
+                       UnitAttr:$mean_over_columns);
   let results = (outs AnyFloat:$result);
   let assemblyFormat = [{
     $input `,` $target attr-dict `:` type($input) `->` type($result)
@@ -306,8 +456,8 @@ class Sae_LossOp<string mnemonic>
 def Sae_MseOp : Sae_LossOp<"mse"> {
   let summary = "mean over rows of the squared reconstruction error";
   let description = [{
-    `mean_b Σ_j (input[b, j] − target[b, j])²`, accumulated in f64. Dense in,
-    scalar out.
+    `mean_b Σ_j (input[b, j] − target[b, j])²`, accumulated in f64; with
+    `mean_over_columns`, the mean over j too. Dense in, scalar out.
 
     Example:
     ```mlir
@@ -328,6 +478,102 @@ def Sae_FvuOp : Sae_LossOp<"fvu"> {
     %l = sae.fvu %xhat, %x : tensor<?x768xf32> -> f32
     ```
   }];
+}
+
+def Sae_CodesOrDense : AnyTypeOf<[Sae_Matrix, Sae_CodesType]>;
+
+def Sae_L1Op : Sae_Op<"l1"> {
+  let summary = "mean over rows of the L1 norm of the codes, optionally weighted by decoder row norms";
+  let description = [{
+    `mean_b Σ_i |f[b, i]| · n_i` with `n_i = ‖decoder[i, :]‖₂` when a decoder
+    is given, else `n_i = 1`. Sparse codes are summed over their k stored
+    entries only (work B·k plus n·d for the norms). Accumulated in f64.
+
+    Example:
+    ```mlir
+    %l = sae.l1 %z, %W_dec : !sae.codes<?x16384xf32, k = 32>, tensor<16384x768xf32> -> f32
+    ```
+  }];
+  let arguments = (ins Sae_CodesOrDense:$codes, Optional<Sae_Matrix>:$decoder);
+  let results = (outs AnyFloat:$result);
+  let assemblyFormat = [{
+    $codes (`,` $decoder^)? attr-dict `:` type($codes) (`,` type($decoder)^)? `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_TanhPenaltyOp : Sae_Op<"tanh_penalty"> {
+  let summary = "mean over rows of Σ tanh(c · f_i · n_i)";
+  let description = [{
+    Anthropic's saturating sparsity penalty:
+    `mean_b Σ_i tanh(scale · f[b, i] · n_i)`, `n_i = ‖decoder[i, :]‖₂`.
+    Sparse codes contribute only their stored entries (tanh(0) = 0).
+
+    Example:
+    ```mlir
+    %l = sae.tanh_penalty %z, %W_dec {scale = 4.0 : f64} : tensor<?x16384xf32>, tensor<16384x768xf32> -> f32
+    ```
+  }];
+  let arguments = (ins Sae_CodesOrDense:$codes, Sae_Matrix:$decoder,
+                       F64Attr:$scale);
+  let results = (outs AnyFloat:$result);
+  let assemblyFormat = [{
+    $codes `,` $decoder attr-dict `:` type($codes) `,` type($decoder) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_L0Op : Sae_Op<"l0"> {
+  let summary = "mean over rows of the number of entries above their threshold";
+  let description = [{
+    `mean_b Σ_i H(input[b, i] − threshold[i])`: JumpReLU's L0 penalty. Its
+    gradient (training) uses the straight-through estimator with bandwidth ε.
+
+    Example:
+    ```mlir
+    %l = sae.l0 %pre, %threshold : tensor<?x16384xf32>, tensor<16384xf32> -> f32
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Sae_Vector:$threshold);
+  let results = (outs AnyFloat:$result);
+  let assemblyFormat = [{
+    $input `,` $threshold attr-dict `:` type($input) `,` type($threshold) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_AfaOp : Sae_Op<"afa"> {
+  let summary = "mean over rows of (‖f‖₂ − ‖x‖₂)²";
+  let description = [{
+    The top-AFA auxiliary loss `mean_b (‖codes[b]‖₂ − ‖target[b]‖₂)²`.
+    Sparse codes use their stored entries. Accumulated in f64.
+
+    Example:
+    ```mlir
+    %l = sae.afa %z, %x : tensor<?x16384xf32>, tensor<?x768xf32> -> f32
+    ```
+  }];
+  let arguments = (ins Sae_CodesOrDense:$codes, Sae_Matrix:$target);
+  let results = (outs AnyFloat:$result);
+  let assemblyFormat = [{
+    $codes `,` $target attr-dict `:` type($codes) `,` type($target) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_KlStdNormalOp : Sae_Op<"kl_std_normal"> {
+  let summary = "KL divergence of N(μ, 1) from N(0, 1), mean over rows";
+  let description = [{
+    `mean_b ½ Σ_i μ[b, i]²` (σ fixed at 1), the variational SAE's prior term.
+
+    Example:
+    ```mlir
+    %l = sae.kl_std_normal %mu : tensor<?x16384xf32> -> f32
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input);
+  let results = (outs AnyFloat:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
 }
 
 //===----------------------------------------------------------------------===//
@@ -365,6 +611,78 @@ def Sae_RandomUniformOp : Sae_Op<"random_uniform"> {
   let arguments = (ins I64:$seed, F64Attr:$low, F64Attr:$high, I64Attr:$stream);
   let results = (outs Sae_FloatTensor:$result);
   let assemblyFormat = "$seed attr-dict `:` type($result)";
+  let hasVerifier = 1;
+}
+
+def Sae_RandomNormalOp : Sae_Op<"random_normal"> {
+  let summary = "seeded normal random tensor N(mean, std²)";
+  let description = [{
+    Element `i` (row-major linear index) is `mean + std · z` with
+    `z = sqrt(−2 ln(1 − u₁)) · cos(2π u₂)` (Box–Muller), where u₁ and u₂ are
+    the uniforms of `sae.random_uniform` at counters 2i and 2i + 1 of the same
+    (seed, stream). Reproducible and independent of tiling or threads.
+
+    Example:
+    ```mlir
+    %w = sae.random_normal %seed {mean = 0.0 : f64, std = 0.02 : f64, stream = 0 : i64} : tensor<768x16384xf32>
+    ```
+  }];
+  let arguments = (ins I64:$seed, F64Attr:$mean, F64Attr:$std, I64Attr:$stream);
+  let results = (outs Sae_FloatTensor:$result);
+  let assemblyFormat = "$seed attr-dict `:` type($result)";
+  let hasVerifier = 1;
+}
+
+def Sae_GaussianNoiseOp : Sae_Op<"gaussian_noise", [AllTypesMatch<["input", "result"]>]> {
+  let summary = "reparameterised sample μ + ε, ε ~ N(0, I), from a seed";
+  let description = [{
+    The variational SAE's sampling step: `result[b, j] = input[b, j] + ε`
+    where ε is the Box–Muller normal of `sae.random_normal` at element
+    `b·n + j` of (seed, stream). Gradients (training) flow to μ unchanged.
+
+    Example:
+    ```mlir
+    %z = sae.gaussian_noise %mu, %seed {stream = 0 : i64} : tensor<?x16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, I64:$seed, I64Attr:$stream);
+  let results = (outs Sae_Matrix:$result);
+  let assemblyFormat = "$input `,` $seed attr-dict `:` type($input)";
+}
+
+def Sae_ColumnMeanOp : Sae_Op<"column_mean"> {
+  let summary = "the mean of the rows of a batch (data-dependent initialiser)";
+  let description = [{
+    `result[j] = mean_b input[b, j]`, accumulated in f64: initialises `b_dec`
+    to the mean of a data sample.
+
+    Example:
+    ```mlir
+    %m = sae.column_mean %x : tensor<?x768xf32> -> tensor<768xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input);
+  let results = (outs Sae_Vector:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Sae_GeometricMedianOp : Sae_Op<"geometric_median"> {
+  let summary = "the geometric median of the rows of a batch (Weiszfeld)";
+  let description = [{
+    Starting from the mean, `iterations` Weiszfeld steps
+    `y ← Σ_b w_b x_b / Σ_b w_b`, `w_b = 1 / max(‖x_b − y‖, 1e-8)`, in f64:
+    the point minimising the sum of distances to the rows (the `b_dec`
+    initialisation of Towards Monosemanticity and SAELens).
+
+    Example:
+    ```mlir
+    %m = sae.geometric_median %x {iterations = 100 : i64} : tensor<?x768xf32> -> tensor<768xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, I64Attr:$iterations);
+  let results = (outs Sae_Vector:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
   let hasVerifier = 1;
 }
 
