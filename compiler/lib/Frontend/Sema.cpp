@@ -25,8 +25,8 @@ std::string ValueType::str() const {
   case Scalar:
     return "a scalar";
   case Codes:
-    return "sparse codes over " + std::to_string(shape[0]) +
-           " latents (k = " + std::to_string(k) + ")";
+    return "sparse codes over " + std::to_string(shape[0]) + " latents (k = " +
+           std::to_string(k) + (perBatch ? " per row on average)" : ")");
   case Tensor: {
     std::string s = "[";
     for (size_t i = 0; i < shape.size(); ++i)
@@ -85,6 +85,8 @@ const std::vector<BuiltinSig> &builtins() {
       {"topk", {{"x", T}, {"k", I}}, false},
       {"abs_topk", {{"x", T}, {"k", I}}, false},
       {"group_max", {{"x", T}, {"k", I}}, false},
+      {"batch_topk", {{"x", T}, {"k", I}, {"threshold", T}}, false},
+      {"mutual_choice", {{"x", T}, {"k", I}}, false},
       {"grad_topk",
        {{"x", T}, {"grad", T}, {"decoder", T}, {"k", I}, {"beta", F, true, 1.0}},
        false},
@@ -621,12 +623,17 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
   if (name == "afa") {
     if (!needCodes(0) || !needDense(1, true))
       return {};
+    if (types[0].perBatch) {
+      error(bound[0]->loc) << "'afa' needs per-row codes; batch-level "
+                              "selections have no fixed rows";
+      return {};
+    }
     return ValueType::scalar();
   }
   if (name == "kl_std_normal")
     return needDense(0, true) ? ValueType::scalar() : ValueType();
   if (name == "topk" || name == "abs_topk" || name == "group_max" ||
-      name == "grad_topk") {
+      name == "grad_topk" || name == "batch_topk" || name == "mutual_choice") {
     if (!needDense(0, true))
       return {};
     if (types[0].shape.size() != 1) {
@@ -659,7 +666,10 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
         return {};
       }
     }
-    return ValueType::codes(n, int64_t(k));
+    if (name == "batch_topk" && !needThreshold(2, 0))
+      return {};
+    return ValueType::codes(n, int64_t(k),
+                            name == "batch_topk" || name == "mutual_choice");
   }
   if (name == "mse" || name == "fvu") {
     if (!needDense(0, true) || !needDense(1, true))

@@ -69,7 +69,13 @@ private:
                ? model.codesType.shape[0]
                : model.codesType.shape.back();
   }
-  bool sparse() const { return model.codesType.kind == ValueType::Codes; }
+  /// The encoder's inference form gives sparse codes (batch_topk infers
+  /// with a threshold: dense).
+  bool sparse() const {
+    return model.codesType.kind == ValueType::Codes &&
+           model.encoderOp != "batch_topk";
+  }
+  bool perBatch() const { return sparse() && model.codesType.perBatch; }
 
   RankedTensorType batchTensor(int64_t width) {
     return RankedTensorType::get({ShapedType::kDynamic, width}, f32());
@@ -78,8 +84,8 @@ private:
     return RankedTensorType::get(shape, f32());
   }
   saedl::CodesType codesType() {
-    return saedl::CodesType::get(&ctx, ShapedType::kDynamic, numLatents(), f32(),
-                               model.codesType.k);
+    return saedl::CodesType::get(&ctx, ShapedType::kDynamic, numLatents(),
+                                 f32(), model.codesType.k, perBatch());
   }
 
   /// Creates entry point `name` with arguments `leading`, then the model's
@@ -330,6 +336,17 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
                                 gen(*args[1], env));
   if (name == "kl_std_normal")
     return saedl::KlStdNormalOp::create(builder, l, f32(), gen(*args[0], env));
+  if (name == "batch_topk" || name == "mutual_choice") {
+    Value x = gen(*args[0], env);
+    auto in = cast<RankedTensorType>(x.getType());
+    // BatchTopK trains with batch-level selection and infers with a
+    // per-latent threshold (SAELens' JumpReLU form).
+    if (name == "batch_topk" && !noiseSeed)
+      return saedl::JumpReluOp::create(builder, l, in, x, gen(*args[2], env));
+    auto type = saedl::CodesType::get(&ctx, in.getDimSize(0), in.getDimSize(1),
+                                      f32(), int64_t(constant(1)), true);
+    return saedl::BatchTopKOp::create(builder, l, type, x);
+  }
   if (name == "topk" || name == "abs_topk" || name == "group_max" ||
       name == "grad_topk") {
     Value x = gen(*args[0], env);
@@ -467,7 +484,7 @@ std::string MLIRGenImpl::describe(StringRef sourceName) {
   }
   json::Object codes{{"kind", sparse() ? "sparse" : "dense"}};
   if (sparse()) {
-    codes["layout"] = "rows";
+    codes["layout"] = perBatch() ? "batch" : "rows";
     codes["k"] = model.codesType.k;
   }
   json::Array inputs;
@@ -482,8 +499,8 @@ std::string MLIRGenImpl::describe(StringRef sourceName) {
   json::Array entries{"sae_init", "sae_encode_dense", "sae_decode_dense",
                       "sae_forward"};
   if (sparse()) {
-    entries.push_back("sae_encode_sparse");
-    entries.push_back("sae_decode_sparse");
+    entries.push_back(perBatch() ? "sae_encode_batch" : "sae_encode_sparse");
+    entries.push_back(perBatch() ? "sae_decode_batch" : "sae_decode_sparse");
   }
   // SAELens' cfg.json fields, written next to the weights.
   // SAELens' architecture names where it has the architecture.
@@ -497,7 +514,7 @@ std::string MLIRGenImpl::describe(StringRef sourceName) {
                    {"d_sae", numLatents()},
                    {"dtype", "float32"},
                    {"normalize_activations", "none"}};
-  if (sparse())
+  if (model.codesType.kind == ValueType::Codes)
     cfg["k"] = model.codesType.k;
   json::Object root{{"abi_version", 2},
                     {"name", model.ast->getName()},
@@ -540,18 +557,28 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
       z = saedl::DensifyOp::create(builder, z.getLoc(), batchTensor(n), z);
     func::ReturnOp::create(builder, f.getLoc(), z);
   }
-  if (sparse()) { // encode_sparse(x, params) -> values, indices
+  if (sparse()) { // encode_sparse / encode_batch(inputs, params) -> parts
     Env env;
     saedl::CodesType ct = codesType();
+    SmallVector<Type> parts = {ct.getValuesType(), ct.getIndicesType()};
+    if (perBatch())
+      parts.push_back(ct.getRowsType());
     func::FuncOp f =
-        beginEntry("encode_sparse", {}, true, true, {},
-                   {ct.getValuesType(), ct.getIndicesType()}, env);
+        beginEntry(perBatch() ? "encode_batch" : "encode_sparse", {}, true,
+                   true, {}, parts, env);
     Value z = genDecl(encodeDecl, env);
-    Value v = saedl::CodesValuesOp::create(builder, z.getLoc(),
-                                         ct.getValuesType(), z);
-    Value i = saedl::CodesIndicesOp::create(builder, z.getLoc(),
-                                          ct.getIndicesType(), z);
-    func::ReturnOp::create(builder, f.getLoc(), ValueRange{v, i});
+    Location zl = z.getLoc();
+    SmallVector<Value> outs = {
+        saedl::CodesValuesOp::create(builder, zl, ct.getValuesType(), z),
+        saedl::CodesIndicesOp::create(builder, zl, ct.getIndicesType(), z)};
+    if (perBatch()) {
+      outs.push_back(
+          saedl::CodesRowsOp::create(builder, zl, ct.getRowsType(), z));
+      for (unsigned i = 0; i < 3; ++i)
+        f.setResultAttr(i, "sae.batch_scale",
+                        builder.getI64IntegerAttr(ct.getK()));
+    }
+    func::ReturnOp::create(builder, f.getLoc(), outs);
   }
   { // decode_dense(z, params) -> xhat
     Env env;
@@ -561,14 +588,23 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
     Value xhat = genDecl(model.decode, env);
     func::ReturnOp::create(builder, f.getLoc(), xhat);
   }
-  if (sparse()) { // decode_sparse(values, indices, params) -> xhat
+  if (sparse()) { // decode_sparse / decode_batch(parts, params) -> xhat
     Env env;
     saedl::CodesType ct = codesType();
+    SmallVector<Type> parts = {ct.getValuesType(), ct.getIndicesType()};
+    if (perBatch())
+      parts.push_back(ct.getRowsType());
     func::FuncOp f =
-        beginEntry("decode_sparse", {ct.getValuesType(), ct.getIndicesType()},
-                   false, true, {}, {batchTensor(d)}, env);
+        beginEntry(perBatch() ? "decode_batch" : "decode_sparse", parts, false,
+                   true, {}, {batchTensor(d)}, env);
+    Value rows;
+    if (perBatch()) {
+      rows = f.getArgument(2);
+      for (unsigned i = 0; i < 3; ++i)
+        f.setArgAttr(i, "sae.batch_scale", builder.getI64IntegerAttr(ct.getK()));
+    }
     env[encodeDecl] = saedl::MakeCodesOp::create(
-        builder, f.getLoc(), ct, f.getArgument(0), f.getArgument(1));
+        builder, f.getLoc(), ct, f.getArgument(0), f.getArgument(1), rows);
     Value xhat = genDecl(model.decode, env);
     func::ReturnOp::create(builder, f.getLoc(), xhat);
   }

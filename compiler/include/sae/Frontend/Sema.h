@@ -30,12 +30,15 @@ struct ValueType {
   bool batched = false;
   std::vector<int64_t> shape; // per row when batched; {n} for codes
   int64_t k = 0;              // codes only
+  bool perBatch = false;      // codes: B·k entries over the batch
 
   static ValueType scalar() { return {Scalar, false, {}, 0}; }
   static ValueType tensor(bool batched, std::vector<int64_t> shape) {
     return {Tensor, batched, std::move(shape), 0};
   }
-  static ValueType codes(int64_t n, int64_t k) { return {Codes, true, {n}, k}; }
+  static ValueType codes(int64_t n, int64_t k, bool perBatch = false) {
+    return {Codes, true, {n}, k, perBatch};
+  }
   bool isValid() const { return kind != Invalid; }
   /// "[768]", "[768, 16384]", "sparse codes over 16384 latents (k = 32)"...
   std::string str() const;

@@ -121,6 +121,7 @@ Value floatConst(OpBuilder &b, Location l, Type t, double v) {
 }
 
 Value rowNorms(OpBuilder &b, Location loc, Value w);
+Value batchRows(OpBuilder &b, Location l, Value values, int64_t k);
 
 Value toF64(OpBuilder &b, Location l, Value v) {
   return v.getType().isF64()
@@ -783,7 +784,7 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
 
     Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
     Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
-    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT);
+    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, Value());
     return success();
   }
 };
@@ -847,7 +848,7 @@ struct GroupMaxLowering : OpRewritePattern<GroupMaxOp> {
         });
     Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
     Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
-    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT);
+    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, Value());
     return success();
   }
 };
@@ -978,7 +979,7 @@ struct MatchingPursuitLowering : OpRewritePattern<MatchingPursuitOp> {
         });
     Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
     Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
-    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT);
+    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, Value());
     return success();
   }
 };
@@ -1123,6 +1124,8 @@ struct DecodeLowering : OpRewritePattern<DecodeOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(DecodeOp op,
                                 PatternRewriter &rewriter) const override {
+    if (op.getCodes().getType().getPerBatch())
+      return rewriter.notifyMatchFailure(op, "batch layout: see BatchCodesLowering");
     Value values, indices;
     if (failed(getCodeParts(op.getCodes(), values, indices)))
       return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
@@ -1156,6 +1159,8 @@ struct DensifyLowering : OpRewritePattern<DensifyOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(DensifyOp op,
                                 PatternRewriter &rewriter) const override {
+    if (op.getCodes().getType().getPerBatch())
+      return rewriter.notifyMatchFailure(op, "batch layout: see BatchCodesLowering");
     Value values, indices;
     if (failed(getCodeParts(op.getCodes(), values, indices)))
       return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
@@ -1292,14 +1297,15 @@ Value meanOverRows(OpBuilder &b, Location loc, Value codes,
     if (failed(getCodeParts(codes, values, indices)))
       return {};
   }
-  AffineMap id = b.getMultiDimIdentityMap(2);
+  unsigned rank = cast<RankedTensorType>(values.getType()).getRank();
+  AffineMap id = b.getMultiDimIdentityMap(rank);
   SmallVector<Value> ins = {values};
   SmallVector<AffineMap> maps = {id};
   if (indices) {
     ins.push_back(indices);
     maps.push_back(id);
   }
-  Value sum = sumToScalar(b, loc, ins, maps, 2,
+  Value sum = sumToScalar(b, loc, ins, maps, rank,
                           [&](OpBuilder &nb, Location l, ValueRange a) {
                             Value latent =
                                 indices ? arith::IndexCastOp::create(
@@ -1309,7 +1315,15 @@ Value meanOverRows(OpBuilder &b, Location loc, Value codes,
                                               .getResult();
                             return term(nb, l, a[0], latent);
                           });
-  Value rows = rowCount(b, loc, values, b.getF64Type());
+  Value rows;
+  if (rank == 1) { // batch layout: B = (B·k) / k
+    auto codesType = cast<CodesType>(codes.getType());
+    Value n = arith::IndexCastOp::create(
+        b, loc, b.getI64Type(), batchRows(b, loc, values, codesType.getK()));
+    rows = arith::SIToFPOp::create(b, loc, b.getF64Type(), n);
+  } else {
+    rows = rowCount(b, loc, values, b.getF64Type());
+  }
   return arith::DivFOp::create(b, loc, sum, rows);
 }
 
@@ -1450,6 +1464,243 @@ struct KlStdNormalLowering : OpRewritePattern<KlStdNormalOp> {
   }
 };
 
+//===----------------------------------------------------------------------===//
+// Batch-layout codes
+//===----------------------------------------------------------------------===//
+
+/// The number of rows B of batch-layout storage [B·k].
+Value batchRows(OpBuilder &b, Location l, Value values, int64_t k) {
+  Value n = tensor::DimOp::create(b, l, values, 0);
+  return arith::DivUIOp::create(b, l, n,
+                                arith::ConstantIndexOp::create(b, l, k));
+}
+
+/// Decoding (out[row] += v · W[index]) and densifying (out[row, index] += v)
+/// of batch-layout codes: one pass over the B·k entries.
+template <typename OpTy>
+struct BatchCodesLowering : OpRewritePattern<OpTy> {
+  using OpRewritePattern<OpTy>::OpRewritePattern;
+  LogicalResult matchAndRewrite(OpTy op,
+                                PatternRewriter &rewriter) const override {
+    CodesType codes = op.getCodes().getType();
+    if (!codes.getPerBatch())
+      return failure();
+    auto make = op.getCodes().template getDefiningOp<MakeCodesOp>();
+    if (!make)
+      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+    Location loc = op.getLoc();
+    auto type = cast<RankedTensorType>(op.getType());
+    Value rowsN = batchRows(rewriter, loc, make.getValues(), codes.getK());
+    SmallVector<Value> dyn;
+    if (type.isDynamicDim(0))
+      dyn.push_back(rowsN);
+    Value out = allocLike(rewriter, loc, type, dyn);
+    Value zero = floatConst(rewriter, loc, type.getElementType(), 0.0);
+    linalg::FillOp::create(rewriter, loc, ValueRange{zero}, ValueRange{out});
+    Value vals = toBuffer(rewriter, loc, make.getValues());
+    Value idxs = toBuffer(rewriter, loc, make.getIndices());
+    Value rows = toBuffer(rewriter, loc, make.getRows());
+    Value w;
+    if constexpr (std::is_same_v<OpTy, DecodeOp>)
+      w = toBuffer(rewriter, loc, op.getWeight());
+    Value c0 = arith::ConstantIndexOp::create(rewriter, loc, 0);
+    Value c1 = arith::ConstantIndexOp::create(rewriter, loc, 1);
+    Value entries = tensor::DimOp::create(rewriter, loc, make.getValues(), 0);
+    Value width = arith::ConstantIndexOp::create(rewriter, loc, type.getDimSize(1));
+    scf::ForOp::create(
+        rewriter, loc, c0, entries, c1, ValueRange{},
+        [&](OpBuilder &b, Location l, Value e, ValueRange) {
+          Value v = memref::LoadOp::create(b, l, vals, e);
+          Value i = arith::IndexCastOp::create(
+              b, l, b.getIndexType(), memref::LoadOp::create(b, l, idxs, e).getResult());
+          Value r = arith::IndexCastOp::create(
+              b, l, b.getIndexType(), memref::LoadOp::create(b, l, rows, e).getResult());
+          if (!w) {
+            Value old = memref::LoadOp::create(b, l, out, {r, i});
+            memref::StoreOp::create(b, l, arith::AddFOp::create(b, l, old, v),
+                                    out, {r, i});
+          } else {
+            scf::ForOp::create(
+                b, l, c0, width, c1, ValueRange{},
+                [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
+                  Value a = memref::LoadOp::create(jb, jl, w, {i, j});
+                  Value old = memref::LoadOp::create(jb, jl, out, {r, j});
+                  Value sum = arith::AddFOp::create(
+                      jb, jl, old, arith::MulFOp::create(jb, jl, v, a));
+                  memref::StoreOp::create(jb, jl, sum, out, {r, j});
+                  scf::YieldOp::create(jb, jl);
+                });
+          }
+          scf::YieldOp::create(b, l);
+        });
+    rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
+    return success();
+  }
+};
+
+/// The B·k largest entries of the batch. The threshold key is found by a
+/// binary search over order-preserving 32-bit keys (count(key >= t) >= B·k);
+/// every entry above it and the first ties in row-major order are kept, row
+/// by row, and each row's entries are insertion-sorted by decreasing value.
+struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(BatchTopKOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    CodesType codes = op.getType();
+    Value input = op.getInput();
+    if (!cast<FloatType>(codes.getElementType()).isF32())
+      return rewriter.notifyMatchFailure(op, "keys are defined for f32");
+    Type i32 = rewriter.getI32Type(), i64 = rewriter.getI64Type();
+    auto cIdx = [&](int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(rewriter, loc, v);
+    };
+    auto c64 = [&](OpBuilder &b, Location l, int64_t v) -> Value {
+      return arith::ConstantOp::create(b, l, b.getI64IntegerAttr(v));
+    };
+    Value c0 = cIdx(0), c1 = cIdx(1), cN = cIdx(codes.getNumLatents());
+    Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
+    Value total = arith::MulIOp::create(rewriter, loc, rows, cIdx(codes.getK()));
+    Value in = toBuffer(rewriter, loc, input);
+    Value vals = allocLike(rewriter, loc, codes.getValuesType(), {total});
+    Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), {total});
+    Value rowOf = allocLike(rewriter, loc, codes.getRowsType(), {total});
+
+    // Monotone key in [0, 2^32): NaN maps to 0 and is never kept.
+    auto key = [&](OpBuilder &b, Location l, Value row, Value col) -> Value {
+      Value v = memref::LoadOp::create(b, l, in, {row, col});
+      Value bits = arith::ExtUIOp::create(
+          b, l, i64, arith::BitcastOp::create(b, l, i32, v));
+      Value neg = arith::CmpIOp::create(b, l, arith::CmpIPredicate::uge, bits,
+                                        c64(b, l, 0x80000000ll));
+      Value flipped = arith::SelectOp::create(
+          b, l, neg, arith::XOrIOp::create(b, l, bits, c64(b, l, 0xFFFFFFFFll)),
+          arith::XOrIOp::create(b, l, bits, c64(b, l, 0x80000000ll)));
+      Value isNan = arith::CmpFOp::create(b, l, arith::CmpFPredicate::UNO, v, v);
+      return arith::SelectOp::create(b, l, isNan, c64(b, l, 0), flipped);
+    };
+    // count of keys satisfying pred against t.
+    auto count = [&](OpBuilder &b, Location l, Value t,
+                     arith::CmpIPredicate pred) -> Value {
+      auto outer = scf::ForOp::create(
+          b, l, c0, rows, c1, ValueRange{c64(b, l, 0)},
+          [&](OpBuilder &rb, Location rl, Value row, ValueRange acc) {
+            auto inner = scf::ForOp::create(
+                rb, rl, c0, cN, c1, ValueRange{acc[0]},
+                [&](OpBuilder &jb, Location jl, Value col, ValueRange a2) {
+                  Value hit = arith::CmpIOp::create(jb, jl, pred,
+                                                    key(jb, jl, row, col), t);
+                  Value inc = arith::ExtUIOp::create(jb, jl, i64, hit);
+                  scf::YieldOp::create(
+                      jb, jl, ValueRange{arith::AddIOp::create(jb, jl, a2[0], inc)});
+                });
+            scf::YieldOp::create(rb, rl, inner.getResults());
+          });
+      return outer.getResult(0);
+    };
+    Value want = arith::IndexCastOp::create(rewriter, loc, i64, total);
+    // Largest t in [1, 2^32) with count(key >= t) >= want.
+    auto search = scf::ForOp::create(
+        rewriter, loc, c0, cIdx(33), c1,
+        ValueRange{c64(rewriter, loc, 1), c64(rewriter, loc, 0xFFFFFFFFll)},
+        [&](OpBuilder &b, Location l, Value, ValueRange lohi) {
+          Value sum = arith::AddIOp::create(b, l, lohi[0], lohi[1]);
+          Value mid = arith::ShRUIOp::create(
+              b, l, arith::AddIOp::create(b, l, sum, c64(b, l, 1)), c64(b, l, 1));
+          Value enough = arith::CmpIOp::create(
+              b, l, arith::CmpIPredicate::sge,
+              count(b, l, mid, arith::CmpIPredicate::uge), want);
+          Value open = arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult,
+                                             lohi[0], lohi[1]);
+          Value raise = arith::AndIOp::create(b, l, open, enough);
+          Value lower = arith::AndIOp::create(
+              b, l, open,
+              arith::XOrIOp::create(
+                  b, l, enough,
+                  arith::ConstantOp::create(b, l, b.getBoolAttr(true))));
+          Value lo = arith::SelectOp::create(b, l, raise, mid, lohi[0]);
+          Value hi = arith::SelectOp::create(
+              b, l, lower, arith::SubIOp::create(b, l, mid, c64(b, l, 1)),
+              lohi[1]);
+          scf::YieldOp::create(b, l, ValueRange{lo, hi});
+        });
+    Value t = search.getResult(0);
+    Value ties = arith::SubIOp::create(
+        rewriter, loc, want, count(rewriter, loc, t, arith::CmpIPredicate::ugt));
+
+    // Collect row by row; sort each row's segment by decreasing value.
+    scf::ForOp::create(
+        rewriter, loc, c0, rows, c1, ValueRange{c0, ties},
+        [&](OpBuilder &b, Location l, Value row, ValueRange st) {
+          Value rowI = arith::IndexCastOp::create(b, l, i32, row);
+          auto collect = scf::ForOp::create(
+              b, l, c0, cN, c1, ValueRange{st[0], st[1]},
+              [&](OpBuilder &jb, Location jl, Value col, ValueRange pos) {
+                Value kv = key(jb, jl, row, col);
+                Value above = arith::CmpIOp::create(
+                    jb, jl, arith::CmpIPredicate::ugt, kv, t);
+                Value atT = arith::CmpIOp::create(
+                    jb, jl, arith::CmpIPredicate::eq, kv, t);
+                Value tieLeft = arith::CmpIOp::create(
+                    jb, jl, arith::CmpIPredicate::sgt, pos[1], c64(jb, jl, 0));
+                Value tie = arith::AndIOp::create(jb, jl, atT, tieLeft);
+                Value take = arith::OrIOp::create(jb, jl, above, tie);
+                auto ifOp = scf::IfOp::create(
+                    jb, jl, take,
+                    [&](OpBuilder &tb, Location tl) {
+                      Value v = memref::LoadOp::create(tb, tl, in, {row, col});
+                      memref::StoreOp::create(tb, tl, v, vals, pos[0]);
+                      memref::StoreOp::create(
+                          tb, tl, arith::IndexCastOp::create(tb, tl, i32, col),
+                          idxs, pos[0]);
+                      memref::StoreOp::create(tb, tl, rowI, rowOf, pos[0]);
+                      scf::YieldOp::create(tb, tl);
+                    });
+                (void)ifOp;
+                Value next = arith::SelectOp::create(
+                    jb, jl, take, arith::AddIOp::create(jb, jl, pos[0], c1), pos[0]);
+                Value left = arith::SelectOp::create(
+                    jb, jl, tie, arith::SubIOp::create(jb, jl, pos[1], c64(jb, jl, 1)),
+                    pos[1]);
+                scf::YieldOp::create(jb, jl, ValueRange{next, left});
+              });
+          Value start = st[0], end = collect.getResult(0);
+          // Insertion sort of [start, end) by decreasing value, carrying the
+          // displaced entry up; strict comparison keeps column order on ties.
+          scf::ForOp::create(
+              b, l, start, end, c1, ValueRange{},
+              [&](OpBuilder &ib, Location il, Value i, ValueRange) {
+                Value v0 = memref::LoadOp::create(ib, il, vals, i);
+                Value x0 = memref::LoadOp::create(ib, il, idxs, i);
+                auto carry = scf::ForOp::create(
+                    ib, il, start, i, c1, ValueRange{v0, x0},
+                    [&](OpBuilder &fb, Location fl, Value p, ValueRange cur) {
+                      Value pv = memref::LoadOp::create(fb, fl, vals, p);
+                      Value px = memref::LoadOp::create(fb, fl, idxs, p);
+                      Value swap = arith::CmpFOp::create(
+                          fb, fl, arith::CmpFPredicate::OGT, cur[0], pv);
+                      auto sel = [&](Value a, Value c) -> Value {
+                        return arith::SelectOp::create(fb, fl, swap, a, c);
+                      };
+                      memref::StoreOp::create(fb, fl, sel(cur[0], pv), vals, p);
+                      memref::StoreOp::create(fb, fl, sel(cur[1], px), idxs, p);
+                      scf::YieldOp::create(fb, fl,
+                                           ValueRange{sel(pv, cur[0]), sel(px, cur[1])});
+                    });
+                memref::StoreOp::create(ib, il, carry.getResult(0), vals, i);
+                memref::StoreOp::create(ib, il, carry.getResult(1), idxs, i);
+                scf::YieldOp::create(ib, il);
+              });
+          scf::YieldOp::create(b, l, collect.getResults());
+        });
+    Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
+    Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
+    Value rowsT = asTensor(rewriter, loc, codes.getRowsType(), rowOf);
+    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, rowsT);
+    return success();
+  }
+};
+
 struct ConvertSaeToLinalgPass
     : public sae::impl::ConvertSaeToLinalgBase<ConvertSaeToLinalgPass> {
   void runOnOperation() override {
@@ -1484,6 +1735,8 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns) {
                FillLowering, RandomUniformLowering, MseLowering, FvuLowering,
                TopKLowering, GroupMaxLowering, MatchingPursuitLowering,
                TopAfaLowering, DecodeLowering, DensifyLowering,
+               BatchCodesLowering<DecodeOp>, BatchCodesLowering<DensifyOp>,
+               BatchTopKLowering,
                BiasLowering<BiasMulOp, arith::MulFOp>,
                BiasLowering<BiasDivOp, arith::DivFOp>, StopGradLowering,
                JumpReluLowering, L1Lowering, TanhPenaltyLowering, L0Lowering,

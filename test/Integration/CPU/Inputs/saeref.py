@@ -80,6 +80,32 @@ def splitmix_uniform(seed, stream, count, low, high):
     return (low + u * ((high - low) / 16777216.0)).astype(np.float32)
 
 
+def splitmix_normal(seed, stream, counters):
+    """docs/language.md: Box-Muller over the uniforms at counters 2i, 2i+1."""
+    c = np.asarray(counters, dtype=np.uint64)
+    u1 = splitmix_at(seed, stream, c * np.uint64(2))
+    u2 = splitmix_at(seed, stream, c * np.uint64(2) + np.uint64(1))
+    return np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def splitmix_at(seed, stream, i):
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed & M64) + np.uint64((stream * 0x9E3779B97F4A7C15) & M64) \
+            + i * np.uint64(0xD1B54A32D192ED03)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(40)).astype(np.float64) / 16777216.0
+
+
+def geometric_median(x, iterations=100):
+    y = x.mean(0)
+    for _ in range(iterations):
+        w = 1.0 / np.maximum(np.linalg.norm(x - y, axis=1), 1e-8)
+        y = (w[:, None] * x).sum(0) / w.sum()
+    return y
+
+
 def row_norms(w):
     return np.linalg.norm(w.astype(np.float64), axis=1)
 
@@ -217,11 +243,51 @@ def model_top_afa(p, x, h):
     return dict(codes=z, xhat=xhat, loss=sum(terms.values()), terms=terms)
 
 
+def model_vsae(p, x, h, seed=0):
+    mu = (x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    codes = select_topk(relu(mu), relu(mu), h["k"])  # encoding uses mu
+    B, n = mu.shape
+    eps = splitmix_normal(seed, 0, np.arange(B * n)).reshape(B, n)
+    # The sample is rounded to float32 before it is added, as in the library.
+    f = relu(mu + eps.astype(np.float32))
+    z = select_topk(f, f, h["k"])
+    xhat = z @ p["W_dec"] + p["b_dec"]
+    terms = {"recon": mse(xhat, x), "kl": 0.0001 * 0.5 * (mu ** 2).sum(1).mean()}
+    return dict(codes=codes, xhat=xhat, loss=sum(terms.values()), terms=terms)
+
+
+def select_batch(f, k):
+    """The k*B largest entries of the batch; ties in row-major order."""
+    B, n = f.shape
+    flat = np.argsort(-f.reshape(-1), kind="stable")[: k * B]
+    z = np.zeros_like(f).reshape(-1)
+    z[flat] = f.reshape(-1)[flat]
+    return z.reshape(B, n)
+
+
+def model_batch_topk(p, x, h):
+    f = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    z = select_batch(f, h["k"])
+    xhat = z @ p["W_dec"] + p["b_dec"]
+    codes = f * (f > p["threshold"])  # inference: the per-latent threshold
+    return dict(codes=codes, xhat=xhat, loss=fvu(xhat, x), terms={})
+
+
+def model_mutual_choice(p, x, h):
+    f = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    z = select_batch(f, h["k"])
+    xhat = z @ p["W_dec"] + p["b_dec"]
+    terms = {"recon": mse(xhat, x),
+             "sparsity": 0.001 * (np.abs(z) * row_norms(p["W_dec"])).sum(1).mean()}
+    return dict(codes=z, batch=z, xhat=xhat, loss=sum(terms.values()), terms=terms)
+
+
 MODELS = {"topk": model_topk, "relu": model_relu, "relu_l1": model_relu_l1,
           "jump_relu": model_jump_relu, "gated": model_gated,
           "abs_topk": model_abs_topk, "group_max": model_group_max,
           "grad_topk": model_grad_topk, "matching_pursuit": model_matching_pursuit,
-          "top_afa": model_top_afa}
+          "top_afa": model_top_afa, "vsae": model_vsae,
+          "batch_topk": model_batch_topk, "mutual_choice": model_mutual_choice}
 
 
 def run_model(arch, p, cfg, x, grad=None):
@@ -272,6 +338,12 @@ def check_init(ckpt, seed):
     print("init matches the reference: W_enc %dx%d" % (d, n))
 
 
+def check_init_data(ckpt, xpath, rows):
+    p, cfg = load_ckpt(ckpt)
+    x = np.load(xpath)[: int(rows)].astype(np.float64)
+    close(p["b_dec"], geometric_median(x), "b_dec = geometric_median(data)", rtol=1e-5)
+
+
 def randomize(ckpt, out, xpath, batch, seed, gpath=None):
     p, cfg = load_ckpt(ckpt)
     rng = np.random.default_rng(int(seed))
@@ -301,9 +373,12 @@ def check_encode(arch, ckpt, xpath, zpath, grad=None):
     if not zpath.endswith(".npz"):
         close(np.load(zpath), ref["codes"], "dense codes")
         return
+    z = np.load(zpath)
+    if "rows" in z:
+        check_batch_codes(z, ref["batch"], cfg["k"])
+        return
     sel = ref["select"]
     values, rank, k = sel["values"], sel["rank"], sel["k"]
-    z = np.load(zpath)
     vals, idx = z["values"], z["indices"]
     if vals.shape != (x.shape[0], k) or idx.shape != (x.shape[0], k):
         fail("sparse codes have shapes %s/%s, expected %s" % (vals.shape, idx.shape, (x.shape[0], k)))
@@ -334,6 +409,29 @@ def check_encode(arch, ckpt, xpath, zpath, grad=None):
     print("index agreement with the reference: %.4f" % same)
     if same < 0.999:
         fail("top-k indices differ from the reference beyond ties (%.4f)" % same)
+
+
+def check_batch_codes(z, ref, k):
+    """Batch layout: B*k entries sorted by row, then by decreasing value."""
+    vals, idx, rows = z["values"], z["indices"], z["rows"]
+    B = ref.shape[0]
+    if not (len(vals) == len(idx) == len(rows) == B * k):
+        fail("batch codes hold %d/%d/%d entries, expected %d" % (len(vals), len(idx), len(rows), B * k))
+    if np.any(np.diff(rows) < 0):
+        fail("entries are not sorted by row")
+    for r in range(B):
+        seg = vals[rows == r]
+        if np.any(np.diff(seg) > 0):
+            fail("row %d is not in decreasing order" % r)
+    got = {(int(r), int(i)) for r, i in zip(rows, idx)}
+    want = {(int(r), int(i)) for r, i in zip(*np.nonzero(ref))}
+    agree = len(got & want) / (B * k)
+    print("batch selection agreement with the reference: %.4f" % agree)
+    if agree < 0.999:
+        fail("batch selection differs from the reference beyond ties")
+    close(vals, ref[rows.astype(np.int64), idx.astype(np.int64)], "values at their (row, index)")
+    counts = np.bincount(rows, minlength=B)
+    print("entries per row: min %d, max %d (k = %d)" % (counts.min(), counts.max(), k))
 
 
 def load_codes(path, n):
@@ -377,7 +475,7 @@ def check_forward(arch, ckpt, xpath, xhat, metrics, grad=None):
 
 
 if __name__ == "__main__":
-    cmds = {"check-init": check_init, "randomize": randomize, "check-encode": check_encode,
+    cmds = {"check-init": check_init, "check-init-data": check_init_data, "randomize": randomize, "check-encode": check_encode,
             "check-decode": check_decode, "check-forward": check_forward}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__)

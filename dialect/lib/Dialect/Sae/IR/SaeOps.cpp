@@ -262,6 +262,28 @@ LogicalResult CodesIndicesOp::verify() {
   return success();
 }
 
+LogicalResult CodesRowsOp::verify() {
+  CodesType codes = getCodes().getType();
+  if (!codes.getPerBatch())
+    return emitOpError() << "codes in the per-row layout have no rows";
+  if (getResult().getType() != codes.getRowsType())
+    return emitOpError() << "result must be " << codes.getRowsType();
+  return success();
+}
+
+OpFoldResult CodesRowsOp::fold(FoldAdaptor) {
+  if (auto make = getCodes().getDefiningOp<MakeCodesOp>())
+    return make.getRows();
+  return {};
+}
+
+LogicalResult BatchTopKOp::verify() {
+  if (!getResult().getType().getPerBatch())
+    return emitOpError() << "batch-level selection produces codes in the "
+                            "batch layout";
+  return verifySelection(*this, getInput().getType(), getResult().getType());
+}
+
 OpFoldResult CodesValuesOp::fold(FoldAdaptor) {
   if (auto make = getCodes().getDefiningOp<MakeCodesOp>())
     return make.getValues();
@@ -280,6 +302,12 @@ LogicalResult MakeCodesOp::verify() {
     return emitOpError() << "values must be " << codes.getValuesType();
   if (getIndices().getType() != codes.getIndicesType())
     return emitOpError() << "indices must be " << codes.getIndicesType();
+  if (codes.getPerBatch() != bool(getRows()))
+    return emitOpError() << (codes.getPerBatch()
+                                 ? "batch-layout codes need rows"
+                                 : "per-row codes take no rows");
+  if (getRows() && getRows().getType() != codes.getRowsType())
+    return emitOpError() << "rows must be " << codes.getRowsType();
   return success();
 }
 

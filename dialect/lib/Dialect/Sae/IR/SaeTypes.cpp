@@ -30,7 +30,15 @@ Type CodesType::parse(AsmParser &parser) {
                                 /*withTrailingX=*/true) ||
       parser.parseType(elementType) || parser.parseComma() ||
       parser.parseKeyword("k") || parser.parseEqual() ||
-      parser.parseInteger(k) || parser.parseGreater())
+      parser.parseInteger(k))
+    return {};
+  bool perBatch = false;
+  if (succeeded(parser.parseOptionalComma())) {
+    if (parser.parseKeyword("batch"))
+      return {};
+    perBatch = true;
+  }
+  if (parser.parseGreater())
     return {};
   if (shape.size() != 2) {
     parser.emitError(loc, "expected a [batch x latents] shape in sparse codes");
@@ -38,7 +46,7 @@ Type CodesType::parse(AsmParser &parser) {
   }
   return CodesType::getChecked(
       [&] { return parser.emitError(loc); }, parser.getContext(), shape[0],
-      shape[1], elementType, k);
+      shape[1], elementType, k, perBatch);
 }
 
 void CodesType::print(AsmPrinter &printer) const {
@@ -48,12 +56,15 @@ void CodesType::print(AsmPrinter &printer) const {
   else
     printer << getBatch();
   printer << 'x' << getNumLatents() << 'x' << getElementType()
-          << ", k = " << getK() << '>';
+          << ", k = " << getK();
+  if (getPerBatch())
+    printer << ", batch";
+  printer << '>';
 }
 
 LogicalResult CodesType::verify(function_ref<InFlightDiagnostic()> emitError,
                                 int64_t batch, int64_t numLatents,
-                                Type elementType, int64_t k) {
+                                Type elementType, int64_t k, bool perBatch) {
   if (!ShapedType::isDynamic(batch) && batch < 0)
     return emitError() << "batch size must be non-negative, got " << batch;
   if (numLatents <= 0 || ShapedType::isDynamic(numLatents))
@@ -66,12 +77,25 @@ LogicalResult CodesType::verify(function_ref<InFlightDiagnostic()> emitError,
   return success();
 }
 
+/// [B, k] per row, or [B·k] per batch.
+static SmallVector<int64_t, 2> storageShape(const CodesType &t) {
+  if (!t.getPerBatch())
+    return {t.getBatch(), t.getK()};
+  return {ShapedType::isDynamic(t.getBatch()) ? ShapedType::kDynamic
+                                               : t.getBatch() * t.getK()};
+}
+
 RankedTensorType CodesType::getValuesType() const {
-  return RankedTensorType::get({getBatch(), getK()}, getElementType());
+  return RankedTensorType::get(storageShape(*this), getElementType());
 }
 
 RankedTensorType CodesType::getIndicesType() const {
-  return RankedTensorType::get({getBatch(), getK()},
+  return RankedTensorType::get(storageShape(*this),
+                               IntegerType::get(getContext(), 32));
+}
+
+RankedTensorType CodesType::getRowsType() const {
+  return RankedTensorType::get(storageShape(*this),
                                IntegerType::get(getContext(), 32));
 }
 

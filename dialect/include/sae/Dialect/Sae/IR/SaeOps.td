@@ -278,6 +278,28 @@ def Sae_TopKOp : Sae_Op<"topk"> {
   let hasVerifier = 1;
 }
 
+def Sae_BatchTopKOp : Sae_Op<"batch_topk"> {
+  let summary = "keep the B·k largest entries of the whole batch";
+  let description = [{
+    Selects the `B·k` largest entries of `input : [B, n]` over the whole
+    batch (BatchTopK, Bussmann et al. 2024; Mutual Choice, Ayonrinde 2024),
+    so rows keep a variable number of latents averaging k. Ties at the
+    threshold are taken in row-major order; NaN is never selected. The
+    result is batch-layout codes: `B·k` (value, index, row) entries sorted by
+    row, then by decreasing value. Decoding gathers one decoder row per
+    entry (work B·k·d). Gradients (training) flow through the kept entries.
+
+    Example:
+    ```mlir
+    %z = sae.batch_topk %f : tensor<?x16384xf32> -> !sae.codes<?x16384xf32, k = 32, batch>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input);
+  let results = (outs Sae_CodesType:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
 def Sae_GroupMaxOp : Sae_Op<"group_max"> {
   let summary = "the largest entry of each of k contiguous groups of latents";
   let description = [{
@@ -396,7 +418,7 @@ def Sae_CodesValuesOp : Sae_Op<"codes_values"> {
     ```
   }];
   let arguments = (ins Sae_CodesType:$codes);
-  let results = (outs Sae_Matrix:$result);
+  let results = (outs RankedTensorOf<[AnyFloat]>:$result);
   let assemblyFormat = "$codes attr-dict `:` type($codes) `->` type($result)";
   let hasVerifier = 1;
   let hasFolder = 1;
@@ -413,7 +435,25 @@ def Sae_CodesIndicesOp : Sae_Op<"codes_indices"> {
     ```
   }];
   let arguments = (ins Sae_CodesType:$codes);
-  let results = (outs 2DTensorOf<[I32]>:$result);
+  let results = (outs RankedTensorOf<[I32]>:$result);
+  let assemblyFormat = "$codes attr-dict `:` type($codes) `->` type($result)";
+  let hasVerifier = 1;
+  let hasFolder = 1;
+}
+
+def Sae_CodesRowsOp : Sae_Op<"codes_rows"> {
+  let summary = "the [B·k] row numbers of batch-layout sparse codes";
+  let description = [{
+    Returns the row (in `[0, B)`) of every stored entry of codes in the
+    `batch` layout; entries are sorted by row.
+
+    Example:
+    ```mlir
+    %r = sae.codes_rows %z : !sae.codes<?x16384xf32, k = 32, batch> -> tensor<?xi32>
+    ```
+  }];
+  let arguments = (ins Sae_CodesType:$codes);
+  let results = (outs RankedTensorOf<[I32]>:$result);
   let assemblyFormat = "$codes attr-dict `:` type($codes) `->` type($result)";
   let hasVerifier = 1;
   let hasFolder = 1;
@@ -430,10 +470,12 @@ def Sae_MakeCodesOp : Sae_Op<"make_codes"> {
     %z = sae.make_codes %v, %i : tensor<?x32xf32>, tensor<?x32xi32> -> !sae.codes<?x16384xf32, k = 32>
     ```
   }];
-  let arguments = (ins Sae_Matrix:$values, 2DTensorOf<[I32]>:$indices);
+  let arguments = (ins RankedTensorOf<[AnyFloat]>:$values,
+                       RankedTensorOf<[I32]>:$indices,
+                       Optional<RankedTensorOf<[I32]>>:$rows);
   let results = (outs Sae_CodesType:$result);
   let assemblyFormat = [{
-    $values `,` $indices attr-dict `:` type($values) `,` type($indices) `->` type($result)
+    $values `,` $indices (`,` $rows^)? attr-dict `:` type($values) `,` type($indices) (`,` type($rows)^)? `->` type($result)
   }];
   let hasVerifier = 1;
 }
