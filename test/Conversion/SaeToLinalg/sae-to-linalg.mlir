@@ -219,3 +219,27 @@ func.func @unary(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
   %h = sae.step %e : tensor<?x8xf32>
   return %h : tensor<?x8xf32>
 }
+
+// -----
+
+// Tests that batch-level selection searches a threshold key with counting
+// passes, then collects B*k entries row by row, and that decoding batch
+// codes scatters each entry's decoder row into its own row.
+// CHECK-LABEL: func.func @batch_topk
+// CHECK: %[[VALS:.*]] = memref.alloc(%{{.*}}) : memref<?xf32>
+// CHECK: memref.alloc(%{{.*}}) : memref<?xi32>
+// CHECK: %[[ROWS:.*]] = memref.alloc(%{{.*}}) : memref<?xi32>
+// CHECK: scf.for
+// CHECK: arith.bitcast %{{.*}} : f32 to i32
+// CHECK: bufferization.to_tensor %[[VALS]] restrict writable
+// CHECK: bufferization.to_tensor %[[ROWS]] restrict writable
+// CHECK: %[[OUT:.*]] = memref.alloc(%{{.*}}) : memref<?x16xf32>
+// CHECK: scf.for %[[E:.*]] =
+// CHECK:   %[[R:.*]] = arith.index_cast %{{.*}} : i32 to index
+// CHECK:   scf.for %[[J:.*]] =
+// CHECK:     memref.store %{{.*}}, %[[OUT]][%[[R]], %[[J]]]
+func.func @batch_topk(%x: tensor<?x64xf32>, %w: tensor<64x16xf32>) -> tensor<?x16xf32> {
+  %z = sae.batch_topk %x : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4, batch>
+  %d = sae.decode %z, %w : !sae.codes<?x64xf32, k = 4, batch>, tensor<64x16xf32> -> tensor<?x16xf32>
+  return %d : tensor<?x16xf32>
+}

@@ -174,3 +174,75 @@ func.func @l1_decoder(%z: !sae.codes<?x64xf32, k = 4>, %w: tensor<32x16xf32>) {
   %0 = sae.l1 %z, %w : !sae.codes<?x64xf32, k = 4>, tensor<32x16xf32> -> f32
   return
 }
+
+// -----
+
+// Tests that group_max needs groups of equal size.
+func.func @group_max(%x: tensor<?x64xf32>) {
+  // expected-error@+1 {{'sae.group_max' op k = 5 does not divide the 64 latents into equal groups}}
+  %0 = sae.group_max %x : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 5>
+  return
+}
+
+// -----
+
+// Tests that batch-level selection produces batch-layout codes.
+func.func @batch_topk(%x: tensor<?x64xf32>) {
+  // expected-error@+1 {{'sae.batch_topk' op batch-level selection produces codes in the batch layout}}
+  %0 = sae.batch_topk %x : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  return
+}
+
+// -----
+
+// Tests that batch-layout codes carry rows and per-row codes do not.
+func.func @make_batch_codes(%v: tensor<?xf32>, %i: tensor<?xi32>) {
+  // expected-error@+1 {{'sae.make_codes' op batch-layout codes need rows}}
+  %0 = sae.make_codes %v, %i : tensor<?xf32>, tensor<?xi32> -> !sae.codes<?x64xf32, k = 4, batch>
+  return
+}
+
+// -----
+
+// Tests that per-row codes have no rows.
+func.func @rows_of_row_codes(%z: !sae.codes<?x64xf32, k = 4>) {
+  // expected-error@+1 {{'sae.codes_rows' op codes in the per-row layout have no rows}}
+  %0 = sae.codes_rows %z : !sae.codes<?x64xf32, k = 4> -> tensor<?xi32>
+  return
+}
+
+// -----
+
+// Tests that matching pursuit's atoms have the residual's width.
+func.func @mp_width(%r: tensor<?x8xf32>, %w: tensor<64x16xf32>) {
+  // expected-error@+1 {{'sae.matching_pursuit' op atoms of width 16 do not match rows of width 8}}
+  %0 = sae.matching_pursuit %r, %w : tensor<?x8xf32>, tensor<64x16xf32> -> !sae.codes<?x64xf32, k = 4>
+  return
+}
+
+// -----
+
+// Tests that top_afa's target has the decoder's width.
+func.func @top_afa(%x: tensor<?x64xf32>, %w: tensor<64x16xf32>, %t: tensor<?x8xf32>) {
+  // expected-error@+1 {{'sae.top_afa' op target rows of width 8 do not match the decoder's 16}}
+  %0 = sae.top_afa %x, %w, %t : tensor<?x64xf32>, tensor<64x16xf32>, tensor<?x8xf32> -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+// Tests that a column mean has one entry per column.
+func.func @column_mean(%x: tensor<?x16xf32>) {
+  // expected-error@+1 {{'sae.column_mean' op result of size 8 does not match rows of width 16}}
+  %0 = sae.column_mean %x : tensor<?x16xf32> -> tensor<8xf32>
+  return
+}
+
+// -----
+
+// Tests that a normal initialiser has a non-negative std.
+func.func @normal(%s: i64) {
+  // expected-error@+1 {{'sae.random_normal' op std must be non-negative, got -1}}
+  %0 = sae.random_normal %s {mean = 0.0 : f64, std = -1.0 : f64, stream = 0 : i64} : tensor<4xf32>
+  return
+}

@@ -94,3 +94,42 @@ func.func @catalog_ops(%x: tensor<?x64xf32>, %t: tensor<64xf32>, %w: tensor<64x1
   %kl = sae.kl_std_normal %x : tensor<?x64xf32> -> f32
   return %l1, %l1d, %tp, %l0, %kl, %bm : f32, f32, f32, f32, f32, tensor<16x64xf32>
 }
+
+// CHECK-LABEL: func.func @selections
+func.func @selections(%x: tensor<?x64xf32>, %r: tensor<?x16xf32>, %w: tensor<64x16xf32>, %s: i64) -> (!sae.codes<?x64xf32, k = 4>, !sae.codes<?x64xf32, k = 4>, !sae.codes<?x64xf32, k = 4>, !sae.codes<?x64xf32, k = 4, batch>, tensor<?x64xf32>, tensor<?x64xf32>, !sae.codes<?x64xf32, k = 4>) {
+  // CHECK: sae.topk %{{.*}} {by_magnitude} : tensor<?x64xf32> -> <?x64xf32, k = 4>
+  %a = sae.topk %x {by_magnitude} : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  // CHECK: sae.topk %{{.*}} score %{{.*}} : tensor<?x64xf32>, tensor<?x64xf32> -> <?x64xf32, k = 4>
+  %g = sae.topk %x score %x : tensor<?x64xf32>, tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  // CHECK: sae.group_max %{{.*}} : tensor<?x64xf32> -> <?x64xf32, k = 4>
+  %m = sae.group_max %x : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  // CHECK: sae.batch_topk %{{.*}} : tensor<?x64xf32> -> <?x64xf32, k = 4, batch>
+  %b = sae.batch_topk %x : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4, batch>
+  // CHECK: sae.top_afa %{{.*}}, %{{.*}}, %{{.*}} : tensor<?x64xf32>, tensor<64x16xf32>, tensor<?x16xf32> -> tensor<?x64xf32>
+  %t = sae.top_afa %x, %w, %r : tensor<?x64xf32>, tensor<64x16xf32>, tensor<?x16xf32> -> tensor<?x64xf32>
+  // CHECK: sae.gaussian_noise %{{.*}}, %{{.*}} {stream = 0 : i64} : tensor<?x64xf32>
+  %n = sae.gaussian_noise %x, %s {stream = 0 : i64} : tensor<?x64xf32>
+  // CHECK: sae.matching_pursuit %{{.*}}, %{{.*}} {nonneg} : tensor<?x16xf32>, tensor<64x16xf32> -> <?x64xf32, k = 4>
+  %p = sae.matching_pursuit %r, %w {nonneg} : tensor<?x16xf32>, tensor<64x16xf32> -> !sae.codes<?x64xf32, k = 4>
+  return %a, %g, %m, %b, %t, %n, %p : !sae.codes<?x64xf32, k = 4>, !sae.codes<?x64xf32, k = 4>, !sae.codes<?x64xf32, k = 4>, !sae.codes<?x64xf32, k = 4, batch>, tensor<?x64xf32>, tensor<?x64xf32>, !sae.codes<?x64xf32, k = 4>
+}
+
+// CHECK-LABEL: func.func @batch_codes
+func.func @batch_codes(%v: tensor<?xf32>, %i: tensor<?xi32>, %r: tensor<?xi32>) -> tensor<?xi32> {
+  // CHECK: sae.make_codes %{{.*}}, %{{.*}}, %{{.*}} : tensor<?xf32>, tensor<?xi32>, tensor<?xi32> -> <?x64xf32, k = 4, batch>
+  %z = sae.make_codes %v, %i, %r : tensor<?xf32>, tensor<?xi32>, tensor<?xi32> -> !sae.codes<?x64xf32, k = 4, batch>
+  // CHECK: sae.codes_rows %{{.*}} : <?x64xf32, k = 4, batch> -> tensor<?xi32>
+  %rows = sae.codes_rows %z : !sae.codes<?x64xf32, k = 4, batch> -> tensor<?xi32>
+  return %rows : tensor<?xi32>
+}
+
+// CHECK-LABEL: func.func @data_initialisers
+func.func @data_initialisers(%x: tensor<?x16xf32>, %s: i64) -> (tensor<16xf32>, tensor<16xf32>, tensor<4x16xf32>) {
+  // CHECK: sae.column_mean %{{.*}} : tensor<?x16xf32> -> tensor<16xf32>
+  %m = sae.column_mean %x : tensor<?x16xf32> -> tensor<16xf32>
+  // CHECK: sae.geometric_median %{{.*}} {iterations = 10 : i64} : tensor<?x16xf32> -> tensor<16xf32>
+  %g = sae.geometric_median %x {iterations = 10 : i64} : tensor<?x16xf32> -> tensor<16xf32>
+  // CHECK: sae.random_normal %{{.*}} {mean = 0.000000e+00 : f64, std = 2.000000e-02 : f64, stream = 1 : i64} : tensor<4x16xf32>
+  %n = sae.random_normal %s {mean = 0.0 : f64, std = 0.02 : f64, stream = 1 : i64} : tensor<4x16xf32>
+  return %m, %g, %n : tensor<16xf32>, tensor<16xf32>, tensor<4x16xf32>
+}
