@@ -232,7 +232,6 @@ func.func @unary(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
 // CHECK: scf.for
 // CHECK: arith.bitcast %{{.*}} : f32 to i32
 // CHECK: bufferization.to_tensor %[[VALS]] restrict writable
-// CHECK: bufferization.to_tensor %[[ROWS]] restrict writable
 // CHECK: %[[OUT:.*]] = memref.alloc(%{{.*}}) : memref<?x16xf32>
 // CHECK: scf.for %[[E:.*]] =
 // CHECK:   %[[R:.*]] = arith.index_cast %{{.*}} : i32 to index
