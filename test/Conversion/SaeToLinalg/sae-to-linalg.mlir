@@ -234,8 +234,10 @@ func.func @unary(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
 // CHECK: bufferization.to_tensor %[[VALS]] restrict writable
 // CHECK: %[[OUT:.*]] = memref.alloc(%{{.*}}) : memref<?x16xf32>
 // CHECK: scf.for %[[E:.*]] =
+// CHECK:   %[[I:.*]] = arith.index_cast %{{.*}} : i32 to index
 // CHECK:   %[[R:.*]] = arith.index_cast %{{.*}} : i32 to index
 // CHECK:   scf.for %[[J:.*]] =
+// CHECK:     memref.load %{{.*}}[%[[I]], %[[J]]] : memref<64x16xf32>
 // CHECK:     memref.store %{{.*}}, %[[OUT]][%[[R]], %[[J]]]
 func.func @batch_topk(%x: tensor<?x64xf32>, %w: tensor<64x16xf32>) -> tensor<?x16xf32> {
   %z = sae.batch_topk %x : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4, batch>
