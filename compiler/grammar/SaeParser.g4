@@ -35,6 +35,7 @@ expr
   | callee=IDENT LPAREN (arg (COMMA arg)*)? RPAREN            # callExpr
   | IDENT                                                     # nameExpr
   | (INT | FLOAT)                                             # numberExpr
+  | LBRACK (expr (COMMA expr)*)? RBRACK                       # listExpr
   | LPAREN expr RPAREN                                        # parenExpr
   ;
 

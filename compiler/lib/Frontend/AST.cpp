@@ -35,6 +35,13 @@ void dumpExpr(const ExprAST &e, unsigned indent, llvm::raw_ostream &os) {
     dumpExpr(b->getLHS(), indent + 2, os);
     dumpExpr(b->getRHS(), indent + 2, os);
     return;
+  } else if (auto *list = llvm::dyn_cast<ListExprAST>(&e)) {
+    os << "List";
+    printRange(e.getRange(), os);
+    os << "\n";
+    for (const ExprPtr &el : list->getElements())
+      dumpExpr(*el, indent + 2, os);
+    return;
   } else if (auto *c = llvm::dyn_cast<CallExprAST>(&e)) {
     os << "Call '" << c->getCallee() << "'";
     printRange(e.getRange(), os);

@@ -183,6 +183,12 @@ private:
       double v = std::strtod(text.c_str(), nullptr);
       return std::make_unique<NumberExprAST>(r, v, isInt);
     }
+    if (auto *list = dynamic_cast<SaeParser::ListExprContext *>(expr)) {
+      std::vector<ExprPtr> elements;
+      for (SaeParser::ExprContext *e : list->expr())
+        elements.push_back(buildExpr(e));
+      return std::make_unique<ListExprAST>(r, std::move(elements));
+    }
     auto *paren = dynamic_cast<SaeParser::ParenExprContext *>(expr);
     return buildExpr(paren->expr());
   }

@@ -54,7 +54,7 @@ std::string formatNumber(double v) {
   return s;
 }
 
-enum class ArgKind { Tensor, Int, Float };
+enum class ArgKind { Tensor, Int, Float, IntList };
 
 struct ArgSpec {
   llvm::StringRef name;
@@ -73,7 +73,8 @@ struct BuiltinSig {
 };
 
 const std::vector<BuiltinSig> &builtins() {
-  const ArgKind T = ArgKind::Tensor, I = ArgKind::Int, F = ArgKind::Float;
+  const ArgKind T = ArgKind::Tensor, I = ArgKind::Int, F = ArgKind::Float,
+                L = ArgKind::IntList;
   static const std::vector<BuiltinSig> sigs = {
       {"relu", {{"x", T}}, false},
       {"abs", {{"x", T}}, false},
@@ -100,6 +101,9 @@ const std::vector<BuiltinSig> &builtins() {
        false},
       {"top_afa", {{"x", T}, {"decoder", T}, {"target", T}}, false},
       {"afa", {{"codes", T}, {"x", T}}, false},
+      {"matryoshka",
+       {{"codes", T}, {"decoder", T}, {"bias", T}, {"x", T}, {"widths", L}},
+       false},
       {"kl_std_normal", {{"mu", T}}, false},
       {"transpose", {{"w", T}}, false},
       {"normalize_rows", {{"w", T}}, false},
@@ -490,6 +494,31 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
         ok = false;
       continue;
     }
+    if (spec.kind == ArgKind::IntList) {
+      auto *list = llvm::dyn_cast<ListExprAST>(&value);
+      std::vector<int64_t> items;
+      bool good = list != nullptr;
+      if (list)
+        for (const ExprPtr &el : list->getElements()) {
+          std::optional<double> c = evalConst(*el);
+          if (!c || *c != std::floor(*c) || std::isinf(*c)) {
+            good = false;
+            break;
+          }
+          items.push_back(int64_t(*c));
+        }
+      if (!good || items.empty()) {
+        error(bound[i]->loc) << "argument '" << spec.name << "' of '" << name
+                             << "' must be a non-empty list of integer "
+                                "constants, e.g. [1024, 4096]";
+        ok = false;
+        types.push_back({});
+        continue;
+      }
+      m.listArgs[{&e, unsigned(i)}] = items;
+      types.push_back(ValueType::scalar());
+      continue;
+    }
     std::optional<double> c = evalConst(value);
     bool wantInt = spec.kind == ArgKind::Int;
     if (!c || (wantInt && (*c != std::floor(*c) || std::isinf(*c)))) {
@@ -630,6 +659,43 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     }
     return ValueType::scalar();
   }
+  if (name == "matryoshka") {
+    if (!needCodes(0) || !needDecoder(1, 0) || !needDense(3, true))
+      return {};
+    if (types[0].perBatch) {
+      error(bound[0]->loc) << "'matryoshka' needs per-row or dense codes";
+      return {};
+    }
+    int64_t n = types[0].shape[0], d = types[1].shape[1];
+    const ValueType &bias = types[2];
+    if (bias.kind != ValueType::Tensor || bias.batched ||
+        bias.shape != std::vector<int64_t>{d}) {
+      error(bound[2]->loc) << "'matryoshka' expects a bias vector [" << d
+                           << "], got " << bias.str();
+      return {};
+    }
+    if (types[3].shape != std::vector<int64_t>{d}) {
+      error(bound[3]->loc) << "'matryoshka' expects input rows [" << d
+                           << "], got " << types[3].str();
+      return {};
+    }
+    const std::vector<int64_t> &widths = m.listArgs[{&e, 4u}];
+    for (size_t w = 0; w < widths.size(); ++w) {
+      if (widths[w] < 1 || widths[w] > n) {
+        error(bound[4]->loc) << "width " << widths[w]
+                             << " is out of range: 'matryoshka' needs widths "
+                                "in [1, "
+                             << n << "]";
+        return {};
+      }
+      if (w > 0 && widths[w] <= widths[w - 1]) {
+        error(bound[4]->loc) << "widths of 'matryoshka' must increase: "
+                             << widths[w] << " follows " << widths[w - 1];
+        return {};
+      }
+    }
+    return ValueType::scalar();
+  }
   if (name == "kl_std_normal")
     return needDense(0, true) ? ValueType::scalar() : ValueType();
   if (name == "topk" || name == "abs_topk" || name == "group_max" ||
@@ -745,6 +811,10 @@ ValueType Sema::check(const ExprAST &e, const Scope &scope, bool &usesInput) {
     return checkBinary(llvm::cast<BinaryExprAST>(e), scope, usesInput);
   case ExprAST::Call:
     return checkCall(llvm::cast<CallExprAST>(e), scope, usesInput);
+  case ExprAST::List:
+    error(e.getLoc()) << "a list is only allowed as a constant argument, "
+                         "e.g. widths = [1024, 4096]";
+    return {};
   }
   return {};
 }

@@ -39,6 +39,11 @@ std::string exprText(const ExprAST &e) {
   } else if (auto *b = llvm::dyn_cast<BinaryExprAST>(&e)) {
     os << "(" << exprText(b->getLHS()) << " " << b->getOp() << " "
        << exprText(b->getRHS()) << ")";
+  } else if (auto *list = llvm::dyn_cast<ListExprAST>(&e)) {
+    os << "[";
+    for (size_t i = 0; i < list->getElements().size(); ++i)
+      os << (i ? ", " : "") << exprText(*list->getElements()[i]);
+    os << "]";
   } else if (auto *c = llvm::dyn_cast<CallExprAST>(&e)) {
     os << c->getCallee() << "(";
     for (size_t i = 0; i < c->getArgs().size(); ++i) {
@@ -196,8 +201,10 @@ Value MLIRGenImpl::gen(const ExprAST &e, Env &env) {
     return genBinary(llvm::cast<BinaryExprAST>(e), env);
   case ExprAST::Call:
     return genCall(llvm::cast<CallExprAST>(e), env);
+  case ExprAST::List:
+    break;
   }
-  llvm_unreachable("unknown expression kind");
+  llvm_unreachable("Sema admits lists only as constant arguments");
 }
 
 Value MLIRGenImpl::genBinary(const BinaryExprAST &e, Env &env) {
@@ -334,6 +341,13 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
   if (name == "afa")
     return saedl::AfaOp::create(builder, l, f32(), gen(*args[0], env),
                                 gen(*args[1], env));
+  if (name == "matryoshka") {
+    auto it = model.listArgs.find({&e, 4u});
+    return saedl::MatryoshkaOp::create(
+        builder, l, f32(), gen(*args[0], env), gen(*args[1], env),
+        gen(*args[2], env), gen(*args[3], env),
+        builder.getDenseI64ArrayAttr(it->second));
+  }
   if (name == "kl_std_normal")
     return saedl::KlStdNormalOp::create(builder, l, f32(), gen(*args[0], env));
   if (name == "batch_topk" || name == "mutual_choice") {

@@ -38,7 +38,7 @@ struct SourceRange {
 
 class ExprAST {
 public:
-  enum ExprKind { Number, Name, Unary, Binary, Call };
+  enum ExprKind { Number, Name, Unary, Binary, Call, List };
   ExprAST(ExprKind kind, SourceRange range) : kind(kind), range(range) {}
   virtual ~ExprAST() = default;
   ExprKind getKind() const { return kind; }
@@ -130,6 +130,18 @@ public:
 private:
   std::string callee;
   std::vector<ArgAST> args;
+};
+
+/// `[a, b, ...]`: a list of constants (e.g. matryoshka widths).
+class ListExprAST : public ExprAST {
+public:
+  ListExprAST(SourceRange r, std::vector<ExprPtr> elements)
+      : ExprAST(List, r), elements(std::move(elements)) {}
+  const std::vector<ExprPtr> &getElements() const { return elements; }
+  static bool classof(const ExprAST *e) { return e->getKind() == List; }
+
+private:
+  std::vector<ExprPtr> elements;
 };
 
 //===----------------------------------------------------------------------===//

@@ -82,6 +82,9 @@ struct CheckedModel {
   /// Arguments of every call, in the order of the callee's signature (null
   /// for an optional argument left out).
   llvm::DenseMap<const CallExprAST *, std::vector<const ExprAST *>> boundArgs;
+  /// Per call and argument position: integer list arguments.
+  std::map<std::pair<const CallExprAST *, unsigned>, std::vector<int64_t>>
+      listArgs;
   /// Per call and argument position: the value of integer and numeric
   /// constant arguments (or their defaults).
   llvm::DenseMap<const CallExprAST *, std::vector<double>> callConstants;

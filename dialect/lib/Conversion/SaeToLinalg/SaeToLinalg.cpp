@@ -1464,6 +1464,65 @@ struct KlStdNormalLowering : OpRewritePattern<KlStdNormalOp> {
   }
 };
 
+/// For each width w: decode the entries below w (masked generic over
+/// (row, entry, column)), add the bias, accumulate the squared error.
+struct MatryoshkaLowering : OpRewritePattern<MatryoshkaOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(MatryoshkaOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    MLIRContext *ctx = op.getContext();
+    Value values = op.getCodes(), indices;
+    if (isa<CodesType>(values.getType()) &&
+        failed(getCodeParts(op.getCodes(), values, indices)))
+      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+    Value w = op.getDecoder(), target = op.getTarget();
+    auto outType = cast<RankedTensorType>(target.getType());
+    Type elt = outType.getElementType();
+    AffineExpr b, t, j;
+    bindDims(ctx, b, t, j);
+    SmallVector<Value> ins = {values};
+    SmallVector<AffineMap> maps = {AffineMap::get(3, 0, {b, t}, ctx)};
+    if (indices) {
+      ins.push_back(indices);
+      maps.push_back(AffineMap::get(3, 0, {b, t}, ctx));
+    }
+    maps.push_back(AffineMap::get(3, 0, {b, j}, ctx));
+    Value total;
+    for (int64_t width : op.getWidths()) {
+      Value init = filledTensor(rewriter, loc, outType, target, 0.0);
+      Value dec = buildGeneric(
+          rewriter, loc, ins, init, maps,
+          {utils::IteratorType::parallel, utils::IteratorType::reduction,
+           utils::IteratorType::parallel},
+          [&](OpBuilder &nb, Location l, ValueRange a) {
+            Value latent =
+                indices ? arith::IndexCastOp::create(nb, l, nb.getIndexType(), a[1])
+                              .getResult()
+                        : linalg::IndexOp::create(nb, l, 1).getResult();
+            Value col = linalg::IndexOp::create(nb, l, 2);
+            Value inPrefix = arith::CmpIOp::create(
+                nb, l, arith::CmpIPredicate::slt, latent,
+                arith::ConstantIndexOp::create(nb, l, width));
+            Value v = arith::SelectOp::create(nb, l, inPrefix, a[0],
+                                              floatConst(nb, l, elt, 0.0));
+            Value wv = tensor::ExtractOp::create(nb, l, w, ValueRange{latent, col});
+            Value acc = a.back();
+            return arith::AddFOp::create(nb, l, acc,
+                                         arith::MulFOp::create(nb, l, v, wv))
+                .getResult();
+          });
+      Value withBias = BiasAddOp::create(rewriter, loc, outType, dec, op.getBias());
+      // Each prefix's error is accumulated in f64 by sae.mse's lowering.
+      Value err = MseOp::create(rewriter, loc, op.getType(), withBias, target);
+      total = total ? arith::AddFOp::create(rewriter, loc, total, err).getResult()
+                    : err;
+    }
+    rewriter.replaceOp(op, total);
+    return success();
+  }
+};
+
 //===----------------------------------------------------------------------===//
 // Batch-layout codes
 //===----------------------------------------------------------------------===//
@@ -1736,7 +1795,7 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns) {
                TopKLowering, GroupMaxLowering, MatchingPursuitLowering,
                TopAfaLowering, DecodeLowering, DensifyLowering,
                BatchCodesLowering<DecodeOp>, BatchCodesLowering<DensifyOp>,
-               BatchTopKLowering,
+               BatchTopKLowering, MatryoshkaLowering,
                BiasLowering<BiasMulOp, arith::MulFOp>,
                BiasLowering<BiasDivOp, arith::DivFOp>, StopGradLowering,
                JumpReluLowering, L1Lowering, TanhPenaltyLowering, L0Lowering,

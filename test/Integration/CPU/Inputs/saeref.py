@@ -282,12 +282,22 @@ def model_mutual_choice(p, x, h):
     return dict(codes=z, batch=z, xhat=xhat, loss=sum(terms.values()), terms=terms)
 
 
+def model_matryoshka(p, x, h):
+    f = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    ref = sparse_model(p, x, f, f, h["k"])
+    z, n = ref["codes"], f.shape[1]
+    ref["loss"] = sum(mse(z[:, :w] @ p["W_dec"][:w] + p["b_dec"], x)
+                      for w in (n // 16, n // 4, n))
+    return ref
+
+
 MODELS = {"topk": model_topk, "relu": model_relu, "relu_l1": model_relu_l1,
           "jump_relu": model_jump_relu, "gated": model_gated,
           "abs_topk": model_abs_topk, "group_max": model_group_max,
           "grad_topk": model_grad_topk, "matching_pursuit": model_matching_pursuit,
           "top_afa": model_top_afa, "vsae": model_vsae,
-          "batch_topk": model_batch_topk, "mutual_choice": model_mutual_choice}
+          "batch_topk": model_batch_topk, "mutual_choice": model_mutual_choice,
+          "matryoshka": model_matryoshka}
 
 
 def run_model(arch, p, cfg, x, grad=None):

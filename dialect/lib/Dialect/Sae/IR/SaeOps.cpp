@@ -144,6 +144,27 @@ LogicalResult AfaOp::verify() {
   return verifySameElementType(*this, elt, getResult().getType());
 }
 
+LogicalResult MatryoshkaOp::verify() {
+  int64_t batch, latents;
+  Type elt;
+  codesShape(getCodes().getType(), batch, latents, elt);
+  if (auto codes = dyn_cast<CodesType>(getCodes().getType()))
+    if (codes.getPerBatch())
+      return emitOpError() << "needs per-row or dense codes";
+  ArrayRef<int64_t> widths = getWidths();
+  if (widths.empty())
+    return emitOpError() << "needs at least one width";
+  for (size_t i = 0; i < widths.size(); ++i) {
+    if (widths[i] < 1 || widths[i] > latents)
+      return emitOpError() << "width " << widths[i] << " is not in [1, "
+                           << latents << "]";
+    if (i > 0 && widths[i] <= widths[i - 1])
+      return emitOpError() << "widths must increase";
+  }
+  return verifyCodesLoss(*this, getCodes().getType(), getDecoder(),
+                         getResult().getType());
+}
+
 LogicalResult ScaleOp::verify() {
   return verifySameElementType(*this, getInput().getType().getElementType(),
                                getScale().getType());

@@ -603,6 +603,31 @@ def Sae_AfaOp : Sae_Op<"afa"> {
   let hasVerifier = 1;
 }
 
+def Sae_MatryoshkaOp : Sae_Op<"matryoshka"> {
+  let summary = "reconstruction losses of nested prefixes of the latents";
+  let description = [{
+    Matryoshka SAEs (Bussmann et al. 2025; Nabeshima 2024):
+    `Σ_w mean_b ‖f[b, :w] · decoder[:w] + bias − target[b]‖²` over the
+    increasing `widths`, so that every prefix of the dictionary is a usable
+    SAE on its own. Per-row sparse codes decode each prefix by gathering
+    only their entries below w (work B·k·d per width); dense codes mask the
+    latents at or above w. Accumulated in f64.
+
+    Example:
+    ```mlir
+    %l = sae.matryoshka %z, %W_dec, %b_dec, %x {widths = array<i64: 1024, 4096, 16384>} : !sae.codes<?x16384xf32, k = 32>, tensor<16384x768xf32>, tensor<768xf32>, tensor<?x768xf32> -> f32
+    ```
+  }];
+  let arguments = (ins Sae_CodesOrDense:$codes, Sae_Matrix:$decoder,
+                       Sae_Vector:$bias, Sae_Matrix:$target,
+                       DenseI64ArrayAttr:$widths);
+  let results = (outs AnyFloat:$result);
+  let assemblyFormat = [{
+    $codes `,` $decoder `,` $bias `,` $target attr-dict `:` type($codes) `,` type($decoder) `,` type($bias) `,` type($target) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
 def Sae_KlStdNormalOp : Sae_Op<"kl_std_normal"> {
   let summary = "KL divergence of N(μ, 1) from N(0, 1), mean over rows";
   let description = [{
