@@ -5,6 +5,7 @@ SAE    : 'sae';
 DIMS   : 'dims';
 INPUT  : 'input';
 PARAM  : 'param';
+STATE  : 'state';
 LET    : 'let';
 ENCODE : 'encode';
 DECODE : 'decode';

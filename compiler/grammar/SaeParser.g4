@@ -11,7 +11,7 @@ model : SAE name=IDENT LBRACE stmt* RBRACE ;
 stmt
   : DIMS dimDef (COMMA dimDef)* SEMI                          # dimsStmt
   | INPUT name=IDENT COLON shape SEMI                         # inputStmt
-  | PARAM name=IDENT COLON shape (ASSIGN init=expr)? SEMI     # paramStmt
+  | kind=(PARAM | STATE) name=IDENT COLON shape (ASSIGN init=expr)? SEMI # paramStmt
   | LET name=IDENT ASSIGN expr SEMI                           # letStmt
   | ENCODE name=IDENT ASSIGN expr SEMI                        # encodeStmt
   | DECODE name=IDENT ASSIGN expr SEMI                        # decodeStmt

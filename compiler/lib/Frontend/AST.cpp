@@ -93,7 +93,10 @@ void sae::dump(const ModelAST &model, llvm::raw_ostream &os) {
   printRange(model.getRange(), os);
   os << "\n";
   for (const DeclPtr &decl : model.getDecls()) {
-    os.indent(2) << declKeyword(decl->getKind());
+    auto *tensorDecl = llvm::dyn_cast<TensorDeclAST>(decl.get());
+    os.indent(2) << (tensorDecl && tensorDecl->isState()
+                         ? "State"
+                         : declKeyword(decl->getKind()));
     if (!decl->getName().empty())
       os << " '" << decl->getName() << "'";
     if (auto *dim = llvm::dyn_cast<DimDeclAST>(decl.get()))

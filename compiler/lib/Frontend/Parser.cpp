@@ -133,7 +133,8 @@ private:
     } else if (auto *p = dynamic_cast<SaeParser::ParamStmtContext *>(stmt)) {
       decls.push_back(std::make_unique<TensorDeclAST>(
           DeclAST::Param, r, p->name->getText(), buildShape(p->shape()),
-          p->init ? buildExpr(p->init) : nullptr));
+          p->init ? buildExpr(p->init) : nullptr,
+          p->kind->getType() == SaeLexer::STATE));
     } else if (auto *let = dynamic_cast<SaeParser::LetStmtContext *>(stmt)) {
       decls.push_back(std::make_unique<BindingDeclAST>(
           DeclAST::Let, r, let->name->getText(), buildExpr(let->expr())));

@@ -101,6 +101,11 @@ const std::vector<BuiltinSig> &builtins() {
        false},
       {"top_afa", {{"x", T}, {"decoder", T}, {"target", T}}, false},
       {"afa", {{"codes", T}, {"x", T}}, false},
+      {"aux_k",
+       {{"x", T}, {"residual", T}, {"decoder", T}, {"since_fired", T},
+        {"k_aux", I}, {"dead_after", F, true, 10000000}, {"bias", T, true},
+        {"target", T, true}},
+       false},
       {"matryoshka",
        {{"codes", T}, {"decoder", T}, {"bias", T}, {"x", T}, {"widths", L}},
        false},
@@ -655,6 +660,36 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     if (types[0].perBatch) {
       error(bound[0]->loc) << "'afa' needs per-row codes; batch-level "
                               "selections have no fixed rows";
+      return {};
+    }
+    return ValueType::scalar();
+  }
+  if (name == "aux_k") {
+    if (!needDense(0, true) || types[0].shape.size() != 1 ||
+        !needDense(1, true) || !needDecoder(2, 0) || !needThreshold(3, 0))
+      return {};
+    int64_t n = types[0].shape[0], d = types[2].shape[1];
+    if (types[1].shape != std::vector<int64_t>{d}) {
+      error(bound[1]->loc) << "'aux_k' expects residual rows [" << d
+                           << "], got " << types[1].str();
+      return {};
+    }
+    if (consts[4] < 1 || consts[4] > double(n)) {
+      error(bound[4]->loc) << "k_aux = " << int64_t(consts[4])
+                           << " is out of range: 'aux_k' needs 1 <= k_aux <= "
+                           << n;
+      return {};
+    }
+    if (bound[6] && (types[6].kind != ValueType::Tensor || types[6].batched ||
+                     types[6].shape != std::vector<int64_t>{d})) {
+      error(bound[6]->loc) << "'aux_k' expects a bias vector [" << d
+                           << "], got " << types[6].str();
+      return {};
+    }
+    if (bound[7] && (types[7].kind != ValueType::Tensor || !types[7].batched ||
+                     types[7].shape != std::vector<int64_t>{d})) {
+      error(bound[7]->loc) << "'aux_k' expects target rows [" << d
+                           << "], got " << types[7].str();
       return {};
     }
     return ValueType::scalar();

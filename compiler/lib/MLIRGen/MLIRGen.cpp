@@ -341,6 +341,15 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
   if (name == "afa")
     return saedl::AfaOp::create(builder, l, f32(), gen(*args[0], env),
                                 gen(*args[1], env));
+  if (name == "aux_k") {
+    Value bias = args[6] ? gen(*args[6], env) : Value();
+    Value target = args[7] ? gen(*args[7], env) : Value();
+    return saedl::AuxKOp::create(
+        builder, l, f32(), gen(*args[0], env), gen(*args[1], env),
+        gen(*args[2], env), gen(*args[3], env), bias, target,
+        builder.getI64IntegerAttr(int64_t(constant(4))),
+        builder.getF64FloatAttr(constant(5)));
+  }
   if (name == "matryoshka") {
     auto it = model.listArgs.find({&e, 4u});
     return saedl::MatryoshkaOp::create(
@@ -494,7 +503,8 @@ std::string MLIRGenImpl::describe(StringRef sourceName) {
         {"name", decl->getName()},
         {"shape", std::move(s)},
         {"dtype", "float32"},
-        {"init", decl->getInit() ? exprText(*decl->getInit()) : "zeros"}});
+        {"init", decl->getInit() ? exprText(*decl->getInit()) : "zeros"},
+        {"trainable", !decl->isState()}});
   }
   json::Object codes{{"kind", sparse() ? "sparse" : "dense"}};
   if (sparse()) {

@@ -194,9 +194,12 @@ private:
 class TensorDeclAST : public DeclAST {
 public:
   TensorDeclAST(DeclKind kind, SourceRange r, std::string name,
-                std::vector<DimRefAST> shape, ExprPtr init)
+                std::vector<DimRefAST> shape, ExprPtr init, bool state = false)
       : DeclAST(kind, r, std::move(name)), shape(std::move(shape)),
-        init(std::move(init)) {}
+        init(std::move(init)), state(state) {}
+  /// `state` declarations: parameters that training maintains by rule
+  /// (counters, thresholds), never by gradient.
+  bool isState() const { return state; }
   const std::vector<DimRefAST> &getShape() const { return shape; }
   /// The initialiser of a parameter; null when omitted (zeros).
   const ExprAST *getInit() const { return init.get(); }
@@ -207,6 +210,7 @@ public:
 private:
   std::vector<DimRefAST> shape;
   ExprPtr init;
+  bool state;
 };
 
 /// `let`, `encode`, `decode` and `loss`: a name bound to an expression.

@@ -1523,6 +1523,86 @@ struct MatryoshkaLowering : OpRewritePattern<MatryoshkaOp> {
   }
 };
 
+/// Rewritten into sae ops (masking, topk, decode, mse-style sums) that the
+/// same pass lowers next: dead-masked input → top-k_aux → entries that
+/// are not dead (−inf) zeroed → gather decode → scaled, normalised error.
+struct AuxKLowering : OpRewritePattern<AuxKOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(AuxKOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    MLIRContext *ctx = op.getContext();
+    auto inType = op.getInput().getType();
+    Type elt = inType.getElementType();
+    Type f64 = rewriter.getF64Type();
+    int64_t kAux = op.getKAux();
+    double deadAfter = op.getDeadAfter().convertToDouble();
+    AffineExpr i, j;
+    bindDims(ctx, i, j);
+    // Dead-masked input: −inf where a latent is alive.
+    Value masked = buildElementwise(
+        rewriter, loc, op.getInput(), {op.getInput(), op.getSinceFired()},
+        {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value dead = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGE,
+                                             a[1], floatConst(b, l, elt, deadAfter));
+          return arith::SelectOp::create(b, l, dead, a[0], negInfOf(b, l, elt))
+              .getResult();
+        });
+    auto codesType = CodesType::get(ctx, inType.getDimSize(0),
+                                    inType.getDimSize(1), elt, kAux);
+    Value codes = TopKOp::create(rewriter, loc, codesType, masked, Value());
+    Value vals = CodesValuesOp::create(rewriter, loc, codesType.getValuesType(), codes);
+    Value idxs = CodesIndicesOp::create(rewriter, loc, codesType.getIndicesType(), codes);
+    AffineMap id = rewriter.getMultiDimIdentityMap(2);
+    // Rows with fewer dead latents than k_aux hold −inf slots: drop them.
+    Value finite = buildElementwise(
+        rewriter, loc, vals, {vals}, {id},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value ok = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, a[0],
+                                           negInfOf(b, l, elt));
+          return arith::SelectOp::create(b, l, ok, a[0], floatConst(b, l, elt, 0.0))
+              .getResult();
+        });
+    Value kept = MakeCodesOp::create(rewriter, loc, codesType, finite, idxs, Value());
+    auto resType = op.getResidual().getType();
+    Value recon = DecodeOp::create(rewriter, loc, resType, kept, op.getDecoder());
+    if (op.getBias())
+      recon = BiasAddOp::create(rewriter, loc, resType, recon, op.getBias());
+    // Σ‖recon − e‖² (f64).
+    Value err = sumToScalar(rewriter, loc, {recon, op.getResidual()}, {id, id}, 2,
+                            [](OpBuilder &b, Location l, ValueRange a) {
+                              return squaredDiffF64(b, l, a[0], a[1]);
+                            });
+    // norm: Σ_b ‖v − mean_b v‖², v = target or residual.
+    Value v = op.getTarget() ? op.getTarget() : op.getResidual();
+    Value mean = columnMeanF64(rewriter, loc, v);
+    Value norm = sumToScalar(
+        rewriter, loc, {v, mean},
+        {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)}, 2,
+        [](OpBuilder &b, Location l, ValueRange a) {
+          return squaredDiffF64(b, l, a[0], a[1]);
+        });
+    // scale = min(n_dead / k_aux, 1).
+    Value nDead = sumToScalar(
+        rewriter, loc, {op.getSinceFired()}, {rewriter.getMultiDimIdentityMap(1)},
+        1, [&](OpBuilder &b, Location l, ValueRange a) {
+          Value dead = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGE,
+                                             a[0], floatConst(b, l, elt, deadAfter));
+          return arith::UIToFPOp::create(b, l, f64, dead).getResult();
+        });
+    Value scale = arith::MinimumFOp::create(
+        rewriter, loc,
+        arith::DivFOp::create(rewriter, loc, nDead,
+                              floatConst(rewriter, loc, f64, double(kAux))),
+        floatConst(rewriter, loc, f64, 1.0));
+    Value loss = arith::DivFOp::create(
+        rewriter, loc, arith::MulFOp::create(rewriter, loc, scale, err), norm);
+    rewriter.replaceOp(op, arith::TruncFOp::create(rewriter, loc, op.getType(), loss));
+    return success();
+  }
+};
+
 //===----------------------------------------------------------------------===//
 // Batch-layout codes
 //===----------------------------------------------------------------------===//
@@ -1795,7 +1875,7 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns) {
                TopKLowering, GroupMaxLowering, MatchingPursuitLowering,
                TopAfaLowering, DecodeLowering, DensifyLowering,
                BatchCodesLowering<DecodeOp>, BatchCodesLowering<DensifyOp>,
-               BatchTopKLowering, MatryoshkaLowering,
+               BatchTopKLowering, MatryoshkaLowering, AuxKLowering,
                BiasLowering<BiasMulOp, arith::MulFOp>,
                BiasLowering<BiasDivOp, arith::DivFOp>, StopGradLowering,
                JumpReluLowering, L1Lowering, TanhPenaltyLowering, L0Lowering,

@@ -291,13 +291,32 @@ def model_matryoshka(p, x, h):
     return ref
 
 
+def model_topk_auxk(p, x, h):
+    pre = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    ref = sparse_model(p, x, pre, pre, h["k"])
+    e = x - ref["xhat"]
+    dead = p["since_fired"] >= 10000000
+    n_dead = int(dead.sum())
+    k_aux = 512
+    masked = np.where(dead, pre, -np.inf)
+    idx = np.argsort(-masked, axis=1, kind="stable")[:, :min(k_aux, n_dead)]
+    a = np.zeros_like(pre)
+    np.put_along_axis(a, idx, np.take_along_axis(pre, idx, 1), 1)
+    err = ((a @ p["W_dec"] - e) ** 2).sum()
+    aux = min(n_dead / k_aux, 1.0) * err / ((e - e.mean(0)) ** 2).sum()
+    ref["terms"] = {"recon": ref["loss"], "auxk": 0.03125 * aux}
+    ref["loss"] = sum(ref["terms"].values())
+    print("dead latents: %d of %d" % (n_dead, pre.shape[1]))
+    return ref
+
+
 MODELS = {"topk": model_topk, "relu": model_relu, "relu_l1": model_relu_l1,
           "jump_relu": model_jump_relu, "gated": model_gated,
           "abs_topk": model_abs_topk, "group_max": model_group_max,
           "grad_topk": model_grad_topk, "matching_pursuit": model_matching_pursuit,
           "top_afa": model_top_afa, "vsae": model_vsae,
           "batch_topk": model_batch_topk, "mutual_choice": model_mutual_choice,
-          "matryoshka": model_matryoshka}
+          "matryoshka": model_matryoshka, "topk_auxk": model_topk_auxk}
 
 
 def run_model(arch, p, cfg, x, grad=None):
@@ -340,7 +359,7 @@ def check_init(ckpt, seed):
         fail("W_enc differs from kaiming_uniform(seed=%s): max diff %g" % (seed, np.abs(W_enc - ref).max()))
     t = ref.T.astype(np.float64)
     close(p["W_dec"], t / np.linalg.norm(t, axis=1, keepdims=True), "W_dec = normalize_rows(W_enc^T)")
-    for b in ("b_enc", "b_dec", "b_gate", "b_mag", "r_mag"):
+    for b in ("b_enc", "b_dec", "b_gate", "b_mag", "r_mag", "since_fired"):
         if b in p and np.any(p[b] != 0):
             fail("%s is not zeros" % b)
     if cfg.get("d_in") != d or cfg.get("d_sae") != n:
@@ -360,6 +379,12 @@ def randomize(ckpt, out, xpath, batch, seed, gpath=None):
     # Every vector parameter (biases, thresholds, gate scales) gets random
     # values of a realistic size, so that none of them is tested at zero.
     for name in sorted(p):
+        if name == "since_fired":
+            # Training state: 10% of the latents dead (not fired for 20M
+            # tokens), so AuxK works with fewer dead latents than k_aux.
+            p[name] = np.where(rng.random(p[name].shape) < 0.1, 2e7,
+                               rng.integers(0, 1000, p[name].shape)).astype(np.float32)
+            continue
         if p[name].ndim == 1:
             scale = 0.02 if name in ("threshold", "r_mag") else 0.05
             v = rng.standard_normal(p[name].shape) * scale

@@ -144,6 +144,24 @@ LogicalResult AfaOp::verify() {
   return verifySameElementType(*this, elt, getResult().getType());
 }
 
+LogicalResult AuxKOp::verify() {
+  auto in = getInput().getType(), w = getDecoder().getType(),
+       e = getResidual().getType();
+  int64_t n = in.getDimSize(1);
+  if (w.getDimSize(0) != n || getSinceFired().getType().getDimSize(0) != n)
+    return emitOpError() << "decoder rows and since_fired must have one entry "
+                            "per latent ("
+                         << n << ")";
+  if (w.getDimSize(1) != e.getDimSize(1))
+    return emitOpError() << "the residual's width does not match the decoder's";
+  if (getKAux() < 1 || int64_t(getKAux()) > n)
+    return emitOpError() << "k_aux must lie in [1, " << n << "]";
+  if (getTarget() && getTarget().getType() != e)
+    return emitOpError() << "target must have the residual's type";
+  return verifySameElementType(*this, in.getElementType(),
+                               getResult().getType());
+}
+
 LogicalResult MatryoshkaOp::verify() {
   int64_t batch, latents;
   Type elt;
@@ -384,8 +402,6 @@ LogicalResult ColumnMeanOp::verify() {
   return verifyColumns(*this, getInput().getType(), getResult().getType());
 }
 LogicalResult GeometricMedianOp::verify() {
-  if (getIterations() < 0)
-    return emitOpError() << "iterations must be non-negative";
   return verifyColumns(*this, getInput().getType(), getResult().getType());
 }
 

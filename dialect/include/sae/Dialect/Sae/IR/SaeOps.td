@@ -628,6 +628,35 @@ def Sae_MatryoshkaOp : Sae_Op<"matryoshka"> {
   let hasVerifier = 1;
 }
 
+def Sae_AuxKOp : Sae_Op<"aux_k", [AttrSizedOperandSegments]> {
+  let summary = "AuxK: dead latents reconstruct the residual";
+  let description = [{
+    Gao et al. 2024's auxiliary loss. A latent is dead when
+    `since_fired[i] >= dead_after` (tokens since it last fired, maintained
+    by training). Each row keeps the top `min(k_aux, n_dead)` entries of
+    `input` among dead latents, decodes them by gather (adding `bias` when
+    given), and the loss is
+    `scale · Σ_b ‖decode(a) − residual[b]‖² / norm` with
+    `scale = min(n_dead / k_aux, 1)` and `norm = Σ_b ‖v[b] − mean_b(v)‖²`,
+    `v` = `target` when given (the input's variance), else the residual's.
+    Zero when no latent is dead. Accumulated in f64.
+
+    Example:
+    ```mlir
+    %l = sae.aux_k %pre, %e, %W_dec, %since {k_aux = 512 : i64, dead_after = 10000000.0 : f64} : tensor<?x16384xf32>, tensor<?x768xf32>, tensor<16384x768xf32>, tensor<16384xf32> -> f32
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Sae_Matrix:$residual,
+                       Sae_Matrix:$decoder, Sae_Vector:$since_fired,
+                       Optional<Sae_Vector>:$bias, Optional<Sae_Matrix>:$target,
+                       I64Attr:$k_aux, F64Attr:$dead_after);
+  let results = (outs AnyFloat:$result);
+  let assemblyFormat = [{
+    $input `,` $residual `,` $decoder `,` $since_fired (`bias` $bias^)? (`target` $target^)? attr-dict `:` type($input) `,` type($residual) `,` type($decoder) `,` type($since_fired) (`,` type($bias)^)? (`,` type($target)^)? `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
 def Sae_KlStdNormalOp : Sae_Op<"kl_std_normal"> {
   let summary = "KL divergence of N(μ, 1) from N(0, 1), mean over rows";
   let description = [{
