@@ -88,6 +88,7 @@ const std::vector<BuiltinSig> &builtins() {
       {"group_max", {{"x", T}, {"k", I}}, false},
       {"batch_topk", {{"x", T}, {"k", I}, {"threshold", T}}, false},
       {"mutual_choice", {{"x", T}, {"k", I}}, false},
+      {"feature_choice", {{"x", T}, {"k", I}, {"zipf", F, true, 0}}, false},
       {"grad_topk",
        {{"x", T}, {"grad", T}, {"decoder", T}, {"k", I}, {"beta", F, true, 1.0}},
        false},
@@ -734,7 +735,8 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
   if (name == "kl_std_normal")
     return needDense(0, true) ? ValueType::scalar() : ValueType();
   if (name == "topk" || name == "abs_topk" || name == "group_max" ||
-      name == "grad_topk" || name == "batch_topk" || name == "mutual_choice") {
+      name == "grad_topk" || name == "batch_topk" || name == "mutual_choice" ||
+      name == "feature_choice") {
     if (!needDense(0, true))
       return {};
     if (types[0].shape.size() != 1) {
@@ -769,8 +771,14 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     }
     if (name == "batch_topk" && !needThreshold(2, 0))
       return {};
+    if (name == "feature_choice" && !(consts[2] >= 0)) {
+      error(bound[2]->loc) << "'feature_choice' needs zipf >= 0, got "
+                           << formatNumber(consts[2]);
+      return {};
+    }
     return ValueType::codes(n, int64_t(k),
-                            name == "batch_topk" || name == "mutual_choice");
+                            name == "batch_topk" || name == "mutual_choice" ||
+                                name == "feature_choice");
   }
   if (name == "mse" || name == "fvu") {
     if (!needDense(0, true) || !needDense(1, true))

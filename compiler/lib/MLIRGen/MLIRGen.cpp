@@ -359,6 +359,14 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
   }
   if (name == "kl_std_normal")
     return saedl::KlStdNormalOp::create(builder, l, f32(), gen(*args[0], env));
+  if (name == "feature_choice") {
+    Value x = gen(*args[0], env);
+    auto in = cast<RankedTensorType>(x.getType());
+    auto type = saedl::CodesType::get(&ctx, in.getDimSize(0), in.getDimSize(1),
+                                      f32(), int64_t(constant(1)), true);
+    return saedl::FeatureChoiceOp::create(builder, l, type, x,
+                                          builder.getF64FloatAttr(constant(2)));
+  }
   if (name == "batch_topk" || name == "mutual_choice") {
     Value x = gen(*args[0], env);
     auto in = cast<RankedTensorType>(x.getType());

@@ -18,6 +18,8 @@
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 
+#include <cmath>
+
 namespace mlir::sae {
 #define GEN_PASS_DEF_CONVERTSAETOLINALG
 #include "sae/Conversion/Passes.h.inc"
@@ -1677,6 +1679,215 @@ struct BatchCodesLowering : OpRewritePattern<OpTy> {
   }
 };
 
+/// Collects, row by row, the entries of `in : [B, n]` for which `take`
+/// holds into `vals`, `idxs` and `rowOf` (so they are sorted by row), then
+/// insertion-sorts each row's segment by decreasing value (strict
+/// comparison: column order on ties). `take` threads one i64 of state
+/// through the row-major scan. Returns the number of entries written.
+Value collectRows(
+    OpBuilder &builder, Location loc, Value in, Value rows, Value cols,
+    Value vals, Value idxs, Value rowOf, Value state,
+    function_ref<std::pair<Value, Value>(OpBuilder &, Location, Value, Value,
+                                         Value)>
+        take) {
+  Type i32 = builder.getI32Type();
+  Value c0 = arith::ConstantIndexOp::create(builder, loc, 0);
+  Value c1 = arith::ConstantIndexOp::create(builder, loc, 1);
+  auto outer = scf::ForOp::create(
+      builder, loc, c0, rows, c1, ValueRange{c0, state},
+      [&](OpBuilder &b, Location l, Value row, ValueRange st) {
+        Value rowI = arith::IndexCastOp::create(b, l, i32, row);
+        auto collect = scf::ForOp::create(
+            b, l, c0, cols, c1, ValueRange{st[0], st[1]},
+            [&](OpBuilder &jb, Location jl, Value col, ValueRange pos) {
+              auto [keep, next] = take(jb, jl, row, col, pos[1]);
+              scf::IfOp::create(jb, jl, keep, [&](OpBuilder &tb, Location tl) {
+                Value v = memref::LoadOp::create(tb, tl, in, {row, col});
+                memref::StoreOp::create(tb, tl, v, vals, pos[0]);
+                memref::StoreOp::create(
+                    tb, tl, arith::IndexCastOp::create(tb, tl, i32, col), idxs,
+                    pos[0]);
+                memref::StoreOp::create(tb, tl, rowI, rowOf, pos[0]);
+                scf::YieldOp::create(tb, tl);
+              });
+              Value at = arith::SelectOp::create(
+                  jb, jl, keep, arith::AddIOp::create(jb, jl, pos[0], c1),
+                  pos[0]);
+              scf::YieldOp::create(jb, jl, ValueRange{at, next});
+            });
+        Value start = st[0], end = collect.getResult(0);
+        scf::ForOp::create(
+            b, l, start, end, c1, ValueRange{},
+            [&](OpBuilder &ib, Location il, Value i, ValueRange) {
+              Value v0 = memref::LoadOp::create(ib, il, vals, i);
+              Value x0 = memref::LoadOp::create(ib, il, idxs, i);
+              auto carry = scf::ForOp::create(
+                  ib, il, start, i, c1, ValueRange{v0, x0},
+                  [&](OpBuilder &fb, Location fl, Value p, ValueRange cur) {
+                    Value pv = memref::LoadOp::create(fb, fl, vals, p);
+                    Value px = memref::LoadOp::create(fb, fl, idxs, p);
+                    Value swap = arith::CmpFOp::create(
+                        fb, fl, arith::CmpFPredicate::OGT, cur[0], pv);
+                    auto sel = [&](Value a, Value c) -> Value {
+                      return arith::SelectOp::create(fb, fl, swap, a, c);
+                    };
+                    memref::StoreOp::create(fb, fl, sel(cur[0], pv), vals, p);
+                    memref::StoreOp::create(fb, fl, sel(cur[1], px), idxs, p);
+                    scf::YieldOp::create(
+                        fb, fl, ValueRange{sel(pv, cur[0]), sel(px, cur[1])});
+                  });
+              memref::StoreOp::create(ib, il, carry.getResult(0), vals, i);
+              memref::StoreOp::create(ib, il, carry.getResult(1), idxs, i);
+              scf::YieldOp::create(ib, il);
+            });
+        scf::YieldOp::create(b, l, collect.getResults());
+      });
+  return outer.getResult(0);
+}
+
+/// Feature Choice: per latent, m_j passes of "best row not yet taken" over
+/// the batch mark a [B, n] mask; then the marked entries are collected row
+/// by row like batch_topk's, and capped budgets leave zero entries at the
+/// last row.
+struct FeatureChoiceLowering : OpRewritePattern<FeatureChoiceOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(FeatureChoiceOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    CodesType codes = op.getType();
+    Type elt = codes.getElementType();
+    Type i64 = rewriter.getI64Type(), f64 = rewriter.getF64Type();
+    Value input = op.getInput();
+    int64_t n = codes.getNumLatents(), k = codes.getK();
+    double zipf = op.getZipf().convertToDouble();
+    auto cIdx = [&](int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(rewriter, loc, v);
+    };
+    auto c64 = [&](OpBuilder &b, Location l, int64_t v) -> Value {
+      return arith::ConstantOp::create(b, l, b.getI64IntegerAttr(v));
+    };
+    Value c0 = cIdx(0), c1 = cIdx(1), cN = cIdx(n);
+    Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
+    Value total = arith::MulIOp::create(rewriter, loc, rows, cIdx(k));
+    Value in = toBuffer(rewriter, loc, input);
+    auto maskType = RankedTensorType::get(
+        cast<RankedTensorType>(input.getType()).getShape(), rewriter.getI8Type());
+    Value mask = allocLike(rewriter, loc, maskType, {rows});
+    Value zero8 = arith::ConstantOp::create(rewriter, loc, rewriter.getI8IntegerAttr(0));
+    Value one8 = arith::ConstantOp::create(rewriter, loc, rewriter.getI8IntegerAttr(1));
+    linalg::FillOp::create(rewriter, loc, ValueRange{zero8}, ValueRange{mask});
+    Value vals = allocLike(rewriter, loc, codes.getValuesType(), {total});
+    Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), {total});
+    Value rowOf = allocLike(rewriter, loc, codes.getRowsType(), {total});
+    Value totalI = arith::IndexCastOp::create(rewriter, loc, i64, total);
+    Value rowsI = arith::IndexCastOp::create(rewriter, loc, i64, rows);
+
+    // C = Σ_j (j + 1)^(−zipf), for the Zipf budgets.
+    double cTotal = 0;
+    for (int64_t j = 0; j < n; ++j)
+      cTotal += std::pow(double(j + 1), -zipf);
+    Value negInf = negInfOf(rewriter, loc, elt);
+    // iter_args: the previous cumulative budget ⌊B·k·C_{j−1}/C⌋, C_{j−1}.
+    scf::ForOp::create(
+        rewriter, loc, c0, cN, c1,
+        ValueRange{c64(rewriter, loc, 0), floatConst(rewriter, loc, f64, 0.0)},
+        [&](OpBuilder &b, Location l, Value j, ValueRange st) {
+          Value jI = arith::IndexCastOp::create(b, l, i64, j);
+          Value jPlus1 = arith::AddIOp::create(b, l, jI, c64(b, l, 1));
+          Value cum, cumW = st[1];
+          if (zipf == 0) { // exact: ⌊B·k·(j + 1) / n⌋
+            cum = arith::DivUIOp::create(
+                b, l, arith::MulIOp::create(b, l, totalI, jPlus1), c64(b, l, n));
+          } else {
+            Value w = math::PowFOp::create(
+                b, l, arith::UIToFPOp::create(b, l, f64, jPlus1),
+                floatConst(b, l, f64, -zipf));
+            cumW = arith::AddFOp::create(b, l, st[1], w);
+            Value frac = arith::DivFOp::create(b, l, cumW,
+                                               floatConst(b, l, f64, cTotal));
+            Value c = arith::FPToUIOp::create(
+                b, l, i64,
+                arith::MulFOp::create(
+                    b, l, frac, arith::UIToFPOp::create(b, l, f64, totalI)));
+            // The last latent closes the budget exactly.
+            Value last = arith::CmpIOp::create(b, l, arith::CmpIPredicate::eq,
+                                               jPlus1, c64(b, l, n));
+            cum = arith::SelectOp::create(
+                b, l, last, totalI, arith::MinUIOp::create(b, l, c, totalI));
+          }
+          Value budget = arith::MinUIOp::create(
+              b, l, arith::SubIOp::create(b, l, cum, st[0]), rowsI);
+          Value budgetIdx = arith::IndexCastOp::create(b, l, b.getIndexType(), budget);
+          scf::ForOp::create(
+              b, l, c0, budgetIdx, c1, ValueRange{},
+              [&](OpBuilder &tb, Location tl, Value, ValueRange) {
+                auto best = scf::ForOp::create(
+                    tb, tl, c0, rows, c1, ValueRange{negInf, c0, zero8},
+                    [&](OpBuilder &rb, Location rl, Value row, ValueRange bst) {
+                      Value v = memref::LoadOp::create(rb, rl, in, {row, j});
+                      Value free = arith::CmpIOp::create(
+                          rb, rl, arith::CmpIPredicate::eq,
+                          memref::LoadOp::create(rb, rl, mask, {row, j}), zero8);
+                      Value gt = arith::CmpFOp::create(
+                          rb, rl, arith::CmpFPredicate::OGT, v, bst[0]);
+                      // A −inf entry is still a choice when nothing beats it.
+                      Value none = arith::CmpIOp::create(
+                          rb, rl, arith::CmpIPredicate::eq, bst[2], zero8);
+                      Value notNan = arith::CmpFOp::create(
+                          rb, rl, arith::CmpFPredicate::ORD, v, v);
+                      Value better = arith::AndIOp::create(
+                          rb, rl, free,
+                          arith::AndIOp::create(
+                              rb, rl, notNan,
+                              arith::OrIOp::create(rb, rl, gt, none)));
+                      scf::YieldOp::create(
+                          rb, rl,
+                          ValueRange{
+                              arith::SelectOp::create(rb, rl, better, v, bst[0]),
+                              arith::SelectOp::create(rb, rl, better, row, bst[1]),
+                              arith::SelectOp::create(rb, rl, better, one8,
+                                                      bst[2])});
+                    });
+                Value found = arith::CmpIOp::create(
+                    tb, tl, arith::CmpIPredicate::ne, best.getResult(2), zero8);
+                scf::IfOp::create(tb, tl, found, [&](OpBuilder &fb, Location fl) {
+                  memref::StoreOp::create(fb, fl, one8, mask,
+                                          {best.getResult(1), j});
+                  scf::YieldOp::create(fb, fl);
+                });
+                scf::YieldOp::create(tb, tl);
+              });
+          scf::YieldOp::create(b, l, ValueRange{cum, cumW});
+        });
+
+    Value written = collectRows(
+        rewriter, loc, in, rows, cN, vals, idxs, rowOf, c64(rewriter, loc, 0),
+        [&](OpBuilder &b, Location l, Value row, Value col,
+            Value st) -> std::pair<Value, Value> {
+          Value m = memref::LoadOp::create(b, l, mask, {row, col});
+          return {arith::CmpIOp::create(b, l, arith::CmpIPredicate::ne, m, zero8),
+                  st};
+        });
+    // Budgets capped at B leave slots: zero entries at the last row.
+    Value lastRow = arith::IndexCastOp::create(
+        rewriter, loc, rewriter.getI32Type(), arith::SubIOp::create(rewriter, loc, rows, c1));
+    Value zeroF = floatConst(rewriter, loc, elt, 0.0);
+    Value zeroI = arith::ConstantOp::create(rewriter, loc, rewriter.getI32IntegerAttr(0));
+    scf::ForOp::create(rewriter, loc, written, total, c1, ValueRange{},
+                       [&](OpBuilder &b, Location l, Value e, ValueRange) {
+                         memref::StoreOp::create(b, l, zeroF, vals, e);
+                         memref::StoreOp::create(b, l, zeroI, idxs, e);
+                         memref::StoreOp::create(b, l, lastRow, rowOf, e);
+                         scf::YieldOp::create(b, l);
+                       });
+    Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
+    Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
+    Value rowsT = asTensor(rewriter, loc, codes.getRowsType(), rowOf);
+    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, rowsT);
+    return success();
+  }
+};
+
 /// The B·k largest entries of the batch. The threshold key is found by a
 /// binary search over order-preserving 32-bit keys (count(key >= t) >= B·k);
 /// every entry above it and the first ties in row-major order are kept, row
@@ -1767,71 +1978,25 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
     Value ties = arith::SubIOp::create(
         rewriter, loc, want, count(rewriter, loc, t, arith::CmpIPredicate::ugt));
 
-    // Collect row by row; sort each row's segment by decreasing value.
-    scf::ForOp::create(
-        rewriter, loc, c0, rows, c1, ValueRange{c0, ties},
-        [&](OpBuilder &b, Location l, Value row, ValueRange st) {
-          Value rowI = arith::IndexCastOp::create(b, l, i32, row);
-          auto collect = scf::ForOp::create(
-              b, l, c0, cN, c1, ValueRange{st[0], st[1]},
-              [&](OpBuilder &jb, Location jl, Value col, ValueRange pos) {
-                Value kv = key(jb, jl, row, col);
-                Value above = arith::CmpIOp::create(
-                    jb, jl, arith::CmpIPredicate::ugt, kv, t);
-                Value atT = arith::CmpIOp::create(
-                    jb, jl, arith::CmpIPredicate::eq, kv, t);
-                Value tieLeft = arith::CmpIOp::create(
-                    jb, jl, arith::CmpIPredicate::sgt, pos[1], c64(jb, jl, 0));
-                Value tie = arith::AndIOp::create(jb, jl, atT, tieLeft);
-                Value take = arith::OrIOp::create(jb, jl, above, tie);
-                auto ifOp = scf::IfOp::create(
-                    jb, jl, take,
-                    [&](OpBuilder &tb, Location tl) {
-                      Value v = memref::LoadOp::create(tb, tl, in, {row, col});
-                      memref::StoreOp::create(tb, tl, v, vals, pos[0]);
-                      memref::StoreOp::create(
-                          tb, tl, arith::IndexCastOp::create(tb, tl, i32, col),
-                          idxs, pos[0]);
-                      memref::StoreOp::create(tb, tl, rowI, rowOf, pos[0]);
-                      scf::YieldOp::create(tb, tl);
-                    });
-                (void)ifOp;
-                Value next = arith::SelectOp::create(
-                    jb, jl, take, arith::AddIOp::create(jb, jl, pos[0], c1), pos[0]);
-                Value left = arith::SelectOp::create(
-                    jb, jl, tie, arith::SubIOp::create(jb, jl, pos[1], c64(jb, jl, 1)),
-                    pos[1]);
-                scf::YieldOp::create(jb, jl, ValueRange{next, left});
-              });
-          Value start = st[0], end = collect.getResult(0);
-          // Insertion sort of [start, end) by decreasing value, carrying the
-          // displaced entry up; strict comparison keeps column order on ties.
-          scf::ForOp::create(
-              b, l, start, end, c1, ValueRange{},
-              [&](OpBuilder &ib, Location il, Value i, ValueRange) {
-                Value v0 = memref::LoadOp::create(ib, il, vals, i);
-                Value x0 = memref::LoadOp::create(ib, il, idxs, i);
-                auto carry = scf::ForOp::create(
-                    ib, il, start, i, c1, ValueRange{v0, x0},
-                    [&](OpBuilder &fb, Location fl, Value p, ValueRange cur) {
-                      Value pv = memref::LoadOp::create(fb, fl, vals, p);
-                      Value px = memref::LoadOp::create(fb, fl, idxs, p);
-                      Value swap = arith::CmpFOp::create(
-                          fb, fl, arith::CmpFPredicate::OGT, cur[0], pv);
-                      auto sel = [&](Value a, Value c) -> Value {
-                        return arith::SelectOp::create(fb, fl, swap, a, c);
-                      };
-                      memref::StoreOp::create(fb, fl, sel(cur[0], pv), vals, p);
-                      memref::StoreOp::create(fb, fl, sel(cur[1], px), idxs, p);
-                      scf::YieldOp::create(fb, fl,
-                                           ValueRange{sel(pv, cur[0]), sel(px, cur[1])});
-                    });
-                memref::StoreOp::create(ib, il, carry.getResult(0), vals, i);
-                memref::StoreOp::create(ib, il, carry.getResult(1), idxs, i);
-                scf::YieldOp::create(ib, il);
-              });
-          scf::YieldOp::create(b, l, collect.getResults());
-        });
+    // Everything above t, and the first ties in row-major order.
+    collectRows(rewriter, loc, in, rows, cN, vals, idxs, rowOf, ties,
+                [&](OpBuilder &jb, Location jl, Value row, Value col,
+                    Value tiesLeft) -> std::pair<Value, Value> {
+                  Value kv = key(jb, jl, row, col);
+                  Value above = arith::CmpIOp::create(
+                      jb, jl, arith::CmpIPredicate::ugt, kv, t);
+                  Value atT = arith::CmpIOp::create(
+                      jb, jl, arith::CmpIPredicate::eq, kv, t);
+                  Value positive = arith::CmpIOp::create(
+                      jb, jl, arith::CmpIPredicate::sgt, tiesLeft,
+                      c64(jb, jl, 0));
+                  Value tie = arith::AndIOp::create(jb, jl, atT, positive);
+                  Value left = arith::SelectOp::create(
+                      jb, jl, tie,
+                      arith::SubIOp::create(jb, jl, tiesLeft, c64(jb, jl, 1)),
+                      tiesLeft);
+                  return {arith::OrIOp::create(jb, jl, above, tie), left};
+                });
     Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
     Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
     Value rowsT = asTensor(rewriter, loc, codes.getRowsType(), rowOf);
@@ -1875,7 +2040,8 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns) {
                TopKLowering, GroupMaxLowering, MatchingPursuitLowering,
                TopAfaLowering, DecodeLowering, DensifyLowering,
                BatchCodesLowering<DecodeOp>, BatchCodesLowering<DensifyOp>,
-               BatchTopKLowering, MatryoshkaLowering, AuxKLowering,
+               BatchTopKLowering, FeatureChoiceLowering, MatryoshkaLowering,
+               AuxKLowering,
                BiasLowering<BiasMulOp, arith::MulFOp>,
                BiasLowering<BiasDivOp, arith::DivFOp>, StopGradLowering,
                JumpReluLowering, L1Lowering, TanhPenaltyLowering, L0Lowering,

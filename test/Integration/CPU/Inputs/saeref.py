@@ -310,13 +310,43 @@ def model_topk_auxk(p, x, h):
     return ref
 
 
+def feature_choice_budgets(B, n, k, zipf):
+    """m_j = floor(Bk C_j / C) - floor(Bk C_{j-1} / C), capped at B."""
+    total = B * k
+    if zipf == 0:
+        cum = (total * np.arange(1, n + 1)) // n
+    else:
+        w = np.arange(1, n + 1, dtype=np.float64) ** -zipf
+        c_total = 0.0
+        for v in w:  # the compiler sums sequentially in double
+            c_total += v
+        cum = np.minimum(np.floor((np.cumsum(w) / c_total) * total), total).astype(np.int64)
+        cum[-1] = total
+    m = np.diff(np.concatenate([[0], cum]))
+    return np.minimum(m, B)
+
+
+def model_feature_choice(p, x, h):
+    f = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    B, n = f.shape
+    m = feature_choice_budgets(B, n, h["k"], 0.5)
+    z = np.zeros_like(f)
+    for j in range(n):
+        rows = np.argsort(-f[:, j], kind="stable")[: m[j]]
+        z[rows, j] = f[rows, j]
+    xhat = z @ p["W_dec"] + p["b_dec"]
+    print("budgets: max %d, min %d, sum %d" % (m.max(), m.min(), m.sum()))
+    return dict(codes=z, batch=z, xhat=xhat, loss=mse(xhat, x), terms={})
+
+
 MODELS = {"topk": model_topk, "relu": model_relu, "relu_l1": model_relu_l1,
           "jump_relu": model_jump_relu, "gated": model_gated,
           "abs_topk": model_abs_topk, "group_max": model_group_max,
           "grad_topk": model_grad_topk, "matching_pursuit": model_matching_pursuit,
           "top_afa": model_top_afa, "vsae": model_vsae,
           "batch_topk": model_batch_topk, "mutual_choice": model_mutual_choice,
-          "matryoshka": model_matryoshka, "topk_auxk": model_topk_auxk}
+          "matryoshka": model_matryoshka, "topk_auxk": model_topk_auxk,
+          "feature_choice": model_feature_choice}
 
 
 def run_model(arch, p, cfg, x, grad=None):

@@ -323,6 +323,15 @@ LogicalResult BatchTopKOp::verify() {
   return verifySelection(*this, getInput().getType(), getResult().getType());
 }
 
+LogicalResult FeatureChoiceOp::verify() {
+  if (!getResult().getType().getPerBatch())
+    return emitOpError() << "batch-level selection produces codes in the "
+                            "batch layout";
+  if (!(getZipf().convertToDouble() >= 0))
+    return emitOpError() << "zipf exponent must be non-negative";
+  return verifySelection(*this, getInput().getType(), getResult().getType());
+}
+
 OpFoldResult CodesValuesOp::fold(FoldAdaptor) {
   if (auto make = getCodes().getDefiningOp<MakeCodesOp>())
     return make.getValues();

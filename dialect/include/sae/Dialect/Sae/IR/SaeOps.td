@@ -300,6 +300,29 @@ def Sae_BatchTopKOp : Sae_Op<"batch_topk"> {
   let hasVerifier = 1;
 }
 
+def Sae_FeatureChoiceOp : Sae_Op<"feature_choice"> {
+  let summary = "each latent keeps its best rows of the batch, B·k entries in all";
+  let description = [{
+    Feature Choice (Ayonrinde 2024): latent `j` keeps the `m_j` rows of the
+    batch where its value is largest (ties: the lower row; NaN never), with
+    budgets summing to `B·k`:
+    `m_j = ⌊B·k·C_j / C⌋ − ⌊B·k·C_{j−1} / C⌋`, `C_j = Σ_{i≤j} (i + 1)^(−zipf)`,
+    `C = C_{n−1}` (uniform for `zipf = 0`, computed exactly in integers;
+    Zipf-shaped otherwise), each capped at B. The result is batch-layout
+    codes sorted by row, then by decreasing value; slots left by capped
+    budgets are zero entries at the last row.
+
+    Example:
+    ```mlir
+    %z = sae.feature_choice %f {zipf = 0.0 : f64} : tensor<?x16384xf32> -> !sae.codes<?x16384xf32, k = 32, batch>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, F64Attr:$zipf);
+  let results = (outs Sae_CodesType:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
 def Sae_GroupMaxOp : Sae_Op<"group_max"> {
   let summary = "the largest entry of each of k contiguous groups of latents";
   let description = [{
