@@ -107,6 +107,11 @@ const std::vector<BuiltinSig> &builtins() {
         {"k_aux", I}, {"dead_after", F, true, 10000000}, {"bias", T, true},
         {"target", T, true}},
        false},
+      {"aux_zipf",
+       {{"x", T}, {"residual", T}, {"decoder", T}, {"frequency", T},
+        {"k_aux", I}, {"k", I}, {"alpha", F, true, 1.0}, {"bias", T, true},
+        {"target", T, true}},
+       false},
       {"matryoshka",
        {{"codes", T}, {"decoder", T}, {"bias", T}, {"x", T}, {"widths", L}},
        false},
@@ -665,7 +670,13 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     }
     return ValueType::scalar();
   }
-  if (name == "aux_k") {
+  if (name == "aux_k" || name == "aux_zipf") {
+    // aux_zipf's extra constants sit between k_aux and the optional tensors.
+    size_t biasArg = name == "aux_k" ? 6 : 7, targetArg = biasArg + 1;
+    if (name == "aux_zipf" && (consts[5] < 1 || !(consts[6] >= 0))) {
+      error(e.getLoc()) << "'aux_zipf' needs k >= 1 and alpha >= 0";
+      return {};
+    }
     if (!needDense(0, true) || types[0].shape.size() != 1 ||
         !needDense(1, true) || !needDecoder(2, 0) || !needThreshold(3, 0))
       return {};
@@ -677,20 +688,23 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     }
     if (consts[4] < 1 || consts[4] > double(n)) {
       error(bound[4]->loc) << "k_aux = " << int64_t(consts[4])
-                           << " is out of range: 'aux_k' needs 1 <= k_aux <= "
-                           << n;
+                           << " is out of range: '" << name
+                           << "' needs 1 <= k_aux <= " << n;
       return {};
     }
-    if (bound[6] && (types[6].kind != ValueType::Tensor || types[6].batched ||
-                     types[6].shape != std::vector<int64_t>{d})) {
-      error(bound[6]->loc) << "'aux_k' expects a bias vector [" << d
-                           << "], got " << types[6].str();
+    if (bound[biasArg] &&
+        (types[biasArg].kind != ValueType::Tensor || types[biasArg].batched ||
+         types[biasArg].shape != std::vector<int64_t>{d})) {
+      error(bound[biasArg]->loc) << "'" << name << "' expects a bias vector ["
+                                 << d << "], got " << types[biasArg].str();
       return {};
     }
-    if (bound[7] && (types[7].kind != ValueType::Tensor || !types[7].batched ||
-                     types[7].shape != std::vector<int64_t>{d})) {
-      error(bound[7]->loc) << "'aux_k' expects target rows [" << d
-                           << "], got " << types[7].str();
+    if (bound[targetArg] &&
+        (types[targetArg].kind != ValueType::Tensor ||
+         !types[targetArg].batched ||
+         types[targetArg].shape != std::vector<int64_t>{d})) {
+      error(bound[targetArg]->loc) << "'" << name << "' expects target rows ["
+                                   << d << "], got " << types[targetArg].str();
       return {};
     }
     return ValueType::scalar();

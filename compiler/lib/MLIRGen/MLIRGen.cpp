@@ -341,14 +341,22 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
   if (name == "afa")
     return saedl::AfaOp::create(builder, l, f32(), gen(*args[0], env),
                                 gen(*args[1], env));
-  if (name == "aux_k") {
-    Value bias = args[6] ? gen(*args[6], env) : Value();
-    Value target = args[7] ? gen(*args[7], env) : Value();
-    return saedl::AuxKOp::create(
+  if (name == "aux_k" || name == "aux_zipf") {
+    bool zipf = name == "aux_zipf";
+    size_t biasArg = zipf ? 7 : 6;
+    Value bias = args[biasArg] ? gen(*args[biasArg], env) : Value();
+    Value target = args[biasArg + 1] ? gen(*args[biasArg + 1], env) : Value();
+    auto aux = saedl::AuxKOp::create(
         builder, l, f32(), gen(*args[0], env), gen(*args[1], env),
         gen(*args[2], env), gen(*args[3], env), bias, target,
         builder.getI64IntegerAttr(int64_t(constant(4))),
-        builder.getF64FloatAttr(constant(5)));
+        builder.getF64FloatAttr(zipf ? 0.0 : constant(5)), FloatAttr(),
+        IntegerAttr());
+    if (zipf) {
+      aux.setZipfAlphaAttr(builder.getF64FloatAttr(constant(6)));
+      aux.setZipfKAttr(builder.getI64IntegerAttr(int64_t(constant(5))));
+    }
+    return aux;
   }
   if (name == "matryoshka") {
     auto it = model.listArgs.find({&e, 4u});

@@ -1541,13 +1541,38 @@ struct AuxKLowering : OpRewritePattern<AuxKOp> {
     double deadAfter = op.getDeadAfter().convertToDouble();
     AffineExpr i, j;
     bindDims(ctx, i, j);
+    // Whether latent `latent` (index) with usage `u` counts as dead.
+    std::optional<double> alpha;
+    if (auto a = op.getZipfAlphaAttr())
+      alpha = a.getValueAsDouble();
+    double zipfScale = 0;
+    if (alpha) {
+      double sum = 0;
+      for (int64_t t = 0; t < inType.getDimSize(1); ++t)
+        sum += std::pow(double(t + 1), -*alpha);
+      zipfScale = double(op.getZipfK().value_or(1)) / sum;
+    }
+    auto isDead = [&](OpBuilder &b, Location l, Value u, Value latent) -> Value {
+      if (!alpha)
+        return arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGE, u,
+                                     floatConst(b, l, elt, deadAfter));
+      Value rank = arith::UIToFPOp::create(
+          b, l, f64,
+          arith::AddIOp::create(
+              b, l, arith::IndexCastOp::create(b, l, b.getI64Type(), latent),
+              arith::ConstantOp::create(b, l, b.getI64IntegerAttr(1))));
+      Value target = arith::MulFOp::create(
+          b, l, floatConst(b, l, f64, zipfScale),
+          math::PowFOp::create(b, l, rank, floatConst(b, l, f64, -*alpha)));
+      return arith::CmpFOp::create(b, l, arith::CmpFPredicate::OLT,
+                                   toF64(b, l, u), target);
+    };
     // Dead-masked input: −inf where a latent is alive.
     Value masked = buildElementwise(
         rewriter, loc, op.getInput(), {op.getInput(), op.getSinceFired()},
         {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
         [&](OpBuilder &b, Location l, ValueRange a) {
-          Value dead = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGE,
-                                             a[1], floatConst(b, l, elt, deadAfter));
+          Value dead = isDead(b, l, a[1], linalg::IndexOp::create(b, l, 1));
           return arith::SelectOp::create(b, l, dead, a[0], negInfOf(b, l, elt))
               .getResult();
         });
@@ -1589,8 +1614,7 @@ struct AuxKLowering : OpRewritePattern<AuxKOp> {
     Value nDead = sumToScalar(
         rewriter, loc, {op.getSinceFired()}, {rewriter.getMultiDimIdentityMap(1)},
         1, [&](OpBuilder &b, Location l, ValueRange a) {
-          Value dead = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGE,
-                                             a[0], floatConst(b, l, elt, deadAfter));
+          Value dead = isDead(b, l, a[0], linalg::IndexOp::create(b, l, 0));
           return arith::UIToFPOp::create(b, l, f64, dead).getResult();
         });
     Value scale = arith::MinimumFOp::create(

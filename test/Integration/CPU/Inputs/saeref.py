@@ -294,19 +294,9 @@ def model_matryoshka(p, x, h):
 def model_topk_auxk(p, x, h):
     pre = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
     ref = sparse_model(p, x, pre, pre, h["k"])
-    e = x - ref["xhat"]
-    dead = p["since_fired"] >= 10000000
-    n_dead = int(dead.sum())
-    k_aux = 512
-    masked = np.where(dead, pre, -np.inf)
-    idx = np.argsort(-masked, axis=1, kind="stable")[:, :min(k_aux, n_dead)]
-    a = np.zeros_like(pre)
-    np.put_along_axis(a, idx, np.take_along_axis(pre, idx, 1), 1)
-    err = ((a @ p["W_dec"] - e) ** 2).sum()
-    aux = min(n_dead / k_aux, 1.0) * err / ((e - e.mean(0)) ** 2).sum()
+    aux = aux_loss(pre, x - ref["xhat"], p["W_dec"], p["since_fired"] >= 10000000, 512)
     ref["terms"] = {"recon": ref["loss"], "auxk": 0.03125 * aux}
     ref["loss"] = sum(ref["terms"].values())
-    print("dead latents: %d of %d" % (n_dead, pre.shape[1]))
     return ref
 
 
@@ -336,7 +326,25 @@ def model_feature_choice(p, x, h):
         z[rows, j] = f[rows, j]
     xhat = z @ p["W_dec"] + p["b_dec"]
     print("budgets: max %d, min %d, sum %d" % (m.max(), m.min(), m.sum()))
-    return dict(codes=z, batch=z, xhat=xhat, loss=mse(xhat, x), terms={})
+    # aux_zipf: latents firing below their Zipf target frequency.
+    w = np.arange(1, n + 1, dtype=np.float64) ** -0.5
+    target = h["k"] * w / w.sum()
+    under = p["frequency"] < target
+    terms = {"recon": mse(xhat, x),
+             "aux": 0.03125 * aux_loss(pre=f, e=x - xhat, W=p["W_dec"], dead=under, k_aux=512)}
+    return dict(codes=z, batch=z, xhat=xhat, loss=sum(terms.values()), terms=terms)
+
+
+def aux_loss(pre, e, W, dead, k_aux):
+    """AuxK over the latents marked dead (or under-used)."""
+    n_dead = int(dead.sum())
+    masked = np.where(dead, pre, -np.inf)
+    idx = np.argsort(-masked, axis=1, kind="stable")[:, :min(k_aux, n_dead)]
+    a = np.zeros_like(pre)
+    np.put_along_axis(a, idx, np.take_along_axis(pre, idx, 1), 1)
+    err = ((a @ W - e) ** 2).sum()
+    print("dead or under-used latents: %d of %d" % (n_dead, pre.shape[1]))
+    return min(n_dead / k_aux, 1.0) * err / ((e - e.mean(0)) ** 2).sum()
 
 
 MODELS = {"topk": model_topk, "relu": model_relu, "relu_l1": model_relu_l1,
@@ -389,7 +397,7 @@ def check_init(ckpt, seed):
         fail("W_enc differs from kaiming_uniform(seed=%s): max diff %g" % (seed, np.abs(W_enc - ref).max()))
     t = ref.T.astype(np.float64)
     close(p["W_dec"], t / np.linalg.norm(t, axis=1, keepdims=True), "W_dec = normalize_rows(W_enc^T)")
-    for b in ("b_enc", "b_dec", "b_gate", "b_mag", "r_mag", "since_fired"):
+    for b in ("b_enc", "b_dec", "b_gate", "b_mag", "r_mag", "since_fired", "frequency"):
         if b in p and np.any(p[b] != 0):
             fail("%s is not zeros" % b)
     if cfg.get("d_in") != d or cfg.get("d_sae") != n:
@@ -414,6 +422,10 @@ def randomize(ckpt, out, xpath, batch, seed, gpath=None):
             # tokens), so AuxK works with fewer dead latents than k_aux.
             p[name] = np.where(rng.random(p[name].shape) < 0.1, 2e7,
                                rng.integers(0, 1000, p[name].shape)).astype(np.float32)
+            continue
+        if name == "frequency":
+            # Firing frequencies spread around the per-latent targets.
+            p[name] = (rng.random(p[name].shape) * 0.01).astype(np.float32)
             continue
         if p[name].ndim == 1:
             scale = 0.02 if name in ("threshold", "r_mag") else 0.05

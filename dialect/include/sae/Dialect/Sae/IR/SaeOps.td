@@ -664,6 +664,12 @@ def Sae_AuxKOp : Sae_Op<"aux_k", [AttrSizedOperandSegments]> {
     `v` = `target` when given (the input's variance), else the residual's.
     Zero when no latent is dead. Accumulated in f64.
 
+    With `zipf_alpha` (aux_zipf, a generalisation of AuxK to under-used
+    latents), `since_fired` holds firing frequencies instead, and latent i
+    counts as dead when its frequency is below its Zipf target
+    `t_i = zipf_k · (i + 1)^(−α) / Σ_j (j + 1)^(−α)` (the targets add up to
+    `zipf_k`, the expected active latents per token).
+
     Example:
     ```mlir
     %l = sae.aux_k %pre, %e, %W_dec, %since {k_aux = 512 : i64, dead_after = 10000000.0 : f64} : tensor<?x16384xf32>, tensor<?x768xf32>, tensor<16384x768xf32>, tensor<16384xf32> -> f32
@@ -672,7 +678,9 @@ def Sae_AuxKOp : Sae_Op<"aux_k", [AttrSizedOperandSegments]> {
   let arguments = (ins Sae_Matrix:$input, Sae_Matrix:$residual,
                        Sae_Matrix:$decoder, Sae_Vector:$since_fired,
                        Optional<Sae_Vector>:$bias, Optional<Sae_Matrix>:$target,
-                       I64Attr:$k_aux, F64Attr:$dead_after);
+                       I64Attr:$k_aux, F64Attr:$dead_after,
+                       OptionalAttr<F64Attr>:$zipf_alpha,
+                       OptionalAttr<I64Attr>:$zipf_k);
   let results = (outs AnyFloat:$result);
   let assemblyFormat = [{
     $input `,` $residual `,` $decoder `,` $since_fired (`bias` $bias^)? (`target` $target^)? attr-dict `:` type($input) `,` type($residual) `,` type($decoder) `,` type($since_fired) (`,` type($bias)^)? (`,` type($target)^)? `->` type($result)
