@@ -347,6 +347,31 @@ def aux_loss(pre, e, W, dead, k_aux):
     return min(n_dead / k_aux, 1.0) * err / ((e - e.mean(0)) ** 2).sum()
 
 
+def model_options(p, x, h):
+    pre = relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    ref = sparse_model(p, x, pre, pre, h["k"])
+    z, xhat = ref["codes"], ref["xhat"]
+    norms = row_norms(p["W_dec"])
+    # aux_k with b_dec added to the decoded dead latents, normalised by the
+    # variance of the input.
+    dead = p["since_fired"] >= 1000
+    n_dead = int(dead.sum())
+    masked = np.where(dead, pre, -np.inf)
+    idx = np.argsort(-masked, axis=1, kind="stable")[:, :min(64, n_dead)]
+    a = np.zeros_like(pre)
+    np.put_along_axis(a, idx, np.take_along_axis(pre, idx, 1), 1)
+    e = x - xhat
+    err = ((a @ p["W_dec"] + p["b_dec"] - e) ** 2).sum()
+    aux = min(n_dead / 64, 1.0) * err / ((x - x.mean(0)) ** 2).sum()
+    ref["terms"] = {
+        "recon": ((xhat - x) ** 2).mean(),
+        "tanh": 0.1 * np.tanh(4 * z * norms).sum(1).mean(),
+        "l1": 0.01 * np.abs(z).sum(1).mean(),
+        "auxk": aux}
+    ref["loss"] = sum(ref["terms"].values())
+    return ref
+
+
 MODELS = {"topk": model_topk, "relu": model_relu, "relu_l1": model_relu_l1,
           "jump_relu": model_jump_relu, "gated": model_gated,
           "abs_topk": model_abs_topk, "group_max": model_group_max,
@@ -354,7 +379,7 @@ MODELS = {"topk": model_topk, "relu": model_relu, "relu_l1": model_relu_l1,
           "top_afa": model_top_afa, "vsae": model_vsae,
           "batch_topk": model_batch_topk, "mutual_choice": model_mutual_choice,
           "matryoshka": model_matryoshka, "topk_auxk": model_topk_auxk,
-          "feature_choice": model_feature_choice}
+          "feature_choice": model_feature_choice, "options": model_options}
 
 
 def run_model(arch, p, cfg, x, grad=None):
@@ -405,6 +430,16 @@ def check_init(ckpt, seed):
     print("init matches the reference: W_enc %dx%d" % (d, n))
 
 
+def check_init_options(ckpt, seed, xpath, rows):
+    """normal(0, 0.05) by Box-Muller at stream 0; data_mean of the sample."""
+    p, cfg = load_ckpt(ckpt)
+    d, n = p["W_enc"].shape
+    ref = (0.0 + splitmix_normal(int(seed), 0, np.arange(d * n)) * 0.05).astype(np.float32)
+    close(p["W_enc"], ref.reshape(d, n), "W_enc = normal(0, 0.05)")
+    x = np.load(xpath)[: int(rows)].astype(np.float64)
+    close(p["b_dec"], x.mean(0), "b_dec = data_mean(x)")
+
+
 def check_init_data(ckpt, xpath, rows):
     p, cfg = load_ckpt(ckpt)
     x = np.load(xpath)[: int(rows)].astype(np.float64)
@@ -419,7 +454,8 @@ def randomize(ckpt, out, xpath, batch, seed, gpath=None):
     for name in sorted(p):
         if name == "since_fired":
             # Training state: 10% of the latents dead (not fired for 20M
-            # tokens), so AuxK works with fewer dead latents than k_aux.
+            # tokens), so AuxK works with fewer dead latents than k_aux
+            # (of 512; options.sae asks for 64, more than are dead).
             p[name] = np.where(rng.random(p[name].shape) < 0.1, 2e7,
                                rng.integers(0, 1000, p[name].shape)).astype(np.float32)
             continue
@@ -552,7 +588,8 @@ def check_forward(arch, ckpt, xpath, xhat, metrics, grad=None):
 
 
 if __name__ == "__main__":
-    cmds = {"check-init": check_init, "check-init-data": check_init_data, "randomize": randomize, "check-encode": check_encode,
+    cmds = {"check-init": check_init, "check-init-data": check_init_data,
+            "check-init-options": check_init_options, "randomize": randomize, "check-encode": check_encode,
             "check-decode": check_decode, "check-forward": check_forward}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         print(__doc__)
