@@ -68,16 +68,9 @@ def load_ckpt(d):
 # --- the model ------------------------------------------------------------
 
 def splitmix_uniform(seed, stream, count, low, high):
-    """docs/language.md: u = top 24 bits of splitmix64(seed + s*phi + i*gamma)."""
-    i = np.arange(count, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed & M64) + np.uint64((stream * 0x9E3779B97F4A7C15) & M64) \
-            + i * np.uint64(0xD1B54A32D192ED03)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(40)).astype(np.float64)
-    return (low + u * ((high - low) / 16777216.0)).astype(np.float32)
+    """docs/language.md: low + (high - low) * u at elements 0..count-1."""
+    u = splitmix_at(seed, stream, np.arange(count, dtype=np.uint64))
+    return (low + u * (high - low)).astype(np.float32)
 
 
 def splitmix_normal(seed, stream, counters):
@@ -89,6 +82,7 @@ def splitmix_normal(seed, stream, counters):
 
 
 def splitmix_at(seed, stream, i):
+    """u in [0, 1): the top 24 bits of splitmix64(seed + s*phi + i*gamma)."""
     with np.errstate(over="ignore"):
         z = np.uint64(seed & M64) + np.uint64((stream * 0x9E3779B97F4A7C15) & M64) \
             + i * np.uint64(0xD1B54A32D192ED03)
