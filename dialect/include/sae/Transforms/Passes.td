@@ -9,15 +9,17 @@ def EmitCABI : Pass<"sae-emit-c-abi", "ModuleOp"> {
   let description = [{
     Every `func.func` carrying a `sae.entry` attribute is a tensor-level entry
     point produced by MLIRGen. This pass replaces it by a public function
-    `sae_<entry>` with plain C arguments: an `i64` batch size when a data
-    tensor has a dynamic dimension, then one pointer per data tensor, one
-    pointer to the array of parameter pointers (arguments marked
-    `sae.param`), and one pointer per result; scalar integer arguments are
-    passed by value. Pointers are turned into memrefs (row-major), inputs
-    into tensors with `bufferization.to_tensor restrict`, and results are
-    written with `bufferization.materialize_in_destination`. It also emits
-    `sae_abi_version` and `sae_model_describe` (the module's `sae.describe`
-    JSON string).
+    `sae_<entry>` with plain C arguments, in the order of the function's
+    arguments and results: an `i64` batch size right before the first
+    tensor with a dynamic (batch) dimension; scalars by value; one pointer
+    per tensor argument or result; and one pointer per group — arguments
+    tagged `sae.input` or `sae.param` arrive as one array of pointers,
+    scalar results tagged `sae.loss` leave as one array of floats. A tensor
+    tagged `sae.batch_scale = k` has `batch · k` rows. Pointers become
+    row-major memrefs; inputs enter as `bufferization.to_tensor restrict`,
+    results leave through `bufferization.materialize_in_destination`. It also
+    emits `sae_abi_version` and `sae_model_describe` (the module's
+    `sae.describe` JSON string).
   }];
   let dependentDialects = [
     "::mlir::arith::ArithDialect", "::mlir::bufferization::BufferizationDialect",
