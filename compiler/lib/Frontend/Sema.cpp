@@ -187,12 +187,22 @@ private:
   mlir::MLIRContext &ctx;
   const std::map<std::string, int64_t> &overrides;
   CheckedModel m;
+  /// The declaration whose value is being checked (a use of it is a cycle).
+  const DeclAST *defining = nullptr;
   /// Bindings whose value depends on the input row.
   llvm::DenseMap<const DeclAST *, bool> dependsOnInput;
   unsigned numErrors = 0;
 };
 
 bool Sema::declare(const DeclAST &decl) {
+  // A name that hides a builtin would make `zeros` mean different things
+  // before and after its declaration.
+  if (lookupBuiltin(decl.getName()) || decl.getName() == "true" ||
+      decl.getName() == "false") {
+    error(decl.getLoc()) << "'" << decl.getName()
+                         << "' is reserved for a builtin; choose another name";
+    return false;
+  }
   auto [it, inserted] = m.symbols.try_emplace(decl.getName(), &decl);
   if (inserted)
     return true;
@@ -281,6 +291,10 @@ ValueType Sema::checkName(const NameExprAST &e, const Scope &scope,
     return {};
   }
   const DeclAST *decl = it->second;
+  if (decl == defining) {
+    error(e.getLoc()) << "'" << name << "' is used in its own definition";
+    return {};
+  }
   switch (decl->getKind()) {
   case DeclAST::Dim:
     return ValueType::scalar();
@@ -941,7 +955,9 @@ std::optional<CheckedModel> Sema::run() {
       if (const ExprAST *init = p.getInit()) {
         Scope scope{Scope::Init, &p, *shape, {}};
         bool usesInput = false;
+        defining = &decl;
         ValueType t = check(*init, scope, usesInput);
+        defining = nullptr;
         if (!t.isValid())
           break;
         if (t.kind != ValueType::Tensor || t.shape != *shape) {
@@ -1016,7 +1032,9 @@ std::optional<CheckedModel> Sema::run() {
         scope.codesName = m.encode->getName();
       }
       bool usesInput = false;
+      defining = &decl;
       ValueType t = check(b.getValue(), scope, usesInput);
+      defining = nullptr;
       if (!t.isValid())
         break;
       dependsOnInput[&decl] = usesInput || decl.getKind() == DeclAST::Encode;

@@ -237,6 +237,9 @@ void writeSafetensors(const std::string &path, size_t count,
 void readSafetensorsInto(const sae_rt_safetensors *st, size_t index, void *dst,
                          size_t bytes);
 
+/// The absolute byte offset in the file of the data of tensor `index`.
+uint64_t safetensorsDataOffset(const sae_rt_safetensors *st, size_t index);
+
 /// IEEE CRC-32 (as ZIP uses), continuing from `crc`.
 uint32_t crc32Update(uint32_t crc, const void *data, size_t count);
 

@@ -291,6 +291,11 @@ void sae::rt::readSafetensorsInto(const sae_rt_safetensors *st, size_t index,
     st->file.readAt(st->dataStart + entry.begin, dst, bytes);
 }
 
+uint64_t sae::rt::safetensorsDataOffset(const sae_rt_safetensors *st,
+                                        size_t index) {
+  return st->dataStart + st->tensors.at(index).begin;
+}
+
 extern "C" {
 
 sae_rt_status sae_rt_safetensors_write(const char *path, size_t count,

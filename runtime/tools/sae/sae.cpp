@@ -13,7 +13,10 @@
 #include <charconv>
 #include <chrono>
 #include <cinttypes>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -67,6 +70,15 @@ const char *const kMainHelp =
     "  decode   decode codes (.npy or .npz) into reconstructions (.npy)\n"
     "  forward  reconstruct inputs and report the loss (and its terms),\n"
     "           MSE, FVU and L0\n"
+    "  eval     evaluate a checkpoint on data: reconstruction (MSE, FVU,\n"
+    "           cosine, norm ratio), sparsity (L0, dead and dense latents)\n"
+    "           and, against a ground-truth dictionary, feature recovery\n"
+    "  synth    generate synthetic sparse data and its ground-truth\n"
+    "           dictionary\n"
+    "\n"
+    "Rows (inputs X) are read from float32 or float16 .npy files [B, d],\n"
+    "from a named F32/F16/BF16 tensor [B, d] of a safetensors file\n"
+    "(--tensor NAME), both memory-mapped, or from IDX files.\n"
     "\n"
     "Run 'sae <command> --help' for the options of a command.\n"
     "Exit status: 0 on success, 1 on errors, 2 on usage errors.\n";
@@ -87,7 +99,7 @@ const char *const kInfoHelp =
 
 const char *const kInitHelp =
     "usage: sae init LIB.so --out CKPT_DIR [--seed S] [--data X.npy]\n"
-    "                [--data-rows N]\n"
+    "                [--tensor NAME] [--data-rows N]\n"
     "\n"
     "Initialises every parameter with the model's initialisers and saves a\n"
     "checkpoint (CKPT_DIR/sae_weights.safetensors and CKPT_DIR/cfg.json).\n"
@@ -96,27 +108,36 @@ const char *const kInitHelp =
     "\n"
     "Models with data-dependent initialisers (data_mean, geometric_median;\n"
     "'sae info' shows 'init data') need a sample of their input x: give it\n"
-    "with --data, a .npy or IDX file read like the input of 'sae encode'.\n"
+    "with --data, a .npy, safetensors or IDX file read like the input of\n"
+    "'sae encode'.\n"
     "Other models accept --data and ignore it.\n"
     "\n"
     "options:\n"
     "  --out DIR      checkpoint directory to write (required)\n"
     "  --seed S       random seed, an unsigned 64-bit integer (default 0)\n"
-    "  --data X       data sample for data-dependent initialisers, .npy or\n"
-    "                 IDX (required by such models, ignored by others)\n"
+    "  --data X       data sample for data-dependent initialisers, .npy,\n"
+    "                 safetensors or IDX (required by such models, ignored\n"
+    "                 by others)\n"
+    "  --tensor NAME  the tensor of --data to read, when it is a\n"
+    "                 safetensors file\n"
     "  --data-rows N  use the first N rows of --data (default 4096; all of\n"
     "                 them if the file has fewer)\n"
     "  -h, --help     show this help\n";
 
 const char *const kEncodeHelp =
     "usage: sae encode LIB.so --checkpoint DIR --input X.npy --output OUT\n"
-    "                  [--grad G.npy] [--sparse] [--batch-size N]\n"
+    "                  [--tensor NAME] [--grad G.npy] [--grad-tensor NAME]\n"
+    "                  [--sparse] [--batch-size N]\n"
     "\n"
-    "Encodes the rows of X.npy, a float32 [B, d] array (or [d], one row)\n"
-    "whose d is the model's input dimension, or of an IDX file such as\n"
+    "Encodes the rows of X.npy, a float32 or float16 [B, d] array (or [d],\n"
+    "one row) whose d is the model's input dimension, of a 2-D tensor\n"
+    "[B, d] of a safetensors file (F32, F16 or BF16; --tensor names it), or\n"
+    "of an IDX file such as\n"
     "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz (plain or\n"
     "gzip; names ending in -ubyte[.gz] or .idx[.gz]; pixels scaled to\n"
-    "[0, 1], each image one row). Writes dense codes [B, n] as\n"
+    "[0, 1], each image one row). .npy and safetensors files are\n"
+    "memory-mapped and converted to float32 chunk by chunk, so they may be\n"
+    "larger than memory. Writes dense codes [B, n] as\n"
     "float32 .npy, or with --sparse an .npz of sparse codes. The output is\n"
     "written atomically.\n"
     "\n"
@@ -132,23 +153,26 @@ const char *const kEncodeHelp =
     "\n"
     "options:\n"
     "  --checkpoint DIR  checkpoint to load the parameters from (required)\n"
-    "  --input X         input rows, .npy or IDX (required)\n"
+    "  --input X         input rows, .npy, safetensors or IDX (required)\n"
+    "  --tensor NAME     the tensor of --input to read (safetensors only)\n"
     "  --output OUT      output file (required)\n"
     "  --grad G          the model's auxiliary input (e.g. the downstream\n"
-    "                    gradient of grad_topk), .npy or IDX, one row per\n"
-    "                    row of --input; required by models with an\n"
-    "                    auxiliary input, refused by the others\n"
+    "                    gradient of grad_topk), .npy, safetensors or IDX,\n"
+    "                    one row per row of --input; required by models with\n"
+    "                    an auxiliary input, refused by the others\n"
+    "  --grad-tensor NAME  the tensor of --grad to read (safetensors only)\n"
     "  --sparse          write sparse codes (models with sparse codes only)\n"
     "  --batch-size N    rows per call into the model (default 1024)\n"
     "  -h, --help        show this help\n";
 
 const char *const kDecodeHelp =
     "usage: sae decode LIB.so --checkpoint DIR --input Z.npy|Z.npz\n"
-    "                  --output XHAT.npy [--batch-size N]\n"
+    "                  --output XHAT.npy [--tensor NAME] [--batch-size N]\n"
     "\n"
     "Decodes codes into reconstructions XHAT [B, d] (float32 .npy). The\n"
     "input is one of\n"
-    "  - dense codes, a float32 [B, n] .npy;\n"
+    "  - dense codes, a float32 or float16 [B, n] .npy, or a 2-D tensor of a\n"
+    "    safetensors file named by --tensor;\n"
     "  - sparse codes of layout 'rows', an .npz with 'values' [B, k] float32\n"
     "    and 'indices' [B, k] int32;\n"
     "  - sparse codes of layout 'batch', an .npz with 'values' [N] float32,\n"
@@ -163,18 +187,20 @@ const char *const kDecodeHelp =
     "options:\n"
     "  --checkpoint DIR  checkpoint to load the parameters from (required)\n"
     "  --input Z         codes to decode (required)\n"
+    "  --tensor NAME     the tensor of dense codes to read from a\n"
+    "                    safetensors --input\n"
     "  --output XHAT.npy output file (required)\n"
     "  --batch-size N    rows per call into the model (default 1024)\n"
     "  -h, --help        show this help\n";
 
 const char *const kForwardHelp =
     "usage: sae forward LIB.so --checkpoint DIR --input X.npy\n"
-    "                   [--grad G.npy] [--output XHAT.npy] [--seed S]\n"
-    "                   [--batch-size N]\n"
+    "                   [--tensor NAME] [--grad G.npy] [--grad-tensor NAME]\n"
+    "                   [--output XHAT.npy] [--seed S] [--batch-size N]\n"
     "\n"
     "Runs the model's forward pass (its training form: batch-level\n"
     "selection per chunk of --batch-size rows, sampling when stochastic)\n"
-    "over X.npy (float32 [B, d] or [d], or an IDX file as for 'sae encode')\n"
+    "over X (a .npy, safetensors or IDX input as for 'sae encode')\n"
     "and prints one JSON object to stdout:\n"
     "  {\"loss\": ..., \"terms\": {\"NAME\": ..., ...}, \"mse\": ...,\n"
     "   \"fvu\": ..., \"l0\": ...}\n"
@@ -190,13 +216,105 @@ const char *const kForwardHelp =
     "\n"
     "options:\n"
     "  --checkpoint DIR  checkpoint to load the parameters from (required)\n"
-    "  --input X         input rows, .npy or IDX (required)\n"
+    "  --input X         input rows, .npy, safetensors or IDX (required)\n"
+    "  --tensor NAME     the tensor of --input to read (safetensors only)\n"
     "  --grad G          the model's auxiliary input, as for 'sae encode'\n"
+    "  --grad-tensor NAME  the tensor of --grad to read (safetensors only)\n"
     "  --output XHAT.npy also write the reconstructions\n"
     "  --seed S          seed of stochastic models, an unsigned 64-bit\n"
     "                    integer (default 0); chunk i (from 0) gets S + i\n"
     "  --batch-size N    rows per call into the model (default 1024)\n"
     "  -h, --help        show this help\n";
+
+const char *const kEvalHelp =
+    "usage: sae eval LIB.so --checkpoint DIR --data X [--tensor NAME]\n"
+    "                [--grad G] [--grad-tensor NAME] [--batch-size N]\n"
+    "                [--dense-threshold T] [--true-dict TRUE.npy]\n"
+    "\n"
+    "Evaluates a checkpoint on the rows of X (a .npy, safetensors or IDX\n"
+    "input as for 'sae encode') and prints one JSON object to stdout:\n"
+    "  {\"rows\": B, \"latents\": n, \"mse\": ..., \"fvu\": ...,\n"
+    "   \"explained_variance\": ..., \"l0\": ..., \"dead_latents\": ...,\n"
+    "   \"dead_fraction\": ..., \"dense_latents\": ...,\n"
+    "   \"dense_threshold\": T, \"cosine\": ..., \"norm_ratio\": ...,\n"
+    "   \"feature_recovery\": {\"mean_max_cos\": ..., \"mcc\": ...,\n"
+    "                        \"features\": F} or null}\n"
+    "Reconstructions xhat come from the forward pass (the training form,\n"
+    "as 'sae forward --seed 0' computes it: chunk i of --batch-size rows is\n"
+    "one batch and gets seed i); codes come from the encoder entry points\n"
+    "(the inference form: the sparse encoder of the model's layout, else\n"
+    "the dense one).\n"
+    "  mse:          mean over rows of sum_d (xhat - x)^2;\n"
+    "  fvu:          sum ||xhat - x||^2 / sum ||x - mean(x)||^2 (null if x\n"
+    "                is constant); explained_variance = 1 - fvu;\n"
+    "  l0:           mean number of nonzero codes per row;\n"
+    "  dead_latents: latents that are zero on every row; dead_fraction =\n"
+    "                dead_latents / n;\n"
+    "  dense_latents: latents nonzero on more than T of the rows;\n"
+    "  cosine:       mean over rows of cos(x, xhat) (0 for a row where x or\n"
+    "                xhat is zero);\n"
+    "  norm_ratio:   mean over rows with x != 0 of ||xhat|| / ||x||;\n"
+    "  feature_recovery (with --true-dict): C[f][i] = |cos(true_f,\n"
+    "                W_dec[i])| between the F ground-truth features and the\n"
+    "                rows of the model's decoder parameter W_dec [n, d];\n"
+    "                mean_max_cos = mean over f of max over i of C[f][i];\n"
+    "                mcc = mean of C over the min(F, n) pairs of a\n"
+    "                maximum-weight one-to-one matching (Hungarian\n"
+    "                algorithm, O(n^3), F*n doubles of memory).\n"
+    "All statistics are accumulated over the chunks in double precision.\n"
+    "\n"
+    "options:\n"
+    "  --checkpoint DIR     checkpoint to load the parameters from\n"
+    "                       (required)\n"
+    "  --data X             rows to evaluate on, .npy (float32 or float16),\n"
+    "                       safetensors or IDX (required)\n"
+    "  --tensor NAME        the tensor of --data to read (safetensors only)\n"
+    "  --grad G             the model's auxiliary input, as for 'sae encode'\n"
+    "  --grad-tensor NAME   the tensor of --grad to read (safetensors only)\n"
+    "  --batch-size N       rows per call into the model (default 1024)\n"
+    "  --dense-threshold T  fraction of the rows above which a latent counts\n"
+    "                       as dense, in [0, 1] (default 0.1)\n"
+    "  --true-dict TRUE.npy the ground-truth dictionary, float32 (or\n"
+    "                       float16) [F, d], one feature per row, as written\n"
+    "                       by 'sae synth --dict'; needs a model parameter\n"
+    "                       W_dec [n, d]\n"
+    "  -h, --help           show this help\n";
+
+const char *const kSynthHelp =
+    "usage: sae synth --d D --features F --active A --out X.npy\n"
+    "                 --dict TRUE.npy [--rows N] [--noise S] [--seed S]\n"
+    "\n"
+    "Generates synthetic data with a known sparse structure (the data model\n"
+    "of the Group Bias Adaptation paper) and writes two float32 .npy files,\n"
+    "each atomically:\n"
+    "  TRUE.npy [F, D]  the dictionary: i.i.d. standard normal entries, each\n"
+    "                   row scaled to unit norm;\n"
+    "  X.npy    [N, D]  each row the sum of A distinct dictionary rows,\n"
+    "                   picked uniformly at random, with coefficients drawn\n"
+    "                   uniformly from [0.5, 1.5), plus i.i.d. N(0, S^2)\n"
+    "                   noise.\n"
+    "X is generated and written in chunks (it may be larger than memory).\n"
+    "\n"
+    "Randomness is splitmix64 (Weyl step 0x9e3779b97f4a7c15 and its\n"
+    "finaliser mix64); stream j of seed S starts from the state\n"
+    "mix64(S ^ mix64(j)). Stream 0 draws the dictionary (F*D normals, row\n"
+    "by row); stream 1 + r draws row r of X: A features by Floyd's\n"
+    "algorithm (uniform integers by rejection), sorted, then one\n"
+    "coefficient per feature in that order (0.5 + the top 53 bits / 2^53),\n"
+    "then D noise normals. Normals are Box-Muller pairs (cos, then sin) of\n"
+    "two uniforms. The same options give the same files, and row r does not\n"
+    "depend on N.\n"
+    "\n"
+    "options:\n"
+    "  --d D           dimension of the rows (required)\n"
+    "  --features F    number of dictionary rows (required)\n"
+    "  --active A      features per row of X, 1 <= A <= F (required)\n"
+    "  --out X.npy     data file to write (required)\n"
+    "  --dict TRUE.npy dictionary file to write (required)\n"
+    "  --rows N        rows of X (default 65536)\n"
+    "  --noise S       standard deviation of the noise, >= 0 (default 0.01)\n"
+    "  --seed S        random seed, an unsigned 64-bit integer (default 0)\n"
+    "  -h, --help      show this help\n";
 
 //===----------------------------------------------------------------------===//
 // Command-line parsing
@@ -317,6 +435,27 @@ int64_t parseBatchSize(const Args &args) {
   return parseRowCount(args, "batch-size", 1024);
 }
 
+/// A finite real number given by --NAME.
+double parseDouble(const Args &args, const std::string &name, double fallback) {
+  if (!args.has(name))
+    return fallback;
+  std::string text = args.get(name);
+  char *end = nullptr;
+  errno = 0;
+  double value = std::strtod(text.c_str(), &end);
+  if (text.empty() || end != text.c_str() + text.size() || errno == ERANGE ||
+      !std::isfinite(value) || std::isspace(static_cast<unsigned char>(text[0])))
+    throw UsageError{args.command,
+                     "--" + name + " expects a number, got '" + text + "'"};
+  return value;
+}
+
+/// --grad-tensor names a tensor of --grad: it needs it.
+void checkGradTensor(const Args &args) {
+  if (args.has("grad-tensor") && !args.has("grad"))
+    throw UsageError{args.command, "--grad-tensor needs --grad"};
+}
+
 //===----------------------------------------------------------------------===//
 // RAII handles and helpers
 //===----------------------------------------------------------------------===//
@@ -324,19 +463,19 @@ int64_t parseBatchSize(const Args &args) {
 struct ModelCloser {
   void operator()(sae_rt_model *model) const { sae_rt_model_close(model); }
 };
-struct ReaderCloser {
-  void operator()(sae_rt_npy_reader *r) const { sae_rt_npy_reader_close(r); }
-};
 struct WriterCloser {
   void operator()(sae_rt_npy_writer *w) const { sae_rt_npy_writer_close(w); }
 };
 struct NpzCloser {
   void operator()(sae_rt_npz *npz) const { sae_rt_npz_close(npz); }
 };
+struct RowsCloser {
+  void operator()(sae_rt_rows *rows) const { sae_rt_rows_close(rows); }
+};
 using ModelPtr = std::unique_ptr<sae_rt_model, ModelCloser>;
-using ReaderPtr = std::unique_ptr<sae_rt_npy_reader, ReaderCloser>;
 using WriterPtr = std::unique_ptr<sae_rt_npy_writer, WriterCloser>;
 using NpzPtr = std::unique_ptr<sae_rt_npz, NpzCloser>;
+using RowsPtr = std::unique_ptr<sae_rt_rows, RowsCloser>;
 
 class ParamBuffers {
 public:
@@ -407,45 +546,49 @@ bool isIdxPath(const std::string &path) {
          endsWith(".idx.gz");
 }
 
-/// A float32 [B, width] or [width] input read in chunks of rows: a .npy
-/// file streamed from disk, or an IDX file (plain or gzip) read whole.
+/// A [B, width] (or [width], one row) input read in chunks of rows and
+/// widened to float32: a .npy file (float32 or float16) or a named 2-D
+/// tensor of a safetensors file (F32, F16 or BF16), both memory-mapped by
+/// the runtime, or an IDX file (plain or gzip) read whole. `tensor` is the
+/// tensor name ("" for none) and `tensorFlag` the option that gives it.
 class RowInput {
 public:
-  RowInput(const std::string &path, int64_t width, const std::string &what)
-      : path(path), width(width) {
+  RowInput(const std::string &path, const std::string &tensor,
+           const std::string &tensorFlag, int64_t width,
+           const std::string &what)
+      : path(path), label(path), width(width) {
+    if (!tensor.empty())
+      label = path + ": tensor '" + tensor + "'";
     int32_t ndim;
     const int64_t *shape;
     if (isIdxPath(path)) {
+      if (!tensor.empty())
+        fail(path + ": is an IDX file; " + tensorFlag +
+             " names a tensor of a safetensors file");
       check(sae_rt_idx_read(path.c_str(), &idx));
       ownsIdx = true;
       ndim = idx.ndim;
       shape = idx.shape;
+      if (ndim != 1 && ndim != 2)
+        fail(path + ": shape " + shapeText(ndim, shape) + " is not [B, " +
+             std::to_string(width) + "] or [" + std::to_string(width) + "]");
     } else {
-      sae_rt_npy_reader *raw = nullptr;
-      check(sae_rt_npy_reader_open(path.c_str(), &raw));
-      reader.reset(raw);
-      ndim = sae_rt_npy_reader_ndim(raw);
-      shape = sae_rt_npy_reader_shape(raw);
-      sae_rt_dtype dtype = sae_rt_npy_reader_dtype(raw);
-      if (dtype != SAE_RT_DTYPE_FLOAT32)
-        fail(path + ": dtype " + sae_rt_dtype_name(dtype) +
-             ", expected float32");
+      sae_rt_rows *raw = nullptr;
+      sae_rt_status status = sae_rt_rows_open(
+          path.c_str(), tensor.empty() ? nullptr : tensor.c_str(), &raw);
+      if (status == SAE_RT_ERR_ARG && tensor.empty())
+        fail(std::string(sae_rt_last_error()) + "; give it with " +
+             tensorFlag + " NAME");
+      check(status);
+      rows.reset(raw);
+      ndim = sae_rt_rows_ndim(raw);
+      shape = sae_rt_rows_shape(raw);
     }
-    if (ndim == 1) {
-      oneRow = true;
-      rows = 1;
-      if (shape[0] != width)
-        fail(path + ": shape " + shapeText(ndim, shape) + " does not match " +
-             what);
-    } else if (ndim == 2) {
-      rows = shape[0];
-      if (shape[1] != width)
-        fail(path + ": shape " + shapeText(ndim, shape) + " does not match " +
-             what);
-    } else {
-      fail(path + ": shape " + shapeText(ndim, shape) + " is not [B, " +
-           std::to_string(width) + "] or [" + std::to_string(width) + "]");
-    }
+    oneRow = ndim == 1;
+    count = oneRow ? 1 : shape[0];
+    if (shape[ndim - 1] != width)
+      fail(label + ": shape " + shapeText(ndim, shape) + " does not match " +
+           what);
   }
   ~RowInput() {
     if (ownsIdx)
@@ -454,43 +597,39 @@ public:
   RowInput(const RowInput &) = delete;
   RowInput &operator=(const RowInput &) = delete;
 
-  int64_t getRows() const { return rows; }
+  int64_t getRows() const { return count; }
   int64_t getWidth() const { return width; }
-  const std::string &getPath() const { return path; }
+  /// The file, with the tensor for safetensors inputs.
+  const std::string &getPath() const { return label; }
 
-  /// Reads rows [first, first + count) into `dst`; a NaN or infinity in
-  /// them is an error naming its row and column (the model would otherwise
-  /// turn it into garbage codes silently).
-  void read(int64_t first, int64_t count, float *dst) {
-    readRaw(first, count, dst);
-    int64_t n = (oneRow ? 1 : count) * width;
-    for (int64_t i = 0; i < n; ++i)
+  /// Reads rows [first, first + n) into `dst` as float32; a NaN or
+  /// infinity in them is an error naming its row and column (the model
+  /// would otherwise turn it into garbage codes silently).
+  void read(int64_t first, int64_t n, float *dst) {
+    if (ownsIdx) {
+      const float *src = static_cast<const float *>(idx.data);
+      std::memcpy(dst, src + first * width,
+                  static_cast<size_t>(n * width) * sizeof(float));
+    } else {
+      check(sae_rt_rows_read(rows.get(), first, n, dst));
+    }
+    int64_t values = n * width;
+    for (int64_t i = 0; i < values; ++i)
       if (!std::isfinite(dst[i]))
-        fail(path + ": row " + std::to_string(first + i / width) + ", column " +
-             std::to_string(i % width) + " is " +
+        fail(label + ": row " + std::to_string(first + i / width) +
+             ", column " + std::to_string(i % width) + " is " +
              (std::isnan(dst[i]) ? "NaN" : "infinite") +
              "; inputs must be finite");
   }
 
 private:
-  void readRaw(int64_t first, int64_t count, float *dst) {
-    if (ownsIdx) {
-      const float *src = static_cast<const float *>(idx.data);
-      std::memcpy(dst, src + first * width,
-                  static_cast<size_t>(count * width) * sizeof(float));
-    } else if (oneRow) {
-      check(sae_rt_npy_reader_read_rows(reader.get(), 0, width, dst));
-    } else {
-      check(sae_rt_npy_reader_read_rows(reader.get(), first, count, dst));
-    }
-  }
-
   std::string path;
+  std::string label;
   int64_t width;
-  ReaderPtr reader;
+  RowsPtr rows;
   sae_rt_array idx{};
   bool ownsIdx = false;
-  int64_t rows = 0;
+  int64_t count = 0;
   bool oneRow = false;
 };
 
@@ -605,34 +744,38 @@ void checkAuxiliaryInputs(const sae_rt_model *m, const Args &args) {
          "(such as grad_topk)");
 }
 
-/// The model's inputs bound to files (--input, and --grad when the model
-/// has an auxiliary input), read chunk by chunk into buffers that the
-/// entry points take as their `inputs` array.
+/// The model's inputs bound to files (x from --input, or --data for
+/// 'sae eval', with --tensor; and --grad with --grad-tensor when the model
+/// has an auxiliary input), read chunk by chunk into buffers that the entry
+/// points take as their `inputs` array.
 class ModelInputs {
 public:
-  ModelInputs(const sae_rt_model *m, const Args &args) {
+  ModelInputs(const sae_rt_model *m, const Args &args,
+              const char *inputFlag = "input") {
     int64_t d = sae_rt_model_input_dim(m);
-    files.push_back(std::make_unique<RowInput>(args.get("input"), d,
-                                               "the model's input dimension " +
-                                                   std::to_string(d)));
+    files.push_back(std::make_unique<RowInput>(
+        args.get(inputFlag), args.get("tensor"), "--tensor", d,
+        "the model's input dimension " + std::to_string(d)));
     if (sae_rt_model_input_count(m) > 1) {
       int64_t dim = sae_rt_model_input_dim_at(m, 1);
       files.push_back(std::make_unique<RowInput>(
-          args.get("grad"), dim,
+          args.get("grad"), args.get("grad-tensor"), "--grad-tensor", dim,
           "the dimension " + std::to_string(dim) + " of the model's input '" +
               sae_rt_model_input_name(m, 1) + "'"));
       const RowInput &x = *files[0], &aux = *files[1];
       if (aux.getRows() != x.getRows())
         fail(aux.getPath() + " has " + std::to_string(aux.getRows()) +
              " rows, but " + x.getPath() + " has " +
-             std::to_string(x.getRows()) +
-             "; --grad needs one row per row of --input");
+             std::to_string(x.getRows()) + "; --grad needs one row per row of " +
+             "--" + inputFlag);
     }
     buffers.resize(files.size());
     pointers.resize(files.size(), nullptr);
   }
 
   int64_t getRows() const { return files[0]->getRows(); }
+  /// The file (and tensor) of x.
+  const std::string &getPath() const { return files[0]->getPath(); }
 
   /// Makes room for chunks of up to `chunk` rows.
   void allocate(int64_t chunk) {
@@ -776,7 +919,11 @@ int runInit(int argc, char **argv) {
   Args args;
   if (!parseArgs(
           "init", kInitHelp, argc, argv, 2,
-          {{"seed", true}, {"out", true}, {"data", true}, {"data-rows", true}},
+          {{"seed", true},
+           {"out", true},
+           {"data", true},
+           {"tensor", true},
+           {"data-rows", true}},
           args))
     return 0;
   std::string library = args.library();
@@ -785,6 +932,8 @@ int runInit(int argc, char **argv) {
   int64_t dataRows = parseRowCount(args, "data-rows", 4096);
   if (args.has("data-rows") && !args.has("data"))
     throw UsageError{args.command, "--data-rows needs --data"};
+  if (args.has("tensor") && !args.has("data"))
+    throw UsageError{args.command, "--tensor needs --data"};
   ModelPtr model = openModel(library);
   const sae_rt_model *m = model.get();
 
@@ -798,7 +947,7 @@ int runInit(int argc, char **argv) {
            " has data-dependent initialisers; give a data sample with "
            "--data X.npy");
     int64_t d = sae_rt_model_input_dim(m);
-    RowInput data(args.get("data"), d,
+    RowInput data(args.get("data"), args.get("tensor"), "--tensor", d,
                   "the model's input dimension " + std::to_string(d));
     sampleRows = std::min(dataRows, data.getRows());
     if (sampleRows == 0)
@@ -843,8 +992,10 @@ int runEncode(int argc, char **argv) {
   if (!parseArgs("encode", kEncodeHelp, argc, argv, 2,
                  {{"checkpoint", true},
                   {"input", true},
+                  {"tensor", true},
                   {"output", true},
                   {"grad", true},
+                  {"grad-tensor", true},
                   {"sparse", false},
                   {"batch-size", true}},
                  args))
@@ -853,6 +1004,7 @@ int runEncode(int argc, char **argv) {
   args.required("checkpoint");
   args.required("input");
   std::string output = args.required("output");
+  checkGradTensor(args);
   bool sparse = args.has("sparse");
   int64_t batchSize = parseBatchSize(args);
 
@@ -1181,6 +1333,7 @@ int runDecode(int argc, char **argv) {
   if (!parseArgs("decode", kDecodeHelp, argc, argv, 2,
                  {{"checkpoint", true},
                   {"input", true},
+                  {"tensor", true},
                   {"output", true},
                   {"batch-size", true}},
                  args))
@@ -1194,13 +1347,17 @@ int runDecode(int argc, char **argv) {
   LoadedModel loaded;
   loadModel(loaded, args, [](const sae_rt_model *) {});
   if (isZipFile(input)) {
+    if (args.has("tensor"))
+      fail(input + ": is an .npz file of sparse codes; --tensor names a "
+                   "tensor of a safetensors file of dense codes");
     decodeSparse(loaded, input, output, batchSize);
     return 0;
   }
   const sae_rt_model *m = loaded.model.get();
   int64_t d = sae_rt_model_input_dim(m);
   int64_t n = sae_rt_model_latents(m);
-  RowInput in(input, n, "the model's " + std::to_string(n) + " latents");
+  RowInput in(input, args.get("tensor"), "--tensor", n,
+              "the model's " + std::to_string(n) + " latents");
   int64_t rows = in.getRows();
   int64_t chunk = std::min(batchSize, std::max<int64_t>(rows, 1));
   std::vector<float> codes(elements(chunk, n));
@@ -1223,12 +1380,62 @@ int runDecode(int argc, char **argv) {
 // sae forward
 //===----------------------------------------------------------------------===//
 
+/// Per-column mean and sum of squared deviations of rows seen chunk by
+/// chunk, merged exactly (Chan, Golub and LeVeque's pairwise update), for
+/// the FVU denominator sum ||x - mean(x)||^2.
+class ColumnVariance {
+public:
+  explicit ColumnVariance(int64_t d)
+      : d(d), mean(static_cast<size_t>(d), 0.0),
+        m2(static_cast<size_t>(d), 0.0), chunkMean(static_cast<size_t>(d)),
+        chunkM2(static_cast<size_t>(d)) {}
+
+  /// Adds the rows x[count, d].
+  void add(const float *x, int64_t count) {
+    double c = static_cast<double>(count);
+    std::fill(chunkMean.begin(), chunkMean.end(), 0.0);
+    for (int64_t r = 0; r < count; ++r)
+      for (int64_t j = 0; j < d; ++j)
+        chunkMean[j] += x[r * d + j];
+    for (double &value : chunkMean)
+      value /= c;
+    std::fill(chunkM2.begin(), chunkM2.end(), 0.0);
+    for (int64_t r = 0; r < count; ++r)
+      for (int64_t j = 0; j < d; ++j) {
+        double dev = x[r * d + j] - chunkMean[j];
+        chunkM2[j] += dev * dev;
+      }
+    double total = seen + c;
+    for (int64_t j = 0; j < d; ++j) {
+      double delta = chunkMean[j] - mean[j];
+      mean[j] += delta * c / total;
+      m2[j] += chunkM2[j] + delta * delta * seen * c / total;
+    }
+    seen = total;
+  }
+
+  /// sum ||x - mean(x)||^2 over the rows added so far.
+  double total() const {
+    double sum = 0;
+    for (double value : m2)
+      sum += value;
+    return sum;
+  }
+
+private:
+  int64_t d;
+  std::vector<double> mean, m2, chunkMean, chunkM2;
+  double seen = 0;
+};
+
 int runForward(int argc, char **argv) {
   Args args;
   if (!parseArgs("forward", kForwardHelp, argc, argv, 2,
                  {{"checkpoint", true},
                   {"input", true},
+                  {"tensor", true},
                   {"grad", true},
+                  {"grad-tensor", true},
                   {"output", true},
                   {"seed", true},
                   {"batch-size", true}},
@@ -1237,6 +1444,7 @@ int runForward(int argc, char **argv) {
   args.library();
   args.required("checkpoint");
   std::string input = args.required("input");
+  checkGradTensor(args);
   uint64_t seed = parseUnsigned(args, "seed", 0);
   int64_t batchSize = parseBatchSize(args);
 
@@ -1289,12 +1497,7 @@ int runForward(int argc, char **argv) {
   std::vector<float> losses(termCount + 1);
   std::vector<double> lossSums(termCount + 1, 0.0);
   double squaredError = 0, nonzero = 0;
-  // Per-dimension mean and sum of squared deviations of x, merged chunk by
-  // chunk (Chan et al.), for the FVU denominator.
-  std::vector<double> mean(static_cast<size_t>(d), 0.0);
-  std::vector<double> m2(static_cast<size_t>(d), 0.0);
-  std::vector<double> chunkMean(static_cast<size_t>(d));
-  double seen = 0;
+  ColumnVariance variance(d);
   uint64_t chunkSeed = seed;
   Progress progress("forward", rows, chunk);
   for (int64_t done = 0; done < rows; done += chunk, ++chunkSeed) {
@@ -1312,25 +1515,7 @@ int runForward(int argc, char **argv) {
       double diff = static_cast<double>(xhat[i]) - static_cast<double>(x[i]);
       squaredError += diff * diff;
     }
-    double c = static_cast<double>(count);
-    for (int64_t j = 0; j < d; ++j) {
-      double sum = 0;
-      for (int64_t r = 0; r < count; ++r)
-        sum += x[r * d + j];
-      chunkMean[j] = sum / c;
-    }
-    for (int64_t j = 0; j < d; ++j) {
-      double chunkM2 = 0;
-      for (int64_t r = 0; r < count; ++r) {
-        double dev = x[r * d + j] - chunkMean[j];
-        chunkM2 += dev * dev;
-      }
-      double total = seen + c;
-      double delta = chunkMean[j] - mean[j];
-      mean[j] += delta * c / total;
-      m2[j] += chunkM2 + delta * delta * seen * c / total;
-    }
-    seen += c;
+    variance.add(x, count);
 
     if (batchL0 || rowsL0) {
       if (batchL0)
@@ -1358,9 +1543,7 @@ int runForward(int argc, char **argv) {
   if (out)
     out->commit();
 
-  double totalVariance = 0;
-  for (double value : m2)
-    totalVariance += value;
+  double totalVariance = variance.total();
   double rowCount = static_cast<double>(rows);
   double fvu = totalVariance > 0 ? squaredError / totalVariance : NAN;
   std::string terms;
@@ -1373,6 +1556,459 @@ int runForward(int argc, char **argv) {
               formatNumber(squaredError / rowCount).c_str(),
               formatNumber(fvu).c_str(),
               haveL0 ? formatNumber(nonzero / rowCount).c_str() : "null");
+  return 0;
+}
+
+//===----------------------------------------------------------------------===//
+// sae eval
+//===----------------------------------------------------------------------===//
+
+/// The codes entry point that 'sae eval' counts firing latents with: the
+/// sparse encoder of the model's layout when it has one, else the dense
+/// one.
+enum class CodesSource { SparseRows, SparseBatch, Dense };
+
+/// Counts, chunk by chunk, how many rows each latent fires on (a nonzero
+/// code) and the nonzero codes in all. A latent listed twice for one row
+/// by a sparse encoder counts once.
+class FiringCounter {
+public:
+  explicit FiringCounter(int64_t n)
+      : fires(static_cast<size_t>(n), 0), lastRow(static_cast<size_t>(n), -1),
+        n(n) {}
+
+  /// Entry (value, index) of global row `row` from a sparse encoder.
+  void addEntry(const sae_rt_model *m, int64_t row, float value,
+                int32_t index) {
+    if (index < 0 || index >= n)
+      fail(modelLabel(m) + ": the encoder returned latent index " +
+           std::to_string(index) + ", outside [0, " + std::to_string(n) + ")");
+    if (value == 0.0f || lastRow[static_cast<size_t>(index)] == row)
+      return;
+    lastRow[static_cast<size_t>(index)] = row;
+    ++fires[static_cast<size_t>(index)];
+    ++nonzero;
+  }
+
+  /// Dense codes [count, n].
+  void addDense(const float *codes, int64_t count) {
+    for (int64_t r = 0; r < count; ++r)
+      for (int64_t j = 0; j < n; ++j)
+        if (codes[r * n + j] != 0.0f) {
+          ++fires[static_cast<size_t>(j)];
+          ++nonzero;
+        }
+  }
+
+  const std::vector<int64_t> &getFires() const { return fires; }
+  int64_t getNonzero() const { return nonzero; }
+
+private:
+  std::vector<int64_t> fires;
+  std::vector<int64_t> lastRow;
+  int64_t n;
+  int64_t nonzero = 0;
+};
+
+/// Reconstruction statistics accumulated over chunks in double precision.
+struct ReconstructionStats {
+  double squaredError = 0; ///< sum over rows of ||xhat - x||^2
+  double cosineSum = 0;    ///< sum over rows of cos(x, xhat) (0 if a norm is 0)
+  double normRatioSum = 0; ///< sum over rows with ||x|| > 0 of ||xhat||/||x||
+  int64_t normRatioRows = 0;
+
+  void add(const float *x, const float *xhat, int64_t count, int64_t d) {
+    for (int64_t r = 0; r < count; ++r) {
+      double xx = 0, hh = 0, xh = 0, ee = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        double a = x[r * d + j], b = xhat[r * d + j];
+        xx += a * a;
+        hh += b * b;
+        xh += a * b;
+        ee += (b - a) * (b - a);
+      }
+      squaredError += ee;
+      if (xx > 0 && hh > 0)
+        cosineSum += xh / (std::sqrt(xx) * std::sqrt(hh));
+      if (xx > 0) {
+        normRatioSum += std::sqrt(hh) / std::sqrt(xx);
+        ++normRatioRows;
+      }
+    }
+  }
+};
+
+/// The index of the model's parameter named `name`, or -1.
+int64_t findParam(const sae_rt_model *m, const char *name) {
+  for (size_t i = 0; i < sae_rt_model_param_count(m); ++i)
+    if (std::strcmp(sae_rt_model_param_name(m, i), name) == 0)
+      return static_cast<int64_t>(i);
+  return -1;
+}
+
+/// Checks that the model has a decoder W_dec [n, d] for --true-dict and
+/// returns its parameter index.
+size_t decoderParam(const sae_rt_model *m) {
+  int64_t index = findParam(m, "W_dec");
+  int64_t n = sae_rt_model_latents(m), d = sae_rt_model_input_dim(m);
+  if (index < 0)
+    fail(modelLabel(m) +
+         " has no parameter 'W_dec' (the decoder, [n, d] = [" +
+         std::to_string(n) + ", " + std::to_string(d) +
+         "]); --true-dict compares the ground-truth features with its rows");
+  size_t at = static_cast<size_t>(index);
+  const int64_t *shape = sae_rt_model_param_shape(m, at);
+  int32_t ndim = sae_rt_model_param_ndim(m, at);
+  if (ndim != 2 || shape[0] != n || shape[1] != d)
+    fail(modelLabel(m) + ": parameter 'W_dec' has shape " +
+         shapeText(ndim, shape) + ", expected [n, d] = [" + std::to_string(n) +
+         ", " + std::to_string(d) + "] for --true-dict");
+  return at;
+}
+
+int runEval(int argc, char **argv) {
+  Args args;
+  if (!parseArgs("eval", kEvalHelp, argc, argv, 2,
+                 {{"checkpoint", true},
+                  {"data", true},
+                  {"tensor", true},
+                  {"grad", true},
+                  {"grad-tensor", true},
+                  {"batch-size", true},
+                  {"dense-threshold", true},
+                  {"true-dict", true}},
+                 args))
+    return 0;
+  args.library();
+  args.required("checkpoint");
+  std::string data = args.required("data");
+  checkGradTensor(args);
+  int64_t batchSize = parseBatchSize(args);
+  double denseThreshold = parseDouble(args, "dense-threshold", 0.1);
+  if (denseThreshold < 0.0 || denseThreshold > 1.0)
+    throw UsageError{args.command,
+                     "--dense-threshold must lie in [0, 1] (a fraction of "
+                     "the rows)"};
+  bool withTruth = args.has("true-dict");
+
+  LoadedModel loaded;
+  CodesSource source = CodesSource::Dense;
+  loadModel(loaded, args, [&](const sae_rt_model *m) {
+    const sae_rt_entry_points *e = sae_rt_model_entry_points(m);
+    if (!e->forward)
+      fail(modelLabel(m) + " has no entry point " SAE_SYM_FORWARD
+                           " (eval reconstructs with it)");
+    bool sparse = sae_rt_model_codes_kind(m) == SAE_RT_CODES_SPARSE;
+    bool batch = sae_rt_model_codes_layout(m) == SAE_RT_LAYOUT_BATCH;
+    if (sparse && batch && e->encode_batch)
+      source = CodesSource::SparseBatch;
+    else if (sparse && !batch && e->encode_sparse)
+      source = CodesSource::SparseRows;
+    else if (e->encode_dense)
+      source = CodesSource::Dense;
+    else
+      fail(modelLabel(m) + " has no encoder entry point (" SAE_SYM_ENCODE_DENSE
+                           ", " SAE_SYM_ENCODE_SPARSE " or " SAE_SYM_ENCODE_BATCH
+                           "); eval counts firing latents with one");
+    if (withTruth)
+      decoderParam(m);
+    checkAuxiliaryInputs(m, args);
+  });
+  const sae_rt_model *m = loaded.model.get();
+  int64_t d = sae_rt_model_input_dim(m);
+  int64_t n = sae_rt_model_latents(m);
+  int64_t k = sae_rt_model_codes_k(m);
+  size_t termCount = sae_rt_model_loss_term_count(m);
+
+  // The ground-truth dictionary is read (and checked) before the data pass.
+  std::vector<float> truth;
+  int64_t features = 0;
+  if (withTruth) {
+    RowInput dict(args.get("true-dict"), "", "--true-dict", d,
+                  "the model's input dimension " + std::to_string(d));
+    features = dict.getRows();
+    if (features == 0)
+      fail(dict.getPath() + ": the dictionary has no rows");
+    truth.resize(elements(features, d, "the dictionary size"));
+    dict.read(0, features, truth.data());
+  }
+
+  ModelInputs in(m, args, "data");
+  int64_t rows = in.getRows();
+  if (rows == 0)
+    fail(in.getPath() + ": the input has no rows");
+  int64_t chunk = std::min(batchSize, rows);
+  in.allocate(chunk);
+  std::vector<float> xhat(elements(chunk, d));
+  std::vector<float> losses(termCount + 1);
+  std::vector<float> values;
+  std::vector<int32_t> indices, entryRows;
+  if (source == CodesSource::Dense) {
+    values.resize(elements(chunk, n));
+  } else {
+    values.resize(elements(chunk, k));
+    indices.resize(elements(chunk, k));
+    if (source == CodesSource::SparseBatch)
+      entryRows.resize(elements(chunk, k));
+  }
+
+  ReconstructionStats stats;
+  ColumnVariance variance(d);
+  FiringCounter firing(n);
+  Progress progress("eval", rows, chunk);
+  uint64_t chunkSeed = 0; // as 'sae forward --seed 0'
+  for (int64_t done = 0; done < rows; done += chunk, ++chunkSeed) {
+    int64_t count = std::min(chunk, rows - done);
+    in.read(done, count);
+    const float *x = in.x();
+    check(sae_rt_model_forward(m, count, in.get(), loaded.params.get(),
+                               chunkSeed, xhat.data(), losses.data()));
+    stats.add(x, xhat.data(), count, d);
+    variance.add(x, count);
+    switch (source) {
+    case CodesSource::SparseRows: {
+      check(sae_rt_model_encode_sparse(m, count, in.get(), loaded.params.get(),
+                                       values.data(), indices.data()));
+      for (int64_t r = 0; r < count; ++r)
+        for (int64_t t = 0; t < k; ++t)
+          firing.addEntry(m, done + r, values[r * k + t], indices[r * k + t]);
+      break;
+    }
+    case CodesSource::SparseBatch: {
+      check(sae_rt_model_encode_batch(m, count, in.get(), loaded.params.get(),
+                                      values.data(), indices.data(),
+                                      entryRows.data()));
+      size_t total = elements(count, k);
+      for (size_t i = 0; i < total; ++i)
+        firing.addEntry(m, done + entryRows[i], values[i], indices[i]);
+      break;
+    }
+    case CodesSource::Dense:
+      check(sae_rt_model_encode_dense(m, count, in.get(), loaded.params.get(),
+                                      values.data()));
+      firing.addDense(values.data(), count);
+      break;
+    }
+    progress.update(done + count);
+  }
+
+  double rowCount = static_cast<double>(rows);
+  double totalVariance = variance.total();
+  double fvu = totalVariance > 0 ? stats.squaredError / totalVariance : NAN;
+  int64_t dead = 0, dense = 0;
+  for (int64_t fired : firing.getFires()) {
+    dead += fired == 0;
+    dense += static_cast<double>(fired) / rowCount > denseThreshold;
+  }
+  std::string recovery = "null";
+  if (withTruth) {
+    size_t decoder = decoderParam(m);
+    double meanMaxCos = 0, mcc = 0;
+    check(sae_rt_feature_recovery(features, n, d, truth.data(),
+                                  loaded.params.get()[decoder], &meanMaxCos,
+                                  &mcc));
+    recovery = "{\"mean_max_cos\": " + formatNumber(meanMaxCos) +
+               ", \"mcc\": " + formatNumber(mcc) +
+               ", \"features\": " + std::to_string(features) + "}";
+  }
+  std::printf(
+      "{\"rows\": %" PRId64 ", \"latents\": %" PRId64
+      ", \"mse\": %s, \"fvu\": %s, \"explained_variance\": %s, \"l0\": %s, "
+      "\"dead_latents\": %" PRId64 ", \"dead_fraction\": %s, "
+      "\"dense_latents\": %" PRId64 ", \"dense_threshold\": %s, "
+      "\"cosine\": %s, \"norm_ratio\": %s, \"feature_recovery\": %s}\n",
+      rows, n, formatNumber(stats.squaredError / rowCount).c_str(),
+      formatNumber(fvu).c_str(), formatNumber(1.0 - fvu).c_str(),
+      formatNumber(static_cast<double>(firing.getNonzero()) / rowCount).c_str(),
+      dead,
+      formatNumber(static_cast<double>(dead) / static_cast<double>(n)).c_str(),
+      dense, formatNumber(denseThreshold).c_str(),
+      formatNumber(stats.cosineSum / rowCount).c_str(),
+      formatNumber(stats.normRatioRows
+                       ? stats.normRatioSum /
+                             static_cast<double>(stats.normRatioRows)
+                       : NAN)
+          .c_str(),
+      recovery.c_str());
+  return 0;
+}
+
+//===----------------------------------------------------------------------===//
+// sae synth
+//===----------------------------------------------------------------------===//
+
+/// splitmix64 (Steele, Lea and Flood 2014): a Weyl sequence of step
+/// 0x9e3779b97f4a7c15 through the finaliser below. 'sae synth' draws
+/// stream `id` of seed S starting from state finalise(S ^ finalise(id)).
+class SplitMix64 {
+public:
+  SplitMix64(uint64_t seed, uint64_t id) : state(finalise(seed ^ finalise(id))) {}
+
+  static uint64_t finalise(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+
+  uint64_t next() {
+    state += 0x9e3779b97f4a7c15ull;
+    uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+
+  /// Uniform in [0, 1): the top 53 bits.
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+
+  /// Uniform integer in [0, bound), bound >= 1, without modulo bias (draws
+  /// below 2^64 mod bound are rejected).
+  uint64_t below(uint64_t bound) {
+    uint64_t threshold = (0 - bound) % bound;
+    while (true) {
+      uint64_t value = next();
+      if (value >= threshold)
+        return value % bound;
+    }
+  }
+
+  /// Standard normal: Box-Muller on two uniforms, both values of each pair
+  /// used in turn (cos first).
+  double normal() {
+    if (haveSpare) {
+      haveSpare = false;
+      return spare;
+    }
+    double u1 = 1.0 - uniform(); // (0, 1]
+    double u2 = uniform();
+    double radius = std::sqrt(-2.0 * std::log(u1));
+    double angle = 2.0 * M_PI * u2;
+    spare = radius * std::sin(angle);
+    haveSpare = true;
+    return radius * std::cos(angle);
+  }
+
+private:
+  uint64_t state;
+  double spare = 0;
+  bool haveSpare = false;
+};
+
+/// A count given by --NAME: required, between 1 and `limit`.
+int64_t parseCount(const Args &args, const std::string &name, uint64_t limit) {
+  if (!args.has(name))
+    throw UsageError{args.command, "missing required option --" + name};
+  uint64_t value = parseUnsigned(args, name, 0);
+  if (value == 0 || value > limit)
+    throw UsageError{args.command, "--" + name + " must be between 1 and " +
+                                       std::to_string(limit)};
+  return static_cast<int64_t>(value);
+}
+
+int runSynth(int argc, char **argv) {
+  Args args;
+  if (!parseArgs("synth", kSynthHelp, argc, argv, 2,
+                 {{"d", true},
+                  {"features", true},
+                  {"active", true},
+                  {"rows", true},
+                  {"noise", true},
+                  {"seed", true},
+                  {"out", true},
+                  {"dict", true}},
+                 args))
+    return 0;
+  if (!args.positional.empty())
+    throw UsageError{args.command,
+                     "unexpected argument '" + args.positional[0] + "'"};
+  const uint64_t kMaxDim = uint64_t(1) << 24;
+  int64_t d = parseCount(args, "d", kMaxDim);
+  int64_t features = parseCount(args, "features", kMaxDim);
+  int64_t active = parseCount(args, "active", kMaxDim);
+  int64_t rows = parseRowCount(args, "rows", 65536);
+  double noise = parseDouble(args, "noise", 0.01);
+  uint64_t seed = parseUnsigned(args, "seed", 0);
+  std::string out = args.required("out");
+  std::string dictPath = args.required("dict");
+  if (active > features)
+    throw UsageError{args.command, "--active (" + std::to_string(active) +
+                                       ") must not exceed --features (" +
+                                       std::to_string(features) + ")"};
+  if (noise < 0.0)
+    throw UsageError{args.command, "--noise must be >= 0"};
+  if (out == dictPath)
+    throw UsageError{args.command, "--out and --dict must be different files"};
+
+  // The dictionary: stream 0, F*d normals in row-major order, each row
+  // scaled to unit norm (in double), stored as float32.
+  std::vector<float> dict(elements(features, d, "--features or --d"));
+  {
+    SplitMix64 rng(seed, 0);
+    std::vector<double> row(static_cast<size_t>(d));
+    for (int64_t f = 0; f < features; ++f) {
+      double sum = 0;
+      for (double &value : row) {
+        value = rng.normal();
+        sum += value * value;
+      }
+      double norm = std::sqrt(sum);
+      for (int64_t j = 0; j < d; ++j)
+        dict[static_cast<size_t>(f * d + j)] =
+            static_cast<float>(norm > 0 ? row[j] / norm : row[j]);
+    }
+  }
+
+  int64_t dictShape[2] = {features, d};
+  sae_rt_npy_writer *rawDict = nullptr;
+  check(sae_rt_npy_writer_open(dictPath.c_str(), SAE_RT_DTYPE_FLOAT32, 2,
+                               dictShape, &rawDict));
+  WriterPtr dictWriter(rawDict);
+  check(sae_rt_npy_writer_append(dictWriter.get(), dict.data(),
+                                 dict.size() * sizeof(float)));
+  RowOutput x(out, rows, d);
+
+  // Row r of X: stream 1 + r picks A distinct features (Floyd's algorithm),
+  // sorted, then one coefficient in [0.5, 1.5) per feature in that order,
+  // then d noise values.
+  int64_t chunk = std::max<int64_t>(1, (int64_t(1) << 20) / d);
+  chunk = std::min(chunk, rows);
+  std::vector<float> buffer(elements(chunk, d, "--d"));
+  std::vector<double> sum(static_cast<size_t>(d));
+  std::vector<char> picked(static_cast<size_t>(features), 0);
+  std::vector<int64_t> support;
+  support.reserve(static_cast<size_t>(active));
+  Progress progress("synth", rows, chunk);
+  for (int64_t done = 0; done < rows; done += chunk) {
+    int64_t count = std::min(chunk, rows - done);
+    for (int64_t r = 0; r < count; ++r) {
+      SplitMix64 rng(seed, 1 + static_cast<uint64_t>(done + r));
+      support.clear();
+      for (int64_t j = features - active; j < features; ++j) {
+        int64_t t = static_cast<int64_t>(rng.below(static_cast<uint64_t>(j) + 1));
+        int64_t choice = picked[static_cast<size_t>(t)] ? j : t;
+        picked[static_cast<size_t>(choice)] = 1;
+        support.push_back(choice);
+      }
+      std::sort(support.begin(), support.end());
+      std::fill(sum.begin(), sum.end(), 0.0);
+      for (int64_t f : support) {
+        picked[static_cast<size_t>(f)] = 0;
+        double coefficient = 0.5 + rng.uniform();
+        const float *atom = &dict[static_cast<size_t>(f * d)];
+        for (int64_t j = 0; j < d; ++j)
+          sum[static_cast<size_t>(j)] += coefficient * atom[j];
+      }
+      float *row = &buffer[static_cast<size_t>(r * d)];
+      for (int64_t j = 0; j < d; ++j)
+        row[j] = static_cast<float>(sum[static_cast<size_t>(j)] +
+                                    noise * rng.normal());
+    }
+    x.append(buffer.data(), elements(count, d));
+    progress.update(done + count);
+  }
+  check(sae_rt_npy_writer_commit(dictWriter.get()));
+  x.commit();
   return 0;
 }
 
@@ -1400,6 +2036,10 @@ int dispatch(int argc, char **argv) {
     return runDecode(argc, argv);
   if (command == "forward")
     return runForward(argc, argv);
+  if (command == "eval")
+    return runEval(argc, argv);
+  if (command == "synth")
+    return runSynth(argc, argv);
   throw UsageError{"", "unknown command '" + command + "'"};
 }
 

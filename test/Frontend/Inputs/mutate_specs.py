@@ -2,9 +2,11 @@
 
 Usage: mutate_specs.py SAEC COUNT SEED SPEC...
 Each mutant (bytes deleted, duplicated, swapped or replaced by random bytes
-and tokens) is compiled with --emit=mlir. saec must exit with status 0 or 1
-and, when it fails, print at least one 'error:' line: never a signal, an
-assertion, a hang (10 s limit) or a silent failure.
+and tokens; or, for half of them, identifiers and numbers swapped for others,
+so that they parse and reach Sema and MLIRGen) is compiled with --emit=mlir.
+saec must exit with status 0 or 1 and, when it fails, print at least one
+'error:' line and no internal error: never a signal, an assertion, a hang
+(10 s limit), IR that fails to verify, or a silent failure.
 """
 import random
 import subprocess
@@ -20,7 +22,26 @@ tokens = [b"{", b"}", b"(", b")", b"[", b"]", b",", b";", b"=", b"@", b"-", b"*"
           b"1e400", b"x", b"z", b"W_enc", b"\x00", b"\xff", b"\n", b"//", b"/*"]
 
 
+def mutate_tokens(data):
+    """Replaces identifiers by other identifiers of the file and numbers by
+    edge values: mutants that parse and stress Sema and MLIRGen."""
+    import re
+    text = data.decode("utf-8", "replace")
+    names = sorted(set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", text)))
+    numbers = ["0", "1", "-1", "2", "7", "64", "1e9", "0.5", "n", "d", "k"]
+    parts = re.split(r"([A-Za-z_][A-Za-z_0-9]*|[0-9]+(?:\.[0-9]*)?)", text)
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(len(parts))
+        if re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", parts[i]):
+            parts[i] = rng.choice(names)
+        elif re.fullmatch(r"[0-9]+(?:\.[0-9]*)?", parts[i]):
+            parts[i] = rng.choice(numbers)
+    return "".join(parts).encode()
+
+
 def mutate(data):
+    if rng.random() < 0.5:
+        return mutate_tokens(data)
     data = bytearray(data)
     for _ in range(rng.randint(1, 4)):
         pos = rng.randrange(len(data) + 1)
@@ -51,7 +72,8 @@ with tempfile.TemporaryDirectory() as tmp:
             bad += 1
             continue
         err = p.stderr.decode("utf-8", "replace")
-        if p.returncode not in (0, 1) or (p.returncode == 1 and "error:" not in err):
+        internal = "internal error" in err or "could not be lowered" in err
+        if p.returncode not in (0, 1) or internal or (p.returncode == 1 and "error:" not in err):
             print("mutant %d: status %d\n%s" % (i, p.returncode, err[-2000:]))
             print(open(path, "rb").read())
             bad += 1

@@ -229,6 +229,42 @@ SAE_RT_API const char *sae_rt_safetensors_metadata(const sae_rt_safetensors *st,
                                                    const char *key);
 SAE_RT_API void sae_rt_safetensors_close(sae_rt_safetensors *st);
 
+/*===------------------------- Row sources ------------------------------===*/
+
+/// Read-only access to the rows of a [B, d] array for bounded-memory
+/// processing: a .npy file ('<f4' or '<f2'; shape [B, d], or [d] as one
+/// row) or a named 2-D tensor of a safetensors file (F32, F16 or BF16).
+/// The file is memory-mapped (read-only, never read whole), so it may be
+/// larger than memory; each read widens the rows it returns to float32
+/// exactly. Values are not checked (NaN and infinities pass through).
+typedef struct sae_rt_rows sae_rt_rows;
+
+/// Opens `path`. With `tensor` NULL the file must be a .npy file; a
+/// safetensors file is refused with a message listing its tensors. With
+/// `tensor` non-NULL it must be a safetensors file holding a tensor of that
+/// name (a missing name is an SAE_RT_ERR_ARG whose message lists the
+/// tensors of the file); a dtype other than F32/F16/BF16 or a rank other
+/// than 2 is SAE_RT_ERR_SHAPE. A .npy of another dtype or of rank other
+/// than 1 or 2 is SAE_RT_ERR_SHAPE too.
+SAE_RT_API sae_rt_status sae_rt_rows_open(const char *path,
+                                          const char *tensor,
+                                          sae_rt_rows **out);
+/// B (1 for a [d] .npy) and d.
+SAE_RT_API int64_t sae_rt_rows_count(const sae_rt_rows *rows);
+SAE_RT_API int64_t sae_rt_rows_width(const sae_rt_rows *rows);
+/// The dtype stored in the file (float32, float16 or bfloat16).
+SAE_RT_API sae_rt_dtype sae_rt_rows_dtype(const sae_rt_rows *rows);
+/// The stored shape: rank 1 ([d]) or 2 ([B, d]).
+SAE_RT_API int32_t sae_rt_rows_ndim(const sae_rt_rows *rows);
+SAE_RT_API const int64_t *sae_rt_rows_shape(const sae_rt_rows *rows);
+/// Copies rows [first, first + count) into `dst` (count * d floats),
+/// converted to float32. The file must still hold them (a file truncated
+/// since it was opened is SAE_RT_ERR_IO, not a fault).
+SAE_RT_API sae_rt_status sae_rt_rows_read(sae_rt_rows *rows, int64_t first,
+                                          int64_t count, float *dst);
+/// Unmaps the file. Accepts NULL.
+SAE_RT_API void sae_rt_rows_close(sae_rt_rows *rows);
+
 /*===-------------------------- Models ----------------------------------===*/
 
 typedef struct sae_rt_model sae_rt_model;
@@ -435,6 +471,36 @@ SAE_RT_API sae_rt_status sae_rt_checkpoint_save(const sae_rt_model *model,
 SAE_RT_API sae_rt_status sae_rt_checkpoint_load(const sae_rt_model *model,
                                                 const char *dir,
                                                 float *const *params);
+
+/*===------------------------ Evaluation --------------------------------===*/
+
+/// Maximum-weight one-to-one matching between the rows and the columns of
+/// `weights` [rows, cols] (row-major, finite values): min(rows, cols)
+/// pairs, no row or column used twice, of the largest total weight. Solved
+/// with the Hungarian algorithm in O(min^2 * max) time and O(rows + cols)
+/// extra memory. `row_match[i]` (rows entries) receives the column matched
+/// to row i, or -1 when rows > cols leaves it out; `total` (may be NULL)
+/// the sum of the matched weights. rows or cols may be 0 (no pairs).
+SAE_RT_API sae_rt_status sae_rt_match_max_weight(int64_t rows, int64_t cols,
+                                                 const double *weights,
+                                                 int64_t *row_match,
+                                                 double *total);
+
+/// How well the rows of a learned dictionary `learned` [latents, d] (e.g.
+/// a decoder W_dec) recover a ground-truth dictionary `truth` [features, d]
+/// (both float32, row-major). With C[f][i] = |cos(truth_f, learned_i)|
+/// (0 when either row is zero), computed in double:
+///   mean_max_cos = mean over f of max over i of C[f][i];
+///   mcc          = mean of C over the min(features, latents) pairs of a
+///                  maximum-weight one-to-one matching
+///                  (sae_rt_match_max_weight on C).
+/// Needs features * latents doubles of memory. Either output may be NULL.
+SAE_RT_API sae_rt_status sae_rt_feature_recovery(int64_t features,
+                                                 int64_t latents, int64_t d,
+                                                 const float *truth,
+                                                 const float *learned,
+                                                 double *mean_max_cos,
+                                                 double *mcc);
 
 #ifdef __cplusplus
 }
