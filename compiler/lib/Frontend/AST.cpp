@@ -75,13 +75,20 @@ void dumpShape(const std::vector<DimRefAST> &shape, llvm::raw_ostream &os) {
 
 const char *declKeyword(DeclAST::DeclKind kind) {
   switch (kind) {
-  case DeclAST::Dim: return "Dim";
-  case DeclAST::Input: return "Input";
-  case DeclAST::Param: return "Param";
-  case DeclAST::Let: return "Let";
-  case DeclAST::Encode: return "Encode";
-  case DeclAST::Decode: return "Decode";
-  case DeclAST::Loss: return "Loss";
+  case DeclAST::Dim:
+    return "Dim";
+  case DeclAST::Input:
+    return "Input";
+  case DeclAST::Param:
+    return "Param";
+  case DeclAST::Let:
+    return "Let";
+  case DeclAST::Encode:
+    return "Encode";
+  case DeclAST::Decode:
+    return "Decode";
+  case DeclAST::Loss:
+    return "Loss";
   }
   return "?";
 }

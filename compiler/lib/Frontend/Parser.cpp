@@ -16,8 +16,8 @@
 #include "llvm/Support/ConvertUTF.h"
 
 #include <cerrno>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 
 using namespace sae;
 using namespace sae::grammar;
@@ -110,8 +110,8 @@ private:
     errno = 0;
     long long v = std::strtoll(text.c_str(), nullptr, 10);
     if (errno == ERANGE) {
-      emitError(ctx, loc(tok)) << "integer literal '" << text
-                               << "' does not fit in 64 bits";
+      emitError(ctx, loc(tok))
+          << "integer literal '" << text << "' does not fit in 64 bits";
       failed = true;
       return -1;
     }
@@ -156,13 +156,13 @@ private:
     if (auto *neg = dynamic_cast<SaeParser::NegExprContext *>(expr))
       return std::make_unique<UnaryExprAST>(r, '-', buildExpr(neg->expr()));
     if (auto *mul = dynamic_cast<SaeParser::MulExprContext *>(expr))
-      return std::make_unique<BinaryExprAST>(
-          r, mul->op->getText()[0], loc(mul->op), buildExpr(mul->lhs),
-          buildExpr(mul->rhs));
+      return std::make_unique<BinaryExprAST>(r, mul->op->getText()[0],
+                                             loc(mul->op), buildExpr(mul->lhs),
+                                             buildExpr(mul->rhs));
     if (auto *add = dynamic_cast<SaeParser::AddExprContext *>(expr))
-      return std::make_unique<BinaryExprAST>(
-          r, add->op->getText()[0], loc(add->op), buildExpr(add->lhs),
-          buildExpr(add->rhs));
+      return std::make_unique<BinaryExprAST>(r, add->op->getText()[0],
+                                             loc(add->op), buildExpr(add->lhs),
+                                             buildExpr(add->rhs));
     if (auto *call = dynamic_cast<SaeParser::CallExprContext *>(expr)) {
       std::vector<ArgAST> args;
       for (SaeParser::ArgContext *a : call->arg()) {
@@ -221,8 +221,7 @@ std::unique_ptr<ModelAST> sae::parseSpec(mlir::MLIRContext &ctx,
   const llvm::UTF8 *bad = begin;
   if (nul != llvm::StringRef::npos ||
       !llvm::isLegalUTF8String(&bad, begin + text.size())) {
-    size_t offset =
-        nul != llvm::StringRef::npos ? nul : size_t(bad - begin);
+    size_t offset = nul != llvm::StringRef::npos ? nul : size_t(bad - begin);
     emitError(ctx, locOfOffset(file, text, offset))
         << "'" << filename << "' is not a text file: "
         << (nul != llvm::StringRef::npos ? "NUL byte" : "invalid UTF-8")

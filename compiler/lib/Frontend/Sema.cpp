@@ -25,8 +25,9 @@ std::string ValueType::str() const {
   case Scalar:
     return "a scalar";
   case Codes:
-    return "sparse codes over " + std::to_string(shape[0]) + " latents (k = " +
-           std::to_string(k) + (perBatch ? " per row on average)" : ")");
+    return "sparse codes over " + std::to_string(shape[0]) +
+           " latents (k = " + std::to_string(k) +
+           (perBatch ? " per row on average)" : ")");
   case Tensor: {
     std::string s = "[";
     for (size_t i = 0; i < shape.size(); ++i)
@@ -90,7 +91,11 @@ const std::vector<BuiltinSig> &builtins() {
       {"mutual_choice", {{"x", T}, {"k", I}}, false},
       {"feature_choice", {{"x", T}, {"k", I}, {"zipf", F, true, 0}}, false},
       {"grad_topk",
-       {{"x", T}, {"grad", T}, {"decoder", T}, {"k", I}, {"beta", F, true, 1.0}},
+       {{"x", T},
+        {"grad", T},
+        {"decoder", T},
+        {"k", I},
+        {"beta", F, true, 1.0}},
        false},
       {"mse", {{"input", T}, {"target", T}, {"mean", I, true, 0}}, false},
       {"fvu", {{"input", T}, {"target", T}}, false},
@@ -103,13 +108,24 @@ const std::vector<BuiltinSig> &builtins() {
       {"top_afa", {{"x", T}, {"decoder", T}, {"target", T}}, false},
       {"afa", {{"codes", T}, {"x", T}}, false},
       {"aux_k",
-       {{"x", T}, {"residual", T}, {"decoder", T}, {"since_fired", T},
-        {"k_aux", I}, {"dead_after", F, true, 10000000}, {"bias", T, true},
+       {{"x", T},
+        {"residual", T},
+        {"decoder", T},
+        {"since_fired", T},
+        {"k_aux", I},
+        {"dead_after", F, true, 10000000},
+        {"bias", T, true},
         {"target", T, true}},
        false},
       {"aux_zipf",
-       {{"x", T}, {"residual", T}, {"decoder", T}, {"frequency", T},
-        {"k_aux", I}, {"k", I}, {"alpha", F, true, 1.0}, {"bias", T, true},
+       {{"x", T},
+        {"residual", T},
+        {"decoder", T},
+        {"frequency", T},
+        {"k_aux", I},
+        {"k", I},
+        {"alpha", F, true, 1.0},
+        {"bias", T, true},
         {"target", T, true}},
        false},
       {"matryoshka",
@@ -166,7 +182,6 @@ private:
     return emitError(ctx, loc);
   }
 
-
   bool declare(const DeclAST &decl);
   std::optional<std::vector<int64_t>>
   resolveShape(const std::vector<DimRefAST> &shape);
@@ -182,7 +197,8 @@ private:
   bool checkBinding(const BindingDeclAST &b, const ValueType &t,
                     bool usesInput);
   /// Checks for unused overrides and missing statements.
-  std::optional<CheckedModel> finish(const llvm::StringMap<bool> &usedOverrides);
+  std::optional<CheckedModel>
+  finish(const llvm::StringMap<bool> &usedOverrides);
 
   mlir::MLIRContext &ctx;
   const std::map<std::string, int64_t> &overrides;
@@ -265,11 +281,16 @@ std::optional<double> Sema::evalConst(const ExprAST &e) {
     if (!l || !r)
       return std::nullopt;
     switch (b->getOp()) {
-    case '+': return *l + *r;
-    case '-': return *l - *r;
-    case '*': return *l * *r;
-    case '/': return *l / *r;
-    default: return std::nullopt;
+    case '+':
+      return *l + *r;
+    case '-':
+      return *l - *r;
+    case '*':
+      return *l * *r;
+    case '/':
+      return *l / *r;
+    default:
+      return std::nullopt;
     }
   }
   return std::nullopt;
@@ -471,8 +492,8 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
       bound[positional++] = &arg;
       continue;
     }
-    auto it = llvm::find_if(sig->args,
-                            [&](const ArgSpec &a) { return a.name == *arg.name; });
+    auto it = llvm::find_if(
+        sig->args, [&](const ArgSpec &a) { return a.name == *arg.name; });
     if (it == sig->args.end()) {
       error(arg.loc) << "'" << name << "' has no argument named '" << *arg.name
                      << "'";
@@ -602,8 +623,8 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     if (t.kind == ValueType::Tensor && !t.batched && t.shape.size() == 1 &&
         t.shape[0] == n)
       return true;
-    error(bound[i]->loc) << "'" << name << "' expects a parameter vector ["
-                         << n << "] for '" << sig->args[i].name << "', got "
+    error(bound[i]->loc) << "'" << name << "' expects a parameter vector [" << n
+                         << "] for '" << sig->args[i].name << "', got "
                          << t.str();
     return false;
   };
@@ -753,8 +774,9 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
         return {};
       }
       if (w > 0 && widths[w] <= widths[w - 1]) {
-        error(bound[4]->loc) << "widths of 'matryoshka' must increase: "
-                             << widths[w] << " follows " << widths[w - 1];
+        error(bound[4]->loc)
+            << "widths of 'matryoshka' must increase: " << widths[w]
+            << " follows " << widths[w - 1];
         return {};
       }
     }
@@ -768,7 +790,8 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     if (!needDense(0, true))
       return {};
     if (types[0].shape.size() != 1) {
-      error(bound[0]->loc) << "'" << name << "' expects one vector per row, got "
+      error(bound[0]->loc) << "'" << name
+                           << "' expects one vector per row, got "
                            << types[0].str();
       return {};
     }
@@ -791,9 +814,9 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
       if (!needDense(1, true) || !needDecoder(2, 0))
         return {};
       if (types[1].shape != std::vector<int64_t>{types[2].shape[1]}) {
-        error(bound[1]->loc) << "'grad_topk' expects a gradient of shape ["
-                             << types[2].shape[1] << "] per row, got "
-                             << types[1].str();
+        error(bound[1]->loc)
+            << "'grad_topk' expects a gradient of shape [" << types[2].shape[1]
+            << "] per row, got " << types[1].str();
         return {};
       }
     }
@@ -841,7 +864,8 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     return ValueType::tensor(false, t.shape);
   }
   if (name == "normal" && !(consts[1] >= 0)) {
-    error(e.getLoc()) << "'normal' needs std >= 0, got " << formatNumber(consts[1]);
+    error(e.getLoc()) << "'normal' needs std >= 0, got "
+                      << formatNumber(consts[1]);
     return {};
   }
   if (name == "gaussian") {
@@ -854,8 +878,8 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     double lo = consts[0];
     double hi = consts[1];
     if (!(lo < hi)) {
-      error(e.getLoc()) << "'uniform' needs low < high, got " << formatNumber(lo)
-                        << " and " << formatNumber(hi);
+      error(e.getLoc()) << "'uniform' needs low < high, got "
+                        << formatNumber(lo) << " and " << formatNumber(hi);
       return {};
     }
   }
@@ -870,8 +894,8 @@ ValueType Sema::check(const ExprAST &e, const Scope &scope, bool &usesInput) {
   case ExprAST::Name:
     return checkName(llvm::cast<NameExprAST>(e), scope, usesInput);
   case ExprAST::Unary: {
-    ValueType t = check(llvm::cast<UnaryExprAST>(e).getOperand(), scope,
-                        usesInput);
+    ValueType t =
+        check(llvm::cast<UnaryExprAST>(e).getOperand(), scope, usesInput);
     if (t.kind == ValueType::Codes) {
       error(e.getLoc()) << "cannot negate " << t.str();
       return {};
@@ -947,9 +971,9 @@ std::optional<CheckedModel> Sema::run() {
       if (!shape)
         break;
       if (shape->empty() || shape->size() > 2) {
-        error(decl.getLoc()) << "parameter '" << p.getName()
-                             << "' must be a vector or a matrix, got rank "
-                             << shape->size();
+        error(decl.getLoc())
+            << "parameter '" << p.getName()
+            << "' must be a vector or a matrix, got rank " << shape->size();
         break;
       }
       if (const ExprAST *init = p.getInit()) {
@@ -976,12 +1000,13 @@ std::optional<CheckedModel> Sema::run() {
     case DeclAST::Decode:
     case DeclAST::Loss: {
       auto &b = llvm::cast<BindingDeclAST>(decl);
-      bool namedTerm = decl.getKind() == DeclAST::Loss && !decl.getName().empty();
+      bool namedTerm =
+          decl.getKind() == DeclAST::Loss && !decl.getName().empty();
       const BindingDeclAST **slot =
-          decl.getKind() == DeclAST::Encode   ? &m.encode
-          : decl.getKind() == DeclAST::Decode ? &m.decode
+          decl.getKind() == DeclAST::Encode               ? &m.encode
+          : decl.getKind() == DeclAST::Decode             ? &m.decode
           : decl.getKind() == DeclAST::Loss && !namedTerm ? &m.loss
-                                              : nullptr;
+                                                          : nullptr;
       const char *keyword = decl.getKind() == DeclAST::Encode   ? "encode"
                             : decl.getKind() == DeclAST::Decode ? "decode"
                                                                 : "loss";
@@ -993,7 +1018,7 @@ std::optional<CheckedModel> Sema::run() {
         break;
       }
       if (decl.getKind() == DeclAST::Loss) {
-        const DeclAST *other = m.loss ? m.loss
+        const DeclAST *other = m.loss                 ? m.loss
                                : !m.lossTerms.empty() ? m.lossTerms.front()
                                                       : nullptr;
         if (other && (!namedTerm || other == m.loss)) {
@@ -1100,7 +1125,8 @@ bool Sema::checkBinding(const BindingDeclAST &b, const ValueType &t,
   }
 }
 
-std::optional<CheckedModel> Sema::finish(const llvm::StringMap<bool> &usedOverrides) {
+std::optional<CheckedModel>
+Sema::finish(const llvm::StringMap<bool> &usedOverrides) {
   const ModelAST &ast = *m.ast;
   for (const auto &[name, value] : overrides)
     if (!usedOverrides.count(name))
@@ -1112,8 +1138,7 @@ std::optional<CheckedModel> Sema::finish(const llvm::StringMap<bool> &usedOverri
   SourceLoc modelLoc = ast.getRange().begin;
   if (numErrors == 0) {
     if (!m.input)
-      error(modelLoc) << "model '" << ast.getName()
-                      << "' declares no 'input'";
+      error(modelLoc) << "model '" << ast.getName() << "' declares no 'input'";
     if (!m.encode)
       error(modelLoc) << "model '" << ast.getName()
                       << "' has no 'encode' statement";

@@ -141,9 +141,9 @@ func::FuncOp MLIRGenImpl::beginEntry(StringRef name, ArrayRef<Type> leading,
       argTypes.push_back(paramTensor(shape));
   argTypes.append(trailing.begin(), trailing.end());
   builder.setInsertionPointToEnd(module.getBody());
-  auto func = func::FuncOp::create(builder, loc(model.ast->getRange().begin),
-                                   name,
-                                   builder.getFunctionType(argTypes, results));
+  auto func =
+      func::FuncOp::create(builder, loc(model.ast->getRange().begin), name,
+                           builder.getFunctionType(argTypes, results));
   func->setAttr("sae.entry", builder.getStringAttr(name));
   Block *block = func.addEntryBlock();
   unsigned argNo = leading.size();
@@ -218,20 +218,24 @@ Value MLIRGenImpl::genBinary(const BinaryExprAST &e, Env &env) {
   if (op == '@') {
     auto w = cast<RankedTensorType>(rhs.getType());
     if (auto codes = dyn_cast<saedl::CodesType>(lhs.getType()))
-      return saedl::DecodeOp::create(
-          builder, l, batchTensor(w.getDimSize(1)), lhs, rhs);
+      return saedl::DecodeOp::create(builder, l, batchTensor(w.getDimSize(1)),
+                                     lhs, rhs);
     auto in = cast<RankedTensorType>(lhs.getType());
-    auto type = RankedTensorType::get({in.getDimSize(0), w.getDimSize(1)},
-                                      f32());
+    auto type =
+        RankedTensorType::get({in.getDimSize(0), w.getDimSize(1)}, f32());
     return saedl::LinearOp::create(builder, l, type, lhs, rhs);
   }
 
   if (lScalar && rScalar) {
     switch (op) {
-    case '+': return arith::AddFOp::create(builder, l, lhs, rhs);
-    case '-': return arith::SubFOp::create(builder, l, lhs, rhs);
-    case '*': return arith::MulFOp::create(builder, l, lhs, rhs);
-    default: return arith::DivFOp::create(builder, l, lhs, rhs);
+    case '+':
+      return arith::AddFOp::create(builder, l, lhs, rhs);
+    case '-':
+      return arith::SubFOp::create(builder, l, lhs, rhs);
+    case '*':
+      return arith::MulFOp::create(builder, l, lhs, rhs);
+    default:
+      return arith::DivFOp::create(builder, l, lhs, rhs);
     }
   }
 
@@ -307,8 +311,8 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
     // Sampling belongs to the training form (forward); encoding uses μ.
     if (!noiseSeed)
       return mu;
-    return saedl::GaussianNoiseOp::create(builder, l, mu, noiseSeed,
-                                          builder.getI64IntegerAttr(noiseStream++));
+    return saedl::GaussianNoiseOp::create(
+        builder, l, mu, noiseSeed, builder.getI64IntegerAttr(noiseStream++));
   }
   if (name == "matching_pursuit") {
     Value r = gen(*args[0], env), w = gen(*args[1], env);
@@ -335,9 +339,9 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
     return saedl::L1Op::create(builder, l, f32(), z, w);
   }
   if (name == "tanh_penalty")
-    return saedl::TanhPenaltyOp::create(
-        builder, l, f32(), gen(*args[0], env), gen(*args[1], env),
-        builder.getF64FloatAttr(constant(2)));
+    return saedl::TanhPenaltyOp::create(builder, l, f32(), gen(*args[0], env),
+                                        gen(*args[1], env),
+                                        builder.getF64FloatAttr(constant(2)));
   if (name == "afa")
     return saedl::AfaOp::create(builder, l, f32(), gen(*args[0], env),
                                 gen(*args[1], env));
@@ -456,9 +460,10 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
         builder, l, type, x, builder.getI64IntegerAttr(int64_t(constant(1))));
   }
   if (name == "normal")
-    return saedl::RandomNormalOp::create(
-        builder, l, type, seed, builder.getF64FloatAttr(constant(0)),
-        builder.getF64FloatAttr(constant(1)), builder.getI64IntegerAttr(stream));
+    return saedl::RandomNormalOp::create(builder, l, type, seed,
+                                         builder.getF64FloatAttr(constant(0)),
+                                         builder.getF64FloatAttr(constant(1)),
+                                         builder.getI64IntegerAttr(stream));
   if (name == "zeros")
     return fill(0.0);
   if (name == "ones")
@@ -494,8 +499,8 @@ void MLIRGenImpl::genInit() {
       v = gen(*init, env);
     else
       v = saedl::FillOp::create(builder, loc(p.first->getLoc()),
-                              paramTensor(p.second),
-                              builder.getF64FloatAttr(0.0));
+                                paramTensor(p.second),
+                                builder.getF64FloatAttr(0.0));
     env[p.first] = v;
     values.push_back(v);
     func.setResultAttr(i, "sae.param",
@@ -580,8 +585,8 @@ std::string MLIRGenImpl::describe(StringRef sourceName) {
 }
 
 OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
-  module = ModuleOp::create(loc(model.ast->getRange().begin),
-                            model.ast->getName());
+  module =
+      ModuleOp::create(loc(model.ast->getRange().begin), model.ast->getName());
   module->setAttr("sae.describe", builder.getStringAttr(describe(sourceName)));
   int64_t d = model.inputDim, n = numLatents();
   const DeclAST *encodeDecl = model.encode;
@@ -590,8 +595,8 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
 
   { // encode_dense(inputs, params) -> codes [B, n]
     Env env;
-    func::FuncOp f = beginEntry("encode_dense", {}, true, true, {},
-                                {batchTensor(n)}, env);
+    func::FuncOp f =
+        beginEntry("encode_dense", {}, true, true, {}, {batchTensor(n)}, env);
     Value z = genDecl(encodeDecl, env);
     if (isa<saedl::CodesType>(z.getType()))
       z = saedl::DensifyOp::create(builder, z.getLoc(), batchTensor(n), z);
@@ -603,9 +608,8 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
     SmallVector<Type> parts = {ct.getValuesType(), ct.getIndicesType()};
     if (perBatch())
       parts.push_back(ct.getRowsType());
-    func::FuncOp f =
-        beginEntry(perBatch() ? "encode_batch" : "encode_sparse", {}, true,
-                   true, {}, parts, env);
+    func::FuncOp f = beginEntry(perBatch() ? "encode_batch" : "encode_sparse",
+                                {}, true, true, {}, parts, env);
     Value z = genDecl(encodeDecl, env);
     Location zl = z.getLoc();
     SmallVector<Value> outs = {
@@ -622,8 +626,8 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
   }
   { // decode_dense(z, params) -> xhat
     Env env;
-    func::FuncOp f = beginEntry("decode_dense", {batchTensor(n)}, false,
-                                true, {}, {batchTensor(d)}, env);
+    func::FuncOp f = beginEntry("decode_dense", {batchTensor(n)}, false, true,
+                                {}, {batchTensor(d)}, env);
     env[encodeDecl] = f.getArgument(0);
     Value xhat = genDecl(model.decode, env);
     func::ReturnOp::create(builder, f.getLoc(), xhat);
@@ -634,14 +638,14 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
     SmallVector<Type> parts = {ct.getValuesType(), ct.getIndicesType()};
     if (perBatch())
       parts.push_back(ct.getRowsType());
-    func::FuncOp f =
-        beginEntry(perBatch() ? "decode_batch" : "decode_sparse", parts, false,
-                   true, {}, {batchTensor(d)}, env);
+    func::FuncOp f = beginEntry(perBatch() ? "decode_batch" : "decode_sparse",
+                                parts, false, true, {}, {batchTensor(d)}, env);
     Value rows;
     if (perBatch()) {
       rows = f.getArgument(2);
       for (unsigned i = 0; i < 3; ++i)
-        f.setArgAttr(i, "sae.batch_scale", builder.getI64IntegerAttr(ct.getK()));
+        f.setArgAttr(i, "sae.batch_scale",
+                     builder.getI64IntegerAttr(ct.getK()));
     }
     env[encodeDecl] = saedl::MakeCodesOp::create(
         builder, f.getLoc(), ct, f.getArgument(0), f.getArgument(1), rows);
@@ -673,7 +677,8 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
     }
     f.setResultAttr(1, "sae.loss", builder.getStringAttr("total"));
     for (auto [i, term] : llvm::enumerate(model.lossTerms))
-      f.setResultAttr(2 + i, "sae.loss", builder.getStringAttr(term->getName()));
+      f.setResultAttr(2 + i, "sae.loss",
+                      builder.getStringAttr(term->getName()));
     func::ReturnOp::create(builder, f.getLoc(), outs);
     noiseSeed = Value();
   }

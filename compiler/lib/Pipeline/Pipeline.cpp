@@ -37,13 +37,14 @@ LogicalResult buildCpuPipeline(OpPassManager &pm, llvm::raw_ostream &errs) {
 void registerSaePassesAndPipelines() {
   mlir::sae::registerSaeConversionPasses();
   mlir::sae::registerSaeTransformsPasses();
-  PassPipelineRegistration<>(
-      "sae-cpu-pipeline",
-      "Lower sae entry functions to the LLVM dialect for a CPU (what saec runs)",
-      [](OpPassManager &pm) {
-        if (failed(buildCpuPipeline(pm, llvm::errs())))
-          llvm::report_fatal_error("invalid built-in CPU pipeline");
-      });
+  PassPipelineRegistration<>("sae-cpu-pipeline",
+                             "Lower sae entry functions to the LLVM dialect "
+                             "for a CPU (what saec runs)",
+                             [](OpPassManager &pm) {
+                               if (failed(buildCpuPipeline(pm, llvm::errs())))
+                                 llvm::report_fatal_error(
+                                     "invalid built-in CPU pipeline");
+                             });
 }
 
 } // namespace sae

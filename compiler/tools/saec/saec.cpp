@@ -38,14 +38,14 @@ namespace cl = llvm::cl;
 static cl::OptionCategory saecCategory("saec options");
 
 static cl::opt<std::string> inputFilename(cl::Positional,
-                                          cl::desc("<spec.sae>"),
-                                          cl::Required, cl::cat(saecCategory));
+                                          cl::desc("<spec.sae>"), cl::Required,
+                                          cl::cat(saecCategory));
 
 static cl::opt<std::string>
-    outputFilename("o", cl::desc("Output file (default: lib<model>.so for "
-                                 "--emit=lib, standard output otherwise)"),
-                   cl::value_desc("file"), cl::init(""),
-                   cl::cat(saecCategory));
+    outputFilename("o",
+                   cl::desc("Output file (default: lib<model>.so for "
+                            "--emit=lib, standard output otherwise)"),
+                   cl::value_desc("file"), cl::init(""), cl::cat(saecCategory));
 
 namespace {
 enum class Emit { AST, MLIR, Lowered, LLVMIR, Lib };

@@ -41,8 +41,8 @@ constexpr StringLiteral kBatchScaleAttr = "sae.batch_scale";
 /// Where each C argument of a wrapper comes from.
 struct AbiSlot {
   enum Kind { Batch, Arg, ArgGroup, Result, ResultGroup } kind;
-  unsigned index = 0;     // Arg, Result: position in the function type
-  StringRef group;        // ArgGroup, ResultGroup: the attribute name
+  unsigned index = 0; // Arg, Result: position in the function type
+  StringRef group;    // ArgGroup, ResultGroup: the attribute name
 };
 
 bool hasDynamicDim(Type t) {
@@ -79,7 +79,8 @@ Value buildMemRef(OpBuilder &b, Location loc, Value ptr, RankedTensorType type,
   Value desc = LLVM::PoisonOp::create(b, loc, structTy);
   desc = LLVM::InsertValueOp::create(b, loc, desc, ptr, ArrayRef<int64_t>{0});
   desc = LLVM::InsertValueOp::create(b, loc, desc, ptr, ArrayRef<int64_t>{1});
-  desc = LLVM::InsertValueOp::create(b, loc, desc, cst(0), ArrayRef<int64_t>{2});
+  desc =
+      LLVM::InsertValueOp::create(b, loc, desc, cst(0), ArrayRef<int64_t>{2});
   int64_t stride = 1;
   for (int64_t d = rank - 1; d >= 0; --d) {
     int64_t size = type.getDimSize(d);
@@ -181,8 +182,8 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
     for (const AbiSlot &slot : slots) {
       if (slot.kind == AbiSlot::Batch)
         abiInputs.push_back(i64);
-      else if (slot.kind == AbiSlot::Arg && !isa<RankedTensorType>(
-                                                type.getInput(slot.index)))
+      else if (slot.kind == AbiSlot::Arg &&
+               !isa<RankedTensorType>(type.getInput(slot.index)))
         abiInputs.push_back(type.getInput(slot.index));
       else
         abiInputs.push_back(ptrTy);
@@ -217,8 +218,8 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
     };
     auto inputTensor = [&](Value ptr, unsigned argNo) -> Value {
       auto tensor = cast<RankedTensorType>(type.getInput(argNo));
-      Value m = buildMemRef(b, loc, ptr, tensor,
-                            rowsOf(func.getArgAttrDict(argNo)));
+      Value m =
+          buildMemRef(b, loc, ptr, tensor, rowsOf(func.getArgAttrDict(argNo)));
       return bufferization::ToTensorOp::create(b, loc, tensor, m,
                                                /*restrict=*/true);
     };
@@ -288,12 +289,11 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
     OpBuilder b = OpBuilder::atBlockEnd(module.getBody());
     std::string text = json.str();
     text.push_back('\0');
-    auto arrayTy = LLVM::LLVMArrayType::get(IntegerType::get(ctx, 8),
-                                            text.size());
-    auto global = LLVM::GlobalOp::create(b, loc, arrayTy, /*isConstant=*/true,
-                                         LLVM::Linkage::Internal,
-                                         "__sae_model_describe",
-                                         b.getStringAttr(text));
+    auto arrayTy =
+        LLVM::LLVMArrayType::get(IntegerType::get(ctx, 8), text.size());
+    auto global = LLVM::GlobalOp::create(
+        b, loc, arrayTy, /*isConstant=*/true, LLVM::Linkage::Internal,
+        "__sae_model_describe", b.getStringAttr(text));
     Type ptrTy = LLVM::LLVMPointerType::get(ctx);
     auto describe = func::FuncOp::create(b, loc, "sae_model_describe",
                                          FunctionType::get(ctx, {}, {ptrTy}));
@@ -307,7 +307,8 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
     auto version = func::FuncOp::create(b, loc, "sae_abi_version",
                                         FunctionType::get(ctx, {}, {i32}));
     b.setInsertionPointToStart(version.addEntryBlock());
-    Value v = arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(kAbiVersion));
+    Value v =
+        arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(kAbiVersion));
     func::ReturnOp::create(b, loc, v);
   }
 };

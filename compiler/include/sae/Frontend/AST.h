@@ -1,4 +1,5 @@
-//===- AST.h - Abstract syntax tree of the .sae language ----------*- C++ -*-===//
+//===- AST.h - Abstract syntax tree of the .sae language ----------*- C++
+//-*-===//
 //
 // The parser (Parser.cpp) builds these nodes from the ANTLR parse tree; Sema
 // checks them; MLIRGen turns them into the sae dialect. Every node carries a

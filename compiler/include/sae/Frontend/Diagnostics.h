@@ -1,4 +1,5 @@
-//===- Diagnostics.h - Front-end diagnostics through MLIR ---------*- C++ -*-===//
+//===- Diagnostics.h - Front-end diagnostics through MLIR ---------*- C++
+//-*-===//
 //
 // The front end reports every error through MLIR's diagnostic engine, so
 // syntax, semantic and IR errors share one format and `--verify-diagnostics`.

@@ -1,4 +1,5 @@
-//===- Parser.h - Parse .sae source into an AST ------------------*- C++ -*-===//
+//===- Parser.h - Parse .sae source into an AST ------------------*- C++
+//-*-===//
 #ifndef SAE_FRONTEND_PARSER_H
 #define SAE_FRONTEND_PARSER_H
 

@@ -1,4 +1,5 @@
-//===- Sema.h - Semantic analysis of .sae models ------------------*- C++ -*-===//
+//===- Sema.h - Semantic analysis of .sae models ------------------*- C++
+//-*-===//
 //
 // Resolves names, dimensions and shapes, checks every operator's arguments
 // and records the type of every binding. MLIRGen only runs on a model that

@@ -1,4 +1,5 @@
-//===- MLIRGen.h - Generate the sae dialect from a checked model --*- C++ -*-===//
+//===- MLIRGen.h - Generate the sae dialect from a checked model --*- C++
+//-*-===//
 #ifndef SAE_MLIRGEN_MLIRGEN_H
 #define SAE_MLIRGEN_MLIRGEN_H
 

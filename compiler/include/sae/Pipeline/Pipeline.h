@@ -1,4 +1,5 @@
-//===- Pipeline.h - Named lowering pipelines ----------------------*- C++ -*-===//
+//===- Pipeline.h - Named lowering pipelines ----------------------*- C++
+//-*-===//
 //
 // The pass pipelines that saec runs, registered by name so that a lit test can
 // run exactly what saec runs: `sae-opt --sae-cpu-pipeline`.

@@ -24,17 +24,17 @@ namespace {
 /// x86 features whose absence makes generated code fault, with the names
 /// __builtin_cpu_supports uses for them (LLVM's are the same here).
 constexpr const char *kCheckedX86Features[] = {
-    "sse4.2",   "avx",      "avx2",     "fma",      "bmi",      "bmi2",
-    "avx512f",  "avx512bw", "avx512dq", "avx512vl", "avx512cd", "avx512vnni",
-    "avx512bf16"};
+    "sse4.2",   "avx",        "avx2",      "fma",      "bmi",
+    "bmi2",     "avx512f",    "avx512bw",  "avx512dq", "avx512vl",
+    "avx512cd", "avx512vnni", "avx512bf16"};
 
-std::unique_ptr<llvm::TargetMachine> createTargetMachine(const CpuTarget &t,
-                                                         unsigned optLevel,
-                                                         std::string &error) {
+std::unique_ptr<llvm::TargetMachine>
+createTargetMachine(const CpuTarget &t, unsigned optLevel, std::string &error) {
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
   llvm::Triple triple(t.triple);
-  const llvm::Target *target = llvm::TargetRegistry::lookupTarget(triple, error);
+  const llvm::Target *target =
+      llvm::TargetRegistry::lookupTarget(triple, error);
   if (!target)
     return nullptr;
   llvm::TargetOptions options;
@@ -42,9 +42,9 @@ std::unique_ptr<llvm::TargetMachine> createTargetMachine(const CpuTarget &t,
                : optLevel == 2 ? llvm::CodeGenOptLevel::Default
                : optLevel == 1 ? llvm::CodeGenOptLevel::Less
                                : llvm::CodeGenOptLevel::None;
-  return std::unique_ptr<llvm::TargetMachine>(target->createTargetMachine(
-      triple, t.cpu, t.features, options, llvm::Reloc::PIC_, std::nullopt,
-      level));
+  return std::unique_ptr<llvm::TargetMachine>(
+      target->createTargetMachine(triple, t.cpu, t.features, options,
+                                  llvm::Reloc::PIC_, std::nullopt, level));
 }
 
 } // namespace
@@ -152,8 +152,8 @@ bool sae::emitSharedLibrary(llvm::Module &llvmModule, const CpuTarget &target,
 
   llvm::SmallString<128> objPath;
   int fd;
-  if (std::error_code ec = llvm::sys::fs::createTemporaryFile("saec", "o", fd,
-                                                              objPath)) {
+  if (std::error_code ec =
+          llvm::sys::fs::createTemporaryFile("saec", "o", fd, objPath)) {
     error = "cannot create a temporary object file: " + ec.message();
     return false;
   }
@@ -188,8 +188,8 @@ bool sae::emitSharedLibrary(llvm::Module &llvmModule, const CpuTarget &target,
   llvm::SmallVector<llvm::StringRef> args = {
       *cc, "-shared", "-o", tmpOut, objPath, "-lm", "-Wl,-z,noexecstack"};
   std::string linkErr;
-  int rc = llvm::sys::ExecuteAndWait(*cc, args, std::nullopt, {}, 0, 0,
-                                     &linkErr);
+  int rc =
+      llvm::sys::ExecuteAndWait(*cc, args, std::nullopt, {}, 0, 0, &linkErr);
   if (rc != 0) {
     llvm::sys::fs::remove(tmpOut);
     error = "linking '" + outputPath.str() + "' failed" +

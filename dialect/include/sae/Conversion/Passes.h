@@ -1,4 +1,5 @@
-//===- Passes.h - Conversions out of the sae dialect --------------*- C++ -*-===//
+//===- Passes.h - Conversions out of the sae dialect --------------*- C++
+//-*-===//
 #ifndef SAE_CONVERSION_PASSES_H
 #define SAE_CONVERSION_PASSES_H
 

@@ -1,4 +1,5 @@
-//===- Passes.h - Transformations on the sae dialect --------------*- C++ -*-===//
+//===- Passes.h - Transformations on the sae dialect --------------*- C++
+//-*-===//
 #ifndef SAE_TRANSFORMS_PASSES_H
 #define SAE_TRANSFORMS_PASSES_H
 

@@ -45,8 +45,8 @@ SmallVector<Value> dynamicSizes(OpBuilder &b, Location loc, ShapedType type,
 /// A tensor of `type` filled with `value` (dynamic sizes from `like`).
 Value filledTensor(OpBuilder &b, Location loc, RankedTensorType type,
                    Value like, double value) {
-  Value empty = tensor::EmptyOp::create(b, loc, type,
-                                        dynamicSizes(b, loc, type, like));
+  Value empty =
+      tensor::EmptyOp::create(b, loc, type, dynamicSizes(b, loc, type, like));
   Value cst = arith::ConstantOp::create(
       b, loc, b.getFloatAttr(type.getElementType(), value));
   return linalg::FillOp::create(b, loc, cst, empty).getResult(0);
@@ -69,8 +69,8 @@ Value buildElementwise(OpBuilder &b, Location loc, Value resultLike,
                        ValueRange ins, ArrayRef<AffineMap> inMaps,
                        BodyFn body) {
   auto type = cast<RankedTensorType>(resultLike.getType());
-  Value init = tensor::EmptyOp::create(
-      b, loc, type, dynamicSizes(b, loc, type, resultLike));
+  Value init = tensor::EmptyOp::create(b, loc, type,
+                                       dynamicSizes(b, loc, type, resultLike));
   SmallVector<AffineMap> maps(inMaps);
   maps.push_back(b.getMultiDimIdentityMap(type.getRank()));
   SmallVector<utils::IteratorType> iterators(type.getRank(),
@@ -314,9 +314,9 @@ struct FillLowering : OpRewritePattern<FillOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(FillOp op,
                                 PatternRewriter &rewriter) const override {
-    rewriter.replaceOp(op, filledTensor(rewriter, op.getLoc(), op.getType(),
-                                        Value(),
-                                        op.getValue().convertToDouble()));
+    rewriter.replaceOp(op,
+                       filledTensor(rewriter, op.getLoc(), op.getType(),
+                                    Value(), op.getValue().convertToDouble()));
     return success();
   }
 };
@@ -326,10 +326,11 @@ struct FillLowering : OpRewritePattern<FillOp> {
 Value hashUniform(OpBuilder &b, Location l, Value seed, uint64_t stream,
                   Value counter) {
   auto c = [&](uint64_t v) -> Value {
-    return arith::ConstantOp::create(b, l,
-                                     b.getI64IntegerAttr(static_cast<int64_t>(v)));
+    return arith::ConstantOp::create(
+        b, l, b.getI64IntegerAttr(static_cast<int64_t>(v)));
   };
-  Value z = arith::AddIOp::create(b, l, seed, c(stream * 0x9E3779B97F4A7C15ull));
+  Value z =
+      arith::AddIOp::create(b, l, seed, c(stream * 0x9E3779B97F4A7C15ull));
   z = arith::AddIOp::create(
       b, l, z, arith::MulIOp::create(b, l, counter, c(0xD1B54A32D192ED03ull)));
   auto mix = [&](Value v, uint64_t shift, uint64_t mul) -> Value {
@@ -342,8 +343,8 @@ Value hashUniform(OpBuilder &b, Location l, Value seed, uint64_t stream,
   z = mix(z, 31, 0);
   Value top = arith::ShRUIOp::create(b, l, z, c(40));
   Value u = arith::UIToFPOp::create(b, l, b.getF64Type(), top);
-  return arith::MulFOp::create(b, l, u,
-                               floatConst(b, l, b.getF64Type(), 1.0 / 16777216.0));
+  return arith::MulFOp::create(
+      b, l, u, floatConst(b, l, b.getF64Type(), 1.0 / 16777216.0));
 }
 
 /// N(0, 1) by Box–Muller from the uniforms at counters 2i and 2i + 1.
@@ -355,8 +356,8 @@ Value hashNormal(OpBuilder &b, Location l, Value seed, uint64_t stream,
   };
   Value twice = arith::MulIOp::create(b, l, counter, c(2));
   Value u1 = hashUniform(b, l, seed, stream, twice);
-  Value u2 = hashUniform(b, l, seed, stream,
-                         arith::AddIOp::create(b, l, twice, c(1)));
+  Value u2 =
+      hashUniform(b, l, seed, stream, arith::AddIOp::create(b, l, twice, c(1)));
   Value oneMinus = arith::SubFOp::create(b, l, floatConst(b, l, f64, 1.0), u1);
   Value radius = math::SqrtOp::create(
       b, l,
@@ -373,10 +374,10 @@ Value linearIndex(OpBuilder &b, Location l, RankedTensorType type,
   Type i64 = b.getI64Type();
   Value lin = arith::ConstantOp::create(b, l, b.getI64IntegerAttr(0));
   for (int64_t d = 0; d < type.getRank(); ++d) {
-    Value idx = arith::IndexCastOp::create(b, l, i64,
-                                           linalg::IndexOp::create(b, l, d));
-    Value size = arith::ConstantOp::create(b, l,
-                                           b.getI64IntegerAttr(type.getDimSize(d)));
+    Value idx =
+        arith::IndexCastOp::create(b, l, i64, linalg::IndexOp::create(b, l, d));
+    Value size = arith::ConstantOp::create(
+        b, l, b.getI64IntegerAttr(type.getDimSize(d)));
     if (d > 0)
       lin = arith::MulIOp::create(b, l, lin, size);
     lin = arith::AddIOp::create(b, l, lin, idx);
@@ -396,14 +397,15 @@ struct RandomUniformLowering : OpRewritePattern<RandomUniformOp> {
     SmallVector<utils::IteratorType> iterators(type.getRank(),
                                                utils::IteratorType::parallel);
     Value result = buildGeneric(
-        rewriter, loc, {}, init, {rewriter.getMultiDimIdentityMap(type.getRank())},
-        iterators, [&](OpBuilder &b, Location l, ValueRange) {
+        rewriter, loc, {}, init,
+        {rewriter.getMultiDimIdentityMap(type.getRank())}, iterators,
+        [&](OpBuilder &b, Location l, ValueRange) {
           Value u = hashUniform(b, l, op.getSeed(), op.getStream(),
                                 linearIndex(b, l, type));
           Value v = arith::AddFOp::create(
               b, l, floatConst(b, l, b.getF64Type(), low),
-              arith::MulFOp::create(b, l, u,
-                                    floatConst(b, l, b.getF64Type(), high - low)));
+              arith::MulFOp::create(
+                  b, l, u, floatConst(b, l, b.getF64Type(), high - low)));
           return arith::TruncFOp::create(b, l, type.getElementType(), v)
               .getResult();
         });
@@ -424,8 +426,9 @@ struct RandomNormalLowering : OpRewritePattern<RandomNormalOp> {
     SmallVector<utils::IteratorType> iterators(type.getRank(),
                                                utils::IteratorType::parallel);
     Value result = buildGeneric(
-        rewriter, loc, {}, init, {rewriter.getMultiDimIdentityMap(type.getRank())},
-        iterators, [&](OpBuilder &b, Location l, ValueRange) {
+        rewriter, loc, {}, init,
+        {rewriter.getMultiDimIdentityMap(type.getRank())}, iterators,
+        [&](OpBuilder &b, Location l, ValueRange) {
           Value z = hashNormal(b, l, op.getSeed(), op.getStream(),
                                linearIndex(b, l, type));
           Value v = arith::AddFOp::create(
@@ -472,15 +475,15 @@ Value columnMeanF64(OpBuilder &b, Location loc, Value x) {
       {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
       {utils::IteratorType::reduction, utils::IteratorType::parallel},
       [](OpBuilder &nb, Location l, ValueRange a) {
-        return arith::AddFOp::create(nb, l, a[1], toF64(nb, l, a[0])).getResult();
+        return arith::AddFOp::create(nb, l, a[1], toF64(nb, l, a[0]))
+            .getResult();
       });
   Value rows = rowCount(b, loc, x, b.getF64Type());
   AffineMap id = b.getMultiDimIdentityMap(1);
-  return buildElementwise(b, loc, sum, {sum}, {id},
-                          [&](OpBuilder &nb, Location l, ValueRange a) {
-                            return arith::DivFOp::create(nb, l, a[0], rows)
-                                .getResult();
-                          });
+  return buildElementwise(
+      b, loc, sum, {sum}, {id}, [&](OpBuilder &nb, Location l, ValueRange a) {
+        return arith::DivFOp::create(nb, l, a[0], rows).getResult();
+      });
 }
 
 struct ColumnMeanLowering : OpRewritePattern<ColumnMeanOp> {
@@ -538,33 +541,36 @@ struct GeometricMedianLowering : OpRewritePattern<GeometricMedianOp> {
                 auto dist2 = scf::ForOp::create(
                     rb, rl, c0, cD, c1, ValueRange{zero},
                     [&](OpBuilder &tb, Location tl, Value t, ValueRange s2) {
-                      Value xv = toF64(tb, tl,
-                                       memref::LoadOp::create(tb, tl, x, {row, t}));
+                      Value xv = toF64(
+                          tb, tl, memref::LoadOp::create(tb, tl, x, {row, t}));
                       Value dv = arith::SubFOp::create(
                           tb, tl, xv, memref::LoadOp::create(tb, tl, cur, t));
                       scf::YieldOp::create(
                           tb, tl,
                           ValueRange{arith::AddFOp::create(
-                              tb, tl, s2[0], arith::MulFOp::create(tb, tl, dv, dv))});
+                              tb, tl, s2[0],
+                              arith::MulFOp::create(tb, tl, dv, dv))});
                     });
                 Value dist = arith::MaximumFOp::create(
-                    rb, rl, math::SqrtOp::create(rb, rl, dist2.getResult(0)), eps);
+                    rb, rl, math::SqrtOp::create(rb, rl, dist2.getResult(0)),
+                    eps);
                 Value w = arith::DivFOp::create(rb, rl, one, dist);
                 scf::ForOp::create(
                     rb, rl, c0, cD, c1, ValueRange{},
                     [&](OpBuilder &tb, Location tl, Value t, ValueRange) {
-                      Value xv = toF64(tb, tl,
-                                       memref::LoadOp::create(tb, tl, x, {row, t}));
+                      Value xv = toF64(
+                          tb, tl, memref::LoadOp::create(tb, tl, x, {row, t}));
                       Value nv = memref::LoadOp::create(tb, tl, num, t);
                       memref::StoreOp::create(
                           tb, tl,
-                          arith::AddFOp::create(tb, tl, nv,
-                                                arith::MulFOp::create(tb, tl, w, xv)),
+                          arith::AddFOp::create(
+                              tb, tl, nv, arith::MulFOp::create(tb, tl, w, xv)),
                           num, t);
                       scf::YieldOp::create(tb, tl);
                     });
                 scf::YieldOp::create(
-                    rb, rl, ValueRange{arith::AddFOp::create(rb, rl, acc[0], w)});
+                    rb, rl,
+                    ValueRange{arith::AddFOp::create(rb, rl, acc[0], w)});
               });
           scf::ForOp::create(
               b, l, c0, cD, c1, ValueRange{},
@@ -581,16 +587,16 @@ struct GeometricMedianLowering : OpRewritePattern<GeometricMedianOp> {
     auto outType = op.getType();
     Value out = memref::AllocOp::create(
         rewriter, loc, MemRefType::get({d}, outType.getElementType()));
-    scf::ForOp::create(rewriter, loc, c0, cD, c1, ValueRange{},
-                       [&](OpBuilder &tb, Location tl, Value t, ValueRange) {
-                         Value v = memref::LoadOp::create(tb, tl, cur, t);
-                         memref::StoreOp::create(
-                             tb, tl,
-                             arith::TruncFOp::create(tb, tl,
-                                                     outType.getElementType(), v),
-                             out, t);
-                         scf::YieldOp::create(tb, tl);
-                       });
+    scf::ForOp::create(
+        rewriter, loc, c0, cD, c1, ValueRange{},
+        [&](OpBuilder &tb, Location tl, Value t, ValueRange) {
+          Value v = memref::LoadOp::create(tb, tl, cur, t);
+          memref::StoreOp::create(
+              tb, tl,
+              arith::TruncFOp::create(tb, tl, outType.getElementType(), v), out,
+              t);
+          scf::YieldOp::create(tb, tl);
+        });
     rewriter.replaceOp(op, asTensor(rewriter, loc, outType, out));
     return success();
   }
@@ -606,11 +612,11 @@ struct MseLowering : OpRewritePattern<MseOp> {
                                 PatternRewriter &rewriter) const override {
     Location loc = op.getLoc();
     AffineMap id = rewriter.getMultiDimIdentityMap(2);
-    Value sum = sumToScalar(rewriter, loc, {op.getInput(), op.getTarget()},
-                            {id, id}, 2,
-                            [](OpBuilder &b, Location l, ValueRange a) {
-                              return squaredDiffF64(b, l, a[0], a[1]);
-                            });
+    Value sum =
+        sumToScalar(rewriter, loc, {op.getInput(), op.getTarget()}, {id, id}, 2,
+                    [](OpBuilder &b, Location l, ValueRange a) {
+                      return squaredDiffF64(b, l, a[0], a[1]);
+                    });
     Value rows = rowCount(rewriter, loc, op.getInput(), rewriter.getF64Type());
     if (op.getMeanOverColumns())
       rows = arith::MulFOp::create(
@@ -650,14 +656,14 @@ struct FvuLowering : OpRewritePattern<FvuOp> {
           return arith::AddFOp::create(b, l, a[1], x).getResult();
         });
     Value rows = rowCount(rewriter, loc, target, f64);
-    Value denom = sumToScalar(
-        rewriter, loc, {target, colSum}, {id, col}, 2,
-        [&](OpBuilder &b, Location l, ValueRange a) {
-          Value mean = arith::DivFOp::create(b, l, a[1], rows);
-          return squaredDiffF64(b, l, a[0], mean);
-        });
-    Value num = sumToScalar(rewriter, loc, {op.getInput(), target}, {id, id},
-                            2, [](OpBuilder &b, Location l, ValueRange a) {
+    Value denom = sumToScalar(rewriter, loc, {target, colSum}, {id, col}, 2,
+                              [&](OpBuilder &b, Location l, ValueRange a) {
+                                Value mean =
+                                    arith::DivFOp::create(b, l, a[1], rows);
+                                return squaredDiffF64(b, l, a[0], mean);
+                              });
+    Value num = sumToScalar(rewriter, loc, {op.getInput(), target}, {id, id}, 2,
+                            [](OpBuilder &b, Location l, ValueRange a) {
                               return squaredDiffF64(b, l, a[0], a[1]);
                             });
     Value fvu = arith::DivFOp::create(rewriter, loc, num, denom);
@@ -713,8 +719,8 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
             elt, APFloat::getInf(cast<FloatType>(elt).getFloatSemantics(),
                                  /*Negative=*/true)));
     Value zeroF = floatConst(rewriter, loc, elt, 0.0);
-    Value zeroI = arith::ConstantOp::create(rewriter, loc,
-                                            rewriter.getI32IntegerAttr(0));
+    Value zeroI =
+        arith::ConstantOp::create(rewriter, loc, rewriter.getI32IntegerAttr(0));
 
     scf::ForOp::create(
         rewriter, loc, c0, rows, c1, ValueRange{},
@@ -734,16 +740,17 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
                 Value r = memref::LoadOp::create(nb, nl, score, {row, col});
                 if (byMagnitude)
                   r = math::AbsFOp::create(nb, nl, r);
-                Value last = memref::LoadOp::create(nb, nl, ranks, {row, cLast});
+                Value last =
+                    memref::LoadOp::create(nb, nl, ranks, {row, cLast});
                 Value better = arith::CmpFOp::create(
                     nb, nl, arith::CmpFPredicate::OGT, r, last);
                 scf::IfOp::create(
                     nb, nl, better, [&](OpBuilder &ib, Location il) {
-                      Value v = separateRanks
-                                    ? memref::LoadOp::create(ib, il, in,
-                                                             {row, col})
-                                          .getResult()
-                                    : r;
+                      Value v =
+                          separateRanks
+                              ? memref::LoadOp::create(ib, il, in, {row, col})
+                                    .getResult()
+                              : r;
                       Value ci = arith::IndexCastOp::create(ib, il, i32, col);
                       SmallVector<Value> carryInit = {r, ci};
                       if (separateRanks)
@@ -760,10 +767,11 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
                                 fb, fl, arith::CmpFPredicate::OGT, carry[0],
                                 orank);
                             auto sel = [&](Value a, Value c) -> Value {
-                              return arith::SelectOp::create(fb, fl, swap, a, c);
+                              return arith::SelectOp::create(fb, fl, swap, a,
+                                                             c);
                             };
-                            memref::StoreOp::create(fb, fl, sel(carry[0], orank),
-                                                    ranks, {row, t});
+                            memref::StoreOp::create(
+                                fb, fl, sel(carry[0], orank), ranks, {row, t});
                             memref::StoreOp::create(fb, fl, sel(carry[1], oi),
                                                     idxs, {row, t});
                             SmallVector<Value> next = {sel(orank, carry[0]),
@@ -771,8 +779,8 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
                             if (separateRanks) {
                               Value ov = memref::LoadOp::create(fb, fl, vals,
                                                                 {row, t});
-                              memref::StoreOp::create(
-                                  fb, fl, sel(carry[2], ov), vals, {row, t});
+                              memref::StoreOp::create(fb, fl, sel(carry[2], ov),
+                                                      vals, {row, t});
                               next.push_back(sel(ov, carry[2]));
                             }
                             scf::YieldOp::create(fb, fl, next);
@@ -833,16 +841,15 @@ struct GroupMaxLowering : OpRewritePattern<GroupMaxOp> {
                           fb, fl, arith::CmpFPredicate::OGT, v, carry[0]);
                       scf::YieldOp::create(
                           fb, fl,
-                          ValueRange{
-                              arith::SelectOp::create(fb, fl, better, v,
-                                                      carry[0]),
-                              arith::SelectOp::create(fb, fl, better, col,
-                                                      carry[1])});
+                          ValueRange{arith::SelectOp::create(fb, fl, better, v,
+                                                             carry[0]),
+                                     arith::SelectOp::create(fb, fl, better,
+                                                             col, carry[1])});
                     });
                 memref::StoreOp::create(gb, gl, best.getResult(0), vals,
                                         {row, g});
-                Value ci = arith::IndexCastOp::create(gb, gl, i32,
-                                                      best.getResult(1));
+                Value ci =
+                    arith::IndexCastOp::create(gb, gl, i32, best.getResult(1));
                 memref::StoreOp::create(gb, gl, ci, idxs, {row, g});
                 scf::YieldOp::create(gb, gl);
               });
@@ -866,8 +873,8 @@ Value rowDot(OpBuilder &b, Location l, Value a, Value row, Value w, Value col,
         Value x = memref::LoadOp::create(fb, fl, a, {row, t});
         Value y = memref::LoadOp::create(fb, fl, w, {col, t});
         Value p = arith::MulFOp::create(fb, fl, x, y);
-        scf::YieldOp::create(fb, fl,
-                             ValueRange{arith::AddFOp::create(fb, fl, acc[0], p)});
+        scf::YieldOp::create(
+            fb, fl, ValueRange{arith::AddFOp::create(fb, fl, acc[0], p)});
       });
   return loop.getResult(0);
 }
@@ -901,8 +908,8 @@ struct MatchingPursuitLowering : OpRewritePattern<MatchingPursuitOp> {
     Value vals = allocLike(rewriter, loc, codes.getValuesType(), dyn);
     Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), dyn);
     Value zeroF = floatConst(rewriter, loc, elt, 0.0);
-    Value zeroI = arith::ConstantOp::create(rewriter, loc,
-                                            rewriter.getI32IntegerAttr(0));
+    Value zeroI =
+        arith::ConstantOp::create(rewriter, loc, rewriter.getI32IntegerAttr(0));
     linalg::FillOp::create(rewriter, loc, ValueRange{zeroF}, ValueRange{vals});
     linalg::FillOp::create(rewriter, loc, ValueRange{zeroI}, ValueRange{idxs});
     auto cIdx = [&](int64_t v) -> Value {
@@ -928,10 +935,10 @@ struct MatchingPursuitLowering : OpRewritePattern<MatchingPursuitOp> {
                           jb, jl, arith::CmpFPredicate::OGT, dot, bst[0]);
                       scf::YieldOp::create(
                           jb, jl,
-                          ValueRange{
-                              arith::SelectOp::create(jb, jl, better, dot, bst[0]),
-                              arith::SelectOp::create(jb, jl, better, j,
-                                                      bst[1])});
+                          ValueRange{arith::SelectOp::create(jb, jl, better,
+                                                             dot, bst[0]),
+                                     arith::SelectOp::create(jb, jl, better, j,
+                                                             bst[1])});
                     });
                 Value v = best.getResult(0);
                 Value atom = best.getResult(1);
@@ -942,16 +949,16 @@ struct MatchingPursuitLowering : OpRewritePattern<MatchingPursuitOp> {
                 auto slot = scf::ForOp::create(
                     sb, sl, c0, count[0], c1, ValueRange{count[0]},
                     [&](OpBuilder &tb, Location tl, Value t, ValueRange found) {
-                      Value held = memref::LoadOp::create(tb, tl, idxs, {row, t});
+                      Value held =
+                          memref::LoadOp::create(tb, tl, idxs, {row, t});
                       Value same = arith::CmpIOp::create(
                           tb, tl, arith::CmpIPredicate::eq, held, atomI);
                       Value first = arith::CmpIOp::create(
                           tb, tl, arith::CmpIPredicate::eq, found[0], count[0]);
                       Value take = arith::AndIOp::create(tb, tl, same, first);
-                      scf::YieldOp::create(
-                          tb, tl,
-                          ValueRange{arith::SelectOp::create(tb, tl, take, t,
-                                                             found[0])});
+                      scf::YieldOp::create(tb, tl,
+                                           ValueRange{arith::SelectOp::create(
+                                               tb, tl, take, t, found[0])});
                     });
                 Value target = slot.getResult(0);
                 Value old = memref::LoadOp::create(sb, sl, vals, {row, target});
@@ -997,30 +1004,35 @@ struct TopAfaLowering : OpRewritePattern<TopAfaOp> {
     Type elt = type.getElementType();
     Type f64 = rewriter.getF64Type();
     Value input = op.getInput();
-    Value norms = toBuffer(rewriter, loc, rowNorms(rewriter, loc, op.getDecoder()));
+    Value norms =
+        toBuffer(rewriter, loc, rowNorms(rewriter, loc, op.getDecoder()));
     Value in = toBuffer(rewriter, loc, input);
     Value tgt = toBuffer(rewriter, loc, op.getTarget());
     SmallVector<Value> dyn = dynamicSizes(rewriter, loc, type, input);
     Value out = allocLike(rewriter, loc, type, dyn);
-    auto maskType = RankedTensorType::get(type.getShape(), rewriter.getI8Type());
+    auto maskType =
+        RankedTensorType::get(type.getShape(), rewriter.getI8Type());
     Value mask = allocLike(rewriter, loc, maskType, dyn);
     Value zeroF = floatConst(rewriter, loc, elt, 0.0);
-    Value zero8 = arith::ConstantOp::create(rewriter, loc,
-                                            rewriter.getI8IntegerAttr(0));
-    Value one8 = arith::ConstantOp::create(rewriter, loc,
-                                           rewriter.getI8IntegerAttr(1));
+    Value zero8 =
+        arith::ConstantOp::create(rewriter, loc, rewriter.getI8IntegerAttr(0));
+    Value one8 =
+        arith::ConstantOp::create(rewriter, loc, rewriter.getI8IntegerAttr(1));
     linalg::FillOp::create(rewriter, loc, ValueRange{zeroF}, ValueRange{out});
     linalg::FillOp::create(rewriter, loc, ValueRange{zero8}, ValueRange{mask});
     auto cIdx = [&](int64_t v) -> Value {
       return arith::ConstantIndexOp::create(rewriter, loc, v);
     };
     Value c0 = cIdx(0), c1 = cIdx(1), cN = cIdx(type.getDimSize(1));
-    Value cD = cIdx(cast<RankedTensorType>(op.getTarget().getType()).getDimSize(1));
+    Value cD =
+        cIdx(cast<RankedTensorType>(op.getTarget().getType()).getDimSize(1));
     Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
     Value zero64 = floatConst(rewriter, loc, f64, 0.0);
     Value minus1 = floatConst(rewriter, loc, f64, -1.0);
-    Value falseV = arith::ConstantOp::create(rewriter, loc, rewriter.getBoolAttr(false));
-    Value trueV = arith::ConstantOp::create(rewriter, loc, rewriter.getBoolAttr(true));
+    Value falseV =
+        arith::ConstantOp::create(rewriter, loc, rewriter.getBoolAttr(false));
+    Value trueV =
+        arith::ConstantOp::create(rewriter, loc, rewriter.getBoolAttr(true));
 
     scf::ForOp::create(
         rewriter, loc, c0, rows, c1, ValueRange{},
@@ -1029,10 +1041,12 @@ struct TopAfaLowering : OpRewritePattern<TopAfaOp> {
               b, l, c0, cD, c1, ValueRange{zero64},
               [&](OpBuilder &fb, Location fl, Value t, ValueRange acc) {
                 Value x = arith::ExtFOp::create(
-                    fb, fl, f64, memref::LoadOp::create(fb, fl, tgt, {row, t}).getResult());
+                    fb, fl, f64,
+                    memref::LoadOp::create(fb, fl, tgt, {row, t}).getResult());
                 Value sq = arith::MulFOp::create(fb, fl, x, x);
                 scf::YieldOp::create(
-                    fb, fl, ValueRange{arith::AddFOp::create(fb, fl, acc[0], sq)});
+                    fb, fl,
+                    ValueRange{arith::AddFOp::create(fb, fl, acc[0], sq)});
               });
           Value target = math::SqrtOp::create(b, l, t2.getResult(0));
           // iter_args: running Σ s, the previous c, done.
@@ -1053,9 +1067,12 @@ struct TopAfaLowering : OpRewritePattern<TopAfaOp> {
                       [&](OpBuilder &ib, Location il, Value i, ValueRange bst) {
                         Value a = arith::ExtFOp::create(
                             ib, il, f64,
-                            memref::LoadOp::create(ib, il, in, {row, i}).getResult());
+                            memref::LoadOp::create(ib, il, in, {row, i})
+                                .getResult());
                         Value n = arith::ExtFOp::create(
-                            ib, il, f64, memref::LoadOp::create(ib, il, norms, i).getResult());
+                            ib, il, f64,
+                            memref::LoadOp::create(ib, il, norms, i)
+                                .getResult());
                         Value an = arith::MulFOp::create(ib, il, a, n);
                         Value sc = arith::MulFOp::create(ib, il, an, an);
                         Value free = arith::CmpIOp::create(
@@ -1067,10 +1084,10 @@ struct TopAfaLowering : OpRewritePattern<TopAfaOp> {
                         Value better = arith::AndIOp::create(ib, il, free, gt);
                         scf::YieldOp::create(
                             ib, il,
-                            ValueRange{
-                                arith::SelectOp::create(ib, il, better, sc, bst[0]),
-                                arith::SelectOp::create(ib, il, better, i,
-                                                        bst[1])});
+                            ValueRange{arith::SelectOp::create(ib, il, better,
+                                                               sc, bst[0]),
+                                       arith::SelectOp::create(ib, il, better,
+                                                               i, bst[1])});
                       });
                   Value sBest = best.getResult(0), iBest = best.getResult(1);
                   Value cum = arith::AddFOp::create(jb, jl, st[0], sBest);
@@ -1089,16 +1106,20 @@ struct TopAfaLowering : OpRewritePattern<TopAfaOp> {
                       jb, jl, prevBetter,
                       arith::XOrIOp::create(jb, jl, isFirst, trueV));
                   Value take = arith::XOrIOp::create(jb, jl, stopBefore, trueV);
-                  scf::IfOp::create(jb, jl, take, [&](OpBuilder &tb, Location tl) {
-                    Value a = memref::LoadOp::create(tb, tl, in, {row, iBest});
-                    memref::StoreOp::create(tb, tl, a, out, {row, iBest});
-                    memref::StoreOp::create(tb, tl, one8, mask, {row, iBest});
-                    scf::YieldOp::create(tb, tl);
-                  });
+                  scf::IfOp::create(
+                      jb, jl, take, [&](OpBuilder &tb, Location tl) {
+                        Value a =
+                            memref::LoadOp::create(tb, tl, in, {row, iBest});
+                        memref::StoreOp::create(tb, tl, a, out, {row, iBest});
+                        memref::StoreOp::create(tb, tl, one8, mask,
+                                                {row, iBest});
+                        scf::YieldOp::create(tb, tl);
+                      });
                   // Past the target, c only moves away: stop.
                   Value reached = arith::CmpFOp::create(
                       jb, jl, arith::CmpFPredicate::OGE, c, target);
-                  Value done = arith::OrIOp::create(jb, jl, stopBefore, reached);
+                  Value done =
+                      arith::OrIOp::create(jb, jl, stopBefore, reached);
                   scf::YieldOp::create(jb, jl, ValueRange{cum, c, done});
                 }
                 scf::YieldOp::create(jb, jl, step.getResults());
@@ -1127,10 +1148,12 @@ struct DecodeLowering : OpRewritePattern<DecodeOp> {
   LogicalResult matchAndRewrite(DecodeOp op,
                                 PatternRewriter &rewriter) const override {
     if (op.getCodes().getType().getPerBatch())
-      return rewriter.notifyMatchFailure(op, "batch layout: see BatchCodesLowering");
+      return rewriter.notifyMatchFailure(
+          op, "batch layout: see BatchCodesLowering");
     Value values, indices;
     if (failed(getCodeParts(op.getCodes(), values, indices)))
-      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+      return rewriter.notifyMatchFailure(op,
+                                         "codes are not built by make_codes");
     Location loc = op.getLoc();
     MLIRContext *ctx = op.getContext();
     Value weight = op.getWeight();
@@ -1144,10 +1167,11 @@ struct DecodeLowering : OpRewritePattern<DecodeOp> {
         {utils::IteratorType::parallel, utils::IteratorType::reduction,
          utils::IteratorType::parallel},
         [&](OpBuilder &nb, Location l, ValueRange a) {
-          Value row = arith::IndexCastOp::create(nb, l, nb.getIndexType(), a[1]);
+          Value row =
+              arith::IndexCastOp::create(nb, l, nb.getIndexType(), a[1]);
           Value colIdx = linalg::IndexOp::create(nb, l, 2);
-          Value w = tensor::ExtractOp::create(nb, l, weight,
-                                              ValueRange{row, colIdx});
+          Value w =
+              tensor::ExtractOp::create(nb, l, weight, ValueRange{row, colIdx});
           Value m = arith::MulFOp::create(nb, l, a[0], w);
           return arith::AddFOp::create(nb, l, a[2], m).getResult();
         });
@@ -1162,10 +1186,12 @@ struct DensifyLowering : OpRewritePattern<DensifyOp> {
   LogicalResult matchAndRewrite(DensifyOp op,
                                 PatternRewriter &rewriter) const override {
     if (op.getCodes().getType().getPerBatch())
-      return rewriter.notifyMatchFailure(op, "batch layout: see BatchCodesLowering");
+      return rewriter.notifyMatchFailure(
+          op, "batch layout: see BatchCodesLowering");
     Value values, indices;
     if (failed(getCodeParts(op.getCodes(), values, indices)))
-      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+      return rewriter.notifyMatchFailure(op,
+                                         "codes are not built by make_codes");
     Location loc = op.getLoc();
     auto type = op.getType();
     // A fresh buffer that the loops below own and write.
@@ -1178,8 +1204,8 @@ struct DensifyLowering : OpRewritePattern<DensifyOp> {
     Value idxs = toBuffer(rewriter, loc, indices);
     Value c0 = arith::ConstantIndexOp::create(rewriter, loc, 0);
     Value c1 = arith::ConstantIndexOp::create(rewriter, loc, 1);
-    Value cK = arith::ConstantIndexOp::create(
-        rewriter, loc, op.getCodes().getType().getK());
+    Value cK = arith::ConstantIndexOp::create(rewriter, loc,
+                                              op.getCodes().getType().getK());
     Value rows = tensor::DimOp::create(rewriter, loc, values, 0);
     scf::ForOp::create(
         rewriter, loc, c0, rows, c1, ValueRange{},
@@ -1189,8 +1215,8 @@ struct DensifyLowering : OpRewritePattern<DensifyOp> {
               [&](OpBuilder &nb, Location nl, Value t, ValueRange) {
                 Value v = memref::LoadOp::create(nb, nl, vals, {row, t});
                 Value i = memref::LoadOp::create(nb, nl, idxs, {row, t});
-                Value col = arith::IndexCastOp::create(nb, nl,
-                                                       nb.getIndexType(), i);
+                Value col =
+                    arith::IndexCastOp::create(nb, nl, nb.getIndexType(), i);
                 // Entries add up: an operator may list a latent twice.
                 Value old = memref::LoadOp::create(nb, nl, out, {row, col});
                 Value sum = arith::AddFOp::create(nb, nl, old, v);
@@ -1209,8 +1235,7 @@ struct DensifyLowering : OpRewritePattern<DensifyOp> {
 //===----------------------------------------------------------------------===//
 
 /// result = fn(input) elementwise.
-template <typename OpTy>
-struct UnaryLowering : OpRewritePattern<OpTy> {
+template <typename OpTy> struct UnaryLowering : OpRewritePattern<OpTy> {
   using BodyBuilder = Value (*)(OpBuilder &, Location, Value);
   UnaryLowering(MLIRContext *ctx, BodyBuilder fn)
       : OpRewritePattern<OpTy>(ctx), fn(fn) {}
@@ -1250,8 +1275,8 @@ struct JumpReluLowering : OpRewritePattern<JumpReluOp> {
         {op.getInput(), op.getThreshold()},
         {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
         [&](OpBuilder &b, Location l, ValueRange a) {
-          Value above =
-              arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, a[0], a[1]);
+          Value above = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
+                                              a[0], a[1]);
           return arith::SelectOp::create(b, l, above, a[0],
                                          floatConst(b, l, elt, 0.0))
               .getResult();
@@ -1271,8 +1296,8 @@ Value rowNorms(OpBuilder &b, Location loc, Value w) {
   auto type = cast<RankedTensorType>(w.getType());
   AffineExpr i, j;
   bindDims(ctx, i, j);
-  auto rowType = RankedTensorType::get({type.getDimSize(0)},
-                                       type.getElementType());
+  auto rowType =
+      RankedTensorType::get({type.getDimSize(0)}, type.getElementType());
   Value acc = filledTensor(b, loc, rowType, w, 0.0);
   Value sumSq = buildGeneric(
       b, loc, {w}, acc,
@@ -1283,17 +1308,18 @@ Value rowNorms(OpBuilder &b, Location loc, Value w) {
         return arith::AddFOp::create(nb, l, a[1], sq).getResult();
       });
   AffineMap id = b.getMultiDimIdentityMap(1);
-  return buildElementwise(b, loc, sumSq, {sumSq}, {id},
-                          [](OpBuilder &nb, Location l, ValueRange a) {
-                            return math::SqrtOp::create(nb, l, a[0])
-                                .getResult();
-                          });
+  return buildElementwise(
+      b, loc, sumSq, {sumSq}, {id},
+      [](OpBuilder &nb, Location l, ValueRange a) {
+        return math::SqrtOp::create(nb, l, a[0]).getResult();
+      });
 }
 
 /// Σ over the entries of codes (dense [B, n], or the k stored entries of
 /// sparse codes) of term(value, latent index) in f64, divided by B.
-Value meanOverRows(OpBuilder &b, Location loc, Value codes,
-                   function_ref<Value(OpBuilder &, Location, Value, Value)> term) {
+Value meanOverRows(
+    OpBuilder &b, Location loc, Value codes,
+    function_ref<Value(OpBuilder &, Location, Value, Value)> term) {
   Value values = codes, indices;
   if (isa<CodesType>(codes.getType())) {
     if (failed(getCodeParts(codes, values, indices)))
@@ -1307,16 +1333,14 @@ Value meanOverRows(OpBuilder &b, Location loc, Value codes,
     ins.push_back(indices);
     maps.push_back(id);
   }
-  Value sum = sumToScalar(b, loc, ins, maps, rank,
-                          [&](OpBuilder &nb, Location l, ValueRange a) {
-                            Value latent =
-                                indices ? arith::IndexCastOp::create(
-                                              nb, l, nb.getIndexType(), a[1])
-                                              .getResult()
-                                        : linalg::IndexOp::create(nb, l, 1)
-                                              .getResult();
-                            return term(nb, l, a[0], latent);
-                          });
+  Value sum = sumToScalar(
+      b, loc, ins, maps, rank, [&](OpBuilder &nb, Location l, ValueRange a) {
+        Value latent =
+            indices ? arith::IndexCastOp::create(nb, l, nb.getIndexType(), a[1])
+                          .getResult()
+                    : linalg::IndexOp::create(nb, l, 1).getResult();
+        return term(nb, l, a[0], latent);
+      });
   Value rows;
   if (rank == 1) { // batch layout: B = (B·k) / k
     auto codesType = cast<CodesType>(codes.getType());
@@ -1329,14 +1353,13 @@ Value meanOverRows(OpBuilder &b, Location loc, Value codes,
   return arith::DivFOp::create(b, loc, sum, rows);
 }
 
-
 /// getCodeParts fails for codes that do not come from a lowered producer.
 template <typename OpTy>
 LogicalResult replaceScalar(PatternRewriter &rewriter, OpTy op, Value f64) {
   if (!f64)
     return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
-  rewriter.replaceOp(op, arith::TruncFOp::create(rewriter, op.getLoc(),
-                                                 op.getType(), f64));
+  rewriter.replaceOp(
+      op, arith::TruncFOp::create(rewriter, op.getLoc(), op.getType(), f64));
   return success();
 }
 
@@ -1345,8 +1368,8 @@ struct L1Lowering : OpRewritePattern<L1Op> {
   LogicalResult matchAndRewrite(L1Op op,
                                 PatternRewriter &rewriter) const override {
     Location loc = op.getLoc();
-    Value norms = op.getDecoder() ? rowNorms(rewriter, loc, op.getDecoder())
-                                  : Value();
+    Value norms =
+        op.getDecoder() ? rowNorms(rewriter, loc, op.getDecoder()) : Value();
     Value v = meanOverRows(
         rewriter, loc, op.getCodes(),
         [&](OpBuilder &b, Location l, Value f, Value latent) {
@@ -1367,15 +1390,15 @@ struct TanhPenaltyLowering : OpRewritePattern<TanhPenaltyOp> {
     Location loc = op.getLoc();
     Value norms = rowNorms(rewriter, loc, op.getDecoder());
     double scale = op.getScale().convertToDouble();
-    Value v = meanOverRows(
-        rewriter, loc, op.getCodes(),
-        [&](OpBuilder &b, Location l, Value f, Value latent) {
-          Value n = tensor::ExtractOp::create(b, l, norms, latent);
-          Value x = arith::MulFOp::create(
-              b, l, toF64(b, l, arith::MulFOp::create(b, l, f, n)),
-              floatConst(b, l, b.getF64Type(), scale));
-          return math::TanhOp::create(b, l, x).getResult();
-        });
+    Value v =
+        meanOverRows(rewriter, loc, op.getCodes(),
+                     [&](OpBuilder &b, Location l, Value f, Value latent) {
+                       Value n = tensor::ExtractOp::create(b, l, norms, latent);
+                       Value x = arith::MulFOp::create(
+                           b, l, toF64(b, l, arith::MulFOp::create(b, l, f, n)),
+                           floatConst(b, l, b.getF64Type(), scale));
+                       return math::TanhOp::create(b, l, x).getResult();
+                     });
     return replaceScalar(rewriter, op, v);
   }
 };
@@ -1392,8 +1415,8 @@ struct L0Lowering : OpRewritePattern<L0Op> {
         rewriter, loc, {op.getInput(), op.getThreshold()},
         {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)}, 2,
         [](OpBuilder &b, Location l, ValueRange a) {
-          Value above =
-              arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, a[0], a[1]);
+          Value above = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
+                                              a[0], a[1]);
           return arith::UIToFPOp::create(b, l, b.getF64Type(), above)
               .getResult();
         });
@@ -1430,18 +1453,19 @@ struct AfaLowering : OpRewritePattern<AfaOp> {
     Value values = op.getCodes(), indices;
     if (isa<CodesType>(values.getType()) &&
         failed(getCodeParts(op.getCodes(), values, indices)))
-      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+      return rewriter.notifyMatchFailure(op,
+                                         "codes are not built by make_codes");
     Value f = rowSumSq(rewriter, loc, values);
     Value x = rowSumSq(rewriter, loc, op.getTarget());
     AffineMap id = rewriter.getMultiDimIdentityMap(1);
-    Value sum = sumToScalar(rewriter, loc, {f, x}, {id, id}, 1,
-                            [](OpBuilder &b, Location l, ValueRange a) {
-                              Value d = arith::SubFOp::create(
-                                  b, l, math::SqrtOp::create(b, l, a[0]),
-                                  math::SqrtOp::create(b, l, a[1]));
-                              return arith::MulFOp::create(b, l, d, d)
-                                  .getResult();
-                            });
+    Value sum =
+        sumToScalar(rewriter, loc, {f, x}, {id, id}, 1,
+                    [](OpBuilder &b, Location l, ValueRange a) {
+                      Value d = arith::SubFOp::create(
+                          b, l, math::SqrtOp::create(b, l, a[0]),
+                          math::SqrtOp::create(b, l, a[1]));
+                      return arith::MulFOp::create(b, l, d, d).getResult();
+                    });
     Value rows = rowCount(rewriter, loc, op.getTarget(), rewriter.getF64Type());
     return replaceScalar(rewriter, op,
                          arith::DivFOp::create(rewriter, loc, sum, rows));
@@ -1477,7 +1501,8 @@ struct MatryoshkaLowering : OpRewritePattern<MatryoshkaOp> {
     Value values = op.getCodes(), indices;
     if (isa<CodesType>(values.getType()) &&
         failed(getCodeParts(op.getCodes(), values, indices)))
-      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+      return rewriter.notifyMatchFailure(op,
+                                         "codes are not built by make_codes");
     Value w = op.getDecoder(), target = op.getTarget();
     auto outType = cast<RankedTensorType>(target.getType());
     Type elt = outType.getElementType();
@@ -1499,26 +1524,30 @@ struct MatryoshkaLowering : OpRewritePattern<MatryoshkaOp> {
            utils::IteratorType::parallel},
           [&](OpBuilder &nb, Location l, ValueRange a) {
             Value latent =
-                indices ? arith::IndexCastOp::create(nb, l, nb.getIndexType(), a[1])
-                              .getResult()
-                        : linalg::IndexOp::create(nb, l, 1).getResult();
+                indices
+                    ? arith::IndexCastOp::create(nb, l, nb.getIndexType(), a[1])
+                          .getResult()
+                    : linalg::IndexOp::create(nb, l, 1).getResult();
             Value col = linalg::IndexOp::create(nb, l, 2);
             Value inPrefix = arith::CmpIOp::create(
                 nb, l, arith::CmpIPredicate::slt, latent,
                 arith::ConstantIndexOp::create(nb, l, width));
             Value v = arith::SelectOp::create(nb, l, inPrefix, a[0],
                                               floatConst(nb, l, elt, 0.0));
-            Value wv = tensor::ExtractOp::create(nb, l, w, ValueRange{latent, col});
+            Value wv =
+                tensor::ExtractOp::create(nb, l, w, ValueRange{latent, col});
             Value acc = a.back();
             return arith::AddFOp::create(nb, l, acc,
                                          arith::MulFOp::create(nb, l, v, wv))
                 .getResult();
           });
-      Value withBias = BiasAddOp::create(rewriter, loc, outType, dec, op.getBias());
+      Value withBias =
+          BiasAddOp::create(rewriter, loc, outType, dec, op.getBias());
       // Each prefix's error is accumulated in f64 by sae.mse's lowering.
       Value err = MseOp::create(rewriter, loc, op.getType(), withBias, target);
-      total = total ? arith::AddFOp::create(rewriter, loc, total, err).getResult()
-                    : err;
+      total = total
+                  ? arith::AddFOp::create(rewriter, loc, total, err).getResult()
+                  : err;
     }
     rewriter.replaceOp(op, total);
     return success();
@@ -1552,7 +1581,8 @@ struct AuxKLowering : OpRewritePattern<AuxKOp> {
         sum += std::pow(double(t + 1), -*alpha);
       zipfScale = double(op.getZipfK().value_or(1)) / sum;
     }
-    auto isDead = [&](OpBuilder &b, Location l, Value u, Value latent) -> Value {
+    auto isDead = [&](OpBuilder &b, Location l, Value u,
+                      Value latent) -> Value {
       if (!alpha)
         return arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGE, u,
                                      floatConst(b, l, elt, deadAfter));
@@ -1579,26 +1609,31 @@ struct AuxKLowering : OpRewritePattern<AuxKOp> {
     auto codesType = CodesType::get(ctx, inType.getDimSize(0),
                                     inType.getDimSize(1), elt, kAux);
     Value codes = TopKOp::create(rewriter, loc, codesType, masked, Value());
-    Value vals = CodesValuesOp::create(rewriter, loc, codesType.getValuesType(), codes);
-    Value idxs = CodesIndicesOp::create(rewriter, loc, codesType.getIndicesType(), codes);
+    Value vals =
+        CodesValuesOp::create(rewriter, loc, codesType.getValuesType(), codes);
+    Value idxs = CodesIndicesOp::create(rewriter, loc,
+                                        codesType.getIndicesType(), codes);
     AffineMap id = rewriter.getMultiDimIdentityMap(2);
     // Rows with fewer dead latents than k_aux hold −inf slots: drop them.
     Value finite = buildElementwise(
         rewriter, loc, vals, {vals}, {id},
         [&](OpBuilder &b, Location l, ValueRange a) {
-          Value ok = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, a[0],
-                                           negInfOf(b, l, elt));
-          return arith::SelectOp::create(b, l, ok, a[0], floatConst(b, l, elt, 0.0))
+          Value ok = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
+                                           a[0], negInfOf(b, l, elt));
+          return arith::SelectOp::create(b, l, ok, a[0],
+                                         floatConst(b, l, elt, 0.0))
               .getResult();
         });
-    Value kept = MakeCodesOp::create(rewriter, loc, codesType, finite, idxs, Value());
+    Value kept =
+        MakeCodesOp::create(rewriter, loc, codesType, finite, idxs, Value());
     auto resType = op.getResidual().getType();
-    Value recon = DecodeOp::create(rewriter, loc, resType, kept, op.getDecoder());
+    Value recon =
+        DecodeOp::create(rewriter, loc, resType, kept, op.getDecoder());
     if (op.getBias())
       recon = BiasAddOp::create(rewriter, loc, resType, recon, op.getBias());
     // Σ‖recon − e‖² (f64).
-    Value err = sumToScalar(rewriter, loc, {recon, op.getResidual()}, {id, id}, 2,
-                            [](OpBuilder &b, Location l, ValueRange a) {
+    Value err = sumToScalar(rewriter, loc, {recon, op.getResidual()}, {id, id},
+                            2, [](OpBuilder &b, Location l, ValueRange a) {
                               return squaredDiffF64(b, l, a[0], a[1]);
                             });
     // norm: Σ_b ‖v − mean_b v‖², v = target or residual.
@@ -1612,8 +1647,9 @@ struct AuxKLowering : OpRewritePattern<AuxKOp> {
         });
     // scale = min(n_dead / k_aux, 1).
     Value nDead = sumToScalar(
-        rewriter, loc, {op.getSinceFired()}, {rewriter.getMultiDimIdentityMap(1)},
-        1, [&](OpBuilder &b, Location l, ValueRange a) {
+        rewriter, loc, {op.getSinceFired()},
+        {rewriter.getMultiDimIdentityMap(1)}, 1,
+        [&](OpBuilder &b, Location l, ValueRange a) {
           Value dead = isDead(b, l, a[0], linalg::IndexOp::create(b, l, 0));
           return arith::UIToFPOp::create(b, l, f64, dead).getResult();
         });
@@ -1624,7 +1660,8 @@ struct AuxKLowering : OpRewritePattern<AuxKOp> {
         floatConst(rewriter, loc, f64, 1.0));
     Value loss = arith::DivFOp::create(
         rewriter, loc, arith::MulFOp::create(rewriter, loc, scale, err), norm);
-    rewriter.replaceOp(op, arith::TruncFOp::create(rewriter, loc, op.getType(), loss));
+    rewriter.replaceOp(
+        op, arith::TruncFOp::create(rewriter, loc, op.getType(), loss));
     return success();
   }
 };
@@ -1642,8 +1679,7 @@ Value batchRows(OpBuilder &b, Location l, Value values, int64_t k) {
 
 /// Decoding (out[row] += v · W[index]) and densifying (out[row, index] += v)
 /// of batch-layout codes: one pass over the B·k entries.
-template <typename OpTy>
-struct BatchCodesLowering : OpRewritePattern<OpTy> {
+template <typename OpTy> struct BatchCodesLowering : OpRewritePattern<OpTy> {
   using OpRewritePattern<OpTy>::OpRewritePattern;
   LogicalResult matchAndRewrite(OpTy op,
                                 PatternRewriter &rewriter) const override {
@@ -1652,7 +1688,8 @@ struct BatchCodesLowering : OpRewritePattern<OpTy> {
       return failure();
     auto make = op.getCodes().template getDefiningOp<MakeCodesOp>();
     if (!make)
-      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+      return rewriter.notifyMatchFailure(op,
+                                         "codes are not built by make_codes");
     Location loc = op.getLoc();
     auto type = cast<RankedTensorType>(op.getType());
     Value rowsN = batchRows(rewriter, loc, make.getValues(), codes.getK());
@@ -1671,15 +1708,18 @@ struct BatchCodesLowering : OpRewritePattern<OpTy> {
     Value c0 = arith::ConstantIndexOp::create(rewriter, loc, 0);
     Value c1 = arith::ConstantIndexOp::create(rewriter, loc, 1);
     Value entries = tensor::DimOp::create(rewriter, loc, make.getValues(), 0);
-    Value width = arith::ConstantIndexOp::create(rewriter, loc, type.getDimSize(1));
+    Value width =
+        arith::ConstantIndexOp::create(rewriter, loc, type.getDimSize(1));
     scf::ForOp::create(
         rewriter, loc, c0, entries, c1, ValueRange{},
         [&](OpBuilder &b, Location l, Value e, ValueRange) {
           Value v = memref::LoadOp::create(b, l, vals, e);
           Value i = arith::IndexCastOp::create(
-              b, l, b.getIndexType(), memref::LoadOp::create(b, l, idxs, e).getResult());
+              b, l, b.getIndexType(),
+              memref::LoadOp::create(b, l, idxs, e).getResult());
           Value r = arith::IndexCastOp::create(
-              b, l, b.getIndexType(), memref::LoadOp::create(b, l, rows, e).getResult());
+              b, l, b.getIndexType(),
+              memref::LoadOp::create(b, l, rows, e).getResult());
           if (!w) {
             Value old = memref::LoadOp::create(b, l, out, {r, i});
             memref::StoreOp::create(b, l, arith::AddFOp::create(b, l, old, v),
@@ -1708,12 +1748,11 @@ struct BatchCodesLowering : OpRewritePattern<OpTy> {
 /// insertion-sorts each row's segment by decreasing value (strict
 /// comparison: column order on ties). `take` threads one i64 of state
 /// through the row-major scan. Returns the number of entries written.
-Value collectRows(
-    OpBuilder &builder, Location loc, Value in, Value rows, Value cols,
-    Value vals, Value idxs, Value rowOf, Value state,
-    function_ref<std::pair<Value, Value>(OpBuilder &, Location, Value, Value,
-                                         Value)>
-        take) {
+Value collectRows(OpBuilder &builder, Location loc, Value in, Value rows,
+                  Value cols, Value vals, Value idxs, Value rowOf, Value state,
+                  function_ref<std::pair<Value, Value>(OpBuilder &, Location,
+                                                       Value, Value, Value)>
+                      take) {
   Type i32 = builder.getI32Type();
   Value c0 = arith::ConstantIndexOp::create(builder, loc, 0);
   Value c1 = arith::ConstantIndexOp::create(builder, loc, 1);
@@ -1795,10 +1834,13 @@ struct FeatureChoiceLowering : OpRewritePattern<FeatureChoiceOp> {
     Value total = arith::MulIOp::create(rewriter, loc, rows, cIdx(k));
     Value in = toBuffer(rewriter, loc, input);
     auto maskType = RankedTensorType::get(
-        cast<RankedTensorType>(input.getType()).getShape(), rewriter.getI8Type());
+        cast<RankedTensorType>(input.getType()).getShape(),
+        rewriter.getI8Type());
     Value mask = allocLike(rewriter, loc, maskType, {rows});
-    Value zero8 = arith::ConstantOp::create(rewriter, loc, rewriter.getI8IntegerAttr(0));
-    Value one8 = arith::ConstantOp::create(rewriter, loc, rewriter.getI8IntegerAttr(1));
+    Value zero8 =
+        arith::ConstantOp::create(rewriter, loc, rewriter.getI8IntegerAttr(0));
+    Value one8 =
+        arith::ConstantOp::create(rewriter, loc, rewriter.getI8IntegerAttr(1));
     linalg::FillOp::create(rewriter, loc, ValueRange{zero8}, ValueRange{mask});
     Value vals = allocLike(rewriter, loc, codes.getValuesType(), {total});
     Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), {total});
@@ -1821,7 +1863,8 @@ struct FeatureChoiceLowering : OpRewritePattern<FeatureChoiceOp> {
           Value cum, cumW = st[1];
           if (zipf == 0) { // exact: ⌊B·k·(j + 1) / n⌋
             cum = arith::DivUIOp::create(
-                b, l, arith::MulIOp::create(b, l, totalI, jPlus1), c64(b, l, n));
+                b, l, arith::MulIOp::create(b, l, totalI, jPlus1),
+                c64(b, l, n));
           } else {
             Value w = math::PowFOp::create(
                 b, l, arith::UIToFPOp::create(b, l, f64, jPlus1),
@@ -1841,7 +1884,8 @@ struct FeatureChoiceLowering : OpRewritePattern<FeatureChoiceOp> {
           }
           Value budget = arith::MinUIOp::create(
               b, l, arith::SubIOp::create(b, l, cum, st[0]), rowsI);
-          Value budgetIdx = arith::IndexCastOp::create(b, l, b.getIndexType(), budget);
+          Value budgetIdx =
+              arith::IndexCastOp::create(b, l, b.getIndexType(), budget);
           scf::ForOp::create(
               b, l, c0, budgetIdx, c1, ValueRange{},
               [&](OpBuilder &tb, Location tl, Value, ValueRange) {
@@ -1851,7 +1895,8 @@ struct FeatureChoiceLowering : OpRewritePattern<FeatureChoiceOp> {
                       Value v = memref::LoadOp::create(rb, rl, in, {row, j});
                       Value free = arith::CmpIOp::create(
                           rb, rl, arith::CmpIPredicate::eq,
-                          memref::LoadOp::create(rb, rl, mask, {row, j}), zero8);
+                          memref::LoadOp::create(rb, rl, mask, {row, j}),
+                          zero8);
                       Value gt = arith::CmpFOp::create(
                           rb, rl, arith::CmpFPredicate::OGT, v, bst[0]);
                       // A −inf entry is still a choice when nothing beats it.
@@ -1866,19 +1911,21 @@ struct FeatureChoiceLowering : OpRewritePattern<FeatureChoiceOp> {
                               arith::OrIOp::create(rb, rl, gt, none)));
                       scf::YieldOp::create(
                           rb, rl,
-                          ValueRange{
-                              arith::SelectOp::create(rb, rl, better, v, bst[0]),
-                              arith::SelectOp::create(rb, rl, better, row, bst[1]),
-                              arith::SelectOp::create(rb, rl, better, one8,
-                                                      bst[2])});
+                          ValueRange{arith::SelectOp::create(rb, rl, better, v,
+                                                             bst[0]),
+                                     arith::SelectOp::create(rb, rl, better,
+                                                             row, bst[1]),
+                                     arith::SelectOp::create(rb, rl, better,
+                                                             one8, bst[2])});
                     });
                 Value found = arith::CmpIOp::create(
                     tb, tl, arith::CmpIPredicate::ne, best.getResult(2), zero8);
-                scf::IfOp::create(tb, tl, found, [&](OpBuilder &fb, Location fl) {
-                  memref::StoreOp::create(fb, fl, one8, mask,
-                                          {best.getResult(1), j});
-                  scf::YieldOp::create(fb, fl);
-                });
+                scf::IfOp::create(
+                    tb, tl, found, [&](OpBuilder &fb, Location fl) {
+                      memref::StoreOp::create(fb, fl, one8, mask,
+                                              {best.getResult(1), j});
+                      scf::YieldOp::create(fb, fl);
+                    });
                 scf::YieldOp::create(tb, tl);
               });
           scf::YieldOp::create(b, l, ValueRange{cum, cumW});
@@ -1889,14 +1936,17 @@ struct FeatureChoiceLowering : OpRewritePattern<FeatureChoiceOp> {
         [&](OpBuilder &b, Location l, Value row, Value col,
             Value st) -> std::pair<Value, Value> {
           Value m = memref::LoadOp::create(b, l, mask, {row, col});
-          return {arith::CmpIOp::create(b, l, arith::CmpIPredicate::ne, m, zero8),
-                  st};
+          return {
+              arith::CmpIOp::create(b, l, arith::CmpIPredicate::ne, m, zero8),
+              st};
         });
     // Budgets capped at B leave slots: zero entries at the last row.
     Value lastRow = arith::IndexCastOp::create(
-        rewriter, loc, rewriter.getI32Type(), arith::SubIOp::create(rewriter, loc, rows, c1));
+        rewriter, loc, rewriter.getI32Type(),
+        arith::SubIOp::create(rewriter, loc, rows, c1));
     Value zeroF = floatConst(rewriter, loc, elt, 0.0);
-    Value zeroI = arith::ConstantOp::create(rewriter, loc, rewriter.getI32IntegerAttr(0));
+    Value zeroI =
+        arith::ConstantOp::create(rewriter, loc, rewriter.getI32IntegerAttr(0));
     scf::ForOp::create(rewriter, loc, written, total, c1, ValueRange{},
                        [&](OpBuilder &b, Location l, Value e, ValueRange) {
                          memref::StoreOp::create(b, l, zeroF, vals, e);
@@ -1934,7 +1984,8 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
     };
     Value c0 = cIdx(0), c1 = cIdx(1), cN = cIdx(codes.getNumLatents());
     Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
-    Value total = arith::MulIOp::create(rewriter, loc, rows, cIdx(codes.getK()));
+    Value total =
+        arith::MulIOp::create(rewriter, loc, rows, cIdx(codes.getK()));
     Value in = toBuffer(rewriter, loc, input);
     Value vals = allocLike(rewriter, loc, codes.getValuesType(), {total});
     Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), {total});
@@ -1950,7 +2001,8 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
       Value flipped = arith::SelectOp::create(
           b, l, neg, arith::XOrIOp::create(b, l, bits, c64(b, l, 0xFFFFFFFFll)),
           arith::XOrIOp::create(b, l, bits, c64(b, l, 0x80000000ll)));
-      Value isNan = arith::CmpFOp::create(b, l, arith::CmpFPredicate::UNO, v, v);
+      Value isNan =
+          arith::CmpFOp::create(b, l, arith::CmpFPredicate::UNO, v, v);
       return arith::SelectOp::create(b, l, isNan, c64(b, l, 0), flipped);
     };
     // count of keys satisfying pred against t.
@@ -1966,7 +2018,8 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
                                                     key(jb, jl, row, col), t);
                   Value inc = arith::ExtUIOp::create(jb, jl, i64, hit);
                   scf::YieldOp::create(
-                      jb, jl, ValueRange{arith::AddIOp::create(jb, jl, a2[0], inc)});
+                      jb, jl,
+                      ValueRange{arith::AddIOp::create(jb, jl, a2[0], inc)});
                 });
             scf::YieldOp::create(rb, rl, inner.getResults());
           });
@@ -1980,7 +2033,8 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
         [&](OpBuilder &b, Location l, Value, ValueRange lohi) {
           Value sum = arith::AddIOp::create(b, l, lohi[0], lohi[1]);
           Value mid = arith::ShRUIOp::create(
-              b, l, arith::AddIOp::create(b, l, sum, c64(b, l, 1)), c64(b, l, 1));
+              b, l, arith::AddIOp::create(b, l, sum, c64(b, l, 1)),
+              c64(b, l, 1));
           Value enough = arith::CmpIOp::create(
               b, l, arith::CmpIPredicate::sge,
               count(b, l, mid, arith::CmpIPredicate::uge), want);
@@ -2000,27 +2054,28 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
         });
     Value t = search.getResult(0);
     Value ties = arith::SubIOp::create(
-        rewriter, loc, want, count(rewriter, loc, t, arith::CmpIPredicate::ugt));
+        rewriter, loc, want,
+        count(rewriter, loc, t, arith::CmpIPredicate::ugt));
 
     // Everything above t, and the first ties in row-major order.
-    collectRows(rewriter, loc, in, rows, cN, vals, idxs, rowOf, ties,
-                [&](OpBuilder &jb, Location jl, Value row, Value col,
-                    Value tiesLeft) -> std::pair<Value, Value> {
-                  Value kv = key(jb, jl, row, col);
-                  Value above = arith::CmpIOp::create(
-                      jb, jl, arith::CmpIPredicate::ugt, kv, t);
-                  Value atT = arith::CmpIOp::create(
-                      jb, jl, arith::CmpIPredicate::eq, kv, t);
-                  Value positive = arith::CmpIOp::create(
-                      jb, jl, arith::CmpIPredicate::sgt, tiesLeft,
-                      c64(jb, jl, 0));
-                  Value tie = arith::AndIOp::create(jb, jl, atT, positive);
-                  Value left = arith::SelectOp::create(
-                      jb, jl, tie,
-                      arith::SubIOp::create(jb, jl, tiesLeft, c64(jb, jl, 1)),
-                      tiesLeft);
-                  return {arith::OrIOp::create(jb, jl, above, tie), left};
-                });
+    collectRows(
+        rewriter, loc, in, rows, cN, vals, idxs, rowOf, ties,
+        [&](OpBuilder &jb, Location jl, Value row, Value col,
+            Value tiesLeft) -> std::pair<Value, Value> {
+          Value kv = key(jb, jl, row, col);
+          Value above =
+              arith::CmpIOp::create(jb, jl, arith::CmpIPredicate::ugt, kv, t);
+          Value atT =
+              arith::CmpIOp::create(jb, jl, arith::CmpIPredicate::eq, kv, t);
+          Value positive = arith::CmpIOp::create(
+              jb, jl, arith::CmpIPredicate::sgt, tiesLeft, c64(jb, jl, 0));
+          Value tie = arith::AndIOp::create(jb, jl, atT, positive);
+          Value left = arith::SelectOp::create(
+              jb, jl, tie,
+              arith::SubIOp::create(jb, jl, tiesLeft, c64(jb, jl, 1)),
+              tiesLeft);
+          return {arith::OrIOp::create(jb, jl, above, tie), left};
+        });
     Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
     Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
     Value rowsT = asTensor(rewriter, loc, codes.getRowsType(), rowOf);
@@ -2053,40 +2108,44 @@ struct ConvertSaeToLinalgPass
 } // namespace
 
 void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns) {
-  patterns.add<LinearLowering, BiasLowering<BiasAddOp, arith::AddFOp>,
-               BiasLowering<BiasSubOp, arith::SubFOp>,
-               BinaryLowering<AddOp, arith::AddFOp>,
-               BinaryLowering<SubOp, arith::SubFOp>,
-               BinaryLowering<MulOp, arith::MulFOp>,
-               BinaryLowering<DivOp, arith::DivFOp>, ScaleLowering,
-               ReluLowering, TransposeLowering, NormalizeRowsLowering,
-               FillLowering, RandomUniformLowering, MseLowering, FvuLowering,
-               TopKLowering, GroupMaxLowering, MatchingPursuitLowering,
-               TopAfaLowering, DecodeLowering, DensifyLowering,
-               BatchCodesLowering<DecodeOp>, BatchCodesLowering<DensifyOp>,
-               BatchTopKLowering, FeatureChoiceLowering, MatryoshkaLowering,
-               AuxKLowering,
-               BiasLowering<BiasMulOp, arith::MulFOp>,
-               BiasLowering<BiasDivOp, arith::DivFOp>, StopGradLowering,
-               JumpReluLowering, L1Lowering, TanhPenaltyLowering, L0Lowering,
-               AfaLowering, KlStdNormalLowering, RandomNormalLowering,
-               GaussianNoiseLowering, ColumnMeanLowering,
-               GeometricMedianLowering>(patterns.getContext());
+  patterns.add<
+      LinearLowering, BiasLowering<BiasAddOp, arith::AddFOp>,
+      BiasLowering<BiasSubOp, arith::SubFOp>,
+      BinaryLowering<AddOp, arith::AddFOp>,
+      BinaryLowering<SubOp, arith::SubFOp>,
+      BinaryLowering<MulOp, arith::MulFOp>,
+      BinaryLowering<DivOp, arith::DivFOp>, ScaleLowering, ReluLowering,
+      TransposeLowering, NormalizeRowsLowering, FillLowering,
+      RandomUniformLowering, MseLowering, FvuLowering, TopKLowering,
+      GroupMaxLowering, MatchingPursuitLowering, TopAfaLowering, DecodeLowering,
+      DensifyLowering, BatchCodesLowering<DecodeOp>,
+      BatchCodesLowering<DensifyOp>, BatchTopKLowering, FeatureChoiceLowering,
+      MatryoshkaLowering, AuxKLowering, BiasLowering<BiasMulOp, arith::MulFOp>,
+      BiasLowering<BiasDivOp, arith::DivFOp>, StopGradLowering,
+      JumpReluLowering, L1Lowering, TanhPenaltyLowering, L0Lowering,
+      AfaLowering, KlStdNormalLowering, RandomNormalLowering,
+      GaussianNoiseLowering, ColumnMeanLowering, GeometricMedianLowering>(
+      patterns.getContext());
   MLIRContext *ctx = patterns.getContext();
-  patterns.add<UnaryLowering<AbsOp>>(ctx, [](OpBuilder &b, Location l, Value x) {
-    return math::AbsFOp::create(b, l, x).getResult();
-  });
-  patterns.add<UnaryLowering<ExpOp>>(ctx, [](OpBuilder &b, Location l, Value x) {
-    return math::ExpOp::create(b, l, x).getResult();
-  });
-  patterns.add<UnaryLowering<TanhOp>>(ctx, [](OpBuilder &b, Location l, Value x) {
-    return math::TanhOp::create(b, l, x).getResult();
-  });
-  patterns.add<UnaryLowering<StepOp>>(ctx, [](OpBuilder &b, Location l, Value x) {
-    Value zero = floatConst(b, l, x.getType(), 0.0);
-    Value above = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, x, zero);
-    return arith::SelectOp::create(b, l, above, floatConst(b, l, x.getType(), 1.0),
-                                   zero)
-        .getResult();
-  });
+  patterns.add<UnaryLowering<AbsOp>>(
+      ctx, [](OpBuilder &b, Location l, Value x) {
+        return math::AbsFOp::create(b, l, x).getResult();
+      });
+  patterns.add<UnaryLowering<ExpOp>>(
+      ctx, [](OpBuilder &b, Location l, Value x) {
+        return math::ExpOp::create(b, l, x).getResult();
+      });
+  patterns.add<UnaryLowering<TanhOp>>(
+      ctx, [](OpBuilder &b, Location l, Value x) {
+        return math::TanhOp::create(b, l, x).getResult();
+      });
+  patterns.add<UnaryLowering<StepOp>>(
+      ctx, [](OpBuilder &b, Location l, Value x) {
+        Value zero = floatConst(b, l, x.getType(), 0.0);
+        Value above =
+            arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, x, zero);
+        return arith::SelectOp::create(b, l, above,
+                                       floatConst(b, l, x.getType(), 1.0), zero)
+            .getResult();
+      });
 }

@@ -1,4 +1,5 @@
-//===- CPUTarget.h - Host CPU code generation ---------------------*- C++ -*-===//
+//===- CPUTarget.h - Host CPU code generation ---------------------*- C++
+//-*-===//
 //
 // From the LLVM dialect to a shared library for the CPU saec runs on: LLVM IR,
 // the O3 pipeline tuned for the host CPU's name and features, an object file,

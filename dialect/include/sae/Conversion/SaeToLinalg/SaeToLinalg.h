@@ -1,4 +1,5 @@
-//===- SaeToLinalg.h - Lower sae to linalg ------------------------*- C++ -*-===//
+//===- SaeToLinalg.h - Lower sae to linalg ------------------------*- C++
+//-*-===//
 #ifndef SAE_CONVERSION_SAETOLINALG_SAETOLINALG_H
 #define SAE_CONVERSION_SAETOLINALG_SAETOLINALG_H
 

@@ -29,8 +29,8 @@ static std::string numberStr(double v) {
 static LogicalResult verifySameDim(Operation *op, int64_t a, int64_t b,
                                    StringRef what) {
   if (a != b)
-    return op->emitOpError() << what << " mismatch: " << dimStr(a) << " vs "
-                             << dimStr(b);
+    return op->emitOpError()
+           << what << " mismatch: " << dimStr(a) << " vs " << dimStr(b);
   return success();
 }
 
@@ -63,9 +63,9 @@ LogicalResult LinearOp::verify() {
 static LogicalResult verifyBias(Operation *op, RankedTensorType in,
                                 RankedTensorType bias) {
   if (bias.getDimSize(0) != in.getDimSize(1))
-    return op->emitOpError() << "bias of size " << dimStr(bias.getDimSize(0))
-                             << " does not match rows of width "
-                             << dimStr(in.getDimSize(1));
+    return op->emitOpError()
+           << "bias of size " << dimStr(bias.getDimSize(0))
+           << " does not match rows of width " << dimStr(in.getDimSize(1));
   return verifySameElementType(op, in.getElementType(), bias.getElementType());
 }
 
@@ -110,9 +110,9 @@ static LogicalResult verifyCodesLoss(Operation *op, Type codes, Value decoder,
   if (decoder) {
     auto w = cast<RankedTensorType>(decoder.getType());
     if (w.getDimSize(0) != latents)
-      return op->emitOpError() << "decoder has " << dimStr(w.getDimSize(0))
-                               << " rows but the codes have " << latents
-                               << " latents";
+      return op->emitOpError()
+             << "decoder has " << dimStr(w.getDimSize(0))
+             << " rows but the codes have " << latents << " latents";
     if (failed(verifySameElementType(op, elt, w.getElementType())))
       return failure();
   }
@@ -128,8 +128,7 @@ LogicalResult TanhPenaltyOp::verify() {
                          getResult().getType());
 }
 LogicalResult L0Op::verify() {
-  if (failed(verifyBias(*this, getInput().getType(),
-                        getThreshold().getType())))
+  if (failed(verifyBias(*this, getInput().getType(), getThreshold().getType())))
     return failure();
   return verifySameElementType(*this, getInput().getType().getElementType(),
                                getResult().getType());
@@ -200,15 +199,14 @@ LogicalResult TransposeOp::verify() {
 /// A selection from `in : [B, n]` into `codes`.
 static LogicalResult verifySelection(Operation *op, RankedTensorType in,
                                      CodesType codes) {
-  if (failed(verifySameDim(op, in.getDimSize(0), codes.getBatch(),
-                           "batch size")))
+  if (failed(
+          verifySameDim(op, in.getDimSize(0), codes.getBatch(), "batch size")))
     return failure();
   if (in.getDimSize(1) != codes.getNumLatents())
-    return op->emitOpError() << "input has " << dimStr(in.getDimSize(1))
-                             << " latents but the codes have "
-                             << codes.getNumLatents();
-  return verifySameElementType(op, in.getElementType(),
-                               codes.getElementType());
+    return op->emitOpError()
+           << "input has " << dimStr(in.getDimSize(1))
+           << " latents but the codes have " << codes.getNumLatents();
+  return verifySameElementType(op, in.getElementType(), codes.getElementType());
 }
 
 LogicalResult TopKOp::verify() {
@@ -221,8 +219,8 @@ LogicalResult TopKOp::verify() {
 LogicalResult GroupMaxOp::verify() {
   CodesType codes = getResult().getType();
   if (codes.getNumLatents() % codes.getK() != 0)
-    return emitOpError() << "k = " << codes.getK()
-                         << " does not divide the " << codes.getNumLatents()
+    return emitOpError() << "k = " << codes.getK() << " does not divide the "
+                         << codes.getNumLatents()
                          << " latents into equal groups";
   return verifySelection(*this, getInput().getType(), codes);
 }
@@ -276,8 +274,7 @@ LogicalResult DecodeOp::verify() {
   if (failed(verifySameElementType(*this, codes.getElementType(),
                                    w.getElementType())))
     return failure();
-  return verifySameElementType(*this, w.getElementType(),
-                               out.getElementType());
+  return verifySameElementType(*this, w.getElementType(), out.getElementType());
 }
 
 LogicalResult DensifyOp::verify() {
@@ -401,9 +398,9 @@ LogicalResult RandomNormalOp::verify() {
 static LogicalResult verifyColumns(Operation *op, RankedTensorType in,
                                    RankedTensorType out) {
   if (out.getDimSize(0) != in.getDimSize(1))
-    return op->emitOpError() << "result of size " << dimStr(out.getDimSize(0))
-                             << " does not match rows of width "
-                             << dimStr(in.getDimSize(1));
+    return op->emitOpError()
+           << "result of size " << dimStr(out.getDimSize(0))
+           << " does not match rows of width " << dimStr(in.getDimSize(1));
   return verifySameElementType(op, in.getElementType(), out.getElementType());
 }
 

@@ -29,8 +29,7 @@ Type CodesType::parse(AsmParser &parser) {
       parser.parseDimensionList(shape, /*allowDynamic=*/true,
                                 /*withTrailingX=*/true) ||
       parser.parseType(elementType) || parser.parseComma() ||
-      parser.parseKeyword("k") || parser.parseEqual() ||
-      parser.parseInteger(k))
+      parser.parseKeyword("k") || parser.parseEqual() || parser.parseInteger(k))
     return {};
   bool perBatch = false;
   if (succeeded(parser.parseOptionalComma())) {
@@ -44,9 +43,9 @@ Type CodesType::parse(AsmParser &parser) {
     parser.emitError(loc, "expected a [batch x latents] shape in sparse codes");
     return {};
   }
-  return CodesType::getChecked(
-      [&] { return parser.emitError(loc); }, parser.getContext(), shape[0],
-      shape[1], elementType, k, perBatch);
+  return CodesType::getChecked([&] { return parser.emitError(loc); },
+                               parser.getContext(), shape[0], shape[1],
+                               elementType, k, perBatch);
 }
 
 void CodesType::print(AsmPrinter &printer) const {
@@ -82,7 +81,7 @@ static SmallVector<int64_t, 2> storageShape(const CodesType &t) {
   if (!t.getPerBatch())
     return {t.getBatch(), t.getK()};
   return {ShapedType::isDynamic(t.getBatch()) ? ShapedType::kDynamic
-                                               : t.getBatch() * t.getK()};
+                                              : t.getBatch() * t.getK()};
 }
 
 RankedTensorType CodesType::getValuesType() const {

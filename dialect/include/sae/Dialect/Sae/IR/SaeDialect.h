@@ -1,4 +1,5 @@
-//===- SaeDialect.h - The sae dialect -----------------------------*- C++ -*-===//
+//===- SaeDialect.h - The sae dialect -----------------------------*- C++
+//-*-===//
 #ifndef SAE_DIALECT_SAE_IR_SAEDIALECT_H
 #define SAE_DIALECT_SAE_IR_SAEDIALECT_H
 

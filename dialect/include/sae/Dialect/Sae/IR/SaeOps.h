@@ -1,4 +1,5 @@
-//===- SaeOps.h - Operations of the sae dialect -------------------*- C++ -*-===//
+//===- SaeOps.h - Operations of the sae dialect -------------------*- C++
+//-*-===//
 #ifndef SAE_DIALECT_SAE_IR_SAEOPS_H
 #define SAE_DIALECT_SAE_IR_SAEOPS_H
 

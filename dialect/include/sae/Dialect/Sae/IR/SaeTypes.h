@@ -1,4 +1,5 @@
-//===- SaeTypes.h - Types of the sae dialect ----------------------*- C++ -*-===//
+//===- SaeTypes.h - Types of the sae dialect ----------------------*- C++
+//-*-===//
 #ifndef SAE_DIALECT_SAE_IR_SAETYPES_H
 #define SAE_DIALECT_SAE_IR_SAETYPES_H
 
