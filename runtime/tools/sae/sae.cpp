@@ -1,9 +1,10 @@
 //===- sae.cpp - The `sae` command-line tool ------------------------------===//
 //
 // `sae` runs models compiled by saec through libsae_runtime: it shows what a
-// library contains (info), creates checkpoints (init), and encodes, decodes
-// and reconstructs .npy data in bounded-memory chunks (encode, decode,
-// forward). Usage errors exit with 2, runtime errors with 1.
+// library contains (info), creates checkpoints (init), encodes, decodes and
+// reconstructs data in bounded-memory chunks (encode, decode, forward),
+// evaluates a checkpoint (eval) and generates synthetic data with a known
+// dictionary (synth). Usage errors exit with 2, runtime errors with 1.
 //
 //===----------------------------------------------------------------------===//
 
@@ -66,7 +67,7 @@ const char *const kMainHelp =
     "commands:\n"
     "  info     show what a compiled model library contains\n"
     "  init     initialise a model's parameters and save a checkpoint\n"
-    "  encode   encode input rows (.npy) into codes (.npy or .npz)\n"
+    "  encode   encode input rows into codes (.npy or .npz)\n"
     "  decode   decode codes (.npy or .npz) into reconstructions (.npy)\n"
     "  forward  reconstruct inputs and report the loss (and its terms),\n"
     "           MSE, FVU and L0\n"
@@ -307,7 +308,8 @@ const char *const kSynthHelp =
     "\n"
     "options:\n"
     "  --d D           dimension of the rows (required)\n"
-    "  --features F    number of dictionary rows (required)\n"
+    "  --features F    number of dictionary rows (required; F * D at most\n"
+    "                  2^32, the dictionary is held in memory)\n"
     "  --active A      features per row of X, 1 <= A <= F (required)\n"
     "  --out X.npy     data file to write (required)\n"
     "  --dict TRUE.npy dictionary file to write (required)\n"
@@ -477,6 +479,15 @@ using WriterPtr = std::unique_ptr<sae_rt_npy_writer, WriterCloser>;
 using NpzPtr = std::unique_ptr<sae_rt_npz, NpzCloser>;
 using RowsPtr = std::unique_ptr<sae_rt_rows, RowsCloser>;
 
+/// Owns an sae_rt_array that the runtime allocated.
+struct ArrayHolder {
+  ArrayHolder() = default;
+  ~ArrayHolder() { sae_rt_array_free(&array); }
+  ArrayHolder(const ArrayHolder &) = delete;
+  ArrayHolder &operator=(const ArrayHolder &) = delete;
+  sae_rt_array array{};
+};
+
 class ParamBuffers {
 public:
   ParamBuffers() = default;
@@ -550,7 +561,8 @@ bool isIdxPath(const std::string &path) {
 /// widened to float32: a .npy file (float32 or float16) or a named 2-D
 /// tensor of a safetensors file (F32, F16 or BF16), both memory-mapped by
 /// the runtime, or an IDX file (plain or gzip) read whole. `tensor` is the
-/// tensor name ("" for none) and `tensorFlag` the option that gives it.
+/// tensor name ("" for none) and `tensorFlag` the option that gives it (""
+/// where the input has no such option).
 class RowInput {
 public:
   RowInput(const std::string &path, const std::string &tensor,
@@ -565,10 +577,10 @@ public:
       if (!tensor.empty())
         fail(path + ": is an IDX file; " + tensorFlag +
              " names a tensor of a safetensors file");
-      check(sae_rt_idx_read(path.c_str(), &idx));
-      ownsIdx = true;
-      ndim = idx.ndim;
-      shape = idx.shape;
+      check(sae_rt_idx_read(path.c_str(), &idx.array));
+      isIdx = true;
+      ndim = idx.array.ndim;
+      shape = idx.array.shape;
       if (ndim != 1 && ndim != 2)
         fail(path + ": shape " + shapeText(ndim, shape) + " is not [B, " +
              std::to_string(width) + "] or [" + std::to_string(width) + "]");
@@ -576,6 +588,9 @@ public:
       sae_rt_rows *raw = nullptr;
       sae_rt_status status = sae_rt_rows_open(
           path.c_str(), tensor.empty() ? nullptr : tensor.c_str(), &raw);
+      if (status == SAE_RT_ERR_ARG && tensor.empty() && tensorFlag.empty())
+        fail(path + ": is a safetensors file, but this option reads .npy "
+                    "files only");
       if (status == SAE_RT_ERR_ARG && tensor.empty())
         fail(std::string(sae_rt_last_error()) + "; give it with " +
              tensorFlag + " NAME");
@@ -584,15 +599,10 @@ public:
       ndim = sae_rt_rows_ndim(raw);
       shape = sae_rt_rows_shape(raw);
     }
-    oneRow = ndim == 1;
-    count = oneRow ? 1 : shape[0];
+    count = ndim == 1 ? 1 : shape[0];
     if (shape[ndim - 1] != width)
       fail(label + ": shape " + shapeText(ndim, shape) + " does not match " +
            what);
-  }
-  ~RowInput() {
-    if (ownsIdx)
-      sae_rt_array_free(&idx);
   }
   RowInput(const RowInput &) = delete;
   RowInput &operator=(const RowInput &) = delete;
@@ -606,8 +616,8 @@ public:
   /// infinity in them is an error naming its row and column (the model
   /// would otherwise turn it into garbage codes silently).
   void read(int64_t first, int64_t n, float *dst) {
-    if (ownsIdx) {
-      const float *src = static_cast<const float *>(idx.data);
+    if (isIdx) {
+      const float *src = static_cast<const float *>(idx.array.data);
       std::memcpy(dst, src + first * width,
                   static_cast<size_t>(n * width) * sizeof(float));
     } else {
@@ -627,10 +637,9 @@ private:
   std::string label;
   int64_t width;
   RowsPtr rows;
-  sae_rt_array idx{};
-  bool ownsIdx = false;
+  ArrayHolder idx;
+  bool isIdx = false;
   int64_t count = 0;
-  bool oneRow = false;
 };
 
 /// A float32 [rows, width] .npy output written in chunks.
@@ -1681,7 +1690,7 @@ int runEval(int argc, char **argv) {
     return 0;
   args.library();
   args.required("checkpoint");
-  std::string data = args.required("data");
+  args.required("data");
   checkGradTensor(args);
   int64_t batchSize = parseBatchSize(args);
   double denseThreshold = parseDouble(args, "dense-threshold", 0.1);
@@ -1724,7 +1733,7 @@ int runEval(int argc, char **argv) {
   std::vector<float> truth;
   int64_t features = 0;
   if (withTruth) {
-    RowInput dict(args.get("true-dict"), "", "--true-dict", d,
+    RowInput dict(args.get("true-dict"), "", "", d,
                   "the model's input dimension " + std::to_string(d));
     features = dict.getRows();
     if (features == 0)
@@ -1803,6 +1812,14 @@ int runEval(int argc, char **argv) {
   std::string recovery = "null";
   if (withTruth) {
     size_t decoder = decoderParam(m);
+    if (static_cast<double>(features) * static_cast<double>(n) *
+            static_cast<double>(d + std::min(features, n)) >
+        1e10)
+      std::fprintf(stderr,
+                   "sae eval: matching %" PRId64 " true features with %" PRId64
+                   " decoder rows (Hungarian algorithm; this may take a "
+                   "while)\n",
+                   features, n);
     double meanMaxCos = 0, mcc = 0;
     check(sae_rt_feature_recovery(features, n, d, truth.data(),
                                   loaded.params.get()[decoder], &meanMaxCos,
@@ -1939,6 +1956,13 @@ int runSynth(int argc, char **argv) {
     throw UsageError{args.command, "--noise must be >= 0"};
   if (out == dictPath)
     throw UsageError{args.command, "--out and --dict must be different files"};
+  // The dictionary is held in memory: at most 2^32 values (16 GiB).
+  if (static_cast<uint64_t>(features) * static_cast<uint64_t>(d) >
+      (uint64_t(1) << 32))
+    throw UsageError{args.command,
+                     "the dictionary --features x --d (" +
+                         std::to_string(features) + " x " + std::to_string(d) +
+                         ") exceeds 2^32 values"};
 
   // The dictionary: stream 0, F*d normals in row-major order, each row
   // scaled to unit norm (in double), stored as float32.

@@ -241,11 +241,12 @@ typedef struct sae_rt_rows sae_rt_rows;
 
 /// Opens `path`. With `tensor` NULL the file must be a .npy file; a
 /// safetensors file is refused with a message listing its tensors. With
-/// `tensor` non-NULL it must be a safetensors file holding a tensor of that
-/// name (a missing name is an SAE_RT_ERR_ARG whose message lists the
-/// tensors of the file); a dtype other than F32/F16/BF16 or a rank other
-/// than 2 is SAE_RT_ERR_SHAPE. A .npy of another dtype or of rank other
-/// than 1 or 2 is SAE_RT_ERR_SHAPE too.
+/// `tensor` non-NULL it must be a safetensors file (a .npy file is
+/// SAE_RT_ERR_ARG) holding a tensor of that name (a missing name is an
+/// SAE_RT_ERR_ARG whose message lists the tensors of the file); a dtype
+/// other than F32/F16/BF16 or a rank other than 2 is SAE_RT_ERR_SHAPE. A
+/// .npy of another dtype or of rank other than 1 or 2 is SAE_RT_ERR_SHAPE
+/// too. Malformed files are SAE_RT_ERR_FORMAT, as for the other readers.
 SAE_RT_API sae_rt_status sae_rt_rows_open(const char *path,
                                           const char *tensor,
                                           sae_rt_rows **out);
