@@ -3,7 +3,7 @@
 # compile examples/topk.sae for Fashion-MNIST (d = 784 pixels, n = 4096
 # latents, k = 32) into a shared library, initialise it, encode the 60,000
 # training images from Debian's dataset-fashion-mnist, and report the
-# reconstruction metrics. Training arrives with `sae train`; until then the
+# metrics (MSE, FVU, L0, dead and dense latents, cosine) on the test images. Training arrives with `sae train`; until then the
 # model is the seeded initialisation.
 #
 # Environment: SAE_DEMO_DIR (default build/demo) holds everything written.
@@ -28,6 +28,6 @@ echo "== encoding $data"
   --input "$data" --output "$out/codes.npz" --sparse
 echo "wrote sparse codes (values and indices, 60000 x 32) to $out/codes.npz"
 
-echo "== reconstruction metrics of the initialised model"
-"$bin/sae" forward "$out/libtopk_fmnist.so" --checkpoint "$out/checkpoint" \
-  --input "$data" --output "$out/reconstructions.npy"
+echo "== metrics of the initialised model on the 10,000 test images"
+"$bin/sae" eval "$out/libtopk_fmnist.so" --checkpoint "$out/checkpoint" \
+  --data /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
