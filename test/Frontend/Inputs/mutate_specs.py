@@ -73,7 +73,8 @@ with tempfile.TemporaryDirectory() as tmp:
             continue
         err = p.stderr.decode("utf-8", "replace")
         internal = "internal error" in err or "could not be lowered" in err
-        if p.returncode not in (0, 1) or internal or (p.returncode == 1 and "error:" not in err):
+        sanitizer = "Sanitizer" in err or "runtime error:" in err
+        if p.returncode not in (0, 1) or internal or sanitizer or (p.returncode == 1 and "error:" not in err):
             print("mutant %d: status %d\n%s" % (i, p.returncode, err[-2000:]))
             print(open(path, "rb").read())
             bad += 1
