@@ -385,31 +385,36 @@ Value linearIndex(OpBuilder &b, Location l, RankedTensorType type,
   return lin;
 }
 
+/// offset + scale · draw(seed, stream, i) at every element i of a static
+/// tensor, in f64, rounded to the element type.
+Value randomTensor(OpBuilder &rewriter, Location loc, RankedTensorType type,
+                   Value seed, uint64_t stream, double offset, double scale,
+                   Value (*draw)(OpBuilder &, Location, Value, uint64_t, Value)) {
+  Value init = tensor::EmptyOp::create(rewriter, loc, type, ValueRange{});
+  SmallVector<utils::IteratorType> iterators(type.getRank(),
+                                             utils::IteratorType::parallel);
+  return buildGeneric(
+      rewriter, loc, {}, init, {rewriter.getMultiDimIdentityMap(type.getRank())},
+      iterators, [&](OpBuilder &b, Location l, ValueRange) {
+        Value u = draw(b, l, seed, stream, linearIndex(b, l, type));
+        Value v = arith::AddFOp::create(
+            b, l, floatConst(b, l, b.getF64Type(), offset),
+            arith::MulFOp::create(b, l, u,
+                                  floatConst(b, l, b.getF64Type(), scale)));
+        return arith::TruncFOp::create(b, l, type.getElementType(), v)
+            .getResult();
+      });
+}
+
 struct RandomUniformLowering : OpRewritePattern<RandomUniformOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(RandomUniformOp op,
                                 PatternRewriter &rewriter) const override {
-    Location loc = op.getLoc();
-    auto type = op.getType();
-    Value init = tensor::EmptyOp::create(rewriter, loc, type, ValueRange{});
     double low = op.getLow().convertToDouble();
     double high = op.getHigh().convertToDouble();
-    SmallVector<utils::IteratorType> iterators(type.getRank(),
-                                               utils::IteratorType::parallel);
-    Value result = buildGeneric(
-        rewriter, loc, {}, init,
-        {rewriter.getMultiDimIdentityMap(type.getRank())}, iterators,
-        [&](OpBuilder &b, Location l, ValueRange) {
-          Value u = hashUniform(b, l, op.getSeed(), op.getStream(),
-                                linearIndex(b, l, type));
-          Value v = arith::AddFOp::create(
-              b, l, floatConst(b, l, b.getF64Type(), low),
-              arith::MulFOp::create(
-                  b, l, u, floatConst(b, l, b.getF64Type(), high - low)));
-          return arith::TruncFOp::create(b, l, type.getElementType(), v)
-              .getResult();
-        });
-    rewriter.replaceOp(op, result);
+    rewriter.replaceOp(op, randomTensor(rewriter, op.getLoc(), op.getType(),
+                                        op.getSeed(), op.getStream(), low,
+                                        high - low, hashUniform));
     return success();
   }
 };
@@ -418,27 +423,11 @@ struct RandomNormalLowering : OpRewritePattern<RandomNormalOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(RandomNormalOp op,
                                 PatternRewriter &rewriter) const override {
-    Location loc = op.getLoc();
-    auto type = op.getType();
-    Value init = tensor::EmptyOp::create(rewriter, loc, type, ValueRange{});
-    double mean = op.getMean().convertToDouble();
-    double stddev = op.getStd().convertToDouble();
-    SmallVector<utils::IteratorType> iterators(type.getRank(),
-                                               utils::IteratorType::parallel);
-    Value result = buildGeneric(
-        rewriter, loc, {}, init,
-        {rewriter.getMultiDimIdentityMap(type.getRank())}, iterators,
-        [&](OpBuilder &b, Location l, ValueRange) {
-          Value z = hashNormal(b, l, op.getSeed(), op.getStream(),
-                               linearIndex(b, l, type));
-          Value v = arith::AddFOp::create(
-              b, l, floatConst(b, l, b.getF64Type(), mean),
-              arith::MulFOp::create(b, l, z,
-                                    floatConst(b, l, b.getF64Type(), stddev)));
-          return arith::TruncFOp::create(b, l, type.getElementType(), v)
-              .getResult();
-        });
-    rewriter.replaceOp(op, result);
+    rewriter.replaceOp(op, randomTensor(rewriter, op.getLoc(), op.getType(),
+                                        op.getSeed(), op.getStream(),
+                                        op.getMean().convertToDouble(),
+                                        op.getStd().convertToDouble(),
+                                        hashNormal));
     return success();
   }
 };
