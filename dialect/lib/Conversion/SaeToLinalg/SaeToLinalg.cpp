@@ -152,6 +152,24 @@ Value asTensor(OpBuilder &b, Location loc, RankedTensorType type, Value buf) {
                                            /*writable=*/true);
 }
 
+/// Replaces a selection op by codes built from the buffers it filled.
+void replaceWithCodes(PatternRewriter &rewriter, Operation *op, CodesType codes,
+                      Value vals, Value idxs, Value rows = Value()) {
+  Location loc = op->getLoc();
+  Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
+  Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
+  Value rowsT =
+      rows ? asTensor(rewriter, loc, codes.getRowsType(), rows) : Value();
+  rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, rowsT);
+}
+
+Value negInfOf(OpBuilder &b, Location l, Type elt) {
+  return arith::ConstantOp::create(
+      b, l,
+      b.getFloatAttr(elt, APFloat::getInf(
+                              cast<FloatType>(elt).getFloatSemantics(), true)));
+}
+
 //===----------------------------------------------------------------------===//
 // Dense ops
 //===----------------------------------------------------------------------===//
@@ -389,13 +407,15 @@ Value linearIndex(OpBuilder &b, Location l, RankedTensorType type,
 /// tensor, in f64, rounded to the element type.
 Value randomTensor(OpBuilder &rewriter, Location loc, RankedTensorType type,
                    Value seed, uint64_t stream, double offset, double scale,
-                   Value (*draw)(OpBuilder &, Location, Value, uint64_t, Value)) {
+                   Value (*draw)(OpBuilder &, Location, Value, uint64_t,
+                                 Value)) {
   Value init = tensor::EmptyOp::create(rewriter, loc, type, ValueRange{});
   SmallVector<utils::IteratorType> iterators(type.getRank(),
                                              utils::IteratorType::parallel);
   return buildGeneric(
-      rewriter, loc, {}, init, {rewriter.getMultiDimIdentityMap(type.getRank())},
-      iterators, [&](OpBuilder &b, Location l, ValueRange) {
+      rewriter, loc, {}, init,
+      {rewriter.getMultiDimIdentityMap(type.getRank())}, iterators,
+      [&](OpBuilder &b, Location l, ValueRange) {
         Value u = draw(b, l, seed, stream, linearIndex(b, l, type));
         Value v = arith::AddFOp::create(
             b, l, floatConst(b, l, b.getF64Type(), offset),
@@ -423,11 +443,10 @@ struct RandomNormalLowering : OpRewritePattern<RandomNormalOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(RandomNormalOp op,
                                 PatternRewriter &rewriter) const override {
-    rewriter.replaceOp(op, randomTensor(rewriter, op.getLoc(), op.getType(),
-                                        op.getSeed(), op.getStream(),
-                                        op.getMean().convertToDouble(),
-                                        op.getStd().convertToDouble(),
-                                        hashNormal));
+    rewriter.replaceOp(
+        op, randomTensor(rewriter, op.getLoc(), op.getType(), op.getSeed(),
+                         op.getStream(), op.getMean().convertToDouble(),
+                         op.getStd().convertToDouble(), hashNormal));
     return success();
   }
 };
@@ -702,11 +721,7 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
     Value cLast = cIdx(k - 1);
     Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
     Value cols = cIdx(codes.getNumLatents());
-    Value negInf = arith::ConstantOp::create(
-        rewriter, loc,
-        rewriter.getFloatAttr(
-            elt, APFloat::getInf(cast<FloatType>(elt).getFloatSemantics(),
-                                 /*Negative=*/true)));
+    Value negInf = negInfOf(rewriter, loc, elt);
     Value zeroF = floatConst(rewriter, loc, elt, 0.0);
     Value zeroI =
         arith::ConstantOp::create(rewriter, loc, rewriter.getI32IntegerAttr(0));
@@ -781,9 +796,7 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
           scf::YieldOp::create(b, l);
         });
 
-    Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
-    Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
-    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, Value());
+    replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
   }
 };
@@ -809,11 +822,7 @@ struct GroupMaxLowering : OpRewritePattern<GroupMaxOp> {
     };
     Value c0 = cIdx(0), c1 = cIdx(1), cK = cIdx(k), cSize = cIdx(size);
     Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
-    Value negInf = arith::ConstantOp::create(
-        rewriter, loc,
-        rewriter.getFloatAttr(
-            elt, APFloat::getInf(cast<FloatType>(elt).getFloatSemantics(),
-                                 /*Negative=*/true)));
+    Value negInf = negInfOf(rewriter, loc, elt);
     scf::ForOp::create(
         rewriter, loc, c0, rows, c1, ValueRange{},
         [&](OpBuilder &b, Location l, Value row, ValueRange) {
@@ -844,9 +853,7 @@ struct GroupMaxLowering : OpRewritePattern<GroupMaxOp> {
               });
           scf::YieldOp::create(b, l);
         });
-    Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
-    Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
-    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, Value());
+    replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
   }
 };
@@ -866,13 +873,6 @@ Value rowDot(OpBuilder &b, Location l, Value a, Value row, Value w, Value col,
             fb, fl, ValueRange{arith::AddFOp::create(fb, fl, acc[0], p)});
       });
   return loop.getResult(0);
-}
-
-Value negInfOf(OpBuilder &b, Location l, Type elt) {
-  return arith::ConstantOp::create(
-      b, l,
-      b.getFloatAttr(elt, APFloat::getInf(
-                              cast<FloatType>(elt).getFloatSemantics(), true)));
 }
 
 /// Per row: a residual copy, k argmax scans over the atoms, merge into an
@@ -975,9 +975,7 @@ struct MatchingPursuitLowering : OpRewritePattern<MatchingPursuitOp> {
               });
           scf::YieldOp::create(b, l);
         });
-    Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
-    Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
-    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, Value());
+    replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
   }
 };
@@ -1943,10 +1941,7 @@ struct FeatureChoiceLowering : OpRewritePattern<FeatureChoiceOp> {
                          memref::StoreOp::create(b, l, lastRow, rowOf, e);
                          scf::YieldOp::create(b, l);
                        });
-    Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
-    Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
-    Value rowsT = asTensor(rewriter, loc, codes.getRowsType(), rowOf);
-    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, rowsT);
+    replaceWithCodes(rewriter, op, codes, vals, idxs, rowOf);
     return success();
   }
 };
@@ -2065,10 +2060,7 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
               tiesLeft);
           return {arith::OrIOp::create(jb, jl, above, tie), left};
         });
-    Value valsT = asTensor(rewriter, loc, codes.getValuesType(), vals);
-    Value idxsT = asTensor(rewriter, loc, codes.getIndicesType(), idxs);
-    Value rowsT = asTensor(rewriter, loc, codes.getRowsType(), rowOf);
-    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codes, valsT, idxsT, rowsT);
+    replaceWithCodes(rewriter, op, codes, vals, idxs, rowOf);
     return success();
   }
 };
