@@ -8,7 +8,7 @@ PACKAGES=(
   llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools
   antlr4 libantlr4-runtime-dev
   libgtest-dev nlohmann-json3-dev zlib1g-dev
-  python3 python3-numpy
+  python3 python3-numpy python3-torch
   dataset-fashion-mnist
 )
 

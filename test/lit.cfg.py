@@ -25,6 +25,7 @@ python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
 config.substitutions.append(("%python", python))
 config.substitutions.append(("%expect-exit", python + " " + os.path.join(config.test_source_root, "Inputs", "expect_exit.py")))
 config.substitutions.append(("%saec_path", os.path.join(config.sae_tools_dir, "saec")))
+config.substitutions.append(("%saec_dir", config.sae_tools_dir))
 llvm_config.add_tool_substitutions(["saec", "sae-opt", "sae"], [config.sae_tools_dir])
 
 # GPU features: PTX can be checked with ptxas anywhere; running needs a GPU.
@@ -36,3 +37,6 @@ if os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"):
 import subprocess
 if subprocess.call([python, "-c", "import numpy"], stderr=subprocess.DEVNULL) == 0:
     config.available_features.add("numpy")
+# The training references use torch's autograd and torch.optim.Adam.
+if subprocess.call([python, "-c", "import torch"], stderr=subprocess.DEVNULL) == 0:
+    config.available_features.add("torch")

@@ -10,6 +10,7 @@ LET    : 'let';
 ENCODE : 'encode';
 DECODE : 'decode';
 LOSS   : 'loss';
+TRAIN  : 'train';
 
 LBRACE : '{';
 RBRACE : '}';

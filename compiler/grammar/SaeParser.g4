@@ -16,7 +16,10 @@ stmt
   | ENCODE name=IDENT ASSIGN expr SEMI                        # encodeStmt
   | DECODE name=IDENT ASSIGN expr SEMI                        # decodeStmt
   | LOSS (name=IDENT)? ASSIGN expr SEMI                       # lossStmt
+  | TRAIN LBRACE setting* RBRACE                              # trainStmt
   ;
+
+setting : name=IDENT ASSIGN expr SEMI ;
 
 dimDef : name=IDENT ASSIGN value=INT ;
 

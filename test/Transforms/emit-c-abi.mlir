@@ -36,7 +36,7 @@ module attributes {sae.describe = "{\"abi_version\":1}"} {
 // CHECK-LABEL: func.func @sae_model_describe() -> !llvm.ptr
 // CHECK:         llvm.mlir.addressof @__sae_model_describe
 // CHECK-LABEL: func.func @sae_abi_version() -> i32
-// CHECK:         arith.constant 2 : i32
+// CHECK:         arith.constant 3 : i32
 
 // -----
 
@@ -99,3 +99,30 @@ module attributes {sae.describe = "{}"} {
 // CHECK:         %[[K:.*]] = llvm.mlir.constant(4 : i64) : i64
 // CHECK:         %[[N:.*]] = llvm.mul %[[B]], %[[K]] : i64
 // CHECK:         llvm.insertvalue %[[N]], %{{.*}}[3, 0] : !llvm.struct<(ptr, ptr, i64, array<1 x i64>, array<1 x i64>)>
+
+// -----
+
+// Tests the groups of sae_train_step: a result group that is also an
+// argument group (sae.param) is written back through the argument's array
+// (in place, no extra C argument), and a group of scalar arguments
+// (sae.hyper) arrives as one array of floats, read element by element.
+// CHECK-LABEL: func.func @sae_step
+// CHECK-SAME: (%[[P:.*]]: !llvm.ptr, %[[H:.*]]: !llvm.ptr, %[[L:.*]]: !llvm.ptr) -> i32
+// CHECK: %[[PP:.*]] = llvm.getelementptr %[[P]][0] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr
+// CHECK: %[[PIN:.*]] = llvm.load %[[PP]] : !llvm.ptr -> !llvm.ptr
+// CHECK: %[[H0:.*]] = llvm.getelementptr %[[H]][0] : (!llvm.ptr) -> !llvm.ptr, f32
+// CHECK: %[[LR:.*]] = llvm.load %[[H0]] : !llvm.ptr -> f32
+// CHECK: %[[H1:.*]] = llvm.getelementptr %[[H]][1] : (!llvm.ptr) -> !llvm.ptr, f32
+// CHECK: llvm.load %[[H1]] : !llvm.ptr -> f32
+// CHECK: %[[PP2:.*]] = llvm.getelementptr %[[P]][0] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr
+// CHECK: llvm.load %[[PP2]] : !llvm.ptr -> !llvm.ptr
+// CHECK: sae.scale %{{.*}}, %[[LR]]
+// CHECK: bufferization.materialize_in_destination
+// CHECK: llvm.store %{{.*}}, %{{.*}} : f32, !llvm.ptr
+module attributes {sae.describe = "{}"} {
+  func.func @step(%p: tensor<4xf32> {sae.param = "w"}, %lr: f32 {sae.hyper = 0 : i64}, %b1: f32 {sae.hyper = 1 : i64}) -> (tensor<4xf32> {sae.param = "w"}, f32 {sae.loss = "total"}) attributes {sae.entry = "step"} {
+    %s = sae.scale %p, %lr : tensor<4xf32>, f32
+    %t = arith.addf %lr, %b1 : f32
+    return %s, %t : tensor<4xf32>, f32
+  }
+}

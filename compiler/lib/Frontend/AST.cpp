@@ -89,6 +89,8 @@ const char *declKeyword(DeclAST::DeclKind kind) {
     return "Decode";
   case DeclAST::Loss:
     return "Loss";
+  case DeclAST::Setting:
+    return "Train";
   }
   return "?";
 }
@@ -119,5 +121,7 @@ void sae::dump(const ModelAST &model, llvm::raw_ostream &os) {
         dumpExpr(*t->getInit(), 4, os);
     if (auto *b = llvm::dyn_cast<BindingDeclAST>(decl.get()))
       dumpExpr(b->getValue(), 4, os);
+    if (auto *s = llvm::dyn_cast<SettingDeclAST>(decl.get()))
+      dumpExpr(s->getValue(), 4, os);
   }
 }

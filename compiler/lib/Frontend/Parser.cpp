@@ -148,6 +148,10 @@ private:
       decls.push_back(std::make_unique<BindingDeclAST>(
           DeclAST::Loss, r, loss->name ? loss->name->getText() : "",
           buildExpr(loss->expr())));
+    } else if (auto *train = dynamic_cast<SaeParser::TrainStmtContext *>(stmt)) {
+      for (SaeParser::SettingContext *s : train->setting())
+        decls.push_back(std::make_unique<SettingDeclAST>(
+            range(s), s->name->getText(), buildExpr(s->expr())));
     }
   }
 

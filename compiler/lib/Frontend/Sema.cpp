@@ -83,7 +83,8 @@ const std::vector<BuiltinSig> &builtins() {
       {"tanh", {{"x", T}}, false},
       {"step", {{"x", T}}, false},
       {"stopgrad", {{"x", T}}, false},
-      {"jump_relu", {{"x", T}, {"threshold", T}}, false},
+      {"jump_relu", {{"x", T}, {"threshold", T}, {"bandwidth", F, true, 0.001}},
+       false},
       {"topk", {{"x", T}, {"k", I}}, false},
       {"abs_topk", {{"x", T}, {"k", I}}, false},
       {"group_max", {{"x", T}, {"k", I}}, false},
@@ -101,7 +102,8 @@ const std::vector<BuiltinSig> &builtins() {
       {"fvu", {{"input", T}, {"target", T}}, false},
       {"l1", {{"codes", T}, {"decoder", T, true}}, false},
       {"tanh_penalty", {{"codes", T}, {"decoder", T}, {"c", F}}, false},
-      {"l0", {{"x", T}, {"threshold", T}}, false},
+      {"l0", {{"x", T}, {"threshold", T}, {"bandwidth", F, true, 0.001}},
+       false},
       {"matching_pursuit",
        {{"r", T}, {"decoder", T}, {"k", I}, {"nonneg", I, true, 0}},
        false},
@@ -196,6 +198,8 @@ private:
   /// Checks what encode, decode and loss must produce; records model facts.
   bool checkBinding(const BindingDeclAST &b, const ValueType &t,
                     bool usesInput);
+  /// Checks the `train { ... }` settings into m.train.
+  void checkSettings();
   /// Checks for unused overrides and missing statements.
   std::optional<CheckedModel>
   finish(const llvm::StringMap<bool> &usedOverrides);
@@ -361,6 +365,7 @@ ValueType Sema::checkName(const NameExprAST &e, const Scope &scope,
     return t == m.types.end() ? ValueType() : t->second;
   }
   case DeclAST::Loss:
+  case DeclAST::Setting: // never declared as a symbol
     break;
   }
   return {};
@@ -644,6 +649,12 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
   if (name == "relu" || name == "abs" || name == "exp" || name == "tanh" ||
       name == "step" || name == "stopgrad")
     return needDense(0, false) ? types[0] : ValueType();
+  if ((name == "jump_relu" || name == "l0") && bound.size() > 2 &&
+      bound[2] && !(consts[2] > 0)) {
+    error(bound[2]->loc) << "bandwidth = " << formatNumber(consts[2])
+                         << " must be > 0";
+    return {};
+  }
   if (name == "jump_relu") {
     if (!needDense(0, true) || types[0].shape.size() != 1 ||
         !needThreshold(1, 0))
@@ -926,6 +937,8 @@ std::optional<CheckedModel> Sema::run() {
   for (const DeclPtr &declPtr : ast.getDecls()) {
     const DeclAST &decl = *declPtr;
     switch (decl.getKind()) {
+    case DeclAST::Setting:
+      break; // after every declaration: see checkSettings()
     case DeclAST::Dim: {
       auto &dim = llvm::cast<DimDeclAST>(decl);
       if (!declare(decl))
@@ -1070,7 +1083,112 @@ std::optional<CheckedModel> Sema::run() {
     }
     }
   }
+  checkSettings();
   return finish(usedOverrides);
+}
+
+void Sema::checkSettings() {
+  static const char *const keys[] = {
+      "lr",    "beta1",           "beta2",           "eps",
+      "clip",  "lr_warmup",       "lr_decay",        "sparsity_warmup",
+      "batch", "unit_norm",       "normalize"};
+  llvm::StringMap<const DeclAST *> seen;
+  TrainConfig &t = m.train;
+  for (const DeclPtr &declPtr : m.ast->getDecls()) {
+    auto *s = llvm::dyn_cast<SettingDeclAST>(declPtr.get());
+    if (!s)
+      continue;
+    llvm::StringRef key = s->getName();
+    const ExprAST &value = s->getValue();
+    if (!llvm::is_contained(keys, key)) {
+      std::string list;
+      for (const char *k : keys)
+        list += (list.empty() ? "" : ", ") + std::string(k);
+      error(s->getLoc()) << "unknown train setting '" << key
+                         << "'; the settings are " << list;
+      continue;
+    }
+    auto [it, inserted] = seen.try_emplace(key, s);
+    if (!inserted) {
+      mlir::InFlightDiagnostic diag = error(s->getLoc());
+      diag << "train setting '" << key << "' is set twice";
+      diag.attachNote(toLocation(ctx, it->second->getLoc()))
+          << "the first setting is here";
+      continue;
+    }
+    // Settings that name something: a choice or a parameter.
+    if (key == "lr_decay" || key == "normalize" || key == "unit_norm") {
+      auto *name = llvm::dyn_cast<NameExprAST>(&value);
+      std::vector<llvm::StringRef> choices =
+          key == "lr_decay"    ? std::vector<llvm::StringRef>{"none", "linear",
+                                                        "cosine"}
+          : key == "normalize" ? std::vector<llvm::StringRef>{"none",
+                                                        "expected_norm"}
+                               : std::vector<llvm::StringRef>{"none"};
+      if (name && llvm::is_contained(choices, name->getName())) {
+        (key == "lr_decay" ? t.lrDecay : t.normalize) = name->getName().str();
+        continue;
+      }
+      if (key != "unit_norm") {
+        std::string list;
+        for (llvm::StringRef c : choices)
+          list += (list.empty() ? "" : ", ") + c.str();
+        error(value.getLoc())
+            << "train setting '" << key << "' is one of " << list;
+        continue;
+      }
+      auto found = name ? m.symbols.find(name->getName()) : m.symbols.end();
+      auto *param = found == m.symbols.end()
+                        ? nullptr
+                        : llvm::dyn_cast<TensorDeclAST>(found->second);
+      if (!param || param->getKind() != DeclAST::Param || param->isState() ||
+          param->getShape().size() != 2) {
+        error(value.getLoc()) << "'unit_norm' names a trainable matrix "
+                                 "parameter (the decoder) or none";
+        continue;
+      }
+      t.unitNorm = param;
+      continue;
+    }
+    std::optional<double> v = evalConst(value);
+    if (!v) {
+      error(value.getLoc())
+          << "train setting '" << key << "' must be a constant number";
+      continue;
+    }
+    bool integral = key == "lr_warmup" || key == "sparsity_warmup" ||
+                    key == "batch";
+    if (integral) {
+      double lo = key == "batch" ? 1 : 0;
+      if (*v != std::floor(*v) || *v < lo || *v > 1e15) {
+        error(value.getLoc()) << "train setting '" << key << "' must be an "
+                              << (lo ? "integer >= 1" : "integer >= 0")
+                              << ", got " << formatNumber(*v);
+        continue;
+      }
+      (key == "batch" ? t.batch
+       : key == "lr_warmup" ? t.lrWarmup
+                            : t.sparsityWarmup) = int64_t(*v);
+      continue;
+    }
+    bool beta = key == "beta1" || key == "beta2";
+    bool ok = beta ? (*v >= 0 && *v < 1)
+              : key == "clip" ? *v >= 0
+                              : *v > 0; // lr, eps
+    if (!ok || !std::isfinite(*v)) {
+      error(value.getLoc()) << "train setting '" << key << "' must be "
+                            << (beta          ? "in [0, 1)"
+                                : key == "clip" ? ">= 0 (0: no clipping)"
+                                                : "> 0")
+                            << ", got " << formatNumber(*v);
+      continue;
+    }
+    (key == "lr"      ? t.lr
+     : key == "beta1" ? t.beta1
+     : key == "beta2" ? t.beta2
+     : key == "eps"   ? t.eps
+                      : t.clip) = *v;
+  }
 }
 
 bool Sema::checkBinding(const BindingDeclAST &b, const ValueType &t,

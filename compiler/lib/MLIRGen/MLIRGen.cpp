@@ -12,6 +12,7 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Math/IR/Math.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/Verifier.h"
 #include "llvm/ADT/StringSwitch.h"
@@ -111,6 +112,19 @@ private:
   }
 
   void genInit();
+  /// The training form's losses: the total (unweighted) and the terms.
+  SmallVector<Value> genLosses(Env &env);
+  void genGradient();
+  void genTrainStep();
+  /// The trainable parameters (not `state`), in ABI order.
+  SmallVector<std::pair<const TensorDeclAST *, std::vector<int64_t>>>
+  trainable() const {
+    SmallVector<std::pair<const TensorDeclAST *, std::vector<int64_t>>> out;
+    for (const auto &p : model.params)
+      if (!p.first->isState())
+        out.push_back(p);
+    return out;
+  }
   std::string describe(StringRef sourceName);
 
   MLIRContext &ctx;
@@ -125,6 +139,9 @@ private:
   /// next one.
   Value noiseSeed;
   int64_t noiseStream = 0;
+  /// In the training form: batch_topk selections whose threshold is a
+  /// `state` (tracked by sae.threshold_ema in train_step).
+  SmallVector<std::pair<const TensorDeclAST *, Value>> thresholdRules;
 };
 
 func::FuncOp MLIRGenImpl::beginEntry(StringRef name, ArrayRef<Type> leading,
@@ -304,7 +321,8 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
   if (name == "jump_relu") {
     Value x = gen(*args[0], env);
     return saedl::JumpReluOp::create(builder, l, x.getType(), x,
-                                     gen(*args[1], env));
+                                     gen(*args[1], env),
+                                     builder.getF64FloatAttr(constant(2)));
   }
   if (name == "gaussian") {
     Value mu = gen(*args[0], env);
@@ -332,7 +350,8 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
   }
   if (name == "l0")
     return saedl::L0Op::create(builder, l, f32(), gen(*args[0], env),
-                               gen(*args[1], env));
+                               gen(*args[1], env),
+                               builder.getF64FloatAttr(constant(2)));
   if (name == "l1") {
     Value z = gen(*args[0], env);
     Value w = args[1] ? gen(*args[1], env) : Value();
@@ -385,10 +404,18 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
     // BatchTopK trains with batch-level selection and infers with a
     // per-latent threshold (SAELens' JumpReLU form).
     if (name == "batch_topk" && !noiseSeed)
-      return saedl::JumpReluOp::create(builder, l, in, x, gen(*args[2], env));
+      return saedl::JumpReluOp::create(builder, l, in, x, gen(*args[2], env),
+                                       builder.getF64FloatAttr(0.001));
     auto type = saedl::CodesType::get(&ctx, in.getDimSize(0), in.getDimSize(1),
                                       f32(), int64_t(constant(1)), true);
-    return saedl::BatchTopKOp::create(builder, l, type, x);
+    Value z = saedl::BatchTopKOp::create(builder, l, type, x);
+    if (name == "batch_topk")
+      if (auto *ref = llvm::dyn_cast<NameExprAST>(args[2]))
+        if (auto *decl = llvm::dyn_cast_or_null<TensorDeclAST>(
+                model.symbols.lookup(ref->getName())))
+          if (decl->isState())
+            thresholdRules.push_back({decl, z});
+    return z;
   }
   if (name == "topk" || name == "abs_topk" || name == "group_max" ||
       name == "grad_topk") {
@@ -510,6 +537,209 @@ void MLIRGenImpl::genInit() {
   func::ReturnOp::create(builder, func.getLoc(), values);
 }
 
+SmallVector<Value> MLIRGenImpl::genLosses(Env &env) {
+  if (model.loss)
+    return {genDecl(model.loss, env)};
+  SmallVector<Value> outs = {Value()};
+  for (const BindingDeclAST *term : model.lossTerms) {
+    Value v = genDecl(term, env);
+    outs[0] = outs[0] ? arith::AddFOp::create(builder, v.getLoc(), outs[0], v)
+                            .getResult()
+                      : v;
+    outs.push_back(v);
+  }
+  return outs;
+}
+
+void MLIRGenImpl::genGradient() {
+  // gradient(inputs, params, seed) -> grads of the trainable params, losses
+  Env env;
+  auto params = trainable();
+  SmallVector<Type> results;
+  for (const auto &[decl, shape] : params)
+    results.push_back(paramTensor(shape));
+  results.push_back(f32());
+  results.append(model.lossTerms.size(), f32());
+  func::FuncOp f = beginEntry("gradient", {}, true, true,
+                              {builder.getI64Type()}, results, env);
+  noiseSeed = f.getArguments().back();
+  noiseStream = 0;
+  genDecl(model.decode, env);
+  SmallVector<Value> losses = genLosses(env);
+  SmallVector<Value> wrt;
+  for (const auto &[decl, shape] : params)
+    wrt.push_back(env.lookup(decl));
+  auto grad = saedl::GradientOp::create(builder, f.getLoc(), losses[0], wrt);
+  SmallVector<Value> outs(grad.getResults());
+  llvm::append_range(outs, losses);
+  for (auto [i, p] : llvm::enumerate(params))
+    f.setResultAttr(i, "sae.grad", builder.getStringAttr(p.first->getName()));
+  for (size_t i = 0; i < losses.size(); ++i)
+    f.setResultAttr(params.size() + i, "sae.loss",
+                    builder.getStringAttr(
+                        i ? model.lossTerms[i - 1]->getName() : "total"));
+  func::ReturnOp::create(builder, f.getLoc(), outs);
+  noiseSeed = Value();
+}
+
+void MLIRGenImpl::genTrainStep() {
+  // train_step(inputs, params, adam_m, adam_v, hyper[8], seed)
+  //   -> params', adam_m', adam_v', losses, metrics[3], fired[n]
+  // (abi.h: sae_train_step_fn; params and moments are updated in place.)
+  Env env;
+  auto params = trainable();
+  int64_t n = numLatents();
+  SmallVector<Type> moments;
+  for (const auto &[decl, shape] : params)
+    moments.push_back(paramTensor(shape));
+  SmallVector<Type> trailing(moments);
+  trailing.append(moments.begin(), moments.end());
+  constexpr unsigned kHyper = 8;
+  trailing.append(kHyper, f32());
+  trailing.push_back(builder.getI64Type());
+  SmallVector<Type> results;
+  for (const auto &[decl, shape] : model.params)
+    results.push_back(paramTensor(shape));
+  results.append(moments.begin(), moments.end());
+  results.append(moments.begin(), moments.end());
+  results.append(1 + model.lossTerms.size() + 3, f32());
+  results.push_back(paramTensor({n}));
+  func::FuncOp f =
+      beginEntry("train_step", {}, true, true, trailing, results, env);
+  unsigned firstM = model.inputs.size() + model.params.size();
+  unsigned firstV = firstM + params.size();
+  unsigned firstHyper = firstV + params.size();
+  for (unsigned i = 0; i < params.size(); ++i) {
+    StringAttr name = builder.getStringAttr(params[i].first->getName());
+    f.setArgAttr(firstM + i, "sae.adam_m", name);
+    f.setArgAttr(firstV + i, "sae.adam_v", name);
+  }
+  for (unsigned i = 0; i < kHyper; ++i)
+    f.setArgAttr(firstHyper + i, "sae.hyper", builder.getI64IntegerAttr(i));
+  auto hyper = [&](unsigned i) { return f.getArgument(firstHyper + i); };
+  Location l = f.getLoc();
+  noiseSeed = f.getArguments().back();
+  noiseStream = 0;
+  thresholdRules.clear();
+
+  Value x = env.lookup(model.input);
+  Value xhat = genDecl(model.decode, env);
+  Value z = genDecl(model.encode, env);
+  SmallVector<Value> losses = genLosses(env);
+  // Every term after the first is weighted by the sparsity warm-up factor.
+  Value objective = losses[0];
+  if (losses.size() > 2) {
+    Value rest = losses[2];
+    for (Value t : ArrayRef(losses).drop_front(3))
+      rest = arith::AddFOp::create(builder, l, rest, t);
+    objective = arith::AddFOp::create(
+        builder, l, losses[1],
+        arith::MulFOp::create(builder, l, hyper(7), rest));
+  }
+  SmallVector<Value> wrt;
+  for (const auto &[decl, shape] : params)
+    wrt.push_back(env.lookup(decl));
+  auto gradOp = saedl::GradientOp::create(builder, l, objective, wrt);
+  SmallVector<Value> grads(gradOp.getResults());
+
+  // The unit-norm rule: no gradient along a decoder row.
+  const TensorDeclAST *unit = model.train.unitNorm;
+  for (auto [i, p] : llvm::enumerate(params))
+    if (p.first == unit)
+      grads[i] = saedl::ProjectRowsOp::create(builder, l, grads[i], wrt[i]);
+  // Global norm clipping (torch.nn.utils.clip_grad_norm_) when clip > 0.
+  {
+    Value sq;
+    for (Value g : grads) {
+      auto s = saedl::SumOp::create(builder, l, f32(), g);
+      s.setSquares(true);
+      sq = sq ? arith::AddFOp::create(builder, l, sq, s).getResult()
+              : s.getResult();
+    }
+    Value norm = math::SqrtOp::create(builder, l, sq);
+    Value coef = arith::DivFOp::create(
+        builder, l, hyper(6), arith::AddFOp::create(builder, l, norm,
+                                                    scalar(l, 1e-6)));
+    Value on = arith::AndIOp::create(
+        builder, l,
+        arith::CmpFOp::create(builder, l, arith::CmpFPredicate::OGT, hyper(6),
+                              scalar(l, 0.0)),
+        arith::CmpFOp::create(builder, l, arith::CmpFPredicate::OLT, coef,
+                              scalar(l, 1.0)));
+    Value factor = arith::SelectOp::create(builder, l, on, coef, scalar(l, 1));
+    for (Value &g : grads)
+      g = saedl::ScaleOp::create(builder, l, g.getType(), g, factor);
+  }
+
+  // Adam, then the unit-norm rule's renormalisation.
+  llvm::DenseMap<const TensorDeclAST *, Value> updated;
+  SmallVector<Value> newM, newV;
+  for (auto [i, p] : llvm::enumerate(params)) {
+    auto adam = saedl::AdamOp::create(
+        builder, l, wrt[i].getType(), wrt[i].getType(), wrt[i].getType(),
+        wrt[i], grads[i], f.getArgument(firstM + i),
+        f.getArgument(firstV + i), hyper(0), hyper(1), hyper(2), hyper(3),
+        hyper(4), hyper(5));
+    Value np = adam.getNewParam();
+    if (p.first == unit)
+      np = saedl::NormalizeRowsOp::create(builder, l, np);
+    updated[p.first] = np;
+    newM.push_back(adam.getNewM());
+    newV.push_back(adam.getNewV());
+  }
+
+  // Metrics, firing counts and the state rules.
+  Value fired = saedl::ColumnSumOp::create(builder, l, paramTensor({n}), z);
+  cast<saedl::ColumnSumOp>(fired.getDefiningOp()).setCountNonzero(true);
+  for (Operation &o : f.getBody().front())
+    if (auto aux = dyn_cast<saedl::AuxKOp>(&o))
+      for (const auto &[decl, shape] : model.params)
+        if (decl->isState() && env.lookup(decl) == aux.getSinceFired() &&
+            !aux.getZipfAlpha())
+          updated[decl] = saedl::SinceFiredOp::create(
+              builder, l, aux.getSinceFired().getType(), aux.getSinceFired(),
+              fired, x);
+  for (auto [decl, codes] : thresholdRules)
+    updated[decl] = saedl::ThresholdEmaOp::create(
+        builder, l, env.lookup(decl).getType(), env.lookup(decl), codes,
+        builder.getF64FloatAttr(0.999));
+  SmallVector<Value> outs;
+  for (const auto &[decl, shape] : model.params)
+    outs.push_back(updated.count(decl) ? updated[decl] : env.lookup(decl));
+  llvm::append_range(outs, newM);
+  llvm::append_range(outs, newV);
+  llvm::append_range(outs, losses);
+  auto sum = [&](Value v, bool squares) {
+    auto s = saedl::SumOp::create(builder, l, f32(), v);
+    if (squares)
+      s.setSquares(true);
+    return s.getResult();
+  };
+  int64_t d = model.inputDim;
+  Value mean = saedl::ColumnMeanOp::create(builder, l, paramTensor({d}), x);
+  outs.push_back(sum(saedl::SubOp::create(builder, l, xhat, x), true));
+  outs.push_back(sum(
+      saedl::BiasSubOp::create(builder, l, x.getType(), x, mean), true));
+  outs.push_back(sum(fired, false));
+  outs.push_back(fired);
+
+  unsigned r = 0;
+  for (const auto &[decl, shape] : model.params)
+    f.setResultAttr(r++, "sae.param", builder.getStringAttr(decl->getName()));
+  for (const auto &[decl, shape] : params)
+    f.setResultAttr(r++, "sae.adam_m", builder.getStringAttr(decl->getName()));
+  for (const auto &[decl, shape] : params)
+    f.setResultAttr(r++, "sae.adam_v", builder.getStringAttr(decl->getName()));
+  for (size_t i = 0; i < losses.size(); ++i)
+    f.setResultAttr(r++, "sae.loss",
+                    builder.getStringAttr(
+                        i ? model.lossTerms[i - 1]->getName() : "total"));
+  for (unsigned i = 0; i < 3; ++i)
+    f.setResultAttr(r++, "sae.metric", builder.getI64IntegerAttr(i));
+  func::ReturnOp::create(builder, l, outs);
+  noiseSeed = Value();
+}
+
 std::string MLIRGenImpl::describe(StringRef sourceName) {
   namespace json = llvm::json;
   json::Object dims;
@@ -541,8 +771,23 @@ std::string MLIRGenImpl::describe(StringRef sourceName) {
   json::Object encoder{{"op", model.encoderOp}};
   for (const auto &[k, v] : model.encoderParams)
     encoder[k] = v;
-  json::Array entries{"sae_init", "sae_encode_dense", "sae_decode_dense",
-                      "sae_forward"};
+  json::Array entries{"sae_init",    "sae_encode_dense",
+                      "sae_decode_dense", "sae_forward",
+                      "sae_gradient", "sae_train_step"};
+  const TrainConfig &t = model.train;
+  json::Object train{
+      {"lr", t.lr},
+      {"beta1", t.beta1},
+      {"beta2", t.beta2},
+      {"eps", t.eps},
+      {"clip", t.clip},
+      {"lr_warmup", t.lrWarmup},
+      {"lr_decay", t.lrDecay},
+      {"sparsity_warmup", t.sparsityWarmup},
+      {"unit_norm", t.unitNorm ? json::Value(t.unitNorm->getName())
+                               : json::Value(nullptr)},
+      {"batch", t.batch},
+      {"normalize", t.normalize}};
   if (sparse()) {
     entries.push_back(perBatch() ? "sae_encode_batch" : "sae_encode_sparse");
     entries.push_back(perBatch() ? "sae_decode_batch" : "sae_decode_sparse");
@@ -561,7 +806,7 @@ std::string MLIRGenImpl::describe(StringRef sourceName) {
                    {"normalize_activations", "none"}};
   if (model.codesType.kind == ValueType::Codes)
     cfg["k"] = model.codesType.k;
-  json::Object root{{"abi_version", 2},
+  json::Object root{{"abi_version", 3},
                     {"name", model.ast->getName()},
                     {"source", sourceName},
                     {"dims", std::move(dims)},
@@ -577,6 +822,7 @@ std::string MLIRGenImpl::describe(StringRef sourceName) {
                     {"stochastic", model.stochastic},
                     {"params", std::move(params)},
                     {"entry_points", std::move(entries)},
+                    {"train", std::move(train)},
                     {"cfg", std::move(cfg)}};
   std::string s;
   llvm::raw_string_ostream os(s);
@@ -660,21 +906,8 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
                                 {builder.getI64Type()}, results, env);
     noiseSeed = f.getArguments().back();
     noiseStream = 0;
-    Value xhat = genDecl(model.decode, env);
-    SmallVector<Value> outs = {xhat};
-    if (model.loss) {
-      outs.push_back(genDecl(model.loss, env));
-    } else {
-      Value total;
-      for (const BindingDeclAST *term : model.lossTerms) {
-        Value v = genDecl(term, env);
-        total = total ? arith::AddFOp::create(builder, v.getLoc(), total, v)
-                            .getResult()
-                      : v;
-        outs.push_back(v);
-      }
-      outs.insert(outs.begin() + 1, total);
-    }
+    SmallVector<Value> outs = {genDecl(model.decode, env)};
+    llvm::append_range(outs, genLosses(env));
     f.setResultAttr(1, "sae.loss", builder.getStringAttr("total"));
     for (auto [i, term] : llvm::enumerate(model.lossTerms))
       f.setResultAttr(2 + i, "sae.loss",
@@ -682,6 +915,8 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
     func::ReturnOp::create(builder, f.getLoc(), outs);
     noiseSeed = Value();
   }
+  genGradient();
+  genTrainStep();
 
   if (failed(verify(module))) {
     module.emitError("internal error: generated IR failed to verify");
@@ -696,7 +931,8 @@ OwningOpRef<ModuleOp> MLIRGenImpl::generate(StringRef sourceName) {
 namespace sae {
 OwningOpRef<ModuleOp> mlirGen(MLIRContext &ctx, const CheckedModel &model,
                               StringRef sourceName) {
-  ctx.loadDialect<saedl::SaeDialect, func::FuncDialect, arith::ArithDialect>();
+  ctx.loadDialect<saedl::SaeDialect, func::FuncDialect, arith::ArithDialect,
+                  math::MathDialect>();
   return MLIRGenImpl(ctx, model).generate(sourceName);
 }
 } // namespace sae

@@ -11,7 +11,8 @@ namespace sae {
 
 llvm::StringRef getCpuPipelineText() {
   // One stage per line; see docs/pipeline.md for why each is where it is.
-  return "sae-emit-c-abi,"
+  return "sae-differentiate{drop-untrainable=true},"
+         "sae-emit-c-abi,"
          "convert-sae-to-linalg,"
          "canonicalize,cse,"
          "func.func(linalg-fuse-elementwise-ops),"

@@ -27,13 +27,17 @@ using namespace mlir;
 namespace {
 
 /// Must equal SAE_ABI_VERSION in runtime/include/sae/runtime/abi.h.
-constexpr int32_t kAbiVersion = 2;
+constexpr int32_t kAbiVersion = 3;
 
 constexpr StringLiteral kEntryAttr = "sae.entry";
 constexpr StringLiteral kDescribeAttr = "sae.describe";
 /// Arguments or results carrying one of these attributes are passed as one
-/// C array: of pointers for tensors, of values for scalars.
-constexpr StringLiteral kGroupAttrs[] = {"sae.input", "sae.param", "sae.loss"};
+/// C array: of pointers for tensors, of values for scalars. A result group
+/// that is also an argument group is written back through the argument's
+/// array (in-place updates: the parameters and moments of sae_train_step).
+constexpr StringLiteral kGroupAttrs[] = {
+    "sae.input",  "sae.param", "sae.loss",   "sae.grad",
+    "sae.adam_m", "sae.adam_v", "sae.hyper", "sae.metric"};
 /// On a tensor whose leading dimension is dynamic: that dimension is
 /// batch * this (e.g. k for the B*k entries of batch-layout codes).
 constexpr StringLiteral kBatchScaleAttr = "sae.batch_scale";
@@ -162,7 +166,7 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
       StringRef g = groupOf(func.getResultAttrDict(i));
       if (g.empty())
         slots.push_back({AbiSlot::Result, unsigned(i)});
-      else if (seenResultGroups.insert(g).second)
+      else if (!seenArgGroups.contains(g) && seenResultGroups.insert(g).second)
         slots.push_back({AbiSlot::ResultGroup, 0, g});
     }
     return success();
@@ -199,6 +203,7 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
 
     Value batch;
     IRMapping mapping;
+    llvm::StringMap<Value> argArrays; // group -> its C array argument
     // Results are written after the body; remember their destinations.
     SmallVector<Value> resultDest(type.getNumResults());
     auto element = [&](Value array, unsigned i, Type elementType) -> Value {
@@ -238,10 +243,18 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
         mapArg(slot.index, arg);
         break;
       case AbiSlot::ArgGroup: {
+        argArrays[slot.group] = arg;
         unsigned member = 0;
-        for (unsigned i = 0; i < type.getNumInputs(); ++i)
-          if (groupOf(func.getArgAttrDict(i)) == slot.group)
+        for (unsigned i = 0; i < type.getNumInputs(); ++i) {
+          if (groupOf(func.getArgAttrDict(i)) != slot.group)
+            continue;
+          Type t = type.getInput(i);
+          if (isa<RankedTensorType>(t))
             mapArg(i, load(arg, member++));
+          else
+            mapArg(i, LLVM::LoadOp::create(b, loc, t,
+                                           element(arg, member++, t)));
+        }
         break;
       }
       case AbiSlot::Result:
@@ -259,6 +272,14 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
         break;
       }
       }
+    }
+
+    // Result groups written back through an argument group's array.
+    for (auto &entry : argArrays) {
+      unsigned member = 0;
+      for (unsigned i = 0; i < type.getNumResults(); ++i)
+        if (groupOf(func.getResultAttrDict(i)) == entry.getKey())
+          resultDest[i] = load(entry.getValue(), member++);
     }
 
     Block &body = func.getBody().front();

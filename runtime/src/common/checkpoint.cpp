@@ -2,7 +2,8 @@
 //
 // A checkpoint is a directory holding sae_weights.safetensors (one F32
 // tensor per model parameter) and cfg.json (the model's "cfg" plus
-// saec_abi_version and saec_model), the layout SAE tooling expects.
+// saec_abi_version and saec_model), the layout SAE tooling expects, plus
+// whatever extra files the caller adds (a trainer's optimizer state).
 //
 // Saving is atomic: the directory is assembled and fsync'ed under a sibling
 // temporary name, then swapped into place (renameat2 RENAME_EXCHANGE where
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <set>
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -131,8 +133,32 @@ bool renameExchange(const std::string &from, const std::string &to) {
 #endif
 }
 
+/// Checks the extra files' names and contents before anything is written.
+void checkExtraFiles(const std::string &dir, size_t count,
+                     const sae_rt_checkpoint_file *files) {
+  std::set<std::string> seen;
+  for (size_t i = 0; i < count; ++i) {
+    const sae_rt_checkpoint_file &file = files[i];
+    std::string where = label(dir) + ": extra file " + std::to_string(i);
+    if (!file.name || !*file.name)
+      fail(SAE_RT_ERR_ARG, where + " has no name");
+    std::string name = file.name;
+    where += " (" + quote(name) + ")";
+    if (name == "." || name == ".." || name.find('/') != std::string::npos)
+      fail(SAE_RT_ERR_ARG, where + ": expected a plain file name");
+    if (name == kWeightsFile || name == kCfgFile)
+      fail(SAE_RT_ERR_ARG, where + ": that name is the checkpoint's own");
+    if (!seen.insert(name).second)
+      fail(SAE_RT_ERR_ARG, where + ": given twice");
+    if (!file.text && file.tensor_count > 0 &&
+        (!file.tensor_names || !file.tensors))
+      fail(SAE_RT_ERR_ARG, where + ": tensor names or arrays are NULL");
+  }
+}
+
 void saveCheckpoint(const sae_rt_model *model, const std::string &dir,
-                    float *const *params) {
+                    float *const *params, size_t extraCount,
+                    const sae_rt_checkpoint_file *extras) {
   size_t count = sae_rt_model_param_count(model);
   for (size_t i = 0; i < count; ++i)
     if (!params[i])
@@ -153,6 +179,7 @@ void saveCheckpoint(const sae_rt_model *model, const std::string &dir,
     fail(SAE_RT_ERR_IO, label(dir) + ": " + errnoText());
   if (exists)
     checkReplaceable(dir);
+  checkExtraFiles(dir, extraCount, extras);
 
   std::string target = joinPath(parent, base);
   std::string temp = makeTempDir(parent, base, ".tmp-", dir);
@@ -183,6 +210,23 @@ void saveCheckpoint(const sae_rt_model *model, const std::string &dir,
     cfg.write(std::string(sae_rt_model_cfg_json(model)));
     cfg.commit();
   }
+
+  // The caller's files.
+  for (size_t i = 0; i < extraCount; ++i) {
+    const sae_rt_checkpoint_file &file = extras[i];
+    std::string path = joinPath(temp, file.name);
+    if (file.text) {
+      OutputFile out(path);
+      out.write(std::string(file.text));
+      out.commit();
+    } else {
+      const char *keys[] = {"format"};
+      const char *values[] = {"pt"};
+      writeSafetensors(path, file.tensor_count, file.tensor_names, file.tensors,
+                       1, keys, values);
+    }
+  }
+  faultPoint("checkpoint.files", label(dir));
   syncPath(temp);
   faultPoint("checkpoint.swap", label(dir));
 
@@ -304,7 +348,19 @@ sae_rt_status sae_rt_checkpoint_save(const sae_rt_model *model, const char *dir,
   return guard([&] {
     if (!model || !dir || !*dir || !params)
       fail(SAE_RT_ERR_ARG, "sae_rt_checkpoint_save: NULL or empty argument");
-    saveCheckpoint(model, dir, params);
+    saveCheckpoint(model, dir, params, 0, nullptr);
+  });
+}
+
+sae_rt_status
+sae_rt_checkpoint_save_files(const sae_rt_model *model, const char *dir,
+                             float *const *params, size_t file_count,
+                             const sae_rt_checkpoint_file *files) {
+  return guard([&] {
+    if (!model || !dir || !*dir || !params || (file_count > 0 && !files))
+      fail(SAE_RT_ERR_ARG,
+           "sae_rt_checkpoint_save_files: NULL or empty argument");
+    saveCheckpoint(model, dir, params, file_count, files);
   });
 }
 

@@ -215,7 +215,8 @@ std::string makeNpyHeader(sae_rt_dtype dtype, int32_t ndim,
 //===----------------------------------------------------------------------===//
 
 /// Throws SAE_RT_ERR_IO "<what>: injected failure at <point>" when the test
-/// hook armed `point` (see sae_rt_testing_set_fault in status.cpp).
+/// hook armed `point`, and kills the process (SIGKILL) when it armed
+/// "kill:<point>" (see sae_rt_testing_set_fault in status.cpp).
 void faultPoint(const char *point, const std::string &what);
 /// True when the test hook armed `point` (used for test-only switches).
 bool faultArmed(const char *point);
@@ -223,6 +224,21 @@ bool faultArmed(const char *point);
 /// Throws the last error when `status` is not SAE_RT_OK (for calling the C
 /// API from inside the runtime).
 void check(sae_rt_status status);
+
+//===----------------------------------------------------------------------===//
+// Training configuration (train.cpp)
+//===----------------------------------------------------------------------===//
+
+/// "none" / "linear" / "cosine"; false for other names.
+bool parseLrDecay(const std::string &name, sae_rt_lr_decay &out);
+/// "none" / "expected_norm"; false for other names.
+bool parseNormalize(const std::string &name, sae_rt_normalize &out);
+/// Checks the ranges of every field; on failure names the field ("lr") and
+/// the problem ("is -1, expected a finite value >= 0").
+bool checkTrainConfig(const sae_rt_train_config &config, std::string &field,
+                      std::string &problem);
+/// A real number for messages (shortest form that reads back the same).
+std::string formatFloat(double value);
 
 //===----------------------------------------------------------------------===//
 // safetensors internals used by checkpoints

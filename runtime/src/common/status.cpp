@@ -2,13 +2,15 @@
 //
 // Implements sae_rt_status_string / sae_rt_last_error, the internal fail()
 // helper, and the fault-injection hook that unit tests use to simulate a
-// failure in the middle of an atomic write.
+// failure (or, armed as "kill:POINT", a SIGKILL) in the middle of an atomic
+// write.
 //
 //===----------------------------------------------------------------------===//
 
 #include "internal.h"
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <mutex>
 #include <set>
@@ -41,6 +43,10 @@ std::string quote(const std::string &text) { return "'" + text + "'"; }
 std::string errnoText() { return std::strerror(errno); }
 
 void faultPoint(const char *point, const std::string &what) {
+  // "kill:POINT" simulates the process being killed there (a power cut or
+  // SIGKILL in the middle of an atomic write).
+  if (faultArmed(("kill:" + std::string(point)).c_str()))
+    ::raise(SIGKILL);
   if (faultArmed(point))
     fail(SAE_RT_ERR_IO, what + ": injected failure at " + point);
 }

@@ -4,7 +4,8 @@
 // version, validates the JSON returned by sae_model_describe() against the
 // schema in abi.h, refuses libraries compiled for CPU features this host
 // lacks, and resolves the entry points. Also the checked entry-point
-// wrappers and the parameter-buffer helpers.
+// wrappers (inference and, from ABI 3, training) and the parameter-buffer
+// helpers.
 //
 //===----------------------------------------------------------------------===//
 
@@ -12,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -37,6 +40,7 @@ struct InputInfo {
 struct ParamInfo {
   std::string name;
   std::string init;
+  bool trainable = true;
   int32_t ndim = 0;
   int64_t shape[SAE_RT_MAX_NDIM] = {};
   int64_t numel = 0;
@@ -192,6 +196,11 @@ struct sae_rt_model {
   bool initNeedsData = false;
   bool stochastic = false;
   std::vector<ParamInfo> params;
+  size_t trainableCount = 0;
+  sae_rt_train_config train = {};
+  bool hasTrain = false;
+  std::string unitNorm;
+  bool hasUnitNorm = false;
   sae_rt_entry_points entries = {};
 };
 
@@ -280,6 +289,7 @@ public:
     model.describePretty = dump(json, 2) + "\n";
 
     parseParams(member(json, "params", "params"));
+    parseTrain();
     parseTarget();
     buildCfg();
   }
@@ -325,6 +335,16 @@ private:
     if (!value.is_string())
       invalid(field, "is not a string");
     return value.get<std::string>();
+  }
+
+  /// A finite JSON number (integer or not).
+  double real(const Json &value, const std::string &field) {
+    if (!value.is_number())
+      invalid(field, "is not a number");
+    double result = value.get<double>();
+    if (!std::isfinite(result))
+      invalid(field, "is not finite");
+    return result;
   }
 
   bool boolean(const Json &value, const std::string &field) {
@@ -450,7 +470,70 @@ private:
       }
       if (entry.contains("init"))
         param.init = string(entry["init"], field + " init");
+      if (entry.contains("trainable"))
+        param.trainable = boolean(entry["trainable"], field + " trainable");
+      model.trainableCount += param.trainable;
       model.params.push_back(std::move(param));
+    }
+  }
+
+  /// "train" (ABI 3): the spec's train section; absent fields keep their
+  /// defaults, unknown ones are ignored.
+  void parseTrain() {
+    sae_rt_train_config_default(&model.train);
+    if (!json.contains("train"))
+      return;
+    const Json &train = json["train"];
+    if (!train.is_object())
+      invalid("train", "is not an object");
+    model.hasTrain = true;
+    sae_rt_train_config &config = model.train;
+    auto realField = [&](const char *key, double &out) {
+      if (train.contains(key))
+        out = real(train[key], std::string("train.") + key);
+    };
+    auto intField = [&](const char *key, int64_t &out, int64_t minimum) {
+      if (train.contains(key))
+        out = integer(train[key], std::string("train.") + key, minimum);
+    };
+    realField("lr", config.lr);
+    realField("beta1", config.beta1);
+    realField("beta2", config.beta2);
+    realField("eps", config.eps);
+    realField("clip", config.clip);
+    intField("lr_warmup", config.lr_warmup, 0);
+    intField("sparsity_warmup", config.sparsity_warmup, 0);
+    intField("batch", config.batch, 1);
+    if (train.contains("lr_decay")) {
+      std::string decay = string(train["lr_decay"], "train.lr_decay");
+      if (!parseLrDecay(decay, config.lr_decay))
+        invalid("train.lr_decay", "is " + quote(decay) +
+                                      ", expected 'none', 'linear' or "
+                                      "'cosine'");
+    }
+    if (train.contains("normalize")) {
+      std::string normalize = string(train["normalize"], "train.normalize");
+      if (!parseNormalize(normalize, config.normalize))
+        invalid("train.normalize", "is " + quote(normalize) +
+                                       ", expected 'none' or 'expected_norm'");
+    }
+    std::string field, problem;
+    if (!checkTrainConfig(config, field, problem))
+      invalid("train." + field, problem);
+    if (train.contains("unit_norm") && !train["unit_norm"].is_null()) {
+      model.unitNorm = string(train["unit_norm"], "train.unit_norm");
+      model.hasUnitNorm = true;
+      auto it = std::find_if(
+          model.params.begin(), model.params.end(),
+          [&](const ParamInfo &param) { return param.name == model.unitNorm; });
+      if (it == model.params.end())
+        invalid("train.unit_norm", "names " + quote(model.unitNorm) +
+                                       ", which is not a parameter");
+      if (it->ndim != 2 || !it->trainable)
+        invalid("train.unit_norm", "names " + quote(model.unitNorm) +
+                                       ", which is not a trainable 2-D "
+                                       "parameter (its rows are kept at "
+                                       "norm 1)");
     }
   }
 
@@ -581,7 +664,8 @@ std::unique_ptr<sae_rt_model> openModel(const std::string &path) {
   entries.decode_batch =
       lookup<sae_decode_batch_fn>(handle, SAE_SYM_DECODE_BATCH);
   entries.forward = lookup<sae_forward_fn>(handle, SAE_SYM_FORWARD);
-  for (const std::string &name : parser.entryPoints()) {
+  std::vector<std::string> listed = parser.entryPoints();
+  for (const std::string &name : listed) {
     if (!lookup<void *>(handle, name.c_str()))
       fail(SAE_RT_ERR_ABI, quote(path) +
                                ": the model description lists "
@@ -589,6 +673,15 @@ std::unique_ptr<sae_rt_model> openModel(const std::string &path) {
                                quote(name) +
                                " but the library does not export it");
   }
+  // The training entry points count only when the description lists them
+  // (a library may export code it does not vouch for).
+  auto isListed = [&](const char *symbol) {
+    return std::find(listed.begin(), listed.end(), symbol) != listed.end();
+  };
+  if (isListed(SAE_SYM_GRADIENT))
+    entries.gradient = lookup<sae_gradient_fn>(handle, SAE_SYM_GRADIENT);
+  if (isListed(SAE_SYM_TRAIN_STEP))
+    entries.train_step = lookup<sae_train_step_fn>(handle, SAE_SYM_TRAIN_STEP);
   return model;
 }
 
@@ -689,6 +782,57 @@ void checkEntries(const sae_rt_model *model, int64_t batch,
       fail(status, entry + "row " + std::to_string(row) + " follows row " +
                        std::to_string(rows[i - 1]) +
                        "; entries must be sorted by row");
+  }
+}
+
+/// One non-NULL buffer per trainable parameter in `buffers`.
+void checkTrainableBuffers(const sae_rt_model *model, float *const *buffers,
+                           const char *what, const char *symbol) {
+  if (!buffers)
+    fail(SAE_RT_ERR_ARG,
+         modelLabel(model) + ": " + symbol + ": " + what + " is NULL");
+  size_t slot = 0;
+  for (const ParamInfo &param : model->params) {
+    if (!param.trainable)
+      continue;
+    if (!buffers[slot])
+      fail(SAE_RT_ERR_ARG, modelLabel(model) + ": " + symbol + ": " + what +
+                               "[" + std::to_string(slot) + "] (" +
+                               quote(param.name) + ") is NULL");
+    ++slot;
+  }
+}
+
+/// The `hyper` array of sae_train_step (abi.h, SAE_HYPER_*).
+void checkHyper(const sae_rt_model *model, const float *hyper,
+                const char *symbol) {
+  if (!hyper)
+    fail(SAE_RT_ERR_ARG, modelLabel(model) + ": " + symbol + ": hyper is NULL");
+  static const char *const names[SAE_HYPER_COUNT] = {
+      "lr", "beta1", "beta2", "eps", "bc1", "bc2", "clip", "sparsity"};
+  for (int i = 0; i < SAE_HYPER_COUNT; ++i) {
+    float value = hyper[i];
+    bool ok = std::isfinite(value);
+    const char *expected = "a finite value >= 0";
+    switch (i) {
+    case SAE_HYPER_BETA1:
+    case SAE_HYPER_BETA2:
+      ok = ok && value >= 0.0f && value < 1.0f;
+      expected = "a value in [0, 1)";
+      break;
+    case SAE_HYPER_BC1:
+    case SAE_HYPER_BC2:
+      ok = ok && value > 0.0f && value <= 1.0f;
+      expected = "a value in (0, 1]";
+      break;
+    default:
+      ok = ok && value >= 0.0f;
+      break;
+    }
+    if (!ok)
+      fail(SAE_RT_ERR_ARG, modelLabel(model) + ": " + symbol + ": hyper[" +
+                               std::to_string(i) + "] (" + names[i] + ") is " +
+                               formatFloat(value) + ", expected " + expected);
   }
 }
 
@@ -847,6 +991,23 @@ int64_t sae_rt_model_param_numel(const sae_rt_model *model, size_t index) {
 const char *sae_rt_model_param_init(const sae_rt_model *model, size_t index) {
   const ParamInfo *param = paramAt(model, index);
   return param ? param->init.c_str() : nullptr;
+}
+int32_t sae_rt_model_param_trainable(const sae_rt_model *model, size_t index) {
+  const ParamInfo *param = paramAt(model, index);
+  return param && param->trainable ? 1 : 0;
+}
+size_t sae_rt_model_trainable_count(const sae_rt_model *model) {
+  return model ? model->trainableCount : 0;
+}
+const sae_rt_train_config *
+sae_rt_model_train_config(const sae_rt_model *model) {
+  return model ? &model->train : nullptr;
+}
+int32_t sae_rt_model_has_train_config(const sae_rt_model *model) {
+  return model && model->hasTrain ? 1 : 0;
+}
+const char *sae_rt_model_train_unit_norm(const sae_rt_model *model) {
+  return model && model->hasUnitNorm ? model->unitNorm.c_str() : nullptr;
 }
 
 const sae_rt_entry_points *
@@ -1032,33 +1193,102 @@ sae_rt_status sae_rt_model_forward(const sae_rt_model *model, int64_t batch,
   });
 }
 
+sae_rt_status sae_rt_model_gradient(const sae_rt_model *model, int64_t batch,
+                                    const float *const *inputs,
+                                    float *const *params, uint64_t seed,
+                                    float *const *grads, float *losses) {
+  return guard([&] {
+    const char *symbol = SAE_SYM_GRADIENT;
+    checkCall(model, model && model->entries.gradient, symbol, batch, true);
+    checkInputs(model, inputs, symbol);
+    checkParams(model, params, symbol);
+    checkTrainableBuffers(model, grads, "grads", symbol);
+    checkBuffer(model, losses, "losses", symbol);
+    checkResult(
+        model,
+        model->entries.gradient(batch, inputs, params, seed, grads, losses),
+        symbol);
+  });
+}
+
+sae_rt_status sae_rt_model_train_step(const sae_rt_model *model, int64_t batch,
+                                      const float *const *inputs,
+                                      float *const *params,
+                                      float *const *adam_m,
+                                      float *const *adam_v, const float *hyper,
+                                      uint64_t seed, float *losses,
+                                      float *metrics, float *fired) {
+  return guard([&] {
+    const char *symbol = SAE_SYM_TRAIN_STEP;
+    checkCall(model, model && model->entries.train_step, symbol, batch, true);
+    checkInputs(model, inputs, symbol);
+    checkParams(model, params, symbol);
+    checkTrainableBuffers(model, adam_m, "adam_m", symbol);
+    checkTrainableBuffers(model, adam_v, "adam_v", symbol);
+    checkHyper(model, hyper, symbol);
+    checkBuffer(model, losses, "losses", symbol);
+    checkBuffer(model, metrics, "metrics", symbol);
+    checkBuffer(model, fired, "fired", symbol);
+    checkResult(model,
+                model->entries.train_step(batch, inputs, params, adam_m, adam_v,
+                                          hyper, seed, losses, metrics, fired),
+                symbol);
+  });
+}
+
+} // extern "C"
+
+namespace {
+
+/// One zero-filled aligned buffer per selected parameter, with the count in
+/// the slot before the returned array (see sae_rt_params_free).
+float **allocParamBuffers(const sae_rt_model *model, bool trainableOnly) {
+  std::vector<const ParamInfo *> selected;
+  for (const ParamInfo &param : model->params)
+    if (!trainableOnly || param.trainable)
+      selected.push_back(&param);
+  size_t count = selected.size();
+  // Slot 0 remembers the count so sae_rt_params_free needs no model.
+  void **block = static_cast<void **>(std::calloc(count + 1, sizeof(void *)));
+  if (!block)
+    throw std::bad_alloc();
+  uintptr_t stored = count;
+  std::memcpy(&block[0], &stored, sizeof(stored));
+  float **params = reinterpret_cast<float **>(block + 1);
+  try {
+    for (size_t i = 0; i < count; ++i) {
+      std::string what =
+          modelLabel(model) + ": param " + quote(selected[i]->name);
+      size_t bytes =
+          toSize(checkedMul(static_cast<uint64_t>(selected[i]->numel),
+                            sizeof(float), what),
+                 what);
+      params[i] = static_cast<float *>(allocAligned(bytes));
+    }
+  } catch (...) {
+    sae_rt_params_free(params);
+    throw;
+  }
+  return params;
+}
+
+} // namespace
+
+extern "C" {
+
+sae_rt_status sae_rt_trainable_alloc(const sae_rt_model *model, float ***out) {
+  return guard([&] {
+    if (!model || !out)
+      fail(SAE_RT_ERR_ARG, "sae_rt_trainable_alloc: NULL argument");
+    *out = allocParamBuffers(model, true);
+  });
+}
+
 sae_rt_status sae_rt_params_alloc(const sae_rt_model *model, float ***out) {
   return guard([&] {
     if (!model || !out)
       fail(SAE_RT_ERR_ARG, "sae_rt_params_alloc: NULL argument");
-    size_t count = model->params.size();
-    // Slot 0 remembers the count so sae_rt_params_free needs no model.
-    void **block = static_cast<void **>(std::calloc(count + 1, sizeof(void *)));
-    if (!block)
-      throw std::bad_alloc();
-    uintptr_t stored = count;
-    std::memcpy(&block[0], &stored, sizeof(stored));
-    float **params = reinterpret_cast<float **>(block + 1);
-    try {
-      for (size_t i = 0; i < count; ++i) {
-        std::string what =
-            modelLabel(model) + ": param " + quote(model->params[i].name);
-        size_t bytes =
-            toSize(checkedMul(static_cast<uint64_t>(model->params[i].numel),
-                              sizeof(float), what),
-                   what);
-        params[i] = static_cast<float *>(allocAligned(bytes));
-      }
-    } catch (...) {
-      sae_rt_params_free(params);
-      throw;
-    }
-    *out = params;
+    *out = allocParamBuffers(model, false);
   });
 }
 

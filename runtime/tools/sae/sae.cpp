@@ -3,12 +3,15 @@
 // `sae` runs models compiled by saec through libsae_runtime: it shows what a
 // library contains (info), creates checkpoints (init), encodes, decodes and
 // reconstructs data in bounded-memory chunks (encode, decode, forward),
-// evaluates a checkpoint (eval) and generates synthetic data with a known
-// dictionary (synth). Usage errors exit with 2, runtime errors with 1.
+// evaluates a checkpoint (eval), generates synthetic data with a known
+// dictionary (synth) and trains models, compiling a spec on the fly when
+// given one (train). Usage errors exit with 2, runtime errors with 1.
 //
 //===----------------------------------------------------------------------===//
 
 #include "sae/runtime/runtime.h"
+
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <charconv>
@@ -17,15 +20,23 @@
 #include <cctype>
 #include <cerrno>
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <new>
+#include <numeric>
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 namespace {
@@ -76,6 +87,8 @@ const char *const kMainHelp =
     "           and, against a ground-truth dictionary, feature recovery\n"
     "  synth    generate synthetic sparse data and its ground-truth\n"
     "           dictionary\n"
+    "  train    train a model (a compiled library or a .sae spec) with Adam,\n"
+    "           writing resumable checkpoints\n"
     "\n"
     "Rows (inputs X) are read from float32 or float16 .npy files [B, d],\n"
     "from a named F32/F16/BF16 tensor [B, d] of a safetensors file\n"
@@ -91,8 +104,10 @@ const char *const kInfoHelp =
     "first is x, the one reconstructed; others are auxiliary, see --grad),\n"
     "latents, codes (kind, k and layout), encoder and its hyperparameters,\n"
     "loss and its named terms, whether 'sae init' needs a data sample,\n"
-    "whether the forward pass is stochastic, parameters (shape and\n"
-    "initialiser), the target CPU and the entry points.\n"
+    "whether the forward pass is stochastic, parameters (shape,\n"
+    "initialiser, and '(state)' for those not trained by Adam), the\n"
+    "training defaults of 'sae train' (the spec's train section), the\n"
+    "target CPU and the entry points.\n"
     "\n"
     "options:\n"
     "  --json       print the library's model description (JSON), indented\n"
@@ -323,16 +338,24 @@ const char *const kSynthHelp =
 //===----------------------------------------------------------------------===//
 
 struct OptionSpec {
-  const char *name; ///< Without the leading "--".
+  const char *name; ///< Without the leading "--" ("D" is the short -D).
   bool takesValue;
+  bool repeatable = false; ///< May be given more than once (see Args::all).
 };
 
 struct Args {
   std::string command;
   std::vector<std::string> positional;
   std::map<std::string, std::string> values;
+  std::map<std::string, std::vector<std::string>> lists;
 
   bool has(const std::string &name) const { return values.count(name) != 0; }
+
+  /// Every value of a repeatable option, in command-line order.
+  std::vector<std::string> all(const std::string &name) const {
+    auto it = lists.find(name);
+    return it == lists.end() ? std::vector<std::string>() : it->second;
+  }
 
   std::string get(const std::string &name) const {
     auto it = values.find(name);
@@ -375,32 +398,50 @@ bool parseArgs(const std::string &command, const char *help, int argc,
       std::fputs(help, stdout);
       return false;
     }
-    if (arg.compare(0, 2, "--") != 0)
+    bool shortD =
+        arg.compare(0, 2, "-D") == 0 &&
+        std::any_of(specs.begin(), specs.end(), [](const OptionSpec &spec) {
+          return std::strcmp(spec.name, "D") == 0;
+        });
+    if (arg.compare(0, 2, "--") != 0 && !shortD)
       throw UsageError{command, "unknown option '" + arg + "'"};
     std::string name = arg.substr(2), value;
     bool inlineValue = false;
-    size_t equals = name.find('=');
-    if (equals != std::string::npos) {
-      value = name.substr(equals + 1);
-      name = name.substr(0, equals);
-      inlineValue = true;
+    if (shortD) {
+      // -D name=value or -Dname=value.
+      name = "D";
+      value = arg.substr(2);
+      inlineValue = !value.empty();
+    } else {
+      size_t equals = name.find('=');
+      if (equals != std::string::npos) {
+        value = name.substr(equals + 1);
+        name = name.substr(0, equals);
+        inlineValue = true;
+      }
     }
     const OptionSpec *spec = nullptr;
     for (const OptionSpec &candidate : specs)
-      if (name == candidate.name)
+      if (name == candidate.name && (name != "D" || shortD))
         spec = &candidate;
     if (!spec)
       throw UsageError{command, "unknown option '--" + name + "'"};
+    std::string shown = shortD ? "-D" : "--" + name;
     if (spec->takesValue) {
       if (!inlineValue) {
         if (i + 1 >= argc)
-          throw UsageError{command, "option --" + name + " needs a value"};
+          throw UsageError{command, "option " + shown + " needs a value"};
         value = argv[++i];
       }
       if (value.empty())
-        throw UsageError{command, "option --" + name + " needs a value"};
+        throw UsageError{command, "option " + shown + " needs a value"};
     } else if (inlineValue) {
-      throw UsageError{command, "option --" + name + " takes no value"};
+      throw UsageError{command, "option " + shown + " takes no value"};
+    }
+    if (spec->repeatable) {
+      args.lists[name].push_back(value);
+      args.values[name] = value;
+      continue;
     }
     if (args.has(name))
       throw UsageError{command, "option --" + name + " given twice"};
@@ -886,10 +927,25 @@ int runInfo(int argc, char **argv) {
     std::string shape = shapeText(sae_rt_model_param_ndim(m, i),
                                   sae_rt_model_param_shape(m, i));
     const char *init = sae_rt_model_param_init(m, i);
-    std::printf("  %-*s  %-*s  float32  %s\n", static_cast<int>(nameWidth),
+    std::printf("  %-*s  %-*s  float32  %s%s\n", static_cast<int>(nameWidth),
                 sae_rt_model_param_name(m, i), static_cast<int>(shapeWidth),
-                shape.c_str(), *init ? init : "-");
+                shape.c_str(), *init ? init : "-",
+                sae_rt_model_param_trainable(m, i) ? "" : "  (state)");
   }
+  const sae_rt_train_config *train = sae_rt_model_train_config(m);
+  const char *unitNorm = sae_rt_model_train_unit_norm(m);
+  row("train",
+      std::string(sae_rt_model_has_train_config(m) ? "" : "(defaults) ") +
+          "lr " + formatNumber(train->lr) + ", beta1 " +
+          formatNumber(train->beta1) + ", beta2 " + formatNumber(train->beta2) +
+          ", eps " + formatNumber(train->eps) + ", clip " +
+          formatNumber(train->clip) + ", lr warm-up " +
+          std::to_string(train->lr_warmup) + ", lr decay " +
+          sae_rt_lr_decay_name(train->lr_decay) + ", sparsity warm-up " +
+          std::to_string(train->sparsity_warmup) + ", batch " +
+          std::to_string(train->batch) + ", normalize " +
+          sae_rt_normalize_name(train->normalize) + ", unit norm " +
+          (unitNorm ? unitNorm : "none"));
 
   std::string target = *sae_rt_model_target_triple(m)
                            ? std::string(sae_rt_model_target_triple(m))
@@ -916,6 +972,8 @@ int runInfo(int argc, char **argv) {
   add(e->decode_sparse, SAE_SYM_DECODE_SPARSE);
   add(e->decode_batch, SAE_SYM_DECODE_BATCH);
   add(e->forward, SAE_SYM_FORWARD);
+  add(e->gradient, SAE_SYM_GRADIENT);
+  add(e->train_step, SAE_SYM_TRAIN_STEP);
   row("entry points", entries);
   return 0;
 }
@@ -2036,6 +2094,1436 @@ int runSynth(int argc, char **argv) {
   return 0;
 }
 
+//===----------------------------------------------------------------------===//
+// sae train
+//===----------------------------------------------------------------------===//
+
+const char *const kTrainHelp =
+    "usage: sae train SPEC.sae|LIB.so --data X [--tensor NAME]\n"
+    "                 [--input-data NAME=FILE [--input-tensor NAME=TENSOR]]\n"
+    "                 [--steps N | --tokens T] [--batch B] [--lr LR]\n"
+    "                 [--beta1 B1] [--beta2 B2] [--eps E] [--clip C]\n"
+    "                 [--lr-warmup N] [--lr-decay none|linear|cosine]\n"
+    "                 [--sparsity-warmup N] [--seed S] [--init CKPT_DIR]\n"
+    "                 [--out CKPT_DIR] [--checkpoint-every N]\n"
+    "                 [--resume CKPT_DIR] [--no-shuffle]\n"
+    "                 [--metrics-json FILE] [--log-every N]\n"
+    "                 [-D name=value ...]\n"
+    "\n"
+    "Trains the model with Adam through its sae_train_step entry point (one\n"
+    "fused forward pass, backward pass and update per batch) and writes\n"
+    "checkpoints.\n"
+    "\n"
+    "The model is a compiled LIB.so, or a SPEC.sae compiled on the fly with\n"
+    "'saec SPEC.sae -o LIB.so [-Dname=value ...]'. saec is $SAEC when set,\n"
+    "else the saec next to this sae executable, else the first on $PATH. The\n"
+    "library is cached in $XDG_CACHE_HOME/saec (default ~/.cache/saec) under\n"
+    "a hash of the spec's text, the -D overrides and saec's size and\n"
+    "modification time, so an unchanged spec is compiled once; saec's\n"
+    "diagnostics are shown if it fails.\n"
+    "\n"
+    "Data: --data X holds the rows of x, the model's first input: a float32\n"
+    "or float16 .npy [rows, d], a 2-D F32/F16/BF16 tensor of a safetensors\n"
+    "file (--tensor names it), or an IDX file such as\n"
+    "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz (pixels\n"
+    "scaled to [0, 1]); d must be the model's input dimension. A model with\n"
+    "auxiliary inputs ('sae info' lists them) takes one file per other input\n"
+    "with --input-data NAME=FILE, row r of each file going with row r of X.\n"
+    ".npy and safetensors files are memory-mapped, IDX files read whole. A\n"
+    "NaN or infinity in a row that a step reads stops training with an\n"
+    "error naming the file, row and column.\n"
+    "\n"
+    "Steps and batches: each step trains on B rows (--batch, default the\n"
+    "model's train.batch). Epoch e (from 0) visits the rows in an order\n"
+    "drawn from the seed S: a Fisher-Yates shuffle driven by splitmix64\n"
+    "started from mix64(S ^ mix64(2^63 + e)) (mix64: splitmix64's output\n"
+    "function of z + 0x9e3779b97f4a7c15; see sae_rt_train_permutation), or\n"
+    "file order with --no-shuffle. An epoch is floor(rows / B) batches,\n"
+    "batch i taking positions [i*B, (i+1)*B) of that order; the rows of a\n"
+    "last partial batch sit that epoch out, and the next epoch starts again\n"
+    "from position 0. The run has --steps N steps, ceil(T / B) with\n"
+    "--tokens T, or by default one epoch.\n"
+    "\n"
+    "Initialisation: --init CKPT_DIR starts from a checkpoint's parameters\n"
+    "(used as they are); otherwise the model's sae_init runs with the seed\n"
+    "(data-dependent initialisers get the first min(rows, 4096) rows of x).\n"
+    "\n"
+    "Schedule of step t = 1, 2, ... of a run of T steps, computed in double\n"
+    "precision and passed to the model as float:\n"
+    "  learning rate  lr * min(1, t / lr_warmup) (lr when lr_warmup is 0)\n"
+    "                 times the decay, with p = (t - lr_warmup) /\n"
+    "                 (T - lr_warmup) clamped to [0, 1]: 1 (none), 1 - p\n"
+    "                 (linear) or 0.5 * (1 + cos(pi * p)) (cosine);\n"
+    "  sparsity       min(1, t / sparsity_warmup) (1 when 0), the factor on\n"
+    "                 every loss term after the first;\n"
+    "  Adam           bias corrections 1 - beta1^t and 1 - beta2^t;\n"
+    "  seed           mix64(S ^ mix64(t)), the step's noise seed.\n"
+    "Hyperparameters default to the model's train section ('sae info'),\n"
+    "each overridden by its flag.\n"
+    "\n"
+    "Normalisation: when the model's train.normalize is 'expected_norm',\n"
+    "the trainer estimates c = sqrt(d) / (mean over the first\n"
+    "min(rows, 4096) rows of ||x||) and trains on c * x. Checkpoints hold the\n"
+    "weights folded back for raw x, SAELens' convention: W_enc * c,\n"
+    "W_dec / c and b_dec / c (b_enc and thresholds unchanged), so the model\n"
+    "needs parameters named W_enc, W_dec and b_dec. Reported losses are\n"
+    "those of c * x.\n"
+    "\n"
+    "Progress goes to standard error every --log-every steps (default about\n"
+    "1% of the run, and at least every 10 s): step, tokens/s, time left, the\n"
+    "loss and each term (means over the steps since the last report), L0\n"
+    "(nonzero codes per row), FVU (squared error over squared deviation from\n"
+    "each batch's mean, summed over the steps since the last report) and the\n"
+    "fraction of dead latents (no nonzero code in the last 10M tokens, or\n"
+    "since the start of training if fewer). On a terminal the line is\n"
+    "updated in place. At the end one JSON object goes to standard output:\n"
+    "  {\"steps\", \"total_steps\", \"tokens\", \"seconds\", "
+    "\"tokens_per_s\",\n"
+    "   \"loss\", \"terms\": {...}, \"fvu\", \"l0\", \"dead_latents\",\n"
+    "   \"dead_fraction\", \"lr\", \"normalization_factor\", \"completed\",\n"
+    "   \"out\"}\n"
+    "steps and tokens count from the start of training (resumes included);\n"
+    "seconds and tokens_per_s are this process's; loss, terms, fvu and l0\n"
+    "cover the steps since the previous report.\n"
+    "\n"
+    "Checkpoints (SAELens layout) go to --out every --checkpoint-every steps\n"
+    "and after the last step:\n"
+    "  sae_weights.safetensors  the parameters (folded when normalising)\n"
+    "  cfg.json                 the model's configuration\n"
+    "  optimizer.safetensors    '<param>.exp_avg' and '<param>.exp_avg_sq',\n"
+    "                           Adam's moments, of each trainable parameter;\n"
+    "                           when normalising also '<param>.training', the\n"
+    "                           unfolded W_enc, W_dec and b_dec\n"
+    "  trainer_state.json       step, tokens, seed, epoch and batch within\n"
+    "                           it, the hyperparameters, the normalisation\n"
+    "                           factor, the model and the dead-latent "
+    "counters\n"
+    "Each is written whole in a temporary directory and swapped in\n"
+    "atomically: a run killed while writing leaves the previous checkpoint\n"
+    "intact. --resume CKPT_DIR continues from one: parameters, optimizer\n"
+    "state and step come from it, and the hyperparameters, the number of\n"
+    "steps, --seed, --batch and --no-shuffle default to the recorded ones;\n"
+    "with the same flags, the final checkpoint is bit for bit that of an\n"
+    "uninterrupted run. The seed, batch size, shuffling and the number of\n"
+    "data rows cannot change on resume.\n"
+    "\n"
+    "Errors: a step whose loss is NaN or infinite stops training (exit\n"
+    "status 1) without saving that step's parameters; the last checkpoint\n"
+    "on disk is kept. So does an entry point that returns an error. SIGINT\n"
+    "or SIGTERM stops after the current step, writes a checkpoint to --out\n"
+    "and exits with status 130.\n"
+    "\n"
+    "options:\n"
+    "  --data X              rows of x, .npy, safetensors or IDX (required)\n"
+    "  --tensor NAME         the tensor of --data (safetensors only)\n"
+    "  --input-data NAME=FILE  the rows of the auxiliary input NAME, one per\n"
+    "                        row of --data (repeat for each such input)\n"
+    "  --input-tensor NAME=TENSOR  the tensor of input NAME's safetensors "
+    "file\n"
+    "  --steps N             number of steps (default: one epoch)\n"
+    "  --tokens T            train on T rows: ceil(T / B) steps\n"
+    "  --batch B             rows per step (default: the model's train.batch)\n"
+    "  --lr LR               peak learning rate, >= 0\n"
+    "  --beta1 B1            Adam beta1, in [0, 1)\n"
+    "  --beta2 B2            Adam beta2, in [0, 1)\n"
+    "  --eps E               Adam epsilon, >= 0\n"
+    "  --clip C              clip the global gradient norm to C (0: never)\n"
+    "  --lr-warmup N         steps of linear learning-rate warm-up\n"
+    "  --lr-decay MODE       none, linear or cosine decay to 0 after warm-up\n"
+    "  --sparsity-warmup N   steps to ramp the sparsity terms' factor to 1\n"
+    "  --seed S              seed of the initialisation, the shuffling and\n"
+    "                        the steps' noise, an unsigned 64-bit integer\n"
+    "                        (default 0)\n"
+    "  --init CKPT_DIR       start from this checkpoint's parameters instead\n"
+    "                        of sae_init\n"
+    "  --out CKPT_DIR        checkpoint directory to write (required unless\n"
+    "                        --resume, whose directory is then the default);\n"
+    "                        an existing checkpoint there is replaced\n"
+    "  --checkpoint-every N  also write a checkpoint after every N-th step\n"
+    "                        (default 0: only after the last)\n"
+    "  --resume CKPT_DIR     continue the run saved in CKPT_DIR\n"
+    "  --no-shuffle          read the rows in file order\n"
+    "  --metrics-json FILE   also write the summary with the history of the\n"
+    "                        progress reports ('history': step, tokens,\n"
+    "                        seconds, tokens_per_s, lr, loss, terms, l0, fvu,\n"
+    "                        dead_fraction) to FILE, atomically\n"
+    "  --log-every N         report progress every N steps (0: only at the\n"
+    "                        end)\n"
+    "  -D name=value         override a dimension of SPEC.sae (passed to\n"
+    "                        saec; repeatable)\n"
+    "  --stop-after N        stop after step N, writing a checkpoint, as an\n"
+    "                        interrupted run would have (for testing resume)\n"
+    "  -h, --help            show this help\n";
+
+using Json = nlohmann::ordered_json;
+
+/// A real number for messages: "NaN", "inf", or the shortest form that
+/// reads back the same.
+std::string realText(double value) {
+  if (std::isnan(value))
+    return "NaN";
+  if (std::isinf(value))
+    return value > 0 ? "inf" : "-inf";
+  return formatNumber(value);
+}
+
+bool endsWith(const std::string &text, const std::string &suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+//===----------------------------------------------------------------------===//
+// Compiling a spec on the fly
+//===----------------------------------------------------------------------===//
+
+bool isExecutableFile(const std::string &path) {
+  struct stat info;
+  return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode) &&
+         ::access(path.c_str(), X_OK) == 0;
+}
+
+/// saec: $SAEC, else next to this executable, else on $PATH; "" if none.
+std::string findSaec() {
+  if (const char *env = std::getenv("SAEC"); env && *env)
+    return env;
+  char self[4096];
+  ssize_t length = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (length > 0) {
+    std::string path(self, static_cast<size_t>(length));
+    size_t slash = path.find_last_of('/');
+    if (slash != std::string::npos) {
+      std::string sibling = path.substr(0, slash + 1) + "saec";
+      if (isExecutableFile(sibling))
+        return sibling;
+    }
+  }
+  const char *pathEnv = std::getenv("PATH");
+  std::string list = pathEnv ? pathEnv : "";
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t colon = list.find(':', start);
+    if (colon == std::string::npos)
+      colon = list.size();
+    std::string dir = list.substr(start, colon - start);
+    std::string candidate = (dir.empty() ? "." : dir) + "/saec";
+    if (isExecutableFile(candidate))
+      return candidate;
+    start = colon + 1;
+  }
+  return "";
+}
+
+/// A 128-bit hash (two independent 64-bit FNV-1a streams, each finished
+/// with splitmix64's mixer) as 32 hex digits. A cache key, not a MAC.
+class KeyHash {
+public:
+  void add(const void *data, size_t size) {
+    const unsigned char *bytes = static_cast<const unsigned char *>(data);
+    for (size_t i = 0; i < size; ++i) {
+      a = (a ^ bytes[i]) * 0x100000001b3ull;
+      b = (b ^ bytes[i]) * 0x100000001b3ull;
+      b ^= b >> 29;
+    }
+  }
+  /// A string with its length, so that ("ab", "c") and ("a", "bc") differ.
+  void add(const std::string &text) {
+    uint64_t size = text.size();
+    add(&size, sizeof(size));
+    add(text.data(), text.size());
+  }
+  std::string hex() const {
+    char buffer[33];
+    std::snprintf(buffer, sizeof(buffer), "%016" PRIx64 "%016" PRIx64,
+                  SplitMix64::finalise(a), SplitMix64::finalise(b));
+    return buffer;
+  }
+
+private:
+  uint64_t a = 0xcbf29ce484222325ull;
+  uint64_t b = 0x84222325cbf29ce4ull;
+};
+
+/// Runs `argv` (argv[0] a path), its stdout and stderr captured together.
+/// Returns the wait status, or -1 if it could not be started.
+int runCaptured(const std::vector<std::string> &argv, std::string &output) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0)
+    return -1;
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return -1;
+  }
+  if (pid == 0) {
+    ::dup2(fds[1], STDOUT_FILENO);
+    ::dup2(fds[1], STDERR_FILENO);
+    std::vector<char *> raw;
+    for (const std::string &arg : argv)
+      raw.push_back(const_cast<char *>(arg.c_str()));
+    raw.push_back(nullptr);
+    ::execv(raw[0], raw.data());
+    std::fprintf(stderr, "cannot run %s: %s\n", raw[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  char buffer[4096];
+  while (true) {
+    ssize_t got = ::read(fds[0], buffer, sizeof(buffer));
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0)
+      break;
+    output.append(buffer, static_cast<size_t>(got));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR)
+      return -1;
+  return status;
+}
+
+/// The compiled library of `spec` (a .sae file) with the -D overrides:
+/// from the cache, or compiled now with saec.
+std::string compileSpec(const std::string &spec,
+                        const std::vector<std::string> &defines) {
+  std::ifstream in(spec, std::ios::binary);
+  if (!in)
+    fail(spec + ": cannot read the spec: " + std::strerror(errno));
+  std::string text((std::istreambuf_iterator<char>(in)),
+                   std::istreambuf_iterator<char>());
+  std::string saec = findSaec();
+  if (saec.empty())
+    fail("cannot compile " + spec +
+         ": saec was not found ($SAEC is not set, there is no saec next to "
+         "this sae, nor on $PATH); build saec or give a compiled LIB.so");
+  struct stat info;
+  if (::stat(saec.c_str(), &info) != 0)
+    fail("cannot compile " + spec + ": " + saec + ": " + std::strerror(errno));
+
+  KeyHash key;
+  key.add(std::string("saec-cache-1"));
+  key.add(text);
+  uint64_t defineCount = defines.size();
+  key.add(&defineCount, sizeof(defineCount));
+  for (const std::string &define : defines)
+    key.add(define);
+  int64_t stamp[3] = {static_cast<int64_t>(info.st_size),
+                      static_cast<int64_t>(info.st_mtim.tv_sec),
+                      static_cast<int64_t>(info.st_mtim.tv_nsec)};
+  key.add(stamp, sizeof(stamp));
+
+  std::string cacheRoot;
+  if (const char *xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg)
+    cacheRoot = xdg;
+  else if (const char *home = std::getenv("HOME"); home && *home)
+    cacheRoot = std::string(home) + "/.cache";
+  else
+    fail("cannot compile " + spec +
+         ": neither $XDG_CACHE_HOME nor $HOME is set (the compiled library "
+         "is cached there)");
+  std::string cacheDir = cacheRoot + "/saec";
+  std::error_code error;
+  std::filesystem::create_directories(cacheDir, error);
+  if (error)
+    fail("cannot create the cache directory " + cacheDir + ": " +
+         error.message());
+
+  std::string stem = spec.substr(spec.find_last_of('/') + 1);
+  stem = stem.substr(0, stem.size() - 4); // ".sae"
+  for (char &c : stem)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_')
+      c = '_';
+  std::string library = cacheDir + "/lib" + stem + "-" + key.hex() + ".so";
+  if (::access(library.c_str(), R_OK) == 0)
+    return library;
+
+  std::string temp =
+      library + ".tmp-" + std::to_string(static_cast<long>(::getpid()));
+  std::vector<std::string> argv = {saec, spec, "-o", temp};
+  for (const std::string &define : defines)
+    argv.push_back("-D" + define);
+  std::fprintf(stderr, "sae train: compiling %s with %s\n", spec.c_str(),
+               saec.c_str());
+  std::string output;
+  int status = runCaptured(argv, output);
+  bool ok = status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+            ::access(temp.c_str(), R_OK) == 0;
+  if (!ok) {
+    ::unlink(temp.c_str());
+    std::string how =
+        status == -1 ? "could not be run"
+        : WIFEXITED(status)
+            ? "exited with status " + std::to_string(WEXITSTATUS(status))
+            : "was killed by signal " + std::to_string(WTERMSIG(status));
+    while (!output.empty() && output.back() == '\n')
+      output.pop_back();
+    fail("saec failed to compile " + spec + " (" + saec + " " + how + ")" +
+         (output.empty() ? std::string() : ":\n" + output));
+  }
+  if (::rename(temp.c_str(), library.c_str()) != 0) {
+    std::string reason = std::strerror(errno);
+    ::unlink(temp.c_str());
+    fail("cannot move the compiled library into the cache (" + library +
+         "): " + reason);
+  }
+  return library;
+}
+
+//===----------------------------------------------------------------------===//
+// Training data
+//===----------------------------------------------------------------------===//
+
+/// Splits NAME=VALUE (for --input-data, --input-tensor, -D).
+std::pair<std::string, std::string> splitAssignment(const Args &args,
+                                                    const std::string &flag,
+                                                    const std::string &text) {
+  size_t equals = text.find('=');
+  if (equals == std::string::npos || equals == 0 || equals + 1 == text.size())
+    throw UsageError{args.command,
+                     flag + " expects NAME=VALUE, got '" + text + "'"};
+  return {text.substr(0, equals), text.substr(equals + 1)};
+}
+
+/// The model's inputs for training: x from --data (--tensor), the others
+/// from --input-data NAME=FILE (--input-tensor NAME=TENSOR); batches are
+/// gathered by row number.
+class TrainInputs {
+public:
+  TrainInputs(const sae_rt_model *m, const Args &args) {
+    std::map<std::string, std::string> dataFor, tensorFor;
+    for (const std::string &entry : args.all("input-data")) {
+      auto [name, file] = splitAssignment(args, "--input-data", entry);
+      if (!dataFor.emplace(name, file).second)
+        throw UsageError{args.command,
+                         "--input-data gives input '" + name + "' twice"};
+    }
+    for (const std::string &entry : args.all("input-tensor")) {
+      auto [name, tensor] = splitAssignment(args, "--input-tensor", entry);
+      if (!dataFor.count(name))
+        throw UsageError{args.command, "--input-tensor " + entry +
+                                           " names an input without "
+                                           "--input-data " +
+                                           name + "=FILE"};
+      tensorFor[name] = tensor;
+    }
+    size_t count = sae_rt_model_input_count(m);
+    std::string xName = sae_rt_model_input_name(m, 0);
+    if (dataFor.count(xName))
+      fail("--input-data " + xName + "=...: '" + xName + "' is " +
+           modelLabel(m) + "'s first input; give it with --data");
+    for (const auto &entry : dataFor) {
+      bool known = false;
+      for (size_t i = 1; i < count; ++i)
+        known = known || entry.first == sae_rt_model_input_name(m, i);
+      if (!known)
+        fail("--input-data " + entry.first + "=...: " + modelLabel(m) +
+             " has no auxiliary input '" + entry.first + "'" +
+             (count > 1 ? std::string() : " (it has none)"));
+    }
+    int64_t d = sae_rt_model_input_dim(m);
+    files.push_back(std::make_unique<RowInput>(
+        args.get("data"), args.get("tensor"), "--tensor", d,
+        "the model's input dimension " + std::to_string(d)));
+    for (size_t i = 1; i < count; ++i) {
+      std::string name = sae_rt_model_input_name(m, i);
+      int64_t dim = sae_rt_model_input_dim_at(m, i);
+      auto it = dataFor.find(name);
+      if (it == dataFor.end())
+        fail(modelLabel(m) + " has the auxiliary input '" + name + "' (dim " +
+             std::to_string(dim) + "); give its rows with --input-data " +
+             name + "=FILE");
+      files.push_back(std::make_unique<RowInput>(
+          it->second, tensorFor.count(name) ? tensorFor[name] : "",
+          "--input-tensor " + name + "=NAME", dim,
+          "the dimension " + std::to_string(dim) + " of the model's input '" +
+              name + "'"));
+      if (files.back()->getRows() != files[0]->getRows())
+        fail(files.back()->getPath() + " has " +
+             std::to_string(files.back()->getRows()) + " rows, but " +
+             files[0]->getPath() + " has " +
+             std::to_string(files[0]->getRows()) +
+             "; each --input-data needs one row per row of --data");
+    }
+    buffers.resize(files.size());
+    pointers.resize(files.size(), nullptr);
+  }
+
+  int64_t getRows() const { return files[0]->getRows(); }
+  const std::string &getPath() const { return files[0]->getPath(); }
+
+  void allocate(int64_t batch) {
+    for (size_t i = 0; i < files.size(); ++i) {
+      buffers[i].resize(elements(batch, files[i]->getWidth(), "--batch"));
+      pointers[i] = buffers[i].data();
+    }
+  }
+
+  /// Reads rows ids[0..count) into the buffers, in that order (runs of
+  /// consecutive rows in one read). NaN and infinities are errors.
+  void gather(const int64_t *ids, int64_t count) {
+    for (size_t f = 0; f < files.size(); ++f) {
+      int64_t width = files[f]->getWidth();
+      for (int64_t i = 0; i < count;) {
+        int64_t run = 1;
+        while (i + run < count && ids[i + run] == ids[i] + run)
+          ++run;
+        files[f]->read(ids[i], run, buffers[f].data() + i * width);
+        i += run;
+      }
+    }
+  }
+
+  float *x() { return buffers[0].data(); }
+  const float *const *get() const { return pointers.data(); }
+
+private:
+  std::vector<std::unique_ptr<RowInput>> files;
+  std::vector<std::vector<float>> buffers;
+  std::vector<const float *> pointers;
+};
+
+//===----------------------------------------------------------------------===//
+// Training state, checkpoints
+//===----------------------------------------------------------------------===//
+
+constexpr int64_t kDeadWindowTokens = 10000000;
+constexpr int64_t kSampleRows = 4096;
+constexpr const char *kOptimizerFile = "optimizer.safetensors";
+constexpr const char *kTrainerStateFile = "trainer_state.json";
+const char *const kFoldedParams[] = {"W_enc", "W_dec", "b_dec"};
+
+volatile std::sig_atomic_t stopSignal = 0;
+void onStopSignal(int signal) {
+  stopSignal = signal;
+  // A second signal ends the process the usual way.
+  std::signal(signal, SIG_DFL);
+}
+
+/// One line of JSON with ", " and ": " separators (as the other commands
+/// print); non-finite numbers are null.
+std::string flatJson(const Json &value) {
+  if (value.is_object()) {
+    std::string out = "{";
+    bool first = true;
+    for (auto it = value.begin(); it != value.end(); ++it) {
+      out += (first ? "" : ", ") + jsonString(it.key()) + ": " +
+             flatJson(it.value());
+      first = false;
+    }
+    return out + "}";
+  }
+  if (value.is_array()) {
+    std::string out = "[";
+    for (size_t i = 0; i < value.size(); ++i)
+      out += (i ? ", " : "") + flatJson(value[i]);
+    return out + "]";
+  }
+  if (value.is_number_float())
+    return formatNumber(value.get<double>());
+  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+/// The shortest decimal that reads back as `value`, as a double (0.01f
+/// is reported as 0.01, not 0.009999999776482582).
+double floatValue(float value) {
+  if (!std::isfinite(value))
+    return value;
+  char buffer[32];
+  auto result = std::to_chars(buffer, buffer + sizeof(buffer) - 1, value);
+  *result.ptr = '\0';
+  return std::strtod(buffer, nullptr);
+}
+
+/// A double that may be NaN (stored as null).
+Json number(double value) {
+  return std::isfinite(value) ? Json(value) : Json(nullptr);
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same
+/// directory, fsync'ed, then renamed over `path`.
+void writeFileAtomically(const std::string &path, const std::string &text) {
+  std::string temp =
+      path + ".tmp-" + std::to_string(static_cast<long>(::getpid()));
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    fail(path + ": cannot write: " + std::strerror(errno));
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t wrote = ::write(fd, text.data() + done, text.size() - done);
+    if (wrote < 0 && errno == EINTR)
+      continue;
+    if (wrote <= 0) {
+      std::string reason = std::strerror(errno);
+      ::close(fd);
+      ::unlink(temp.c_str());
+      fail(path + ": cannot write: " + reason);
+    }
+    done += static_cast<size_t>(wrote);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0 ||
+      ::rename(temp.c_str(), path.c_str()) != 0) {
+    std::string reason = std::strerror(errno);
+    ::unlink(temp.c_str());
+    fail(path + ": cannot write: " + reason);
+  }
+}
+
+/// Reads a JSON file (an error names it).
+Json readJsonFile(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    fail(path + ": cannot read: " + std::strerror(errno));
+  std::string text((std::istreambuf_iterator<char>(in)),
+                   std::istreambuf_iterator<char>());
+  try {
+    return Json::parse(text);
+  } catch (const nlohmann::json::exception &error) {
+    fail(path + ": invalid JSON: " + error.what());
+  }
+}
+
+/// Field `key` of the trainer state, of the expected kind.
+const Json &stateField(const Json &state, const std::string &path,
+                       const char *key) {
+  auto it = state.find(key);
+  if (it == state.end())
+    fail(path + ": missing \"" + key +
+         "\" (is it a trainer state of sae "
+         "train?)");
+  return *it;
+}
+
+uint64_t stateUnsigned(const Json &state, const std::string &path,
+                       const char *key) {
+  const Json &value = stateField(state, path, key);
+  if (!value.is_number_unsigned() &&
+      !(value.is_number_integer() && value.get<int64_t>() >= 0))
+    fail(path + ": \"" + key + "\" is not a non-negative integer");
+  return value.get<uint64_t>();
+}
+
+double stateReal(const Json &state, const std::string &path, const char *key) {
+  const Json &value = stateField(state, path, key);
+  if (!value.is_number())
+    fail(path + ": \"" + key + "\" is not a number");
+  return value.get<double>();
+}
+
+/// The index of each parameter named in kFoldedParams (normalisation).
+std::vector<size_t> foldedParamIndices(const sae_rt_model *m) {
+  std::vector<size_t> indices;
+  std::string missing;
+  for (const char *name : kFoldedParams) {
+    int64_t index = findParam(m, name);
+    if (index < 0)
+      missing += (missing.empty() ? "'" : ", '") + std::string(name) + "'";
+    else
+      indices.push_back(static_cast<size_t>(index));
+  }
+  if (!missing.empty())
+    fail(modelLabel(m) +
+         " normalises its inputs (train.normalize is 'expected_norm'), but "
+         "has no parameter " +
+         missing +
+         "; the trainer folds the normalisation factor into W_enc, W_dec "
+         "and b_dec (SAELens' names) when saving");
+  return indices;
+}
+
+/// An F32 tensor of `path` named `name` with exactly `numel` elements,
+/// read into `dst`.
+void readTensor(sae_rt_safetensors *st, const std::string &path,
+                const std::string &name, const sae_rt_model *m, size_t param,
+                float *dst) {
+  int64_t index = sae_rt_safetensors_find(st, name.c_str());
+  if (index < 0)
+    fail(path + ": missing tensor '" + name + "'");
+  int32_t ndim = 0;
+  const int64_t *shape =
+      sae_rt_safetensors_shape(st, static_cast<size_t>(index), &ndim);
+  int32_t wantNdim = sae_rt_model_param_ndim(m, param);
+  const int64_t *want = sae_rt_model_param_shape(m, param);
+  bool same = ndim == wantNdim;
+  for (int32_t i = 0; same && i < ndim; ++i)
+    same = shape[i] == want[i];
+  if (!same)
+    fail(path + ": tensor '" + name + "' has shape " + shapeText(ndim, shape) +
+         ", expected " + shapeText(wantNdim, want));
+  ArrayHolder array;
+  check(sae_rt_safetensors_read(st, name.c_str(), &array.array));
+  if (array.array.dtype != SAE_RT_DTYPE_FLOAT32)
+    fail(path + ": tensor '" + name + "' has dtype " +
+         sae_rt_dtype_name(array.array.dtype) + ", expected float32");
+  std::memcpy(dst, array.array.data,
+              static_cast<size_t>(sae_rt_model_param_numel(m, param)) *
+                  sizeof(float));
+}
+
+struct SafetensorsCloser {
+  void operator()(sae_rt_safetensors *st) const {
+    sae_rt_safetensors_close(st);
+  }
+};
+using SafetensorsPtr = std::unique_ptr<sae_rt_safetensors, SafetensorsCloser>;
+
+std::string formatDuration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0)
+    return "?";
+  long total = static_cast<long>(seconds + 0.5);
+  char buffer[32];
+  if (total >= 3600)
+    std::snprintf(buffer, sizeof(buffer), "%ld:%02ld:%02ld", total / 3600,
+                  total / 60 % 60, total % 60);
+  else
+    std::snprintf(buffer, sizeof(buffer), "%ld:%02ld", total / 60, total % 60);
+  return buffer;
+}
+
+std::string shortNumber(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%.4g", value);
+  return buffer;
+}
+
+/// A non-negative count given by --NAME (at most 2^62).
+int64_t parseCountOption(const Args &args, const std::string &name,
+                         int64_t fallback, int64_t minimum) {
+  if (!args.has(name))
+    return fallback;
+  uint64_t value = parseUnsigned(args, name, 0);
+  if (value < static_cast<uint64_t>(minimum) || value > (uint64_t(1) << 62))
+    throw UsageError{args.command, "--" + name + " must be between " +
+                                       std::to_string(minimum) + " and 2^62"};
+  return static_cast<int64_t>(value);
+}
+
+/// A real --NAME in [low, high) (high excluded when `open`), or >= low.
+double parseRealOption(const Args &args, const std::string &name,
+                       double fallback, double low, double high,
+                       const char *range) {
+  double value = parseDouble(args, name, fallback);
+  if (args.has(name) && (value < low || !(value < high)))
+    throw UsageError{args.command, "--" + name + " must be " + range};
+  return value;
+}
+
+/// Everything a run needs to know, fixed at the start.
+struct TrainRun {
+  const sae_rt_model *m = nullptr;
+  std::string library;
+  sae_rt_train_config config{};
+  uint64_t seed = 0;
+  bool shuffle = true;
+  int64_t batch = 0;
+  int64_t rows = 0;
+  int64_t stepsPerEpoch = 0;
+  int64_t totalSteps = 0;
+  double normFactor = 1.0;
+  bool normalizing = false;
+  std::vector<size_t> folded; ///< params folded when normalising
+  std::string out;
+  std::string data;
+};
+
+/// Mutable training state, saved in checkpoints.
+struct TrainProgress {
+  int64_t step = 0;
+  int64_t tokens = 0;
+  std::vector<int64_t>
+      lastFired; ///< tokens at the last step each fired; 0: never
+};
+
+Json trainerState(const TrainRun &run, const TrainProgress &progress) {
+  const sae_rt_train_config &c = run.config;
+  int64_t epoch = progress.step / run.stepsPerEpoch;
+  Json hyper = Json::object();
+  hyper["lr"] = c.lr;
+  hyper["beta1"] = c.beta1;
+  hyper["beta2"] = c.beta2;
+  hyper["eps"] = c.eps;
+  hyper["clip"] = c.clip;
+  hyper["lr_warmup"] = c.lr_warmup;
+  hyper["lr_decay"] = sae_rt_lr_decay_name(c.lr_decay);
+  hyper["sparsity_warmup"] = c.sparsity_warmup;
+  const char *unitNorm = sae_rt_model_train_unit_norm(run.m);
+  Json state = Json::object();
+  state["format"] = "saec-trainer-state";
+  state["version"] = 1;
+  state["model"] = sae_rt_model_name(run.m);
+  state["library"] = run.library;
+  state["abi_version"] = sae_rt_model_abi_version(run.m);
+  state["step"] = progress.step;
+  state["total_steps"] = run.totalSteps;
+  state["tokens"] = progress.tokens;
+  state["seed"] = run.seed;
+  state["batch"] = run.batch;
+  state["shuffle"] = run.shuffle;
+  state["data"] = run.data;
+  state["data_rows"] = run.rows;
+  state["steps_per_epoch"] = run.stepsPerEpoch;
+  state["epoch"] = epoch;
+  state["batch_in_epoch"] = progress.step - epoch * run.stepsPerEpoch;
+  state["hyper"] = hyper;
+  state["unit_norm"] = unitNorm ? Json(unitNorm) : Json(nullptr);
+  state["normalize"] = sae_rt_normalize_name(c.normalize);
+  state["normalization_factor"] = run.normFactor;
+  state["weights_folded"] = run.normalizing;
+  state["dead_window_tokens"] = kDeadWindowTokens;
+  state["last_fired_tokens"] = progress.lastFired;
+  return state;
+}
+
+/// Writes the checkpoint of `progress` to run.out in one atomic swap.
+void saveTrainCheckpoint(const TrainRun &run, const TrainProgress &progress,
+                         float *const *params, float *const *adamM,
+                         float *const *adamV, float *const *scratch) {
+  const sae_rt_model *m = run.m;
+  size_t count = sae_rt_model_param_count(m);
+  // The weights as saved: folded for raw x when normalising.
+  std::vector<float *> saved(params, params + count);
+  if (run.normalizing) {
+    for (size_t i = 0; i < count; ++i) {
+      std::memcpy(scratch[i], params[i],
+                  static_cast<size_t>(sae_rt_model_param_numel(m, i)) *
+                      sizeof(float));
+      saved[i] = scratch[i];
+    }
+    float c = static_cast<float>(run.normFactor);
+    for (size_t k = 0; k < run.folded.size(); ++k) {
+      size_t i = run.folded[k];
+      int64_t numel = sae_rt_model_param_numel(m, i);
+      for (int64_t j = 0; j < numel; ++j)
+        scratch[i][j] = k == 0 ? scratch[i][j] * c : scratch[i][j] / c;
+    }
+  }
+
+  std::vector<std::string> names;
+  std::vector<sae_rt_array> arrays;
+  auto add = [&](const std::string &name, size_t param, float *data) {
+    names.push_back(name);
+    sae_rt_array array{};
+    array.dtype = SAE_RT_DTYPE_FLOAT32;
+    array.ndim = sae_rt_model_param_ndim(m, param);
+    const int64_t *shape = sae_rt_model_param_shape(m, param);
+    for (int32_t d = 0; d < array.ndim; ++d)
+      array.shape[d] = shape[d];
+    array.data = data;
+    arrays.push_back(array);
+  };
+  size_t slot = 0;
+  for (size_t i = 0; i < count; ++i) {
+    if (!sae_rt_model_param_trainable(m, i))
+      continue;
+    std::string name = sae_rt_model_param_name(m, i);
+    add(name + ".exp_avg", i, adamM[slot]);
+    add(name + ".exp_avg_sq", i, adamV[slot]);
+    ++slot;
+  }
+  if (run.normalizing)
+    for (size_t i : run.folded)
+      add(std::string(sae_rt_model_param_name(m, i)) + ".training", i,
+          params[i]);
+  std::vector<const char *> namePointers;
+  for (const std::string &name : names)
+    namePointers.push_back(name.c_str());
+
+  std::string state = trainerState(run, progress).dump(2) + "\n";
+  sae_rt_checkpoint_file files[2] = {};
+  files[0].name = kOptimizerFile;
+  files[0].tensor_count = names.size();
+  files[0].tensor_names = namePointers.data();
+  files[0].tensors = arrays.data();
+  files[1].name = kTrainerStateFile;
+  files[1].text = state.c_str();
+  check(
+      sae_rt_checkpoint_save_files(m, run.out.c_str(), saved.data(), 2, files));
+}
+
+/// An existing --out must be a directory that is empty or a checkpoint
+/// (checked before training rather than at the first save).
+void checkOutDir(const std::string &out) {
+  struct stat info;
+  if (::stat(out.c_str(), &info) != 0)
+    return;
+  if (!S_ISDIR(info.st_mode))
+    fail("--out " + out + ": exists and is not a directory");
+  bool empty = true, checkpoint = false;
+  for (const auto &entry : std::filesystem::directory_iterator(out)) {
+    std::string name = entry.path().filename().string();
+    empty = false;
+    checkpoint =
+        checkpoint || name == "cfg.json" || name == "sae_weights.safetensors";
+  }
+  if (!empty && !checkpoint)
+    fail("--out " + out +
+         ": refusing to replace an existing directory that is not a "
+         "checkpoint");
+}
+
+/// Moving statistics between two progress reports.
+struct Window {
+  int64_t steps = 0;
+  int64_t rows = 0;
+  double sse = 0, sst = 0, active = 0;
+  std::vector<double> lossSums;
+
+  void reset(size_t losses) {
+    steps = rows = 0;
+    sse = sst = active = 0;
+    lossSums.assign(losses, 0.0);
+  }
+};
+
+int runTrain(int argc, char **argv) {
+  Args args;
+  if (!parseArgs("train", kTrainHelp, argc, argv, 2,
+                 {{"data", true},
+                  {"tensor", true},
+                  {"input-data", true, true},
+                  {"input-tensor", true, true},
+                  {"steps", true},
+                  {"tokens", true},
+                  {"batch", true},
+                  {"lr", true},
+                  {"beta1", true},
+                  {"beta2", true},
+                  {"eps", true},
+                  {"clip", true},
+                  {"lr-warmup", true},
+                  {"lr-decay", true},
+                  {"sparsity-warmup", true},
+                  {"seed", true},
+                  {"init", true},
+                  {"out", true},
+                  {"checkpoint-every", true},
+                  {"resume", true},
+                  {"no-shuffle", false},
+                  {"metrics-json", true},
+                  {"log-every", true},
+                  {"stop-after", true},
+                  {"D", true, true}},
+                 args))
+    return 0;
+
+  // Usage checks, before anything is loaded.
+  std::string target = args.library();
+  args.required("data");
+  if (args.has("steps") && args.has("tokens"))
+    throw UsageError{args.command, "--steps and --tokens exclude each other"};
+  if (args.has("init") && args.has("resume"))
+    throw UsageError{args.command,
+                     "--init and --resume exclude each other (a resumed run "
+                     "has its parameters)"};
+  if (!args.has("out") && !args.has("resume"))
+    throw UsageError{args.command, "missing required option --out"};
+  std::vector<std::string> defines = args.all("D");
+  for (const std::string &define : defines)
+    splitAssignment(args, "-D", define);
+  bool isSpec = endsWith(target, ".sae");
+  if (!isSpec && !defines.empty())
+    throw UsageError{args.command, "-D overrides a dimension of a .sae spec; " +
+                                       target + " is already compiled"};
+  int64_t steps = parseCountOption(args, "steps", 0, 1);
+  int64_t tokensWanted = parseCountOption(args, "tokens", 0, 1);
+  int64_t batchFlag = args.has("batch") ? parseRowCount(args, "batch", 1) : 0;
+  double lrFlag =
+      parseRealOption(args, "lr", 0, 0.0, INFINITY, "a finite number >= 0");
+  double beta1Flag = parseRealOption(args, "beta1", 0, 0.0, 1.0, "in [0, 1)");
+  double beta2Flag = parseRealOption(args, "beta2", 0, 0.0, 1.0, "in [0, 1)");
+  double epsFlag =
+      parseRealOption(args, "eps", 0, 0.0, INFINITY, "a finite number >= 0");
+  double clipFlag = parseRealOption(args, "clip", 0, 0.0, INFINITY,
+                                    "a finite number >= 0 (0: no clipping)");
+  int64_t lrWarmupFlag = parseCountOption(args, "lr-warmup", 0, 0);
+  int64_t sparsityWarmupFlag = parseCountOption(args, "sparsity-warmup", 0, 0);
+  sae_rt_lr_decay decayFlag = SAE_RT_LR_DECAY_NONE;
+  if (args.has("lr-decay")) {
+    std::string decay = args.get("lr-decay");
+    if (decay == "none")
+      decayFlag = SAE_RT_LR_DECAY_NONE;
+    else if (decay == "linear")
+      decayFlag = SAE_RT_LR_DECAY_LINEAR;
+    else if (decay == "cosine")
+      decayFlag = SAE_RT_LR_DECAY_COSINE;
+    else
+      throw UsageError{args.command, "--lr-decay must be none, linear or "
+                                     "cosine, got '" +
+                                         decay + "'"};
+  }
+  uint64_t seedFlag = parseUnsigned(args, "seed", 0);
+  int64_t checkpointEvery = parseCountOption(args, "checkpoint-every", 0, 0);
+  int64_t logEveryFlag = parseCountOption(args, "log-every", -1, 0);
+  int64_t stopAfter = parseCountOption(args, "stop-after", 0, 1);
+
+  // The model.
+  std::string library = isSpec ? compileSpec(target, defines) : target;
+  ModelPtr model = openModel(library);
+  const sae_rt_model *m = model.get();
+  if (!sae_rt_model_entry_points(m)->train_step)
+    fail(modelLabel(m) + " has no entry point " SAE_SYM_TRAIN_STEP
+                         " (a library compiled for ABI 3 with training "
+                         "lists it in its description); it cannot be "
+                         "trained by sae");
+
+  TrainRun run;
+  run.m = m;
+  run.library = library;
+  run.config = *sae_rt_model_train_config(m);
+  run.seed = seedFlag;
+  run.shuffle = !args.has("no-shuffle");
+  run.out = args.has("out") ? args.get("out") : args.get("resume");
+  run.data = args.get("data");
+  TrainProgress progress;
+  int64_t n = sae_rt_model_latents(m);
+  progress.lastFired.assign(static_cast<size_t>(n), 0);
+
+  // A resumed run: its recorded settings are the defaults.
+  Json state;
+  std::string resumeDir = args.get("resume");
+  std::string statePath = resumeDir + "/" + kTrainerStateFile;
+  int64_t recordedTotal = 0;
+  if (!resumeDir.empty()) {
+    state = readJsonFile(statePath);
+    if (!state.is_object() || state.value("format", "") != "saec-trainer-state")
+      fail(statePath + ": not a trainer state written by sae train");
+    std::string recordedModel =
+        stateField(state, statePath, "model").is_string()
+            ? state["model"].get<std::string>()
+            : "";
+    if (recordedModel != sae_rt_model_name(m))
+      fail(resumeDir + " is a checkpoint of model '" + recordedModel +
+           "', not of " + modelLabel(m));
+    uint64_t recordedSeed = stateUnsigned(state, statePath, "seed");
+    int64_t recordedBatch =
+        static_cast<int64_t>(stateUnsigned(state, statePath, "batch"));
+    const Json &shuffle = stateField(state, statePath, "shuffle");
+    if (!shuffle.is_boolean())
+      fail(statePath + ": \"shuffle\" is not a boolean");
+    if (args.has("seed") && seedFlag != recordedSeed)
+      fail("--seed " + std::to_string(seedFlag) + " differs from the seed " +
+           std::to_string(recordedSeed) + " of the run in " + resumeDir +
+           " (a resumed run keeps its seed)");
+    if (args.has("batch") && batchFlag != recordedBatch)
+      fail("--batch " + std::to_string(batchFlag) +
+           " differs from the batch size " + std::to_string(recordedBatch) +
+           " of the run in " + resumeDir +
+           " (a resumed run keeps its batch size)");
+    if (args.has("no-shuffle") && shuffle.get<bool>())
+      fail("--no-shuffle: the run in " + resumeDir +
+           " shuffled its rows (a resumed run keeps its order)");
+    run.seed = recordedSeed;
+    run.shuffle = shuffle.get<bool>();
+    run.config.batch = recordedBatch;
+    const Json &hyper = stateField(state, statePath, "hyper");
+    if (!hyper.is_object())
+      fail(statePath + ": \"hyper\" is not an object");
+    run.config.lr = stateReal(hyper, statePath, "lr");
+    run.config.beta1 = stateReal(hyper, statePath, "beta1");
+    run.config.beta2 = stateReal(hyper, statePath, "beta2");
+    run.config.eps = stateReal(hyper, statePath, "eps");
+    run.config.clip = stateReal(hyper, statePath, "clip");
+    run.config.lr_warmup =
+        static_cast<int64_t>(stateUnsigned(hyper, statePath, "lr_warmup"));
+    run.config.sparsity_warmup = static_cast<int64_t>(
+        stateUnsigned(hyper, statePath, "sparsity_warmup"));
+    std::string decay = stateField(hyper, statePath, "lr_decay").is_string()
+                            ? hyper["lr_decay"].get<std::string>()
+                            : "";
+    if (decay == "none")
+      run.config.lr_decay = SAE_RT_LR_DECAY_NONE;
+    else if (decay == "linear")
+      run.config.lr_decay = SAE_RT_LR_DECAY_LINEAR;
+    else if (decay == "cosine")
+      run.config.lr_decay = SAE_RT_LR_DECAY_COSINE;
+    else
+      fail(statePath + ": unknown lr_decay '" + decay + "'");
+    progress.step =
+        static_cast<int64_t>(stateUnsigned(state, statePath, "step"));
+    progress.tokens =
+        static_cast<int64_t>(stateUnsigned(state, statePath, "tokens"));
+    recordedTotal =
+        static_cast<int64_t>(stateUnsigned(state, statePath, "total_steps"));
+    const Json &fired = stateField(state, statePath, "last_fired_tokens");
+    if (!fired.is_array() || fired.size() != static_cast<size_t>(n))
+      fail(statePath + ": \"last_fired_tokens\" is not an array of " +
+           std::to_string(n) + " counts");
+    for (size_t j = 0; j < fired.size(); ++j) {
+      if (!fired[j].is_number_integer())
+        fail(statePath + ": \"last_fired_tokens\" holds a non-integer");
+      progress.lastFired[j] = fired[j].get<int64_t>();
+    }
+  }
+
+  // Flags override the library's (or the resumed run's) settings.
+  sae_rt_train_config &config = run.config;
+  if (args.has("batch"))
+    config.batch = batchFlag;
+  if (args.has("lr"))
+    config.lr = lrFlag;
+  if (args.has("beta1"))
+    config.beta1 = beta1Flag;
+  if (args.has("beta2"))
+    config.beta2 = beta2Flag;
+  if (args.has("eps"))
+    config.eps = epsFlag;
+  if (args.has("clip"))
+    config.clip = clipFlag;
+  if (args.has("lr-warmup"))
+    config.lr_warmup = lrWarmupFlag;
+  if (args.has("lr-decay"))
+    config.lr_decay = decayFlag;
+  if (args.has("sparsity-warmup"))
+    config.sparsity_warmup = sparsityWarmupFlag;
+  check(sae_rt_train_config_validate(&config));
+  run.batch = config.batch;
+  run.normalizing = config.normalize == SAE_RT_NORMALIZE_EXPECTED_NORM;
+  if (run.normalizing)
+    run.folded = foldedParamIndices(m);
+  checkOutDir(run.out);
+
+  // The data.
+  TrainInputs in(m, args);
+  run.rows = in.getRows();
+  run.stepsPerEpoch = run.rows / run.batch;
+  if (run.stepsPerEpoch == 0)
+    fail(in.getPath() + " has " + std::to_string(run.rows) +
+         " rows, fewer than one batch of " + std::to_string(run.batch) +
+         " (lower --batch)");
+  if (!resumeDir.empty()) {
+    int64_t recordedRows =
+        static_cast<int64_t>(stateUnsigned(state, statePath, "data_rows"));
+    if (recordedRows != run.rows)
+      fail(in.getPath() + " has " + std::to_string(run.rows) +
+           " rows, but the run in " + resumeDir + " trained on " +
+           std::to_string(recordedRows) + " (resume with the same data)");
+  }
+  if (args.has("steps"))
+    run.totalSteps = steps;
+  else if (args.has("tokens"))
+    run.totalSteps = tokensWanted / run.batch + (tokensWanted % run.batch != 0);
+  else if (!resumeDir.empty())
+    run.totalSteps = recordedTotal;
+  else
+    run.totalSteps = run.stepsPerEpoch;
+  int64_t stopAt = run.totalSteps;
+  if (stopAfter > 0)
+    stopAt = std::min(stopAt, stopAfter);
+  int64_t firstStep = progress.step;
+  int64_t logEvery = logEveryFlag >= 0
+                         ? logEveryFlag
+                         : std::max<int64_t>(1, run.totalSteps / 100);
+  bool timedLogs = logEveryFlag < 0;
+
+  int64_t d = sae_rt_model_input_dim(m);
+  int64_t sampleRows = std::min(run.rows, kSampleRows);
+  if (run.normalizing) {
+    if (!resumeDir.empty()) {
+      run.normFactor = stateReal(state, statePath, "normalization_factor");
+      if (!(run.normFactor > 0) || !std::isfinite(run.normFactor))
+        fail(statePath + ": \"normalization_factor\" is not a positive number");
+    } else {
+      std::vector<int64_t> ids(static_cast<size_t>(sampleRows));
+      std::iota(ids.begin(), ids.end(), int64_t(0));
+      in.allocate(sampleRows);
+      in.gather(ids.data(), sampleRows);
+      double normSum = 0;
+      const float *x = in.x();
+      for (int64_t r = 0; r < sampleRows; ++r) {
+        double sum = 0;
+        for (int64_t j = 0; j < d; ++j)
+          sum += static_cast<double>(x[r * d + j]) * x[r * d + j];
+        normSum += std::sqrt(sum);
+      }
+      double meanNorm = normSum / static_cast<double>(sampleRows);
+      if (!(meanNorm > 0))
+        fail(in.getPath() + ": the first " + std::to_string(sampleRows) +
+             " rows are all zero; they cannot set the normalisation factor");
+      run.normFactor = std::sqrt(static_cast<double>(d)) / meanNorm;
+    }
+  }
+  float scale = static_cast<float>(run.normFactor);
+
+  // Parameters and optimizer state.
+  ParamBuffers params, scratch, adamM, adamV;
+  check(sae_rt_params_alloc(m, params.out()));
+  check(sae_rt_trainable_alloc(m, adamM.out()));
+  check(sae_rt_trainable_alloc(m, adamV.out()));
+  if (run.normalizing)
+    check(sae_rt_params_alloc(m, scratch.out()));
+  size_t paramCount = sae_rt_model_param_count(m);
+  if (!resumeDir.empty()) {
+    check(sae_rt_checkpoint_load(m, resumeDir.c_str(), params.get()));
+    std::string optimizerPath = resumeDir + "/" + kOptimizerFile;
+    sae_rt_safetensors *raw = nullptr;
+    check(sae_rt_safetensors_open(optimizerPath.c_str(), &raw));
+    SafetensorsPtr st(raw);
+    size_t slot = 0;
+    for (size_t i = 0; i < paramCount; ++i) {
+      if (!sae_rt_model_param_trainable(m, i))
+        continue;
+      std::string name = sae_rt_model_param_name(m, i);
+      readTensor(st.get(), optimizerPath, name + ".exp_avg", m, i,
+                 adamM.get()[slot]);
+      readTensor(st.get(), optimizerPath, name + ".exp_avg_sq", m, i,
+                 adamV.get()[slot]);
+      ++slot;
+    }
+    // The saved weights are folded; the exact training values are kept.
+    if (run.normalizing)
+      for (size_t i : run.folded)
+        readTensor(st.get(), optimizerPath,
+                   std::string(sae_rt_model_param_name(m, i)) + ".training", m,
+                   i, params.get()[i]);
+  } else if (args.has("init")) {
+    check(sae_rt_checkpoint_load(m, args.get("init").c_str(), params.get()));
+  } else {
+    std::vector<float> sample;
+    int64_t initRows = 0;
+    if (sae_rt_model_init_needs_data(m)) {
+      initRows = sampleRows;
+      std::vector<int64_t> ids(static_cast<size_t>(initRows));
+      std::iota(ids.begin(), ids.end(), int64_t(0));
+      in.allocate(initRows);
+      in.gather(ids.data(), initRows);
+      sample.assign(in.x(), in.x() + elements(initRows, d));
+      if (run.normalizing)
+        for (float &value : sample)
+          value *= scale;
+    }
+    check(sae_rt_model_init(m, run.seed, initRows,
+                            initRows ? sample.data() : nullptr, params.get()));
+  }
+
+  // Buffers of a step.
+  in.allocate(run.batch);
+  size_t termCount = sae_rt_model_loss_term_count(m);
+  std::vector<float> losses(termCount + 1), metrics(SAE_METRIC_COUNT),
+      fired(static_cast<size_t>(n)), hyper(SAE_HYPER_COUNT);
+  std::vector<int64_t> order, batchRows(static_cast<size_t>(run.batch));
+  int64_t orderEpoch = -1;
+  Window window;
+  window.reset(losses.size());
+  Json history = Json::array();
+  Json lastReport;
+  double lastLr = NAN;
+
+  bool tty = ::isatty(STDERR_FILENO) == 1;
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point start = Clock::now(), lastLog = start;
+  int64_t lastSaved =
+      resumeDir.empty() || run.out != resumeDir ? -1 : firstStep;
+  bool wroteLine = false;
+
+  auto deadCount = [&]() {
+    int64_t dead = 0;
+    for (int64_t fire : progress.lastFired)
+      dead += fire == 0 ? progress.tokens > 0
+                        : progress.tokens - fire >= kDeadWindowTokens;
+    return dead;
+  };
+  auto keptText = [&]() {
+    if (lastSaved >= 0)
+      return "the checkpoint of step " + std::to_string(lastSaved) + " in " +
+             run.out + " is kept";
+    return "no checkpoint was written to " + run.out;
+  };
+
+  // A progress report over the window; prints it when `print`.
+  auto report = [&](bool print) {
+    double seconds =
+        std::chrono::duration<double>(Clock::now() - start).count();
+    double runTokens =
+        static_cast<double>(progress.tokens) -
+        static_cast<double>(firstStep) * static_cast<double>(run.batch);
+    double rate = seconds > 0 ? runTokens / seconds : 0.0;
+    int64_t doneHere = progress.step - firstStep;
+    double eta = doneHere > 0 ? seconds / static_cast<double>(doneHere) *
+                                    static_cast<double>(stopAt - progress.step)
+                              : NAN;
+    double stepsInWindow = static_cast<double>(window.steps);
+    Json entry = Json::object();
+    entry["step"] = progress.step;
+    entry["tokens"] = progress.tokens;
+    entry["seconds"] = seconds;
+    entry["tokens_per_s"] = rate;
+    entry["lr"] = number(lastLr);
+    entry["loss"] = number(window.lossSums[0] / stepsInWindow);
+    Json terms = Json::object();
+    for (size_t i = 0; i < termCount; ++i)
+      terms[sae_rt_model_loss_term_name(m, i)] =
+          number(window.lossSums[i + 1] / stepsInWindow);
+    entry["terms"] = terms;
+    entry["l0"] = number(window.active / static_cast<double>(window.rows));
+    entry["fvu"] = number(window.sst > 0 ? window.sse / window.sst : NAN);
+    int64_t dead = deadCount();
+    entry["dead_latents"] = dead;
+    entry["dead_fraction"] = static_cast<double>(dead) / static_cast<double>(n);
+    history.push_back(entry);
+    lastReport = entry;
+    if (print) {
+      std::string line = "sae train: step " + std::to_string(progress.step) +
+                         "/" + std::to_string(run.totalSteps) + " | " +
+                         shortNumber(rate) + " tok/s | ETA " +
+                         formatDuration(eta) + " | loss " +
+                         shortNumber(window.lossSums[0] / stepsInWindow);
+      for (size_t i = 0; i < termCount; ++i)
+        line += std::string(i ? ", " : " (") +
+                sae_rt_model_loss_term_name(m, i) + " " +
+                shortNumber(window.lossSums[i + 1] / stepsInWindow);
+      if (termCount)
+        line += ")";
+      line += " | L0 " +
+              shortNumber(window.active / static_cast<double>(window.rows)) +
+              " | FVU " +
+              (window.sst > 0 ? shortNumber(window.sse / window.sst) : "n/a") +
+              " | dead " +
+              shortNumber(100.0 * static_cast<double>(dead) /
+                          static_cast<double>(n)) +
+              "% | lr " + shortNumber(lastLr);
+      if (tty)
+        std::fprintf(stderr, "\r\033[K%s", line.c_str());
+      else
+        std::fprintf(stderr, "%s\n", line.c_str());
+      std::fflush(stderr);
+      wroteLine = true;
+    }
+    window.reset(losses.size());
+    lastLog = Clock::now();
+  };
+
+  std::signal(SIGINT, onStopSignal);
+  std::signal(SIGTERM, onStopSignal);
+  while (progress.step < stopAt && !stopSignal) {
+    int64_t t = progress.step + 1;
+    // The rows of step t.
+    int64_t index = t - 1;
+    int64_t epoch = index / run.stepsPerEpoch;
+    int64_t position = (index % run.stepsPerEpoch) * run.batch;
+    if (run.shuffle && epoch != orderEpoch) {
+      order.resize(static_cast<size_t>(run.rows));
+      check(sae_rt_train_permutation(run.seed, static_cast<uint64_t>(epoch),
+                                     run.rows, order.data()));
+      orderEpoch = epoch;
+    }
+    for (int64_t r = 0; r < run.batch; ++r)
+      batchRows[static_cast<size_t>(r)] =
+          run.shuffle ? order[static_cast<size_t>(position + r)] : position + r;
+    try {
+      in.gather(batchRows.data(), run.batch);
+    } catch (const ToolError &error) {
+      fail("step " + std::to_string(t) + ": " + error.message +
+           "; training stopped, " + keptText());
+    }
+    if (run.normalizing) {
+      float *x = in.x();
+      size_t count = elements(run.batch, d);
+      for (size_t i = 0; i < count; ++i)
+        x[i] *= scale;
+    }
+    check(sae_rt_train_hyper(&config, t, run.totalSteps, hyper.data()));
+    lastLr = floatValue(hyper[SAE_HYPER_LR]);
+    uint64_t stepSeed =
+        sae_rt_train_step_seed(run.seed, static_cast<uint64_t>(t));
+    sae_rt_status status = sae_rt_model_train_step(
+        m, run.batch, in.get(), params.get(), adamM.get(), adamV.get(),
+        hyper.data(), stepSeed, losses.data(), metrics.data(), fired.data());
+    if (status != SAE_RT_OK)
+      fail("step " + std::to_string(t) + ": " + sae_rt_last_error() +
+           "; training stopped without saving this step's parameters; " +
+           keptText());
+    for (size_t i = 0; i < losses.size(); ++i) {
+      if (std::isfinite(losses[i]))
+        continue;
+      std::string values;
+      for (size_t j = 0; j < losses.size(); ++j)
+        values +=
+            (j ? ", " : "") +
+            std::string(j ? sae_rt_model_loss_term_name(m, j - 1) : "total") +
+            " " + realText(losses[j]);
+      fail("step " + std::to_string(t) + ": loss is " + realText(losses[i]) +
+           " (" + values +
+           "); training stopped without saving this step's parameters; " +
+           keptText());
+    }
+    progress.step = t;
+    progress.tokens += run.batch;
+    for (int64_t j = 0; j < n; ++j)
+      if (fired[static_cast<size_t>(j)] > 0)
+        progress.lastFired[static_cast<size_t>(j)] = progress.tokens;
+    ++window.steps;
+    window.rows += run.batch;
+    window.sse += metrics[SAE_METRIC_SSE];
+    window.sst += metrics[SAE_METRIC_SST];
+    window.active += metrics[SAE_METRIC_ACTIVE];
+    for (size_t i = 0; i < losses.size(); ++i)
+      window.lossSums[i] += losses[i];
+
+    bool last = t == stopAt || stopSignal;
+    bool due = logEvery > 0 && t % logEvery == 0;
+    bool timed =
+        timedLogs && Clock::now() - lastLog >= std::chrono::seconds(10);
+    if (last || due || timed)
+      report(logEvery > 0 || timedLogs);
+    if (!last && checkpointEvery > 0 && t % checkpointEvery == 0) {
+      saveTrainCheckpoint(run, progress, params.get(), adamM.get(), adamV.get(),
+                          scratch.get());
+      lastSaved = t;
+    }
+  }
+  if (tty && wroteLine)
+    std::fputc('\n', stderr);
+  bool ranSteps = progress.step > firstStep;
+  if (ranSteps) {
+    saveTrainCheckpoint(run, progress, params.get(), adamM.get(), adamV.get(),
+                        scratch.get());
+    lastSaved = progress.step;
+  }
+  double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  double runTokens = static_cast<double>(progress.step - firstStep) *
+                     static_cast<double>(run.batch);
+
+  Json summary = Json::object();
+  summary["steps"] = progress.step;
+  summary["total_steps"] = run.totalSteps;
+  summary["tokens"] = progress.tokens;
+  summary["seconds"] = seconds;
+  summary["tokens_per_s"] = seconds > 0 ? runTokens / seconds : 0.0;
+  summary["loss"] = ranSteps ? lastReport["loss"] : Json(nullptr);
+  Json terms = Json::object();
+  for (size_t i = 0; i < termCount; ++i) {
+    const char *name = sae_rt_model_loss_term_name(m, i);
+    terms[name] = ranSteps ? lastReport["terms"][name] : Json(nullptr);
+  }
+  summary["terms"] = terms;
+  summary["fvu"] = ranSteps ? lastReport["fvu"] : Json(nullptr);
+  summary["l0"] = ranSteps ? lastReport["l0"] : Json(nullptr);
+  int64_t dead = deadCount();
+  summary["dead_latents"] = dead;
+  summary["dead_fraction"] = static_cast<double>(dead) / static_cast<double>(n);
+  summary["lr"] = number(lastLr);
+  summary["normalization_factor"] =
+      run.normalizing ? Json(run.normFactor) : Json(nullptr);
+  summary["completed"] = progress.step >= run.totalSteps;
+  summary["out"] = run.out;
+  std::printf("%s\n", flatJson(summary).c_str());
+  if (args.has("metrics-json")) {
+    Json full = summary;
+    full["history"] = history;
+    writeFileAtomically(args.get("metrics-json"), full.dump(2) + "\n");
+  }
+  if (stopSignal) {
+    std::fflush(stdout);
+    std::fprintf(stderr,
+                 "sae train: interrupted after step %" PRId64
+                 "; the checkpoint is in %s (continue with --resume %s)\n",
+                 progress.step, run.out.c_str(), run.out.c_str());
+    return 130;
+  }
+  return 0;
+}
+
 int dispatch(int argc, char **argv) {
   if (argc < 2) {
     std::fputs(kMainHelp, stderr);
@@ -2064,12 +3552,21 @@ int dispatch(int argc, char **argv) {
     return runEval(argc, argv);
   if (command == "synth")
     return runSynth(argc, argv);
+  if (command == "train")
+    return runTrain(argc, argv);
   throw UsageError{"", "unknown command '" + command + "'"};
 }
 
 } // namespace
 
+/// The runtime's fault-injection hook (status.cpp; not in the public
+/// header): the unit tests arm it through $SAE_TESTING_FAULTS to kill the
+/// tool in the middle of a checkpoint write.
+extern "C" void sae_rt_testing_set_fault(const char *points);
+
 int main(int argc, char **argv) {
+  if (const char *faults = std::getenv("SAE_TESTING_FAULTS"))
+    sae_rt_testing_set_fault(faults);
   try {
     int status = dispatch(argc, argv);
     if (std::fflush(stdout) != 0) {

@@ -1,18 +1,41 @@
-// RUN: sae-opt %s -split-input-file -convert-sae-to-linalg | FileCheck %s
+// RUN: sae-opt %s -split-input-file -convert-sae-to-linalg=vector-lanes=8 | FileCheck %s
 
-// Tests that the encoder product is a generic whose reduction loop is outside
-// the contiguous output loop (i, k, j), accumulating into a zero-filled init.
+// Tests that a product whose width is not a multiple of two vectors is a
+// generic whose reduction loop is outside the contiguous output loop
+// (i, k, j), accumulating into a zero-filled init.
 // CHECK-DAG: #[[IK:.*]] = affine_map<(d0, d1, d2) -> (d0, d1)>
 // CHECK-DAG: #[[KJ:.*]] = affine_map<(d0, d1, d2) -> (d1, d2)>
 // CHECK-DAG: #[[IJ:.*]] = affine_map<(d0, d1, d2) -> (d0, d2)>
 // CHECK-LABEL: func.func @linear
-// CHECK-SAME: (%[[X:.*]]: tensor<?x16xf32>, %[[W:.*]]: tensor<16x64xf32>)
-// CHECK: %[[INIT:.*]] = linalg.fill ins(%{{.*}} : f32) outs(%{{.*}} : tensor<?x64xf32>)
+// CHECK-SAME: (%[[X:.*]]: tensor<?x16xf32>, %[[W:.*]]: tensor<16x20xf32>)
+// CHECK: %[[INIT:.*]] = linalg.fill ins(%{{.*}} : f32) outs(%{{.*}} : tensor<?x20xf32>)
 // CHECK: linalg.generic {indexing_maps = [#[[IK]], #[[KJ]], #[[IJ]]], iterator_types = ["parallel", "reduction", "parallel"]}
-// CHECK-SAME: ins(%[[X]], %[[W]] : tensor<?x16xf32>, tensor<16x64xf32>) outs(%[[INIT]] : tensor<?x64xf32>)
+// CHECK-SAME: ins(%[[X]], %[[W]] : tensor<?x16xf32>, tensor<16x20xf32>) outs(%[[INIT]] : tensor<?x20xf32>)
 // CHECK: arith.mulf
 // CHECK: arith.addf
-func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>) -> tensor<?x64xf32> {
+func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x20xf32>) -> tensor<?x20xf32> {
+  %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x20xf32> -> tensor<?x20xf32>
+  return %0 : tensor<?x20xf32>
+}
+
+// -----
+
+// Tests the register-blocked kernel for a width that is a multiple of two
+// vectors (8 lanes here): a [K, 16] panel of the weight is packed per
+// column block, then blocks of 6 rows keep 6 × 2 vector accumulators over k
+// (one broadcast of x[i, k] and two FMAs per row), and the leftover rows
+// go one at a time.
+// CHECK-LABEL: func.func @linear_kernel
+// CHECK: %[[PANEL:.*]] = memref.alloc() : memref<16x16xf32>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %c96
+// CHECK: scf.for %[[J:.*]] = %{{.*}} to %c64 step %c16
+// CHECK: vector.load {{.*}} : memref<16x64xf32>, vector<8xf32>
+// CHECK: vector.store {{.*}}, %[[PANEL]]
+// CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>)
+// CHECK-COUNT-12: vector.fma
+// CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>, vector<8xf32>)
+// CHECK-COUNT-2: vector.fma
+func.func @linear_kernel(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>) -> tensor<?x64xf32> {
   %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
   return %0 : tensor<?x64xf32>
 }

@@ -73,7 +73,7 @@ TEST_F(CheckpointTest, SaveLoadRoundTrip) {
   std::string cfg = readFile(ckpt + "/cfg.json");
   EXPECT_TRUE(contains(cfg, "\"architecture\": \"topk\""));
   EXPECT_TRUE(contains(cfg, "\"d_sae\": 8"));
-  EXPECT_TRUE(contains(cfg, "\"saec_abi_version\": 2"));
+  EXPECT_TRUE(contains(cfg, "\"saec_abi_version\": 3"));
   EXPECT_TRUE(contains(cfg, "\"saec_model\": \"fake_topk\""));
   expectLoadsSame(ckpt);
 
@@ -286,7 +286,7 @@ TEST_F(CheckpointTest, DefaultCfgWithoutCfgObject) {
             SAE_RT_OK);
   EXPECT_EQ(readFile(ckpt + "/cfg.json"),
             "{\n  \"d_in\": 4,\n  \"d_sae\": 8,\n  \"dtype\": \"float32\",\n"
-            "  \"saec_abi_version\": 2,\n  \"saec_model\": \"fake_topk\"\n}\n");
+            "  \"saec_abi_version\": 3,\n  \"saec_model\": \"fake_topk\"\n}\n");
 }
 
 } // namespace

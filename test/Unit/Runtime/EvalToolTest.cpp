@@ -477,7 +477,7 @@ TEST(EvalModelTest, TrueDictNeedsAParameterWDec) {
   // The fake TopK model under another description: its decoder is named
   // 'decoder' (its forward still writes the total and two loss terms).
   ScopedEnv env("SAE_FAKE_DESCRIBE",
-                "{\"abi_version\": 2, \"name\": \"nodec\", \"input\": "
+                "{\"abi_version\": 3, \"name\": \"nodec\", \"input\": "
                 "{\"name\": \"x\", \"dim\": 4}, \"latents\": 8, \"codes\": "
                 "{\"kind\": \"sparse\", \"k\": 2}, \"loss_terms\": "
                 "[\"recon\", \"sparsity\"], \"params\": [{\"name\": "

@@ -46,9 +46,9 @@ TEST(ModelLoadTest, LibraryWithoutTheSymbols) {
 
 TEST(ModelLoadTest, WrongAbiVersion) {
   ModelGuard g;
-  expectError(sae_rt_model_open(SAE_FAKE_ABI1, &g.model), SAE_RT_ERR_ABI,
-              {"was built for saec ABI version 1",
-               "this runtime implements version 2",
+  expectError(sae_rt_model_open(SAE_FAKE_ABI2, &g.model), SAE_RT_ERR_ABI,
+              {"was built for saec ABI version 2",
+               "this runtime implements version 3",
                "recompile it with a matching saec"});
   EXPECT_EQ(g.model, nullptr);
 }
@@ -91,7 +91,7 @@ TEST(ModelLoadTest, FakeTopkLoads) {
   EXPECT_STREQ(sae_rt_model_name(m), "fake_topk");
   EXPECT_STREQ(sae_rt_model_path(m), SAE_FAKE_TOPK);
   EXPECT_STREQ(sae_rt_model_source(m), "test/Unit/Runtime/fake_model.c");
-  EXPECT_EQ(sae_rt_model_abi_version(m), 2u);
+  EXPECT_EQ(sae_rt_model_abi_version(m), 3u);
   EXPECT_EQ(sae_rt_model_input_dim(m), 4);
   ASSERT_EQ(sae_rt_model_input_count(m), 1u);
   EXPECT_STREQ(sae_rt_model_input_name(m, 0), "x");
@@ -141,7 +141,7 @@ TEST(ModelLoadTest, FakeTopkLoads) {
   // cfg.json: the model's cfg plus the saec keys, in order.
   std::string cfg = sae_rt_model_cfg_json(m);
   EXPECT_TRUE(contains(cfg, "\"architecture\": \"topk\""));
-  EXPECT_TRUE(contains(cfg, "\"saec_abi_version\": 2"));
+  EXPECT_TRUE(contains(cfg, "\"saec_abi_version\": 3"));
   EXPECT_TRUE(contains(cfg, "\"saec_model\": \"fake_topk\""));
   EXPECT_LT(cfg.find("architecture"), cfg.find("saec_model"));
 }
@@ -235,7 +235,7 @@ TEST(ModelLoadTest, NullModelAccessors) {
 }
 
 //===----------------------------------------------------------------------===//
-// Description schema (version 2), through the fake model whose description
+// Description schema (version 3), through the fake model whose description
 // comes from $SAE_FAKE_DESCRIBE
 //===----------------------------------------------------------------------===//
 
@@ -245,7 +245,7 @@ std::string
 describeWith(const std::string &fields,
              const std::string &input = "{\"name\": \"x\", \"dim\": 4}",
              const std::string &codes = "{\"kind\": \"sparse\", \"k\": 2}") {
-  std::string text = "{\"abi_version\": 2, \"name\": \"custom\", ";
+  std::string text = "{\"abi_version\": 3, \"name\": \"custom\", ";
   if (!fields.empty())
     text += fields + ", ";
   if (!input.empty())

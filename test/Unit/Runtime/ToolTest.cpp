@@ -149,7 +149,7 @@ TEST(ToolInfoTest, TableAndJson) {
   RunResult info = runSae(std::string("info ") + q(SAE_FAKE_TOPK), dir);
   ASSERT_EQ(info.exitCode, 0) << info.err;
   for (const char *fragment :
-       {"fake_topk", "ABI version   2", "input dim     4",
+       {"fake_topk", "ABI version   3", "input dim     4",
         "inputs        x [4]\n", "latents       8",
         "sparse, k = 2, layout rows", "topk (k = 2)", "mse",
         "loss terms    recon, sparsity\n", "init data     not needed\n",

@@ -158,7 +158,7 @@ struct DimRefAST {
 
 class DeclAST {
 public:
-  enum DeclKind { Dim, Input, Param, Let, Encode, Decode, Loss };
+  enum DeclKind { Dim, Input, Param, Let, Encode, Decode, Loss, Setting };
   DeclAST(DeclKind kind, SourceRange range, std::string name)
       : kind(kind), range(range), name(std::move(name)) {}
   virtual ~DeclAST() = default;
@@ -223,6 +223,18 @@ public:
   static bool classof(const DeclAST *d) {
     return d->getKind() >= Let && d->getKind() <= Loss;
   }
+
+private:
+  ExprPtr value;
+};
+
+/// `key = value;` inside `train { ... }`: a training hyperparameter.
+class SettingDeclAST : public DeclAST {
+public:
+  SettingDeclAST(SourceRange r, std::string key, ExprPtr value)
+      : DeclAST(Setting, r, std::move(key)), value(std::move(value)) {}
+  const ExprAST &getValue() const { return *value; }
+  static bool classof(const DeclAST *d) { return d->getKind() == Setting; }
 
 private:
   ExprPtr value;

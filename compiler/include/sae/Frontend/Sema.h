@@ -45,6 +45,18 @@ struct ValueType {
   std::string str() const;
 };
 
+/// The `train { ... }` section with its defaults (docs/language.md).
+struct TrainConfig {
+  double lr = 2e-4, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  /// Maximum global gradient norm; 0 disables clipping.
+  double clip = 0;
+  int64_t lrWarmup = 0, sparsityWarmup = 0, batch = 4096;
+  std::string lrDecay = "none";      // none | linear | cosine
+  std::string normalize = "none";    // none | expected_norm
+  /// The parameter whose rows the unit-norm rule keeps at norm 1, or null.
+  const TensorDeclAST *unitNorm = nullptr;
+};
+
 /// A model that passed semantic analysis, with everything MLIRGen needs.
 struct CheckedModel {
   const ModelAST *ast = nullptr;
@@ -89,6 +101,8 @@ struct CheckedModel {
   /// Per call and argument position: the value of integer and numeric
   /// constant arguments (or their defaults).
   llvm::DenseMap<const CallExprAST *, std::vector<double>> callConstants;
+
+  TrainConfig train;
 
   int64_t getDim(llvm::StringRef name) const;
 };

@@ -7,9 +7,11 @@ include "mlir/Pass/PassBase.td"
 def ConvertSaeToLinalg : Pass<"convert-sae-to-linalg", "ModuleOp"> {
   let summary = "Lower sae ops to linalg, tensor, scf, memref and arith";
   let description = [{
-    Dense ops become `linalg.generic` on tensors (the encoder product with
-    the reduction loop outside the contiguous output loop, so that plain
-    loops vectorise). Selection (`sae.topk`) becomes a per-row insertion
+    Dense ops become `linalg.generic` on tensors, except the products
+    (`sae.linear`) whose width is a multiple of two vectors: those become a
+    register-blocked kernel on buffers (a packed panel of the weight, 6 rows
+    × 2 vectors of accumulators, vector FMAs), with `vector-lanes` f32 lanes
+    per vector (0: 16 when the host has AVX-512, else 8). Selection (`sae.topk`) becomes a per-row insertion
     into a k-slot buffer written with scf loops on memrefs; sparse codes are
     carried as their values and indices tensors, and `sae.decode` becomes a
     gather: a `linalg.generic` over `[B, k, d]` that reads decoder rows with
@@ -19,7 +21,11 @@ def ConvertSaeToLinalg : Pass<"convert-sae-to-linalg", "ModuleOp"> {
     "::mlir::arith::ArithDialect", "::mlir::bufferization::BufferizationDialect",
     "::mlir::linalg::LinalgDialect", "::mlir::math::MathDialect",
     "::mlir::memref::MemRefDialect", "::mlir::scf::SCFDialect",
-    "::mlir::tensor::TensorDialect"
+    "::mlir::tensor::TensorDialect", "::mlir::vector::VectorDialect"
+  ];
+  let options = [
+    Option<"vectorLanes", "vector-lanes", "int64_t", /*default=*/"0",
+           "f32 lanes per vector of the product kernel (0: from the host)">
   ];
 }
 

@@ -28,4 +28,31 @@ def EmitCABI : Pass<"sae-emit-c-abi", "ModuleOp"> {
   ];
 }
 
+def Differentiate : Pass<"sae-differentiate", "ModuleOp"> {
+  let summary = "Replace sae.gradient by the reverse sweep of its block";
+  let description = [{
+    Reverse-mode differentiation on the sae dialect. For every
+    `sae.gradient %loss wrt %args`, the ops of its block that lie between
+    the arguments and the loss are visited in reverse, each contributing the
+    vector-Jacobian product of its gradient rule (see each op's
+    description). Gradients flowing back through a selection stay sparse
+    codes with the selection's entries, and rules that commute with
+    sparsity (relu, bias_add/sub, linear, add, sub, scale) pass them on
+    sparse: the encoder weight's gradient is then `sae.outer` (work B·k·d),
+    never a dense [B, n] product. An op without a rule on the path from a
+    parameter to the loss is an error naming the op.
+
+    With `drop-untrainable` (what saec runs), such a model still compiles:
+    the pass warns, removes the entry functions that hold a `sae.gradient`
+    and records the reason in the module's `sae.describe` JSON
+    ("untrainable"), dropping those entry points from its list.
+  }];
+  let options = [
+    Option<"dropUntrainable", "drop-untrainable", "bool", /*default=*/"false",
+           "Remove entry points whose gradient cannot be derived (with a "
+           "warning) instead of failing">
+  ];
+  let dependentDialects = ["::mlir::arith::ArithDialect"];
+}
+
 #endif // SAE_TRANSFORMS_PASSES_TD

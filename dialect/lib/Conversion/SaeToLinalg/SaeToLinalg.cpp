@@ -15,8 +15,10 @@
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+#include "llvm/TargetParser/Host.h"
 
 #include <cmath>
 
@@ -174,14 +176,137 @@ Value negInfOf(OpBuilder &b, Location l, Type elt) {
 // Dense ops
 //===----------------------------------------------------------------------===//
 
-/// out[i, j] = Σ_k in[i, k] · w[k, j], with loops (i, k, j): the innermost
-/// loop walks a row of `w` and of `out` contiguously.
+/// Register-blocked product C[M, N] = A[M, K] · B[K, N] on row-major
+/// buffers, N a multiple of 2·lanes. For each panel of 2·lanes columns of B
+/// (copied into a contiguous [K, 2·lanes] buffer, so that walking k stays in
+/// a few pages), blocks of kRows rows accumulate kRows × 2 vectors in
+/// registers over k: broadcast A[i, k], fused multiply-add with the panel's
+/// row k. The rows left over go one at a time.
+constexpr int64_t kRows = 6;
+
+void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
+                   Value m, int64_t k, int64_t n, int64_t lanes) {
+  Type f32 = b.getF32Type();
+  auto vecType = VectorType::get({lanes}, f32);
+  int64_t cols = 2 * lanes;
+  auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
+    return arith::ConstantIndexOp::create(ob, loc, v);
+  };
+  Value panel =
+      memref::AllocOp::create(b, loc, MemRefType::get({k, cols}, f32));
+  // Rows [r0, r0 + rows) of the panel, which holds columns [j, j + cols).
+  auto block = [&](OpBuilder &ob, Value r0, int64_t rows, Value j) {
+    Value zero = arith::ConstantOp::create(
+        ob, loc, DenseElementsAttr::get(vecType, ob.getF32FloatAttr(0.0)));
+    SmallVector<Value> init(rows * 2, zero);
+    auto loop = scf::ForOp::create(
+        ob, loc, idx(ob, 0), idx(ob, k), idx(ob, 1), init,
+        [&](OpBuilder &kb, Location l, Value kk, ValueRange acc) {
+          Value b0 = vector::LoadOp::create(kb, l, vecType, panel,
+                                            ValueRange{kk, idx(kb, 0)});
+          Value b1 = vector::LoadOp::create(kb, l, vecType, panel,
+                                            ValueRange{kk, idx(kb, lanes)});
+          SmallVector<Value> next;
+          for (int64_t r = 0; r < rows; ++r) {
+            Value row = arith::AddIOp::create(kb, l, r0, idx(kb, r));
+            Value s = memref::LoadOp::create(kb, l, a, ValueRange{row, kk});
+            Value sv = vector::BroadcastOp::create(kb, l, vecType, s);
+            next.push_back(vector::FMAOp::create(kb, l, sv, b0, acc[2 * r]));
+            next.push_back(
+                vector::FMAOp::create(kb, l, sv, b1, acc[2 * r + 1]));
+          }
+          scf::YieldOp::create(kb, l, next);
+        });
+    for (int64_t r = 0; r < rows; ++r) {
+      Value row = arith::AddIOp::create(ob, loc, r0, idx(ob, r));
+      for (int64_t v = 0; v < 2; ++v) {
+        Value col = arith::AddIOp::create(ob, loc, j, idx(ob, v * lanes));
+        vector::StoreOp::create(ob, loc, loop.getResult(2 * r + v), c,
+                                ValueRange{row, col});
+      }
+    }
+  };
+  // Packs columns [j, j + cols) of B into the panel.
+  auto pack = [&](OpBuilder &jb, Location l, Value j) {
+    scf::ForOp::create(
+        jb, l, idx(jb, 0), idx(jb, k), idx(jb, 1), ValueRange{},
+        [&](OpBuilder &pb, Location pl, Value kk, ValueRange) {
+          for (int64_t v = 0; v < 2; ++v) {
+            Value col = arith::AddIOp::create(pb, pl, j, idx(pb, v * lanes));
+            Value x =
+                vector::LoadOp::create(pb, pl, vecType, bm, ValueRange{kk, col});
+            vector::StoreOp::create(pb, pl, x, panel,
+                                    ValueRange{kk, idx(pb, v * lanes)});
+          }
+          scf::YieldOp::create(pb, pl);
+        });
+  };
+  // Row blocks of kRows·kBlocks rows (their A rows stay in L2 while every
+  // panel goes by), then the rows left over one at a time.
+  constexpr int64_t kBlocks = 16;
+  Value rem = arith::RemUIOp::create(b, loc, m, idx(b, kRows));
+  Value full = arith::SubIOp::create(b, loc, m, rem);
+  scf::ForOp::create(
+      b, loc, idx(b, 0), full, idx(b, kRows * kBlocks), ValueRange{},
+      [&](OpBuilder &ob, Location l, Value i0, ValueRange) {
+        Value i1 = arith::MinUIOp::create(
+            ob, l, arith::AddIOp::create(ob, l, i0, idx(ob, kRows * kBlocks)),
+            full);
+        scf::ForOp::create(
+            ob, l, idx(ob, 0), idx(ob, n), idx(ob, cols), ValueRange{},
+            [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
+              pack(jb, jl, j);
+              scf::ForOp::create(
+                  jb, jl, i0, i1, idx(jb, kRows), ValueRange{},
+                  [&](OpBuilder &ib, Location il, Value i, ValueRange) {
+                    block(ib, i, kRows, j);
+                    scf::YieldOp::create(ib, il);
+                  });
+              scf::YieldOp::create(jb, jl);
+            });
+        scf::YieldOp::create(ob, l);
+      });
+  scf::ForOp::create(
+      b, loc, idx(b, 0), idx(b, n), idx(b, cols), ValueRange{},
+      [&](OpBuilder &jb, Location l, Value j, ValueRange) {
+        pack(jb, l, j);
+        scf::ForOp::create(jb, l, full, m, idx(jb, 1), ValueRange{},
+                           [&](OpBuilder &ib, Location il, Value i, ValueRange) {
+                             block(ib, i, 1, j);
+                             scf::YieldOp::create(ib, il);
+                           });
+        scf::YieldOp::create(jb, l);
+      });
+}
+
+/// out[i, j] = Σ_k in[i, k] · w[k, j]. f32 with a static inner dimension
+/// and a width that is a multiple of two vectors: the register-blocked kernel
+/// above; otherwise a linalg.generic with loops (i, k, j).
 struct LinearLowering : OpRewritePattern<LinearOp> {
-  using OpRewritePattern::OpRewritePattern;
+  LinearLowering(MLIRContext *ctx, int64_t lanes)
+      : OpRewritePattern(ctx), lanes(lanes) {}
+  int64_t lanes;
   LogicalResult matchAndRewrite(LinearOp op,
                                 PatternRewriter &rewriter) const override {
     Location loc = op.getLoc();
     MLIRContext *ctx = op.getContext();
+    auto inType = op.getInput().getType();
+    auto outType = op.getType();
+    int64_t kDim = inType.getDimSize(1), nDim = outType.getDimSize(1);
+    if (inType.getElementType().isF32() &&
+        !ShapedType::isDynamic(kDim) && !ShapedType::isDynamic(nDim) &&
+        nDim % (2 * lanes) == 0 && op.getWeight().getType().hasStaticShape()) {
+      Value a = toBuffer(rewriter, loc, op.getInput());
+      Value w = toBuffer(rewriter, loc, op.getWeight());
+      Value m = tensor::DimOp::create(rewriter, loc, op.getInput(), 0);
+      SmallVector<Value> dyn;
+      if (outType.isDynamicDim(0))
+        dyn.push_back(m);
+      Value out = allocLike(rewriter, loc, outType, dyn);
+      emitPanelGemm(rewriter, loc, a, w, out, m, kDim, nDim, lanes);
+      rewriter.replaceOp(op, asTensor(rewriter, loc, outType, out));
+      return success();
+    }
     Value init = filledTensor(rewriter, loc, op.getType(), op.getInput(), 0.0);
     AffineExpr i, k, j;
     bindDims(ctx, i, k, j);
@@ -252,6 +377,23 @@ struct ScaleLowering : OpRewritePattern<ScaleOp> {
   }
 };
 
+struct ShiftLowering : OpRewritePattern<ShiftOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(ShiftOp op,
+                                PatternRewriter &rewriter) const override {
+    AffineMap id = rewriter.getMultiDimIdentityMap(op.getType().getRank());
+    Value shift = op.getShift();
+    rewriter.replaceOp(op, buildElementwise(
+                               rewriter, op.getLoc(), op.getInput(),
+                               {op.getInput()}, {id},
+                               [&](OpBuilder &b, Location l, ValueRange a) {
+                                 return arith::AddFOp::create(b, l, a[0], shift)
+                                     .getResult();
+                               }));
+    return success();
+  }
+};
+
 struct ReluLowering : OpRewritePattern<ReluOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(ReluOp op,
@@ -271,21 +413,51 @@ struct ReluLowering : OpRewritePattern<ReluOp> {
   }
 };
 
+/// Tiles of 32 × 32, so that both the reads and the writes stay within a
+/// few cache lines per tile (a plain generic reads a column per row).
 struct TransposeLowering : OpRewritePattern<TransposeOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(TransposeOp op,
                                 PatternRewriter &rewriter) const override {
-    MLIRContext *ctx = op.getContext();
-    AffineExpr i, j;
-    bindDims(ctx, i, j);
-    Value init = tensor::EmptyOp::create(rewriter, op.getLoc(), op.getType(),
-                                         ValueRange{});
-    Value result = buildGeneric(
-        rewriter, op.getLoc(), {op.getInput()}, init,
-        {AffineMap::get(2, 0, {j, i}, ctx), AffineMap::get(2, 0, {i, j}, ctx)},
-        {utils::IteratorType::parallel, utils::IteratorType::parallel},
-        [](OpBuilder &, Location, ValueRange a) { return a[0]; });
-    rewriter.replaceOp(op, result);
+    Location loc = op.getLoc();
+    auto type = op.getType();
+    // A dynamic (batch) dimension moves with the transposition.
+    SmallVector<Value> dyn;
+    Value rows = tensor::DimOp::create(rewriter, loc, op.getInput(), 1);
+    Value cols = tensor::DimOp::create(rewriter, loc, op.getInput(), 0);
+    if (type.isDynamicDim(0))
+      dyn.push_back(rows);
+    if (type.isDynamicDim(1))
+      dyn.push_back(cols);
+    Value out = allocLike(rewriter, loc, type, dyn);
+    Value in = toBuffer(rewriter, loc, op.getInput());
+    auto idx = [&](OpBuilder &b, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(b, loc, v);
+    };
+    constexpr int64_t tile = 32;
+    auto loop = [&](OpBuilder &b, Value lo, Value hi, int64_t step,
+                    function_ref<void(OpBuilder &, Value)> body) {
+      scf::ForOp::create(b, loc, lo, hi, idx(b, step), ValueRange{},
+                         [&](OpBuilder &nb, Location l, Value iv, ValueRange) {
+                           body(nb, iv);
+                           scf::YieldOp::create(nb, l);
+                         });
+    };
+    auto end = [&](OpBuilder &b, Value start, Value bound) -> Value {
+      return arith::MinUIOp::create(
+          b, loc, arith::AddIOp::create(b, loc, start, idx(b, tile)), bound);
+    };
+    loop(rewriter, idx(rewriter, 0), rows, tile, [&](OpBuilder &b, Value i0) {
+      loop(b, idx(b, 0), cols, tile, [&](OpBuilder &b2, Value j0) {
+        loop(b2, i0, end(b2, i0, rows), 1, [&](OpBuilder &b3, Value i) {
+          loop(b3, j0, end(b3, j0, cols), 1, [&](OpBuilder &b4, Value j) {
+            Value v = memref::LoadOp::create(b4, loc, in, ValueRange{j, i});
+            memref::StoreOp::create(b4, loc, v, out, ValueRange{i, j});
+          });
+        });
+      });
+    });
+    rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
     return success();
   }
 };
@@ -1541,9 +1713,105 @@ struct MatryoshkaLowering : OpRewritePattern<MatryoshkaOp> {
   }
 };
 
-/// Rewritten into sae ops (masking, topk, decode, mse-style sums) that the
-/// same pass lowers next: dead-masked input → top-k_aux → entries that
-/// are not dead (−inf) zeroed → gather decode → scaled, normalised error.
+/// 1 where a latent is dead: usage >= dead_after, or (Zipf) frequency below
+/// the latent's target.
+struct DeadMaskLowering : OpRewritePattern<DeadMaskOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(DeadMaskOp op,
+                                PatternRewriter &rewriter) const override {
+    auto type = op.getType();
+    Type elt = type.getElementType();
+    Type f64 = rewriter.getF64Type();
+    double deadAfter = op.getDeadAfter().convertToDouble();
+    std::optional<double> alpha;
+    if (auto a = op.getZipfAlphaAttr())
+      alpha = a.getValueAsDouble();
+    double zipfScale = 0;
+    if (alpha) {
+      double sum = 0;
+      for (int64_t t = 0; t < type.getDimSize(0); ++t)
+        sum += std::pow(double(t + 1), -*alpha);
+      zipfScale = double(op.getZipfK().value_or(1)) / sum;
+    }
+    AffineMap id = rewriter.getMultiDimIdentityMap(1);
+    rewriter.replaceOp(
+        op, buildElementwise(
+                rewriter, op.getLoc(), op.getSinceFired(),
+                {op.getSinceFired()}, {id},
+                [&](OpBuilder &b, Location l, ValueRange a) {
+                  Value u = a[0], dead;
+                  if (!alpha) {
+                    dead = arith::CmpFOp::create(
+                        b, l, arith::CmpFPredicate::OGE, u,
+                        floatConst(b, l, elt, deadAfter));
+                  } else {
+                    Value latent = linalg::IndexOp::create(b, l, 0);
+                    Value rank = arith::UIToFPOp::create(
+                        b, l, f64,
+                        arith::AddIOp::create(
+                            b, l,
+                            arith::IndexCastOp::create(b, l, b.getI64Type(),
+                                                       latent),
+                            arith::ConstantOp::create(b, l,
+                                                      b.getI64IntegerAttr(1))));
+                    Value target = arith::MulFOp::create(
+                        b, l, floatConst(b, l, f64, zipfScale),
+                        math::PowFOp::create(b, l, rank,
+                                             floatConst(b, l, f64, -*alpha)));
+                    dead = arith::CmpFOp::create(
+                        b, l, arith::CmpFPredicate::OLT, toF64(b, l, u),
+                        target);
+                  }
+                  return arith::UIToFPOp::create(b, l, elt, dead).getResult();
+                }));
+    return success();
+  }
+};
+
+/// −inf where the mask is 0, top-k, then the −inf slots (rows with fewer
+/// dead latents than k) become zeros.
+struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(DeadTopKOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    MLIRContext *ctx = op.getContext();
+    Type elt = op.getInput().getType().getElementType();
+    AffineExpr i, j;
+    bindDims(ctx, i, j);
+    Value masked = buildElementwise(
+        rewriter, loc, op.getInput(), {op.getInput(), op.getMask()},
+        {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value dead = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
+                                             a[1], floatConst(b, l, elt, 0.0));
+          return arith::SelectOp::create(b, l, dead, a[0], negInfOf(b, l, elt))
+              .getResult();
+        });
+    CodesType codesType = op.getType();
+    Value codes = TopKOp::create(rewriter, loc, codesType, masked, Value());
+    Value vals =
+        CodesValuesOp::create(rewriter, loc, codesType.getValuesType(), codes);
+    Value idxs = CodesIndicesOp::create(rewriter, loc,
+                                        codesType.getIndicesType(), codes);
+    AffineMap id = rewriter.getMultiDimIdentityMap(2);
+    Value finite = buildElementwise(
+        rewriter, loc, vals, {vals}, {id},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value ok = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
+                                           a[0], negInfOf(b, l, elt));
+          return arith::SelectOp::create(b, l, ok, a[0],
+                                         floatConst(b, l, elt, 0.0))
+              .getResult();
+        });
+    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codesType, finite, idxs,
+                                             Value());
+    return success();
+  }
+};
+
+/// Rewritten into sae ops that the same pass lowers next (dead_mask,
+/// dead_topk, decode) and f64 sums: scale · Σ‖recon − e‖² / norm.
 struct AuxKLowering : OpRewritePattern<AuxKOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(AuxKOp op,
@@ -1554,70 +1822,20 @@ struct AuxKLowering : OpRewritePattern<AuxKOp> {
     Type elt = inType.getElementType();
     Type f64 = rewriter.getF64Type();
     int64_t kAux = op.getKAux();
-    double deadAfter = op.getDeadAfter().convertToDouble();
     AffineExpr i, j;
     bindDims(ctx, i, j);
-    // Whether latent `latent` (index) with usage `u` counts as dead.
-    std::optional<double> alpha;
-    if (auto a = op.getZipfAlphaAttr())
-      alpha = a.getValueAsDouble();
-    double zipfScale = 0;
-    if (alpha) {
-      double sum = 0;
-      for (int64_t t = 0; t < inType.getDimSize(1); ++t)
-        sum += std::pow(double(t + 1), -*alpha);
-      zipfScale = double(op.getZipfK().value_or(1)) / sum;
-    }
-    auto isDead = [&](OpBuilder &b, Location l, Value u,
-                      Value latent) -> Value {
-      if (!alpha)
-        return arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGE, u,
-                                     floatConst(b, l, elt, deadAfter));
-      Value rank = arith::UIToFPOp::create(
-          b, l, f64,
-          arith::AddIOp::create(
-              b, l, arith::IndexCastOp::create(b, l, b.getI64Type(), latent),
-              arith::ConstantOp::create(b, l, b.getI64IntegerAttr(1))));
-      Value target = arith::MulFOp::create(
-          b, l, floatConst(b, l, f64, zipfScale),
-          math::PowFOp::create(b, l, rank, floatConst(b, l, f64, -*alpha)));
-      return arith::CmpFOp::create(b, l, arith::CmpFPredicate::OLT,
-                                   toF64(b, l, u), target);
-    };
-    // Dead-masked input: −inf where a latent is alive.
-    Value masked = buildElementwise(
-        rewriter, loc, op.getInput(), {op.getInput(), op.getSinceFired()},
-        {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
-        [&](OpBuilder &b, Location l, ValueRange a) {
-          Value dead = isDead(b, l, a[1], linalg::IndexOp::create(b, l, 1));
-          return arith::SelectOp::create(b, l, dead, a[0], negInfOf(b, l, elt))
-              .getResult();
-        });
+    Value mask = DeadMaskOp::create(rewriter, loc, op.getSinceFired().getType(),
+                                    op.getSinceFired(), op.getDeadAfterAttr(),
+                                    op.getZipfAlphaAttr(), op.getZipfKAttr());
     auto codesType = CodesType::get(ctx, inType.getDimSize(0),
                                     inType.getDimSize(1), elt, kAux);
-    Value codes = TopKOp::create(rewriter, loc, codesType, masked, Value());
-    Value vals =
-        CodesValuesOp::create(rewriter, loc, codesType.getValuesType(), codes);
-    Value idxs = CodesIndicesOp::create(rewriter, loc,
-                                        codesType.getIndicesType(), codes);
-    AffineMap id = rewriter.getMultiDimIdentityMap(2);
-    // Rows with fewer dead latents than k_aux hold −inf slots: drop them.
-    Value finite = buildElementwise(
-        rewriter, loc, vals, {vals}, {id},
-        [&](OpBuilder &b, Location l, ValueRange a) {
-          Value ok = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
-                                           a[0], negInfOf(b, l, elt));
-          return arith::SelectOp::create(b, l, ok, a[0],
-                                         floatConst(b, l, elt, 0.0))
-              .getResult();
-        });
-    Value kept =
-        MakeCodesOp::create(rewriter, loc, codesType, finite, idxs, Value());
+    Value kept = DeadTopKOp::create(rewriter, loc, codesType, op.getInput(), mask);
     auto resType = op.getResidual().getType();
     Value recon =
         DecodeOp::create(rewriter, loc, resType, kept, op.getDecoder());
     if (op.getBias())
       recon = BiasAddOp::create(rewriter, loc, resType, recon, op.getBias());
+    AffineMap id = rewriter.getMultiDimIdentityMap(2);
     // Σ‖recon − e‖² (f64).
     Value err = sumToScalar(rewriter, loc, {recon, op.getResidual()}, {id, id},
                             2, [](OpBuilder &b, Location l, ValueRange a) {
@@ -1633,13 +1851,11 @@ struct AuxKLowering : OpRewritePattern<AuxKOp> {
           return squaredDiffF64(b, l, a[0], a[1]);
         });
     // scale = min(n_dead / k_aux, 1).
-    Value nDead = sumToScalar(
-        rewriter, loc, {op.getSinceFired()},
-        {rewriter.getMultiDimIdentityMap(1)}, 1,
-        [&](OpBuilder &b, Location l, ValueRange a) {
-          Value dead = isDead(b, l, a[0], linalg::IndexOp::create(b, l, 0));
-          return arith::UIToFPOp::create(b, l, f64, dead).getResult();
-        });
+    Value nDead = sumToScalar(rewriter, loc, {mask},
+                              {rewriter.getMultiDimIdentityMap(1)}, 1,
+                              [&](OpBuilder &b, Location l, ValueRange a) {
+                                return toF64(b, l, a[0]);
+                              });
     Value scale = arith::MinimumFOp::create(
         rewriter, loc,
         arith::DivFOp::create(rewriter, loc, nDead,
@@ -2065,11 +2281,604 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
   }
 };
 
+
+//===----------------------------------------------------------------------===//
+// Gradients and training
+//===----------------------------------------------------------------------===//
+
+using EntryFn = function_ref<void(OpBuilder &, Location, ValueRange pos,
+                                  Value value, Value latent, Value row)>;
+
+/// Calls `body` for every stored entry of codes built by `make`, in scf
+/// loops over their buffers: `pos` indexes the values buffer ({row, slot}
+/// per row, {entry} in the batch layout), `latent` and `row` are indices.
+void forEachEntry(OpBuilder &b, Location loc, MakeCodesOp make, EntryFn body) {
+  Value vals = toBuffer(b, loc, make.getValues());
+  Value idxs = toBuffer(b, loc, make.getIndices());
+  Value rows = make.getRows() ? toBuffer(b, loc, make.getRows()) : Value();
+  Value c0 = arith::ConstantIndexOp::create(b, loc, 0);
+  Value c1 = arith::ConstantIndexOp::create(b, loc, 1);
+  auto visit = [&](OpBuilder &nb, Location l, ValueRange pos, Value row) {
+    Value v = memref::LoadOp::create(nb, l, vals, pos);
+    Value i = arith::IndexCastOp::create(
+        nb, l, nb.getIndexType(),
+        memref::LoadOp::create(nb, l, idxs, pos).getResult());
+    if (!row)
+      row = arith::IndexCastOp::create(
+          nb, l, nb.getIndexType(),
+          memref::LoadOp::create(nb, l, rows, pos).getResult());
+    body(nb, l, pos, v, i, row);
+  };
+  Value n0 = tensor::DimOp::create(b, loc, make.getValues(), 0);
+  if (rows) {
+    scf::ForOp::create(b, loc, c0, n0, c1, ValueRange{},
+                       [&](OpBuilder &nb, Location l, Value e, ValueRange) {
+                         visit(nb, l, e, Value());
+                         scf::YieldOp::create(nb, l);
+                       });
+    return;
+  }
+  Value k = tensor::DimOp::create(b, loc, make.getValues(), 1);
+  scf::ForOp::create(
+      b, loc, c0, n0, c1, ValueRange{},
+      [&](OpBuilder &rb, Location rl, Value r, ValueRange) {
+        scf::ForOp::create(rb, rl, c0, k, c1, ValueRange{},
+                           [&](OpBuilder &nb, Location l, Value t, ValueRange) {
+                             visit(nb, l, ValueRange{r, t}, r);
+                             scf::YieldOp::create(nb, l);
+                           });
+        scf::YieldOp::create(rb, rl);
+      });
+}
+
+/// A zero-filled fresh buffer of `type` (dynamic sizes given).
+Value zeroBuffer(OpBuilder &b, Location loc, RankedTensorType type,
+                 ValueRange dyn) {
+  Value out = allocLike(b, loc, type, dyn);
+  linalg::FillOp::create(b, loc,
+                         ValueRange{floatConst(b, loc, type.getElementType(), 0)},
+                         ValueRange{out});
+  return out;
+}
+
+/// Codes with `make`'s entries whose values are computed entry by entry.
+template <typename OpTy>
+LogicalResult replaceEntryValues(
+    PatternRewriter &rewriter, OpTy op, Value codes,
+    function_ref<Value(OpBuilder &, Location, Value value, Value latent,
+                       Value row)>
+        fn) {
+  auto make = codes.getDefiningOp<MakeCodesOp>();
+  if (!make)
+    return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+  Location loc = op.getLoc();
+  auto valsType = cast<RankedTensorType>(make.getValues().getType());
+  Value out = allocLike(rewriter, loc, valsType,
+                        dynamicSizes(rewriter, loc, valsType, make.getValues()));
+  forEachEntry(rewriter, loc, make,
+               [&](OpBuilder &b, Location l, ValueRange pos, Value v,
+                   Value latent, Value row) {
+                 memref::StoreOp::create(b, l, fn(b, l, v, latent, row), out,
+                                         pos);
+               });
+  rewriter.replaceOpWithNewOp<MakeCodesOp>(
+      op, codes.getType(), asTensor(rewriter, loc, valsType, out),
+      make.getIndices(), make.getRows());
+  return success();
+}
+
+struct GatherLowering : OpRewritePattern<GatherOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(GatherOp op,
+                                PatternRewriter &rewriter) const override {
+    Value source = op.getSource();
+    bool vector = op.getSource().getType().getRank() == 1;
+    return replaceEntryValues(
+        rewriter, op, op.getCodes(),
+        [&](OpBuilder &b, Location l, Value, Value latent, Value row) {
+          return vector ? tensor::ExtractOp::create(b, l, source, latent)
+                              .getResult()
+                        : tensor::ExtractOp::create(b, l, source,
+                                                    ValueRange{row, latent})
+                              .getResult();
+        });
+  }
+};
+
+struct SddmmLowering : OpRewritePattern<SddmmOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(SddmmOp op,
+                                PatternRewriter &rewriter) const override {
+    Value lhs = op.getLhs(), w = op.getWeight();
+    int64_t d = op.getLhs().getType().getDimSize(1);
+    Type elt = op.getLhs().getType().getElementType();
+    return replaceEntryValues(
+        rewriter, op, op.getCodes(),
+        [&](OpBuilder &b, Location l, Value, Value latent, Value row) {
+          Value c0 = arith::ConstantIndexOp::create(b, l, 0);
+          Value c1 = arith::ConstantIndexOp::create(b, l, 1);
+          Value cd = arith::ConstantIndexOp::create(b, l, d);
+          auto loop = scf::ForOp::create(
+              b, l, c0, cd, c1, ValueRange{floatConst(b, l, elt, 0.0)},
+              [&](OpBuilder &jb, Location jl, Value j, ValueRange acc) {
+                Value a = tensor::ExtractOp::create(jb, jl, lhs,
+                                                    ValueRange{row, j});
+                Value c = tensor::ExtractOp::create(jb, jl, w,
+                                                    ValueRange{latent, j});
+                Value s = arith::AddFOp::create(
+                    jb, jl, acc[0], arith::MulFOp::create(jb, jl, a, c));
+                scf::YieldOp::create(jb, jl, s);
+              });
+          return loop.getResult(0);
+        });
+  }
+};
+
+/// out[latent, :] += value · rhs[row, :]: contiguous row updates. The
+/// transposed layout is built the same way, then transposed in tiles
+/// (scattering into columns directly would touch a cache line per element).
+struct OuterLowering : OpRewritePattern<OuterOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(OuterOp op,
+                                PatternRewriter &rewriter) const override {
+    auto make = op.getCodes().getDefiningOp<MakeCodesOp>();
+    if (!make)
+      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+    Location loc = op.getLoc();
+    auto type = op.getType();
+    if (op.getTransposed()) {
+      auto rowsType = RankedTensorType::get(
+          {type.getDimSize(1), type.getDimSize(0)}, type.getElementType());
+      Value rows = OuterOp::create(rewriter, loc, rowsType, op.getCodes(),
+                                   op.getRhs());
+      rewriter.replaceOpWithNewOp<TransposeOp>(op, type, rows);
+      return success();
+    }
+    Value out = zeroBuffer(rewriter, loc, type, {});
+    Value rhs = toBuffer(rewriter, loc, op.getRhs());
+    int64_t d = op.getRhs().getType().getDimSize(1);
+    forEachEntry(
+        rewriter, loc, make,
+        [&](OpBuilder &b, Location l, ValueRange, Value v, Value latent,
+            Value row) {
+          Value c0 = arith::ConstantIndexOp::create(b, l, 0);
+          Value c1 = arith::ConstantIndexOp::create(b, l, 1);
+          Value cd = arith::ConstantIndexOp::create(b, l, d);
+          scf::ForOp::create(
+              b, l, c0, cd, c1, ValueRange{},
+              [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
+                Value a = memref::LoadOp::create(jb, jl, rhs, {row, j});
+                Value old = memref::LoadOp::create(jb, jl, out, {latent, j});
+                Value sum = arith::AddFOp::create(
+                    jb, jl, old, arith::MulFOp::create(jb, jl, v, a));
+                memref::StoreOp::create(jb, jl, sum, out, {latent, j});
+                scf::YieldOp::create(jb, jl);
+              });
+        });
+    rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
+    return success();
+  }
+};
+
+/// Σ over rows per column (dense: a reduction; codes: a scatter).
+struct ColumnSumLowering : OpRewritePattern<ColumnSumOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(ColumnSumOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    auto type = op.getType();
+    Type elt = type.getElementType();
+    bool count = op.getCountNonzero();
+    auto term = [&](OpBuilder &b, Location l, Value v) -> Value {
+      if (!count)
+        return v;
+      Value nz = arith::CmpFOp::create(b, l, arith::CmpFPredicate::UNE, v,
+                                       floatConst(b, l, v.getType(), 0.0));
+      return arith::UIToFPOp::create(b, l, elt, nz);
+    };
+    if (!isa<CodesType>(op.getInput().getType())) {
+      MLIRContext *ctx = op.getContext();
+      AffineExpr i, j;
+      bindDims(ctx, i, j);
+      Value acc = filledTensor(rewriter, loc, type, op.getInput(), 0.0);
+      Value sum = buildGeneric(
+          rewriter, loc, {op.getInput()}, acc,
+          {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
+          {utils::IteratorType::reduction, utils::IteratorType::parallel},
+          [&](OpBuilder &b, Location l, ValueRange a) {
+            return arith::AddFOp::create(b, l, a[1], term(b, l, a[0]))
+                .getResult();
+          });
+      rewriter.replaceOp(op, sum);
+      return success();
+    }
+    auto make = op.getInput().getDefiningOp<MakeCodesOp>();
+    if (!make)
+      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+    Value out = zeroBuffer(rewriter, loc, type, {});
+    forEachEntry(rewriter, loc, make,
+                 [&](OpBuilder &b, Location l, ValueRange, Value v,
+                     Value latent, Value) {
+                   Value old = memref::LoadOp::create(b, l, out, latent);
+                   memref::StoreOp::create(
+                       b, l, arith::AddFOp::create(b, l, old, term(b, l, v)),
+                       out, latent);
+                 });
+    rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
+    return success();
+  }
+};
+
+struct NumRowsLowering : OpRewritePattern<NumRowsOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(NumRowsOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    Value in = op.getInput();
+    if (auto codes = dyn_cast<CodesType>(in.getType())) {
+      auto make = in.getDefiningOp<MakeCodesOp>();
+      if (!make)
+        return rewriter.notifyMatchFailure(op,
+                                           "codes are not built by make_codes");
+      if (codes.getPerBatch()) {
+        Value n = arith::IndexCastOp::create(
+            rewriter, loc, rewriter.getI64Type(),
+            batchRows(rewriter, loc, make.getValues(), codes.getK()));
+        rewriter.replaceOpWithNewOp<arith::SIToFPOp>(op, op.getType(), n);
+        return success();
+      }
+      in = make.getValues();
+    }
+    rewriter.replaceOp(op, rowCount(rewriter, loc, in, op.getType()));
+    return success();
+  }
+};
+
+struct SumLowering : OpRewritePattern<SumOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(SumOp op,
+                                PatternRewriter &rewriter) const override {
+    unsigned rank = op.getInput().getType().getRank();
+    bool squares = op.getSquares();
+    Value sum = sumToScalar(
+        rewriter, op.getLoc(), {op.getInput()},
+        {rewriter.getMultiDimIdentityMap(rank)}, rank,
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value x = toF64(b, l, a[0]);
+          return squares ? arith::MulFOp::create(b, l, x, x).getResult() : x;
+        });
+    rewriter.replaceOpWithNewOp<arith::TruncFOp>(op, op.getType(), sum);
+    return success();
+  }
+};
+
+struct RowNormsLowering : OpRewritePattern<RowNormsOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(RowNormsOp op,
+                                PatternRewriter &rewriter) const override {
+    rewriter.replaceOp(op, rowNorms(rewriter, op.getLoc(), op.getInput()));
+    return success();
+  }
+};
+
+struct ScaleRowsLowering : OpRewritePattern<ScaleRowsOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(ScaleRowsOp op,
+                                PatternRewriter &rewriter) const override {
+    MLIRContext *ctx = op.getContext();
+    AffineExpr i, j;
+    bindDims(ctx, i, j);
+    rewriter.replaceOp(
+        op, buildElementwise(
+                rewriter, op.getLoc(), op.getInput(),
+                {op.getInput(), op.getScale()},
+                {AffineMap::get(2, 0, {i, j}, ctx),
+                 AffineMap::get(2, 0, {i}, ctx)},
+                [](OpBuilder &b, Location l, ValueRange a) {
+                  return arith::MulFOp::create(b, l, a[0], a[1]).getResult();
+                }));
+    return success();
+  }
+};
+
+/// rect((x − θ)/ε) as 0 or 1 in `elt`: 1 when −ε/2 < x − θ < ε/2.
+Value rectangle(OpBuilder &b, Location l, Value x, Value theta, double eps) {
+  Type elt = x.getType();
+  Value u = arith::DivFOp::create(b, l, arith::SubFOp::create(b, l, x, theta),
+                                  floatConst(b, l, elt, eps));
+  Value above = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, u,
+                                      floatConst(b, l, elt, -0.5));
+  Value below = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OLT, u,
+                                      floatConst(b, l, elt, 0.5));
+  return arith::UIToFPOp::create(b, l, elt,
+                                 arith::AndIOp::create(b, l, above, below));
+}
+
+struct JumpReluGradLowering : OpRewritePattern<JumpReluGradOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(JumpReluGradOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    MLIRContext *ctx = op.getContext();
+    AffineExpr i, j;
+    bindDims(ctx, i, j);
+    AffineMap id = AffineMap::get(2, 0, {i, j}, ctx);
+    AffineMap col = AffineMap::get(2, 0, {j}, ctx);
+    double eps = op.getBandwidth().convertToDouble();
+    Type elt = op.getInput().getType().getElementType();
+    Value dx = buildElementwise(
+        rewriter, loc, op.getInput(),
+        {op.getGrad(), op.getInput(), op.getThreshold()}, {id, id, col},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value above = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
+                                              a[1], a[2]);
+          return arith::SelectOp::create(b, l, above, a[0],
+                                         floatConst(b, l, elt, 0.0))
+              .getResult();
+        });
+    Value acc = filledTensor(rewriter, loc, op.getThreshold().getType(),
+                             op.getThreshold(), 0.0);
+    Value dt = buildGeneric(
+        rewriter, loc, {op.getGrad(), op.getInput(), op.getThreshold()}, acc,
+        {id, id, col, col},
+        {utils::IteratorType::reduction, utils::IteratorType::parallel},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value r = rectangle(b, l, a[1], a[2], eps);
+          Value f = arith::MulFOp::create(
+              b, l, a[2], floatConst(b, l, elt, -1.0 / eps));
+          Value t = arith::MulFOp::create(
+              b, l, a[0], arith::MulFOp::create(b, l, f, r));
+          return arith::AddFOp::create(b, l, a[3], t).getResult();
+        });
+    rewriter.replaceOp(op, {dx, dt});
+    return success();
+  }
+};
+
+struct L0GradLowering : OpRewritePattern<L0GradOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(L0GradOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    MLIRContext *ctx = op.getContext();
+    AffineExpr i, j;
+    bindDims(ctx, i, j);
+    double eps = op.getBandwidth().convertToDouble();
+    Type elt = op.getType().getElementType();
+    Value acc = filledTensor(rewriter, loc, op.getType(), op.getThreshold(), 0);
+    Value count = buildGeneric(
+        rewriter, loc, {op.getInput(), op.getThreshold()}, acc,
+        {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx),
+         AffineMap::get(2, 0, {j}, ctx)},
+        {utils::IteratorType::reduction, utils::IteratorType::parallel},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          return arith::AddFOp::create(b, l, a[2],
+                                       rectangle(b, l, a[0], a[1], eps))
+              .getResult();
+        });
+    // × −grad / (ε·B)
+    Value rows = rowCount(rewriter, loc, op.getInput(), elt);
+    Value f = arith::DivFOp::create(
+        rewriter, loc, op.getGrad(),
+        arith::MulFOp::create(rewriter, loc, rows,
+                              floatConst(rewriter, loc, elt, -eps)));
+    AffineMap id = rewriter.getMultiDimIdentityMap(1);
+    rewriter.replaceOp(op, buildElementwise(
+                               rewriter, loc, count, {count}, {id},
+                               [&](OpBuilder &b, Location l, ValueRange a) {
+                                 return arith::MulFOp::create(b, l, a[0], f)
+                                     .getResult();
+                               }));
+    return success();
+  }
+};
+
+struct ProjectRowsLowering : OpRewritePattern<ProjectRowsOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(ProjectRowsOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    MLIRContext *ctx = op.getContext();
+    AffineExpr i, j;
+    bindDims(ctx, i, j);
+    AffineMap id = AffineMap::get(2, 0, {i, j}, ctx);
+    AffineMap row = AffineMap::get(2, 0, {i}, ctx);
+    auto type = op.getType();
+    auto rowType =
+        RankedTensorType::get({type.getDimSize(0)}, type.getElementType());
+    Value acc = filledTensor(rewriter, loc, rowType, op.getGrad(), 0.0);
+    Value dots = buildGeneric(
+        rewriter, loc, {op.getGrad(), op.getWeight()}, acc, {id, id, row},
+        {utils::IteratorType::parallel, utils::IteratorType::reduction},
+        [](OpBuilder &b, Location l, ValueRange a) {
+          return arith::AddFOp::create(
+                     b, l, a[2], arith::MulFOp::create(b, l, a[0], a[1]))
+              .getResult();
+        });
+    rewriter.replaceOp(
+        op, buildElementwise(
+                rewriter, loc, op.getGrad(),
+                {op.getGrad(), op.getWeight(), dots}, {id, id, row},
+                [](OpBuilder &b, Location l, ValueRange a) {
+                  return arith::SubFOp::create(
+                             b, l, a[0], arith::MulFOp::create(b, l, a[2], a[1]))
+                      .getResult();
+                }));
+    return success();
+  }
+};
+
+/// One generic over the parameter writing p', m', v'.
+struct AdamLowering : OpRewritePattern<AdamOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(AdamOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    auto type = cast<RankedTensorType>(op.getParam().getType());
+    unsigned rank = type.getRank();
+    AffineMap id = rewriter.getMultiDimIdentityMap(rank);
+    SmallVector<Value> inits;
+    for (int i = 0; i < 3; ++i)
+      inits.push_back(tensor::EmptyOp::create(rewriter, loc, type, ValueRange{}));
+    Value lr = op.getLr(), b1 = op.getBeta1(), b2 = op.getBeta2(),
+          eps = op.getEps();
+    Type elt = type.getElementType();
+    Value one = floatConst(rewriter, loc, elt, 1.0);
+    Value step = arith::DivFOp::create(rewriter, loc, lr, op.getBc1());
+    Value sqrtBc2 = math::SqrtOp::create(rewriter, loc, op.getBc2());
+    Value c1 = arith::SubFOp::create(rewriter, loc, one, b1);
+    Value c2 = arith::SubFOp::create(rewriter, loc, one, b2);
+    auto generic = linalg::GenericOp::create(
+        rewriter, loc, TypeRange{type, type, type},
+        ValueRange{op.getParam(), op.getGrad(), op.getM(), op.getV()}, inits,
+        SmallVector<AffineMap>(7, id),
+        SmallVector<utils::IteratorType>(rank, utils::IteratorType::parallel),
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value p = a[0], g = a[1], m = a[2], v = a[3];
+          Value m2 = arith::AddFOp::create(b, l, arith::MulFOp::create(b, l, b1, m),
+                                           arith::MulFOp::create(b, l, c1, g));
+          Value gg = arith::MulFOp::create(b, l, g, g);
+          Value v2 = arith::AddFOp::create(b, l, arith::MulFOp::create(b, l, b2, v),
+                                           arith::MulFOp::create(b, l, c2, gg));
+          Value denom = arith::AddFOp::create(
+              b, l,
+              arith::DivFOp::create(b, l, math::SqrtOp::create(b, l, v2),
+                                    sqrtBc2),
+              eps);
+          Value upd = arith::MulFOp::create(
+              b, l, step, arith::DivFOp::create(b, l, m2, denom));
+          Value p2 = arith::SubFOp::create(b, l, p, upd);
+          linalg::YieldOp::create(b, l, ValueRange{p2, m2, v2});
+        });
+    rewriter.replaceOp(op, generic.getResults());
+    return success();
+  }
+};
+
+struct SinceFiredLowering : OpRewritePattern<SinceFiredOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(SinceFiredOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    Type elt = op.getType().getElementType();
+    Value rows = rowCount(rewriter, loc, op.getBatch(), elt);
+    AffineMap id = rewriter.getMultiDimIdentityMap(1);
+    rewriter.replaceOp(
+        op, buildElementwise(
+                rewriter, loc, op.getCounter(),
+                {op.getCounter(), op.getFired()}, {id, id},
+                [&](OpBuilder &b, Location l, ValueRange a) {
+                  Value fired = arith::CmpFOp::create(
+                      b, l, arith::CmpFPredicate::OGT, a[1],
+                      floatConst(b, l, elt, 0.0));
+                  return arith::SelectOp::create(
+                             b, l, fired, floatConst(b, l, elt, 0.0),
+                             arith::AddFOp::create(b, l, a[0], rows))
+                      .getResult();
+                }));
+    return success();
+  }
+};
+
+/// Entries (or columns) of latents at or above the width become 0.
+struct PrefixLowering : OpRewritePattern<PrefixOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(PrefixOp op,
+                                PatternRewriter &rewriter) const override {
+    int64_t width = op.getWidth();
+    auto keep = [&](OpBuilder &b, Location l, Value v, Value latent) {
+      Value in = arith::CmpIOp::create(
+          b, l, arith::CmpIPredicate::slt, latent,
+          arith::ConstantIndexOp::create(b, l, width));
+      return arith::SelectOp::create(b, l, in, v,
+                                     floatConst(b, l, v.getType(), 0.0))
+          .getResult();
+    };
+    if (isa<CodesType>(op.getInput().getType()))
+      return replaceEntryValues(
+          rewriter, op, op.getInput(),
+          [&](OpBuilder &b, Location l, Value v, Value latent, Value) {
+            return keep(b, l, v, latent);
+          });
+    AffineMap id = rewriter.getMultiDimIdentityMap(2);
+    rewriter.replaceOp(
+        op, buildElementwise(rewriter, op.getLoc(), op.getInput(),
+                             {op.getInput()}, {id},
+                             [&](OpBuilder &b, Location l, ValueRange a) {
+                               return keep(b, l, a[0],
+                                           linalg::IndexOp::create(b, l, 1));
+                             }));
+    return success();
+  }
+};
+
+struct ThresholdEmaLowering : OpRewritePattern<ThresholdEmaOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(ThresholdEmaOp op,
+                                PatternRewriter &rewriter) const override {
+    auto make = op.getCodes().getDefiningOp<MakeCodesOp>();
+    if (!make)
+      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+    Location loc = op.getLoc();
+    Value values = make.getValues();
+    auto vt = cast<RankedTensorType>(values.getType());
+    Type elt = vt.getElementType();
+    Value inf = arith::ConstantOp::create(
+        rewriter, loc,
+        rewriter.getFloatAttr(
+            elt, APFloat::getInf(cast<FloatType>(elt).getFloatSemantics())));
+    Value empty =
+        tensor::EmptyOp::create(rewriter, loc, ArrayRef<int64_t>{}, elt);
+    Value acc = linalg::FillOp::create(rewriter, loc, inf, empty).getResult(0);
+    unsigned rank = vt.getRank();
+    SmallVector<AffineMap> maps = {rewriter.getMultiDimIdentityMap(rank),
+                                   AffineMap::get(rank, 0, {}, getContext())};
+    Value minT = buildGeneric(
+        rewriter, loc, {values}, acc, maps,
+        SmallVector<utils::IteratorType>(rank, utils::IteratorType::reduction),
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value pos = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
+                                            a[0], floatConst(b, l, elt, 0.0));
+          Value v = arith::SelectOp::create(b, l, pos, a[0], inf);
+          return arith::MinimumFOp::create(b, l, a[1], v).getResult();
+        });
+    Value m = tensor::ExtractOp::create(rewriter, loc, minT, ValueRange{});
+    double beta = op.getBeta().convertToDouble();
+    AffineMap id = rewriter.getMultiDimIdentityMap(1);
+    rewriter.replaceOp(
+        op, buildElementwise(
+                rewriter, loc, op.getThreshold(), {op.getThreshold()}, {id},
+                [&](OpBuilder &b, Location l, ValueRange a) {
+                  Value ema = arith::AddFOp::create(
+                      b, l,
+                      arith::MulFOp::create(b, l, a[0],
+                                            floatConst(b, l, elt, beta)),
+                      arith::MulFOp::create(b, l, m,
+                                            floatConst(b, l, elt, 1 - beta)));
+                  Value first = arith::CmpFOp::create(
+                      b, l, arith::CmpFPredicate::OLE, a[0],
+                      floatConst(b, l, elt, 0.0));
+                  Value next = arith::SelectOp::create(b, l, first, m, ema);
+                  Value none = arith::CmpFOp::create(
+                      b, l, arith::CmpFPredicate::OEQ, m, inf);
+                  return arith::SelectOp::create(b, l, none, a[0], next)
+                      .getResult();
+                }));
+    return success();
+  }
+};
+
 struct ConvertSaeToLinalgPass
     : public sae::impl::ConvertSaeToLinalgBase<ConvertSaeToLinalgPass> {
+  using ConvertSaeToLinalgBase::ConvertSaeToLinalgBase;
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
-    populateSaeToLinalgPatterns(patterns);
+    int64_t lanes = vectorLanes;
+    if (lanes <= 0) {
+      llvm::StringMap<bool> features = llvm::sys::getHostCPUFeatures();
+      lanes = features.lookup("avx512f") ? 16 : 8;
+    }
+    populateSaeToLinalgPatterns(patterns, lanes);
     if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
       return signalPassFailure();
     // Whatever sae op is left could not be lowered (e.g. codes that arrive
@@ -2088,9 +2897,11 @@ struct ConvertSaeToLinalgPass
 
 } // namespace
 
-void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns) {
+void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
+                                            int64_t vectorLanes) {
+  patterns.add<LinearLowering>(patterns.getContext(), vectorLanes);
   patterns.add<
-      LinearLowering, BiasLowering<BiasAddOp, arith::AddFOp>,
+      BiasLowering<BiasAddOp, arith::AddFOp>,
       BiasLowering<BiasSubOp, arith::SubFOp>,
       BinaryLowering<AddOp, arith::AddFOp>,
       BinaryLowering<SubOp, arith::SubFOp>,
@@ -2105,7 +2916,12 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns) {
       BiasLowering<BiasDivOp, arith::DivFOp>, StopGradLowering,
       JumpReluLowering, L1Lowering, TanhPenaltyLowering, L0Lowering,
       AfaLowering, KlStdNormalLowering, RandomNormalLowering,
-      GaussianNoiseLowering, ColumnMeanLowering, GeometricMedianLowering>(
+      GaussianNoiseLowering, ColumnMeanLowering, GeometricMedianLowering,
+      GatherLowering, SddmmLowering, OuterLowering, ColumnSumLowering,
+      NumRowsLowering, SumLowering, RowNormsLowering, ScaleRowsLowering,
+      JumpReluGradLowering, L0GradLowering, ProjectRowsLowering, AdamLowering,
+      SinceFiredLowering, DeadMaskLowering, DeadTopKLowering, PrefixLowering,
+      ShiftLowering, ThresholdEmaLowering>(
       patterns.getContext());
   MLIRContext *ctx = patterns.getContext();
   patterns.add<UnaryLowering<AbsOp>>(

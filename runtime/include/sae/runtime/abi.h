@@ -42,14 +42,14 @@ extern "C" {
 
 /// Bumped on every incompatible change of the symbols below or of the JSON
 /// schema returned by sae_model_describe().
-#define SAE_ABI_VERSION 2u
+#define SAE_ABI_VERSION 3u
 
 /// Returns SAE_ABI_VERSION as it was when the library was compiled.
 typedef uint32_t (*sae_abi_version_fn)(void);
 
 /// Returns a NUL-terminated JSON document describing the model (static
-/// storage, never freed). Schema (version 2):
-///   {"abi_version": 2, "name": "topk_gpt2", "source": "examples/topk.sae",
+/// storage, never freed). Schema (version 3):
+///   {"abi_version": 3, "name": "topk_gpt2", "source": "examples/topk.sae",
 ///    "dims": {"d": 768, "n": 16384},
 ///    "input": {"name": "x", "dim": 768},            (the first input)
 ///    "inputs": [{"name": "x", "dim": 768}, ...],    (ABI order)
@@ -63,7 +63,14 @@ typedef uint32_t (*sae_abi_version_fn)(void);
 ///    "init_needs_data": false,                      (see sae_init_fn)
 ///    "stochastic": false,                           (forward uses its seed)
 ///    "params": [{"name": "W_enc", "shape": [768, 16384], "dtype": "float32",
-///                "init": "kaiming_uniform"}, ...],
+///                "init": "kaiming_uniform", "trainable": true}, ...],
+///                                                   (state: "trainable": false)
+///    "train": {"lr": 2e-4, "beta1": 0.9, "beta2": 0.999, "eps": 6.25e-10,
+///              "clip": 0, "lr_warmup": 0, "lr_decay": "none",
+///              "sparsity_warmup": 0, "unit_norm": "W_dec" or null,
+///              "batch": 4096, "normalize": "none" or "expected_norm"},
+///                                                   (the spec's train section
+///                                                    with its defaults)
 ///    "entry_points": ["sae_init", "sae_encode_dense", ...],
 ///    "cfg": {...},                                  (SAELens cfg.json fields)
 ///    "target": {"triple": "x86_64-unknown-linux-gnu", "cpu": "znver3",
@@ -122,6 +129,58 @@ typedef int32_t (*sae_forward_fn)(int64_t batch, const float *const *inputs,
                                   float *const *params, uint64_t seed,
                                   float *xhat, float *losses);
 
+/// Positions in the `hyper` array of sae_train_step. The caller computes the
+/// schedule (warm-up, decay) and the bias corrections each step.
+enum {
+  SAE_HYPER_LR = 0,       ///< learning rate of this step
+  SAE_HYPER_BETA1 = 1,    ///< Adam β₁
+  SAE_HYPER_BETA2 = 2,    ///< Adam β₂
+  SAE_HYPER_EPS = 3,      ///< Adam ε
+  SAE_HYPER_BC1 = 4,      ///< 1 − β₁^t, t = 1 for the first step
+  SAE_HYPER_BC2 = 5,      ///< 1 − β₂^t
+  SAE_HYPER_CLIP = 6,     ///< max global gradient norm; 0 = no clipping
+  SAE_HYPER_SPARSITY = 7, ///< factor on every loss term after the first
+  SAE_HYPER_COUNT = 8
+};
+
+/// Gradient of the total loss (the training form, as sae_forward) with
+/// respect to every trainable parameter: grads has one [shape] buffer per
+/// parameter with "trainable": true, in "params" order. losses as in
+/// sae_forward. Nothing is updated.
+typedef int32_t (*sae_gradient_fn)(int64_t batch, const float *const *inputs,
+                                   float *const *params, uint64_t seed,
+                                   float *const *grads, float *losses);
+
+/// One fused training step on a batch: forward, loss (every term after the
+/// first times hyper[SAE_HYPER_SPARSITY]), backward, the decoder unit-norm
+/// rule if the spec names one (project the gradient of each row onto the
+/// row's orthogonal complement), global gradient-norm clipping if
+/// hyper[SAE_HYPER_CLIP] > 0, Adam as torch.optim.Adam computes it
+///   m = β₁m + (1−β₁)g;  v = β₂v + (1−β₂)g²;
+///   p -= lr/bc1 · m / (sqrt(v)/sqrt(bc2) + ε)
+/// and then the unit-norm rule's renormalisation of the rows. `params`
+/// (all of them, state included) are updated in place: trainable ones by
+/// Adam, state by its update rule. adam_m and adam_v hold one buffer per
+/// trainable parameter (as grads above), zeros before the first step,
+/// updated in place. losses[1 + T]: the losses of the forward pass, before
+/// the update, unweighted by the sparsity factor. metrics[SAE_METRIC_COUNT]:
+/// sums over the batch, for progress reports (see below). fired[n]: how
+/// many rows of the batch each latent was active in (nonzero code).
+typedef int32_t (*sae_train_step_fn)(int64_t batch, const float *const *inputs,
+                                     float *const *params,
+                                     float *const *adam_m,
+                                     float *const *adam_v, const float *hyper,
+                                     uint64_t seed, float *losses,
+                                     float *metrics, float *fired);
+
+/// Positions in the `metrics` array of sae_train_step.
+enum {
+  SAE_METRIC_SSE = 0,    ///< Σ_b ‖x̂_b − x_b‖²
+  SAE_METRIC_SST = 1,    ///< Σ_b ‖x_b − mean_b(x)‖²  (FVU = SSE / SST)
+  SAE_METRIC_ACTIVE = 2, ///< number of nonzero codes (L0 = ACTIVE / B)
+  SAE_METRIC_COUNT = 3
+};
+
 /// The exported symbol names.
 #define SAE_SYM_ABI_VERSION "sae_abi_version"
 #define SAE_SYM_DESCRIBE "sae_model_describe"
@@ -133,6 +192,8 @@ typedef int32_t (*sae_forward_fn)(int64_t batch, const float *const *inputs,
 #define SAE_SYM_DECODE_SPARSE "sae_decode_sparse"
 #define SAE_SYM_DECODE_BATCH "sae_decode_batch"
 #define SAE_SYM_FORWARD "sae_forward"
+#define SAE_SYM_GRADIENT "sae_gradient"
+#define SAE_SYM_TRAIN_STEP "sae_train_step"
 
 #ifdef __cplusplus
 }

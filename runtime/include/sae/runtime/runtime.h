@@ -298,11 +298,15 @@ typedef struct sae_rt_entry_points {
   sae_decode_sparse_fn decode_sparse;
   sae_decode_batch_fn decode_batch;
   sae_forward_fn forward;
+  /* ABI 3: training. Resolved only when the description's "entry_points"
+     lists them (then the library must export them); NULL otherwise. */
+  sae_gradient_fn gradient;
+  sae_train_step_fn train_step;
 } sae_rt_entry_points;
 
 /// Loads a saec-compiled library: dlopen(RTLD_NOW | RTLD_LOCAL), ABI version
-/// check, describe JSON validation, and a check that the host CPU has every
-/// feature in target.required_features.
+/// check (exactly SAE_ABI_VERSION, 3), describe JSON validation, and a check
+/// that the host CPU has every feature in target.required_features.
 SAE_RT_API sae_rt_status sae_rt_model_open(const char *path,
                                            sae_rt_model **out);
 /// Unloads the library. Pointers obtained from the model become invalid.
@@ -385,6 +389,69 @@ SAE_RT_API int64_t sae_rt_model_param_numel(const sae_rt_model *model,
 /// The "init" of the parameter ("" when absent).
 SAE_RT_API const char *sae_rt_model_param_init(const sae_rt_model *model,
                                                size_t index);
+/// 1 when the parameter is trained by Adam ("trainable"; true when absent),
+/// 0 for state updated by its own rule (and when `index` is out of range).
+SAE_RT_API int32_t sae_rt_model_param_trainable(const sae_rt_model *model,
+                                                size_t index);
+/// The number of trainable parameters: the buffers of sae_gradient's
+/// `grads` and of sae_train_step's `adam_m` / `adam_v`, in "params" order.
+SAE_RT_API size_t sae_rt_model_trainable_count(const sae_rt_model *model);
+
+/*===---------------------- Training configuration ----------------------===*/
+
+/// "train.lr_decay": the learning rate after warm-up.
+typedef enum {
+  SAE_RT_LR_DECAY_NONE = 0,   /* constant */
+  SAE_RT_LR_DECAY_LINEAR = 1, /* lr * (1 - p) */
+  SAE_RT_LR_DECAY_COSINE = 2, /* lr * 0.5 * (1 + cos(pi * p)) */
+  /* Not values: see sae_rt_status. */
+  SAE_RT_LR_DECAY_RANGE_MIN_ = -0x7fffffff - 1,
+  SAE_RT_LR_DECAY_RANGE_MAX_ = 0x7fffffff
+} sae_rt_lr_decay;
+
+/// "train.normalize": how the trainer scales the inputs.
+typedef enum {
+  SAE_RT_NORMALIZE_NONE = 0,
+  /* x * c with c = sqrt(d) / mean ||x|| (SAELens' expected_average_only_in),
+     folded into W_enc, W_dec and b_dec when saving. */
+  SAE_RT_NORMALIZE_EXPECTED_NORM = 1,
+  SAE_RT_NORMALIZE_RANGE_MIN_ = -0x7fffffff - 1,
+  SAE_RT_NORMALIZE_RANGE_MAX_ = 0x7fffffff
+} sae_rt_normalize;
+
+/// The "train" object of a description (the spec's train section), or the
+/// trainer's effective hyperparameters.
+typedef struct sae_rt_train_config {
+  double lr;                  /* Adam learning rate (2e-4) */
+  double beta1;               /* Adam beta1, in [0, 1) (0.9) */
+  double beta2;               /* Adam beta2, in [0, 1) (0.999) */
+  double eps;                 /* Adam epsilon, >= 0 (1e-8) */
+  double clip;                /* max global gradient norm; 0: none (0) */
+  int64_t lr_warmup;          /* linear warm-up steps; 0: none (0) */
+  sae_rt_lr_decay lr_decay;   /* after warm-up (none) */
+  int64_t sparsity_warmup;    /* steps to ramp the sparsity factor (0) */
+  int64_t batch;              /* rows per step (4096) */
+  sae_rt_normalize normalize; /* (none) */
+} sae_rt_train_config;
+
+/// Fills `config` with the defaults above (those of a library whose
+/// description has no "train" object).
+SAE_RT_API void sae_rt_train_config_default(sae_rt_train_config *config);
+/// Checks the ranges above; SAE_RT_ERR_ARG names the first bad field.
+SAE_RT_API sae_rt_status
+sae_rt_train_config_validate(const sae_rt_train_config *config);
+/// The model's "train" object, every absent field at its default (the
+/// defaults alone when there is no "train" object). NULL for a NULL model.
+SAE_RT_API const sae_rt_train_config *
+sae_rt_model_train_config(const sae_rt_model *model);
+/// 1 when the description has a "train" object.
+SAE_RT_API int32_t sae_rt_model_has_train_config(const sae_rt_model *model);
+/// "train.unit_norm": the parameter whose rows the decoder unit-norm rule
+/// keeps at norm 1, or NULL (null or absent).
+SAE_RT_API const char *sae_rt_model_train_unit_norm(const sae_rt_model *model);
+/// "none", "linear", "cosine" / "none", "expected_norm"; "invalid" else.
+SAE_RT_API const char *sae_rt_lr_decay_name(sae_rt_lr_decay decay);
+SAE_RT_API const char *sae_rt_normalize_name(sae_rt_normalize normalize);
 
 SAE_RT_API const sae_rt_entry_points *
 sae_rt_model_entry_points(const sae_rt_model *model);
@@ -446,14 +513,71 @@ SAE_RT_API sae_rt_status sae_rt_model_forward(
     const sae_rt_model *model, int64_t batch, const float *const *inputs,
     float *const *params, uint64_t seed, float *xhat, float *losses);
 
+/// The gradient of the total loss (the training form, as sae_forward) with
+/// respect to the trainable parameters: grads holds
+/// sae_rt_model_trainable_count() buffers, one [shape] per trainable
+/// parameter in "params" order (see sae_rt_trainable_alloc);
+/// losses[1 + sae_rt_model_loss_term_count()] as for sae_rt_model_forward.
+/// Nothing is updated.
+SAE_RT_API sae_rt_status sae_rt_model_gradient(
+    const sae_rt_model *model, int64_t batch, const float *const *inputs,
+    float *const *params, uint64_t seed, float *const *grads, float *losses);
+/// One fused training step (abi.h, sae_train_step_fn): updates `params`
+/// (all of them) and the Adam moments `adam_m` / `adam_v` (one buffer per
+/// trainable parameter, zeros before the first step) in place. `hyper`
+/// holds SAE_HYPER_COUNT values (see sae_rt_train_hyper); they are checked
+/// (finite; lr, eps, clip and the sparsity factor >= 0; beta1 and beta2 in
+/// [0, 1); the bias corrections in (0, 1]). Fills
+/// losses[1 + loss_term_count] (before the update, the terms unweighted),
+/// metrics[SAE_METRIC_COUNT] and fired[n] (rows of the batch each latent
+/// was active in).
+SAE_RT_API sae_rt_status sae_rt_model_train_step(
+    const sae_rt_model *model, int64_t batch, const float *const *inputs,
+    float *const *params, float *const *adam_m, float *const *adam_v,
+    const float *hyper, uint64_t seed, float *losses, float *metrics,
+    float *fired);
+
+/*===------------------------ Training helpers --------------------------===*/
+
+/// The hyperparameters of training step `step` (1-based) of `total_steps`,
+/// computed in double precision and rounded to float:
+///   lr_t = lr * w * f, w = min(1, step / lr_warmup) (1 without warm-up),
+///   f = 1 (none), 1 - p (linear) or 0.5 * (1 + cos(pi * p)) (cosine),
+///   p = (step - lr_warmup) / (total_steps - lr_warmup) clamped to [0, 1]
+///       (0 when total_steps <= lr_warmup);
+///   sparsity = min(1, step / sparsity_warmup) (1 without warm-up);
+///   bc1 = 1 - beta1^step, bc2 = 1 - beta2^step; beta1, beta2, eps and clip
+///   as configured. `hyper` receives SAE_HYPER_COUNT floats. Needs
+///   1 <= step <= total_steps and a valid config (SAE_RT_ERR_ARG).
+SAE_RT_API sae_rt_status sae_rt_train_hyper(const sae_rt_train_config *config,
+                                            int64_t step, int64_t total_steps,
+                                            float *hyper);
+/// The seed passed to sae_train_step at step `step` of a run seeded with
+/// `seed`: mix64(seed ^ mix64(step)), where mix64(z) is splitmix64's output
+/// function applied to z + 0x9e3779b97f4a7c15. A resumed run gets the same
+/// seeds.
+SAE_RT_API uint64_t sae_rt_train_step_seed(uint64_t seed, uint64_t step);
+/// The order in which epoch `epoch` (from 0) visits `count` rows: a
+/// Fisher-Yates shuffle of 0..count-1 (for i = count-1 down to 1, swap
+/// perm[i] with perm[j], j uniform in [0, i] by rejection of the biased
+/// draws below 2^64 mod (i + 1)) driven by splitmix64 from the state
+/// mix64(seed ^ mix64(2^63 + epoch)). `perm` receives `count` indices.
+SAE_RT_API sae_rt_status sae_rt_train_permutation(uint64_t seed, uint64_t epoch,
+                                                  int64_t count, int64_t *perm);
+
 /*===------------------------ Parameters --------------------------------===*/
 
 /// Allocates one zero-filled, 64-byte aligned float buffer per parameter of
 /// `model`, in describe order, and the array of pointers to them.
 SAE_RT_API sae_rt_status sae_rt_params_alloc(const sae_rt_model *model,
                                              float ***out);
-/// Frees what sae_rt_params_alloc() returned (NULL is accepted). Does not
-/// need the model, which may already be closed.
+/// Like sae_rt_params_alloc(), for the trainable parameters only (in
+/// "params" order): buffers for gradients and Adam moments. Free them with
+/// sae_rt_params_free().
+SAE_RT_API sae_rt_status sae_rt_trainable_alloc(const sae_rt_model *model,
+                                                float ***out);
+/// Frees what sae_rt_params_alloc() or sae_rt_trainable_alloc() returned
+/// (NULL is accepted). Does not need the model, which may already be closed.
 SAE_RT_API void sae_rt_params_free(float **params);
 
 /*===------------------------ Checkpoints -------------------------------===*/
@@ -466,6 +590,28 @@ SAE_RT_API void sae_rt_params_free(float **params);
 SAE_RT_API sae_rt_status sae_rt_checkpoint_save(const sae_rt_model *model,
                                                 const char *dir,
                                                 float *const *params);
+/// A file that sae_rt_checkpoint_save_files() writes into the checkpoint
+/// next to the weights: a text file (`text` non-NULL, written as is) or a
+/// safetensors file of `tensor_count` tensors (`text` NULL; float32, int32,
+/// float16 or bfloat16 arrays named by `tensor_names`).
+typedef struct sae_rt_checkpoint_file {
+  const char *name; /* a plain file name: no '/', not "." or "..", neither
+                       sae_weights.safetensors nor cfg.json, no duplicates */
+  const char *text;
+  size_t tensor_count;
+  const char *const *tensor_names;
+  const sae_rt_array *tensors;
+} sae_rt_checkpoint_file;
+
+/// sae_rt_checkpoint_save() plus `file_count` more files (e.g. a trainer's
+/// optimizer state), all in the one atomic swap: `dir` holds either the
+/// old checkpoint or the whole new one, even if the process is killed
+/// while writing (with renameat2(RENAME_EXCHANGE); on filesystems without
+/// it, a kill between moving the old checkpoint aside and the new one in
+/// leaves the old one at `dir`.old-XXXXXX).
+SAE_RT_API sae_rt_status sae_rt_checkpoint_save_files(
+    const sae_rt_model *model, const char *dir, float *const *params,
+    size_t file_count, const sae_rt_checkpoint_file *files);
 /// Reads `dir`/sae_weights.safetensors into `params`: every parameter must
 /// be present with exactly the model's shape (F32; F16 and BF16 are
 /// widened). Extra tensors are ignored.

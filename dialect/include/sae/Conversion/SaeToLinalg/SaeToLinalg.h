@@ -14,7 +14,9 @@ namespace sae {
 
 /// Adds the patterns that rewrite every sae op into linalg, tensor, scf,
 /// memref, bufferization, math and arith ops.
-void populateSaeToLinalgPatterns(RewritePatternSet &patterns);
+/// `vectorLanes`: f32 lanes per vector in the product kernel (8 or 16).
+void populateSaeToLinalgPatterns(RewritePatternSet &patterns,
+                                 int64_t vectorLanes = 8);
 
 } // namespace sae
 } // namespace mlir

@@ -413,3 +413,77 @@ LogicalResult GeometricMedianOp::verify() {
 
 #define GET_OP_CLASSES
 #include "sae/Dialect/Sae/IR/SaeOps.cpp.inc"
+
+//===----------------------------------------------------------------------===//
+// Gradients and training
+//===----------------------------------------------------------------------===//
+
+LogicalResult GradientOp::verify() {
+  for (auto [w, g] : llvm::zip(getWrt(), getGrads()))
+    if (w.getType() != g.getType())
+      return emitOpError() << "gradient type " << g.getType()
+                           << " differs from its argument's " << w.getType();
+  return success();
+}
+
+/// The number of columns of a dense batch, or of latents of codes.
+static int64_t columnsOf(Type t) {
+  if (auto codes = dyn_cast<CodesType>(t))
+    return codes.getNumLatents();
+  return cast<RankedTensorType>(t).getDimSize(1);
+}
+
+LogicalResult ColumnSumOp::verify() {
+  return verifySameDim(*this, columnsOf(getInput().getType()),
+                       getResult().getType().getDimSize(0), "column count");
+}
+
+LogicalResult GatherOp::verify() {
+  CodesType codes = getCodes().getType();
+  auto source = getSource().getType();
+  if (source.getRank() == 1)
+    return verifySameDim(*this, codes.getNumLatents(), source.getDimSize(0),
+                         "latent count");
+  if (source.getRank() != 2)
+    return emitOpError() << "source must be [B, n] or [n], got " << source;
+  if (failed(verifySameDim(*this, codes.getNumLatents(), source.getDimSize(1),
+                           "latent count")))
+    return failure();
+  return verifySameDim(*this, codes.getBatch(), source.getDimSize(0),
+                       "batch size");
+}
+
+LogicalResult SddmmOp::verify() {
+  CodesType codes = getCodes().getType();
+  auto lhs = getLhs().getType(), w = getWeight().getType();
+  if (failed(verifySameDim(*this, codes.getBatch(), lhs.getDimSize(0),
+                           "batch size")) ||
+      failed(verifySameDim(*this, codes.getNumLatents(), w.getDimSize(0),
+                           "latent count")))
+    return failure();
+  return verifySameDim(*this, lhs.getDimSize(1), w.getDimSize(1), "width");
+}
+
+LogicalResult OuterOp::verify() {
+  CodesType codes = getCodes().getType();
+  auto rhs = getRhs().getType(), out = getResult().getType();
+  if (failed(verifySameDim(*this, codes.getBatch(), rhs.getDimSize(0),
+                           "batch size")))
+    return failure();
+  unsigned latentDim = getTransposed() ? 1 : 0;
+  if (failed(verifySameDim(*this, codes.getNumLatents(),
+                           out.getDimSize(latentDim), "latent count")))
+    return failure();
+  return verifySameDim(*this, rhs.getDimSize(1), out.getDimSize(1 - latentDim),
+                       "width");
+}
+
+LogicalResult RowNormsOp::verify() {
+  return verifySameDim(*this, getInput().getType().getDimSize(0),
+                       getResult().getType().getDimSize(0), "row count");
+}
+
+LogicalResult ScaleRowsOp::verify() {
+  return verifySameDim(*this, getInput().getType().getDimSize(0),
+                       getScale().getType().getDimSize(0), "row count");
+}

@@ -148,6 +148,23 @@ def Sae_ScaleOp : Sae_Op<"scale", [AllTypesMatch<["input", "result"]>]> {
   let hasVerifier = 1;
 }
 
+def Sae_ShiftOp : Sae_Op<"shift", [AllTypesMatch<["input", "result"]>]> {
+  let summary = "add a scalar to every element";
+  let description = [{
+    `result = input + shift`. Gradient: the identity for `input`.
+
+    Example:
+    ```mlir
+    %y = sae.shift %x, %s : tensor<?x32xf32>, f32
+    ```
+  }];
+  let arguments = (ins Sae_FloatTensor:$input, AnyFloat:$shift);
+  let results = (outs Sae_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $shift attr-dict `:` type($input) `,` type($shift)
+  }];
+}
+
 def Sae_TransposeOp : Sae_Op<"transpose"> {
   let summary = "transpose of a matrix";
   let description = [{
@@ -233,15 +250,17 @@ def Sae_JumpReluOp : Sae_Op<"jump_relu", [AllTypesMatch<["input", "result"]>]> {
     learned per-latent threshold (Rajamanoharan et al. 2024, Gemma Scope).
     The number of active latents per row is data-dependent and unbounded, so
     the result is a dense `[B, n]` tensor whose zeros are structural.
-    Gradient (training): ∂/∂input = H(input − θ); ∂/∂θ through the
-    straight-through estimator with bandwidth ε.
+    Gradient (training, `sae.jump_relu_grad`): ∂/∂input = H(input − θ);
+    ∂/∂θ = −(θ/ε)·rect((input − θ)/ε), the straight-through estimator with
+    bandwidth ε (`rect(u)` = 1 on (−½, ½)).
 
     Example:
     ```mlir
     %f = sae.jump_relu %pre, %threshold : tensor<?x16384xf32>, tensor<16384xf32>
     ```
   }];
-  let arguments = (ins Sae_Matrix:$input, Sae_Vector:$threshold);
+  let arguments = (ins Sae_Matrix:$input, Sae_Vector:$threshold,
+                       DefaultValuedAttr<F64Attr, "0.001">:$bandwidth);
   let results = (outs Sae_Matrix:$result);
   let assemblyFormat = [{
     $input `,` $threshold attr-dict `:` type($input) `,` type($threshold)
@@ -592,14 +611,17 @@ def Sae_L0Op : Sae_Op<"l0"> {
   let summary = "mean over rows of the number of entries above their threshold";
   let description = [{
     `mean_b Σ_i H(input[b, i] − threshold[i])`: JumpReLU's L0 penalty. Its
-    gradient (training) uses the straight-through estimator with bandwidth ε.
+    gradient (training) uses the straight-through estimator with bandwidth ε
+    (`sae.l0_grad`): none to `input`, and to θ_i
+    `−(1/ε)·mean_b rect((input[b, i] − θ_i)/ε)`.
 
     Example:
     ```mlir
     %l = sae.l0 %pre, %threshold : tensor<?x16384xf32>, tensor<16384xf32> -> f32
     ```
   }];
-  let arguments = (ins Sae_Matrix:$input, Sae_Vector:$threshold);
+  let arguments = (ins Sae_Matrix:$input, Sae_Vector:$threshold,
+                       DefaultValuedAttr<F64Attr, "0.001">:$bandwidth);
   let results = (outs AnyFloat:$result);
   let assemblyFormat = [{
     $input `,` $threshold attr-dict `:` type($input) `,` type($threshold) `->` type($result)
@@ -811,6 +833,370 @@ def Sae_GeometricMedianOp : Sae_Op<"geometric_median"> {
   let results = (outs Sae_Vector:$result);
   let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
   let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Gradients and training
+//
+// `sae.gradient` is what the differentiation pass (sae-differentiate)
+// replaces; the other ops are the building blocks of the gradients it
+// derives and of the optimiser step. Gradients of sparse codes are codes
+// with the same indices: they stay O(B·k).
+//===----------------------------------------------------------------------===//
+
+def Sae_GradientOp : Sae_Op<"gradient"> {
+  let summary = "the gradient of a scalar loss with respect to tensors";
+  let description = [{
+    `grads[i] = ∂loss/∂wrt[i]`, for `wrt` values (function arguments) that
+    the loss depends on through ops of the same block. `sae-differentiate`
+    replaces the op by the reverse sweep built from each op's gradient rule
+    (stated in its description); a value the loss does not depend on gets a
+    zero gradient.
+
+    Example:
+    ```mlir
+    %g:2 = sae.gradient %loss wrt %W_enc, %b_enc : f32, tensor<768x16384xf32>, tensor<16384xf32> -> tensor<768x16384xf32>, tensor<16384xf32>
+    ```
+  }];
+  let arguments = (ins AnyFloat:$loss, Variadic<Sae_FloatTensor>:$wrt);
+  let results = (outs Variadic<Sae_FloatTensor>:$grads);
+  let assemblyFormat = [{
+    $loss `wrt` $wrt attr-dict `:` type($loss) `,` type($wrt) `->` type($grads)
+  }];
+  let builders = [OpBuilder<(ins "::mlir::Value":$loss, "::mlir::ValueRange":$wrt), [{
+    build($_builder, $_state, wrt.getTypes(), loss, wrt);
+  }]>];
+  let hasVerifier = 1;
+}
+
+def Sae_ColumnSumOp : Sae_Op<"column_sum"> {
+  let summary = "sum over the rows of a batch, per column (or count nonzeros)";
+  let description = [{
+    `result[j] = Σ_b input[b, j]`; for sparse codes, each entry adds its
+    value to its latent's slot (work O(B·k), never a dense `[B, n]`). With
+    `count_nonzero`, each nonzero entry adds 1 instead (latent firing
+    counts). The gradient of a bias broadcast over a batch.
+
+    Example:
+    ```mlir
+    %db = sae.column_sum %dz : !sae.codes<?x16384xf32, k = 32> -> tensor<16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_CodesOrDense:$input, UnitAttr:$count_nonzero);
+  let results = (outs Sae_Vector:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Sae_GatherOp : Sae_Op<"gather", [AllTypesMatch<["codes", "result"]>]> {
+  let summary = "codes with the same entries, valued from a dense tensor";
+  let description = [{
+    For every entry `(b, i)` of `codes`, the result's value is
+    `source[b, i]` (a `[B, n]` source) or `source[i]` (an `[n]` source).
+    Sparse in, sparse out: the gradient of `sae.densify`, and masks of
+    elementwise gradients applied to sparse gradients.
+
+    Example:
+    ```mlir
+    %g = sae.gather %z, %pre : !sae.codes<?x16384xf32, k = 32>, tensor<?x16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_CodesType:$codes, Sae_FloatTensor:$source);
+  let results = (outs Sae_CodesType:$result);
+  let assemblyFormat = [{
+    $codes `,` $source attr-dict `:` type($codes) `,` type($source)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_SddmmOp : Sae_Op<"sddmm", [AllTypesMatch<["codes", "result"]>]> {
+  let summary = "row-by-row products sampled at the entries of sparse codes";
+  let description = [{
+    For every entry `(b, i)` of `codes`: `⟨lhs[b, :], weight[i, :]⟩`, with
+    `lhs : [B, d]` and `weight : [n, d]` (sampled dense-dense matrix
+    product). The gradient of `sae.decode` with respect to the codes'
+    values: work B·k·d, independent of n.
+
+    Example:
+    ```mlir
+    %dz = sae.sddmm %z, %dxhat, %W_dec : !sae.codes<?x16384xf32, k = 32>, tensor<?x768xf32>, tensor<16384x768xf32>
+    ```
+  }];
+  let arguments = (ins Sae_CodesType:$codes, Sae_Matrix:$lhs,
+                       Sae_Matrix:$weight);
+  let results = (outs Sae_CodesType:$result);
+  let assemblyFormat = [{
+    $codes `,` $lhs `,` $weight attr-dict `:` type($codes) `,` type($lhs) `,` type($weight)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_OuterOp : Sae_Op<"outer"> {
+  let summary = "transposed sparse codes times a dense batch: codesᵀ · rhs";
+  let description = [{
+    `result[i, :] = Σ over entries (b, i) of value · rhs[b, :]` for
+    `rhs : [B, d]`: an `[n, d]` matrix (or `[d, n]` with `transposed`) that
+    only the entries' rows (columns) receive. The gradient of `sae.decode`
+    with respect to the decoder (and of `sae.linear` with respect to its
+    weight when the output gradient is sparse): work B·k·d.
+
+    Example:
+    ```mlir
+    %dW = sae.outer %z, %dxhat : !sae.codes<?x16384xf32, k = 32>, tensor<?x768xf32> -> tensor<16384x768xf32>
+    ```
+  }];
+  let arguments = (ins Sae_CodesType:$codes, Sae_Matrix:$rhs,
+                       UnitAttr:$transposed);
+  let results = (outs Sae_Matrix:$result);
+  let assemblyFormat = [{
+    $codes `,` $rhs attr-dict `:` type($codes) `,` type($rhs) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_NumRowsOp : Sae_Op<"num_rows"> {
+  let summary = "the batch size B of a batched tensor or codes, as a float";
+  let description = [{
+    For batch-layout codes, `B` is the number of entries over k.
+
+    Example:
+    ```mlir
+    %b = sae.num_rows %x : tensor<?x768xf32> -> f32
+    ```
+  }];
+  let arguments = (ins Sae_CodesOrDense:$input);
+  let results = (outs AnyFloat:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+}
+
+def Sae_SumOp : Sae_Op<"sum"> {
+  let summary = "the sum of every element of a tensor (accumulated in f64)";
+  let description = [{
+    With `squares`, the sum of squares. Used for gradient norms and the
+    training metrics.
+
+    Example:
+    ```mlir
+    %s = sae.sum %g {squares} : tensor<16384x768xf32> -> f32
+    ```
+  }];
+  let arguments = (ins Sae_FloatTensor:$input, UnitAttr:$squares);
+  let results = (outs AnyFloat:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+}
+
+def Sae_RowNormsOp : Sae_Op<"row_norms"> {
+  let summary = "the Euclidean norm of every row of a matrix";
+  let description = [{
+    `result[i] = ‖input[i, :]‖₂` (decoder row norms `n_i`).
+
+    Example:
+    ```mlir
+    %n = sae.row_norms %W_dec : tensor<16384x768xf32> -> tensor<16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input);
+  let results = (outs Sae_Vector:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
+  let hasVerifier = 1;
+}
+
+def Sae_ScaleRowsOp : Sae_Op<"scale_rows", [AllTypesMatch<["input", "result"]>]> {
+  let summary = "multiply every row of a matrix by its own factor";
+  let description = [{
+    `result[i, :] = input[i, :] · scale[i]`.
+
+    Example:
+    ```mlir
+    %r = sae.scale_rows %W_dec, %s : tensor<16384x768xf32>, tensor<16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Sae_Vector:$scale);
+  let results = (outs Sae_Matrix:$result);
+  let assemblyFormat = [{
+    $input `,` $scale attr-dict `:` type($input) `,` type($scale)
+  }];
+  let hasVerifier = 1;
+}
+
+def Sae_JumpReluGradOp : Sae_Op<"jump_relu_grad",
+    [AllTypesMatch<["grad", "input", "input_grad"]>,
+     AllTypesMatch<["threshold", "threshold_grad"]>]> {
+  let summary = "the straight-through gradient of sae.jump_relu";
+  let description = [{
+    For `y = jump_relu(x, θ)` and an upstream gradient `grad = ∂L/∂y`:
+    `input_grad = grad · H(x − θ)` and
+    `threshold_grad[i] = Σ_b grad[b, i] · (−θ_i/ε) · rect((x[b, i] − θ_i)/ε)`
+    with `rect(u) = 1` for `−½ < u < ½`, else 0 (SAELens' JumpReLU).
+
+    Example:
+    ```mlir
+    %dx, %dt = sae.jump_relu_grad %dy, %x, %t {bandwidth = 1.0e-03 : f64} : tensor<?x16384xf32>, tensor<16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$grad, Sae_Matrix:$input,
+                       Sae_Vector:$threshold, F64Attr:$bandwidth);
+  let results = (outs Sae_Matrix:$input_grad, Sae_Vector:$threshold_grad);
+  let assemblyFormat = [{
+    $grad `,` $input `,` $threshold attr-dict `:` type($input) `,` type($threshold)
+  }];
+}
+
+def Sae_L0GradOp : Sae_Op<"l0_grad", [AllTypesMatch<["threshold", "result"]>]> {
+  let summary = "the straight-through gradient of sae.l0 w.r.t. the threshold";
+  let description = [{
+    For `s = l0(x, θ)` and `grad = ∂L/∂s`:
+    `result[i] = grad · (−1/ε) · mean_b rect((x[b, i] − θ_i)/ε)` (SAELens'
+    Step function; the input gets no gradient).
+
+    Example:
+    ```mlir
+    %dt = sae.l0_grad %x, %t, %ds {bandwidth = 1.0e-03 : f64} : tensor<?x16384xf32>, tensor<16384xf32>, f32
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Sae_Vector:$threshold,
+                       AnyFloat:$grad, F64Attr:$bandwidth);
+  let results = (outs Sae_Vector:$result);
+  let assemblyFormat = [{
+    $input `,` $threshold `,` $grad attr-dict `:` type($input) `,` type($threshold) `,` type($grad)
+  }];
+}
+
+def Sae_ProjectRowsOp : Sae_Op<"project_rows", [AllTypesMatch<["grad", "weight", "result"]>]> {
+  let summary = "remove from each gradient row its component along the weight row";
+  let description = [{
+    `result[i, :] = grad[i, :] − ⟨grad[i, :], weight[i, :]⟩ · weight[i, :]`:
+    the decoder unit-norm rule's projection, for unit-norm weight rows.
+
+    Example:
+    ```mlir
+    %g2 = sae.project_rows %g, %W_dec : tensor<16384x768xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$grad, Sae_Matrix:$weight);
+  let results = (outs Sae_Matrix:$result);
+  let assemblyFormat = "$grad `,` $weight attr-dict `:` type($grad)";
+}
+
+def Sae_AdamOp : Sae_Op<"adam",
+    [AllTypesMatch<["param", "grad", "m", "v", "new_param", "new_m", "new_v"]>]> {
+  let summary = "one Adam update of a parameter and its moments";
+  let description = [{
+    As torch.optim.Adam: `m' = β₁m + (1−β₁)g`, `v' = β₂v + (1−β₂)g²`,
+    `p' = p − (lr/bc1) · m' / (sqrt(v')/sqrt(bc2) + ε)`, where `bc1 = 1 − β₁ᵗ`
+    and `bc2 = 1 − β₂ᵗ` are the bias corrections of step t. One pass over the
+    parameter.
+
+    Example:
+    ```mlir
+    %p2, %m2, %v2 = sae.adam %p, %g, %m, %v, %lr, %b1, %b2, %eps, %bc1, %bc2 : tensor<16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_FloatTensor:$param, Sae_FloatTensor:$grad,
+                       Sae_FloatTensor:$m, Sae_FloatTensor:$v, F32:$lr,
+                       F32:$beta1, F32:$beta2, F32:$eps, F32:$bc1, F32:$bc2);
+  let results = (outs Sae_FloatTensor:$new_param, Sae_FloatTensor:$new_m,
+                      Sae_FloatTensor:$new_v);
+  let assemblyFormat = [{
+    $param `,` $grad `,` $m `,` $v `,` $lr `,` $beta1 `,` $beta2 `,` $eps `,` $bc1 `,` $bc2 attr-dict `:` type($param)
+  }];
+}
+
+def Sae_SinceFiredOp : Sae_Op<"since_fired", [AllTypesMatch<["counter", "fired", "result"]>]> {
+  let summary = "advance per-latent tokens-since-fired counters by one batch";
+  let description = [{
+    `result[i] = fired[i] > 0 ? 0 : counter[i] + B` where B is the batch
+    size of `batch`: the training rule of a `state` used as aux_k's
+    `since_fired`.
+
+    Example:
+    ```mlir
+    %s2 = sae.since_fired %s, %fired, %x : tensor<16384xf32>, tensor<?x768xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Vector:$counter, Sae_Vector:$fired,
+                       Sae_Matrix:$batch);
+  let results = (outs Sae_Vector:$result);
+  let assemblyFormat = [{
+    $counter `,` $fired `,` $batch attr-dict `:` type($counter) `,` type($batch)
+  }];
+}
+
+def Sae_ThresholdEmaOp : Sae_Op<"threshold_ema", [AllTypesMatch<["threshold", "result"]>]> {
+  let summary = "track BatchTopK's inference threshold (the rule of its `state`)";
+  let description = [{
+    With `m` the smallest positive value among the entries of `codes` (the
+    batch's selection), `result[i] = β·threshold[i] + (1 − β)·m`, or `m` where
+    `threshold[i] <= 0` (the first step); unchanged when no entry is
+    positive (dictionary_learning's BatchTopK trainer, β = 0.999).
+
+    Example:
+    ```mlir
+    %t2 = sae.threshold_ema %t, %z {beta = 0.999 : f64} : tensor<16384xf32>, !sae.codes<?x16384xf32, k = 32, batch>
+    ```
+  }];
+  let arguments = (ins Sae_Vector:$threshold, Sae_CodesType:$codes,
+                       F64Attr:$beta);
+  let results = (outs Sae_Vector:$result);
+  let assemblyFormat = [{
+    $threshold `,` $codes attr-dict `:` type($threshold) `,` type($codes)
+  }];
+}
+
+def Sae_DeadMaskOp : Sae_Op<"dead_mask", [AllTypesMatch<["since_fired", "result"]>]> {
+  let summary = "1 for every dead latent, 0 for the others (AuxK's rule)";
+  let description = [{
+    `result[i] = 1` when `since_fired[i] >= dead_after`, or, with
+    `zipf_alpha`, when the frequency `since_fired[i]` is below its Zipf
+    target (see `sae.aux_k`); else 0.
+
+    Example:
+    ```mlir
+    %d = sae.dead_mask %since {dead_after = 1.0e+07 : f64} : tensor<16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Vector:$since_fired, F64Attr:$dead_after,
+                       OptionalAttr<F64Attr>:$zipf_alpha,
+                       OptionalAttr<I64Attr>:$zipf_k);
+  let results = (outs Sae_Vector:$result);
+  let assemblyFormat = "$since_fired attr-dict `:` type($since_fired)";
+}
+
+def Sae_DeadTopKOp : Sae_Op<"dead_topk"> {
+  let summary = "the top entries of each row among dead latents (AuxK)";
+  let description = [{
+    Per row, the `k` largest entries of `input` among the latents where
+    `mask` (a `sae.dead_mask`) is 1; slots left over when a row has fewer
+    dead latents hold value 0. Gradient (training): the kept entries of
+    dead latents.
+
+    Example:
+    ```mlir
+    %a = sae.dead_topk %pre, %dead : tensor<?x16384xf32>, tensor<16384xf32> -> !sae.codes<?x16384xf32, k = 512>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Sae_Vector:$mask);
+  let results = (outs Sae_CodesType:$result);
+  let assemblyFormat = [{
+    $input `,` $mask attr-dict `:` type($input) `,` type($mask) `->` type($result)
+  }];
+}
+
+def Sae_PrefixOp : Sae_Op<"prefix", [AllTypesMatch<["input", "result"]>]> {
+  let summary = "zero every code of a latent at or above a width";
+  let description = [{
+    Keeps the entries of latents `i < width` (Matryoshka prefixes); dense
+    codes or sparse codes (whose entries stay, valued 0). Its gradient is
+    the same mask.
+
+    Example:
+    ```mlir
+    %p = sae.prefix %z {width = 1024 : i64} : !sae.codes<?x16384xf32, k = 32>
+    ```
+  }];
+  let arguments = (ins Sae_CodesOrDense:$input, I64Attr:$width);
+  let results = (outs Sae_CodesOrDense:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
 }
 
 #endif // SAE_DIALECT_SAE_IR_SAEOPS_TD

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# train_step_check.sh BIN PYTHON INPUTS OUTDIR ARCH...
+# For each architecture: compile examples/ARCH.sae at d = 256, n = 4096,
+# initialise it, randomise its biases and draw inputs (saeref.py), take one
+# `sae train` step (B = 64, in file order) and compare every parameter and
+# Adam moment with torchref.py's torch autograd + torch.optim.Adam step
+# (1e-4 relative; see torchref.py for the allowance of entries whose
+# gradient is at float32 rounding level).
+set -euo pipefail
+bin=$1 python=$2 inputs=$3 out=$4
+shift 4
+examples=$(cd "$inputs/../../../../examples" && pwd)
+for arch in "$@"; do
+  t="$out/$arch"
+  rm -rf "$t" && mkdir -p "$t"
+  "$bin/saec" "$examples/$arch.sae" -D d=256 -D n=4096 -o "$t/lib.so"
+  "$bin/sae" init "$t/lib.so" --seed 1 --out "$t/init" > /dev/null
+  "$python" "$inputs/saeref.py" randomize "$t/init" "$t/ckpt" "$t/x.npy" 64 7
+  extra=() ref=()
+  if [ "$arch" = grad_topk ]; then
+    "$python" -c "import numpy as np; np.save('$t/g.npy', np.random.default_rng(3).standard_normal((64, 256)).astype(np.float32))"
+    extra=(--input-data "g=$t/g.npy")
+    ref=(--grad "$t/g.npy")
+  fi
+  "$bin/sae" train "$t/lib.so" --init "$t/ckpt" --data "$t/x.npy" --steps 1 \
+    --batch 64 --no-shuffle --lr 1e-3 --eps 1e-8 --out "$t/out" "${extra[@]}" \
+    > "$t/summary.json" 2> "$t/progress.txt"
+  echo "$arch: $("$python" "$inputs/torchref.py" check-step "$arch" "$t/ckpt" "$t/x.npy" 64 "$t/out" --noise-allowance 10 "${ref[@]}" | tail -1)"
+done

@@ -1,0 +1,51 @@
+// RUN: sae-opt %s -split-input-file -sae-differentiate | FileCheck %s
+
+// Tests the reverse sweep of a TopK SAE: the gradient that comes back
+// through the selection stays sparse codes. The decoder's gradient is
+// sae.outer, the codes' is sae.sddmm, relu masks the k entries with
+// sae.gather, and the encoder weight's gradient is the transposed outer
+// product with the input: no dense [B, n] gradient (sae.densify) and no
+// dense product for it (sae.linear) is formed.
+// CHECK-LABEL: func.func @topk
+// CHECK-NOT: sae.gradient
+// CHECK-NOT: sae.densify
+// CHECK: %[[S:.*]] = sae.sddmm %[[Z:.*]], %{{.*}}, %arg2
+// CHECK: sae.outer %[[Z]], %{{.*}} : {{.*}} -> tensor<256x64xf32>
+// CHECK: sae.gather %[[S]], %[[PRE:.*]] :
+// CHECK: %[[DZ:.*]] = sae.make_codes
+// CHECK: sae.column_sum %[[DZ]] : !sae.codes<?x256xf32, k = 8> -> tensor<256xf32>
+// CHECK: sae.outer %[[DZ]], %{{.*}} {transposed} : {{.*}} -> tensor<64x256xf32>
+// CHECK-NOT: sae.densify
+// CHECK-NOT: sae.linear {{.*}} -> tensor<64x256xf32>
+// CHECK: return
+func.func @topk(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_dec: tensor<256x64xf32>, %b_enc: tensor<256xf32>) -> (tensor<64x256xf32>, tensor<256x64xf32>, tensor<256xf32>) {
+  %l = sae.linear %x, %W_enc : tensor<?x64xf32>, tensor<64x256xf32> -> tensor<?x256xf32>
+  %pre = sae.bias_add %l, %b_enc : tensor<?x256xf32>, tensor<256xf32>
+  %r = sae.relu %pre : tensor<?x256xf32>
+  %z = sae.topk %r : tensor<?x256xf32> -> !sae.codes<?x256xf32, k = 8>
+  %xhat = sae.decode %z, %W_dec : !sae.codes<?x256xf32, k = 8>, tensor<256x64xf32> -> tensor<?x64xf32>
+  %loss = sae.mse %xhat, %x : tensor<?x64xf32> -> f32
+  %g:3 = sae.gradient %loss wrt %W_enc, %W_dec, %b_enc : f32, tensor<64x256xf32>, tensor<256x64xf32>, tensor<256xf32> -> tensor<64x256xf32>, tensor<256x64xf32>, tensor<256xf32>
+  return %g#0, %g#1, %g#2 : tensor<64x256xf32>, tensor<256x64xf32>, tensor<256xf32>
+}
+
+// -----
+
+// Tests scalar rules (a weighted sum of terms), stopgrad, and a parameter
+// the loss does not depend on: its gradient is zeros.
+// CHECK-LABEL: func.func @terms
+// CHECK: %[[ONE:.*]] = arith.constant 1.0
+// CHECK: arith.mulf %[[ONE]], %{{.*}} : f32
+// CHECK: %[[ZERO:.*]] = sae.fill 0.0{{.*}} : tensor<4xf32>
+// CHECK: return %{{.*}}, %[[ZERO]]
+func.func @terms(%x: tensor<?x4xf32>, %w: tensor<4x4xf32>, %unused: tensor<4xf32>) -> (tensor<4x4xf32>, tensor<4xf32>) {
+  %y = sae.linear %x, %w : tensor<?x4xf32>, tensor<4x4xf32> -> tensor<?x4xf32>
+  %s = sae.stopgrad %y : tensor<?x4xf32>
+  %a = sae.mse %y, %x : tensor<?x4xf32> -> f32
+  %b = sae.mse %s, %x : tensor<?x4xf32> -> f32
+  %c = arith.constant 0.5 : f32
+  %bw = arith.mulf %c, %b : f32
+  %t = arith.addf %a, %bw : f32
+  %g:2 = sae.gradient %t wrt %w, %unused : f32, tensor<4x4xf32>, tensor<4xf32> -> tensor<4x4xf32>, tensor<4xf32>
+  return %g#0, %g#1 : tensor<4x4xf32>, tensor<4xf32>
+}
