@@ -99,6 +99,16 @@ const std::vector<BuiltinSig> &builtins() {
         {"beta", F, true, 1.0}},
        false},
       {"mse", {{"input", T}, {"target", T}, {"mean", I, true, 0}}, false},
+      {"bias_adapt",
+       {{"x", T},
+        {"bias", T},
+        {"stats", T},
+        {"groups", I, true, 10},
+        {"p_max", F, true, 0.1},
+        {"p_min", F, true, 0.001},
+        {"every", F, true, 25600},
+        {"gamma", F, true, 0.01}},
+       false},
       {"fvu", {{"input", T}, {"target", T}}, false},
       {"l1", {{"codes", T}, {"decoder", T, true}}, false},
       {"tanh_penalty", {{"codes", T}, {"decoder", T}, {"c", F}}, false},
@@ -654,6 +664,49 @@ ValueType Sema::checkCall(const CallExprAST &e, const Scope &scope,
     error(bound[2]->loc) << "bandwidth = " << formatNumber(consts[2])
                          << " must be > 0";
     return {};
+  }
+  if (name == "bias_adapt") {
+    // bias_adapt(pre, b_enc, stats, ...): pre itself; training moves the
+    // state b_enc by Group Bias Adaptation, with statistics in `stats`.
+    if (!needDense(0, true) || types[0].shape.size() != 1)
+      return {};
+    int64_t n = types[0].shape[0];
+    auto isState = [&](size_t i) {
+      auto *ref = llvm::dyn_cast<NameExprAST>(bound[i]->value.get());
+      auto it = ref ? m.symbols.find(ref->getName()) : m.symbols.end();
+      auto *decl = it == m.symbols.end()
+                       ? nullptr
+                       : llvm::dyn_cast<TensorDeclAST>(it->second);
+      return decl && decl->isState();
+    };
+    if (!isState(1) || types[1].batched ||
+        types[1].shape != std::vector<int64_t>{n}) {
+      error(bound[1]->loc) << "'bias_adapt' moves a bias: a `state` of shape ["
+                           << n << "], got " << types[1].str();
+      return {};
+    }
+    if (!isState(2) || types[2].batched ||
+        types[2].shape != std::vector<int64_t>{3, n}) {
+      error(bound[2]->loc) << "'bias_adapt' keeps its statistics in a `state` "
+                              "of shape [3, "
+                           << n << "], got " << types[2].str();
+      return {};
+    }
+    double groups = consts[3], pMax = consts[4], pMin = consts[5];
+    if (groups < 1 || groups > double(n)) {
+      error(e.getLoc()) << "'bias_adapt' needs 1 <= groups <= " << n;
+      return {};
+    }
+    if (!(pMin > 0 && pMin <= pMax && pMax <= 1)) {
+      error(e.getLoc()) << "'bias_adapt' needs 0 < p_min <= p_max <= 1, got "
+                        << formatNumber(pMin) << " and " << formatNumber(pMax);
+      return {};
+    }
+    if (!(consts[6] >= 1) || !(consts[7] > 0)) {
+      error(e.getLoc()) << "'bias_adapt' needs every >= 1 and gamma > 0";
+      return {};
+    }
+    return types[0];
   }
   if (name == "jump_relu") {
     if (!needDense(0, true) || types[0].shape.size() != 1 ||

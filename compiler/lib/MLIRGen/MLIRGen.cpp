@@ -142,6 +142,8 @@ private:
   /// In the training form: batch_topk selections whose threshold is a
   /// `state` (tracked by sae.threshold_ema in train_step).
   SmallVector<std::pair<const TensorDeclAST *, Value>> thresholdRules;
+  /// In the training form: bias_adapt calls (Group Bias Adaptation).
+  SmallVector<const CallExprAST *> biasRules;
 };
 
 func::FuncOp MLIRGenImpl::beginEntry(StringRef name, ArrayRef<Type> leading,
@@ -318,6 +320,12 @@ Value MLIRGenImpl::genCall(const CallExprAST &e, Env &env) {
     return saedl::StepOp::create(builder, l, gen(*args[0], env));
   if (name == "stopgrad")
     return saedl::StopGradOp::create(builder, l, gen(*args[0], env));
+  if (name == "bias_adapt") {
+    // The identity on the forward pass; train_step applies the rule.
+    if (noiseSeed)
+      biasRules.push_back(&e);
+    return gen(*args[0], env);
+  }
   if (name == "jump_relu") {
     Value x = gen(*args[0], env);
     return saedl::JumpReluOp::create(builder, l, x.getType(), x,
@@ -621,6 +629,7 @@ void MLIRGenImpl::genTrainStep() {
   noiseSeed = f.getArguments().back();
   noiseStream = 0;
   thresholdRules.clear();
+  biasRules.clear();
 
   Value x = env.lookup(model.input);
   Value xhat = genDecl(model.decode, env);
@@ -699,6 +708,23 @@ void MLIRGenImpl::genTrainStep() {
           updated[decl] = saedl::SinceFiredOp::create(
               builder, l, aux.getSinceFired().getType(), aux.getSinceFired(),
               fired, x);
+  for (const CallExprAST *call : biasRules) {
+    const std::vector<const ExprAST *> &args = model.boundArgs.lookup(call);
+    const std::vector<double> &c = model.callConstants.lookup(call);
+    auto declOf = [&](const ExprAST *a) {
+      return llvm::cast<TensorDeclAST>(
+          model.symbols.lookup(llvm::cast<NameExprAST>(a)->getName()));
+    };
+    const TensorDeclAST *bias = declOf(args[1]), *stats = declOf(args[2]);
+    auto rule = saedl::BiasAdaptOp::create(
+        builder, l, env.lookup(bias).getType(), env.lookup(stats).getType(),
+        gen(*args[0], env), env.lookup(bias), env.lookup(stats),
+        builder.getI64IntegerAttr(int64_t(c[3])), builder.getF64FloatAttr(c[4]),
+        builder.getF64FloatAttr(c[5]), builder.getI64IntegerAttr(int64_t(c[6])),
+        builder.getF64FloatAttr(c[7]));
+    updated[bias] = rule.getNewBias();
+    updated[stats] = rule.getNewStats();
+  }
   for (auto [decl, codes] : thresholdRules)
     updated[decl] = saedl::ThresholdEmaOp::create(
         builder, l, env.lookup(decl).getType(), env.lookup(decl), codes,

@@ -2868,6 +2868,160 @@ struct ThresholdEmaLowering : OpRewritePattern<ThresholdEmaOp> {
   }
 };
 
+/// The batch's firing counts and maxima per latent (one reduction over the
+/// rows), then scf loops over the n latents on buffers.
+struct BiasAdaptLowering : OpRewritePattern<BiasAdaptOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(BiasAdaptOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    MLIRContext *ctx = op.getContext();
+    auto vecType = op.getBias().getType();
+    Type elt = vecType.getElementType();
+    int64_t n = vecType.getDimSize(0), groups = op.getGroups();
+    AffineExpr i, j;
+    bindDims(ctx, i, j);
+    AffineMap id = AffineMap::get(2, 0, {i, j}, ctx);
+    AffineMap col = AffineMap::get(2, 0, {j}, ctx);
+    Value count0 = filledTensor(rewriter, loc, vecType, op.getBias(), 0.0);
+    Value max0 = filledTensor(rewriter, loc, vecType, op.getBias(), -1e30);
+    auto red = linalg::GenericOp::create(
+        rewriter, loc, TypeRange{vecType, vecType}, ValueRange{op.getInput()},
+        ValueRange{count0, max0}, ArrayRef<AffineMap>{id, col, col},
+        ArrayRef<utils::IteratorType>{utils::IteratorType::reduction,
+                                      utils::IteratorType::parallel},
+        [&](OpBuilder &b, Location l, ValueRange a) {
+          Value pos = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
+                                            a[0], floatConst(b, l, elt, 0.0));
+          Value c = arith::AddFOp::create(
+              b, l, a[1], arith::UIToFPOp::create(b, l, elt, pos));
+          Value m = arith::MaximumFOp::create(b, l, a[2], a[0]);
+          linalg::YieldOp::create(b, l, ValueRange{c, m});
+        });
+    Value cnt = toBuffer(rewriter, loc, red.getResult(0));
+    Value mx = toBuffer(rewriter, loc, red.getResult(1));
+    Value bias = toBuffer(rewriter, loc, op.getBias());
+    Value stats = toBuffer(rewriter, loc, op.getStats());
+    Value newBias = allocLike(rewriter, loc, vecType, {});
+    auto statsType = op.getStats().getType();
+    Value newStats = allocLike(rewriter, loc, statsType, {});
+    auto groupType = MemRefType::get({groups}, elt);
+    Value gSum = memref::AllocOp::create(rewriter, loc, groupType);
+    Value gNum = memref::AllocOp::create(rewriter, loc, groupType);
+    Value zero = floatConst(rewriter, loc, elt, 0.0);
+    linalg::FillOp::create(rewriter, loc, ValueRange{zero}, ValueRange{gSum});
+    linalg::FillOp::create(rewriter, loc, ValueRange{zero}, ValueRange{gNum});
+    auto idx = [&](OpBuilder &b, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(b, loc, v);
+    };
+    auto f = [&](OpBuilder &b, double v) { return floatConst(b, loc, elt, v); };
+    auto loopN = [&](function_ref<void(OpBuilder &, Value)> body) {
+      scf::ForOp::create(rewriter, loc, idx(rewriter, 0), idx(rewriter, n),
+                         idx(rewriter, 1), ValueRange{},
+                         [&](OpBuilder &b, Location l, Value iv, ValueRange) {
+                           body(b, iv);
+                           scf::YieldOp::create(b, l);
+                         });
+    };
+    auto groupOf = [&](OpBuilder &b, Value iv) -> Value {
+      // g = i · groups / n (contiguous groups)
+      return arith::DivUIOp::create(
+          b, loc, arith::MulIOp::create(b, loc, iv, idx(b, groups)),
+          idx(b, n));
+    };
+    Value rows = rowCount(rewriter, loc, op.getInput(), elt);
+    Value seen = arith::AddFOp::create(
+        rewriter, loc,
+        memref::LoadOp::create(rewriter, loc, stats,
+                               ValueRange{idx(rewriter, 2), idx(rewriter, 0)}),
+        rows);
+    Value update = arith::CmpFOp::create(rewriter, loc,
+                                         arith::CmpFPredicate::OGE, seen,
+                                         f(rewriter, double(op.getEvery())));
+    // Accumulated statistics, and the groups' mean positive maxima.
+    loopN([&](OpBuilder &b, Value iv) {
+      Value c = arith::AddFOp::create(
+          b, loc, memref::LoadOp::create(b, loc, cnt, iv),
+          memref::LoadOp::create(b, loc, stats, ValueRange{idx(b, 0), iv}));
+      Value m = arith::MaximumFOp::create(
+          b, loc, memref::LoadOp::create(b, loc, mx, iv),
+          memref::LoadOp::create(b, loc, stats, ValueRange{idx(b, 1), iv}));
+      memref::StoreOp::create(b, loc, c, newStats, ValueRange{idx(b, 0), iv});
+      memref::StoreOp::create(b, loc, m, newStats, ValueRange{idx(b, 1), iv});
+      memref::StoreOp::create(b, loc, seen, newStats, ValueRange{idx(b, 2), iv});
+      Value g = groupOf(b, iv);
+      Value pos = arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT, m,
+                                        f(b, 0.0));
+      Value add = arith::SelectOp::create(b, loc, pos, m, f(b, 0.0));
+      Value one = arith::SelectOp::create(b, loc, pos, f(b, 1.0), f(b, 0.0));
+      memref::StoreOp::create(
+          b, loc,
+          arith::AddFOp::create(b, loc, memref::LoadOp::create(b, loc, gSum, g),
+                                add),
+          gSum, g);
+      memref::StoreOp::create(
+          b, loc,
+          arith::AddFOp::create(b, loc, memref::LoadOp::create(b, loc, gNum, g),
+                                one),
+          gNum, g);
+    });
+    double pMax = op.getPMax().convertToDouble();
+    double pMin = op.getPMin().convertToDouble();
+    double gamma = op.getGamma().convertToDouble();
+    double ratio = groups > 1 ? std::log(pMin / pMax) / double(groups - 1) : 0;
+    loopN([&](OpBuilder &b, Value iv) {
+      Value c = memref::LoadOp::create(b, loc, newStats, ValueRange{idx(b, 0), iv});
+      Value m = memref::LoadOp::create(b, loc, newStats, ValueRange{idx(b, 1), iv});
+      Value bi = memref::LoadOp::create(b, loc, bias, iv);
+      Value g = groupOf(b, iv);
+      Value freq = arith::DivFOp::create(b, loc, c, seen);
+      // p_g = p_max · exp(g · ln(p_min/p_max)/(groups − 1))
+      Value gf = arith::UIToFPOp::create(
+          b, loc, elt, arith::IndexCastOp::create(b, loc, b.getI64Type(), g));
+      Value target = arith::MulFOp::create(
+          b, loc, f(b, pMax),
+          math::ExpOp::create(b, loc,
+                              arith::MulFOp::create(b, loc, gf, f(b, ratio))));
+      Value num = memref::LoadOp::create(b, loc, gNum, g);
+      Value meanMax = arith::DivFOp::create(
+          b, loc, memref::LoadOp::create(b, loc, gSum, g),
+          arith::MaximumFOp::create(b, loc, num, f(b, 1.0)));
+      Value down = arith::MaximumFOp::create(
+          b, loc,
+          arith::SubFOp::create(
+              b, loc, bi,
+              arith::MulFOp::create(b, loc, f(b, gamma),
+                                    arith::MaximumFOp::create(b, loc, m, f(b, 0.0)))),
+          f(b, -1.0));
+      Value up = arith::MinimumFOp::create(
+          b, loc,
+          arith::AddFOp::create(b, loc, bi,
+                                arith::MulFOp::create(b, loc, f(b, gamma), meanMax)),
+          f(b, 0.0));
+      Value tooHigh = arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OGT,
+                                            freq, target);
+      Value dead = arith::CmpFOp::create(b, loc, arith::CmpFPredicate::OLT,
+                                         freq, f(b, 1e-6));
+      Value adapted = arith::SelectOp::create(
+          b, loc, tooHigh, down, arith::SelectOp::create(b, loc, dead, up, bi));
+      memref::StoreOp::create(
+          b, loc, arith::SelectOp::create(b, loc, update, adapted, bi), newBias,
+          iv);
+      // After an update the statistics restart.
+      for (int64_t r = 0; r < 3; ++r) {
+        Value old = memref::LoadOp::create(b, loc, newStats, ValueRange{idx(b, r), iv});
+        Value reset = f(b, 0.0);
+        memref::StoreOp::create(b, loc,
+                                arith::SelectOp::create(b, loc, update, reset, old),
+                                newStats, ValueRange{idx(b, r), iv});
+      }
+    });
+    rewriter.replaceOp(op, {asTensor(rewriter, loc, vecType, newBias),
+                            asTensor(rewriter, loc, statsType, newStats)});
+    return success();
+  }
+};
+
 struct ConvertSaeToLinalgPass
     : public sae::impl::ConvertSaeToLinalgBase<ConvertSaeToLinalgPass> {
   using ConvertSaeToLinalgBase::ConvertSaeToLinalgBase;
@@ -2921,7 +3075,7 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       NumRowsLowering, SumLowering, RowNormsLowering, ScaleRowsLowering,
       JumpReluGradLowering, L0GradLowering, ProjectRowsLowering, AdamLowering,
       SinceFiredLowering, DeadMaskLowering, DeadTopKLowering, PrefixLowering,
-      ShiftLowering, ThresholdEmaLowering>(
+      ShiftLowering, ThresholdEmaLowering, BiasAdaptLowering>(
       patterns.getContext());
   MLIRContext *ctx = patterns.getContext();
   patterns.add<UnaryLowering<AbsOp>>(

@@ -1143,6 +1143,35 @@ def Sae_ThresholdEmaOp : Sae_Op<"threshold_ema", [AllTypesMatch<["threshold", "r
   }];
 }
 
+def Sae_BiasAdaptOp : Sae_Op<"bias_adapt",
+    [AllTypesMatch<["bias", "new_bias"]>, AllTypesMatch<["stats", "new_stats"]>]> {
+  let summary = "Group Bias Adaptation: the training rule of a bias `state`";
+  let description = [{
+    Chen et al. 2025 ("Taming Polysemanticity"). `stats : [3, n]` holds, per
+    latent since the last update, the rows where `input > 0` (row 0), the
+    largest `input` (row 1), and the rows seen (row 2). The batch's are
+    added; once at least `every` rows are in, with `p̂_i` = firing frequency,
+    `r_i` = largest pre-activation, latents in `groups` contiguous groups of
+    `n/groups` whose target frequencies fall geometrically from `p_max` to
+    `p_min`, and `s̄_g` the mean of the positive `r_i` of group g:
+    `b_i ← max(b_i − γ·r_i, −1)` if `p̂_i > p_g`;
+    `b_i ← min(b_i + γ·s̄_g, 0)` if `p̂_i < 1e-6` (dead); else unchanged;
+    then the statistics restart from zero.
+
+    Example:
+    ```mlir
+    %b2, %s2 = sae.bias_adapt %pre, %b, %s {groups = 10 : i64, p_max = 0.1 : f64, p_min = 0.001 : f64, every = 25600 : i64, gamma = 0.01 : f64} : tensor<?x16384xf32>, tensor<16384xf32>, tensor<3x16384xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Sae_Vector:$bias, Sae_Matrix:$stats,
+                       I64Attr:$groups, F64Attr:$p_max, F64Attr:$p_min,
+                       I64Attr:$every, F64Attr:$gamma);
+  let results = (outs Sae_Vector:$new_bias, Sae_Matrix:$new_stats);
+  let assemblyFormat = [{
+    $input `,` $bias `,` $stats attr-dict `:` type($input) `,` type($bias) `,` type($stats)
+  }];
+}
+
 def Sae_DeadMaskOp : Sae_Op<"dead_mask", [AllTypesMatch<["since_fired", "result"]>]> {
   let summary = "1 for every dead latent, 0 for the others (AuxK's rule)";
   let description = [{
