@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   cmake ninja-build g++ gcc
-  llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools
+  llvm-22-dev llvm-22-tools libmlir-22-dev mlir-22-tools libomp-22-dev
   antlr4 libantlr4-runtime-dev
   libgtest-dev nlohmann-json3-dev zlib1g-dev
   python3 python3-numpy python3-torch

@@ -651,6 +651,30 @@ LogicalResult Differentiator::backward(Operation *o) {
         }
         return success();
       })
+      .Case([&](NormalizeRowsOp nr) {
+        // y = W / ‖W‖ per row:  ∂W_i = (dy_i − ⟨dy_i, y_i⟩ y_i) / ‖W_i‖
+        // (zero rows, which stay zero, pass nothing).
+        Value dy = total(l, nr.getResult());
+        Value w = nr.getInput();
+        auto wt = cast<RankedTensorType>(w.getType());
+        auto vt = RankedTensorType::get({wt.getDimSize(0)}, wt.getElementType());
+        Value norms = RowNormsOp::create(b, l, vt, w);
+        Value inv = DivOp::create(b, l, stepOf(l, norms),
+                                  ShiftOp::create(b, l, vt, norms, scalar(l, 1e-30)));
+        Value proj = ProjectRowsOp::create(b, l, dy, nr.getResult());
+        accumulate(w, ScaleRowsOp::create(b, l, proj, inv));
+        return success();
+      })
+      .Case([&](MatchingPursuitOp mp) {
+        Value g = total(l, mp.getResult());
+        auto grad = MatchingPursuitGradOp::create(
+            b, l, mp.getInput().getType(), mp.getDecoder().getType(),
+            mp.getInput(), mp.getDecoder(), mp.getResult(), g,
+            mp.getNonnegAttr());
+        accumulate(mp.getInput(), grad.getInputGrad());
+        accumulate(mp.getDecoder(), grad.getDecoderGrad());
+        return success();
+      })
       .Case([&](AfaOp afa) {
         // mean_b (‖f_b‖ − ‖x_b‖)²:  ∂/∂f_b = 2/B · (‖f_b‖ − ‖x_b‖)/‖f_b‖ · f_b
         // (a zero row gets zero: its norm is shifted by 1e-20).

@@ -21,16 +21,16 @@ func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x20xf32>) -> tensor<?x20xf3
 // -----
 
 // Tests the register-blocked kernel for a width that is a multiple of two
-// vectors (8 lanes here): a [K, 16] panel of the weight is packed per
-// column block, then blocks of 6 rows keep 6 × 2 vector accumulators over k
-// (one broadcast of x[i, k] and two FMAs per row), and the leftover rows
-// go one at a time.
+// vectors (8 lanes here): the weight is packed into panels of 16 columns,
+// then blocks of 96 rows run in parallel (scf.parallel), and within them
+// groups of 6 rows keep 6 × 2 vector accumulators over k (one broadcast of
+// x[i, k] and two FMAs per row); the leftover rows go one at a time.
 // CHECK-LABEL: func.func @linear_kernel
-// CHECK: %[[PANEL:.*]] = memref.alloc() : memref<16x16xf32>
-// CHECK: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %c96
-// CHECK: scf.for %[[J:.*]] = %{{.*}} to %c64 step %c16
+// CHECK: %[[PACKED:.*]] = memref.alloc() : memref<4x16x16xf32>
 // CHECK: vector.load {{.*}} : memref<16x64xf32>, vector<8xf32>
-// CHECK: vector.store {{.*}}, %[[PANEL]]
+// CHECK: vector.store {{.*}}, %[[PACKED]]
+// CHECK: scf.parallel (%{{.*}}) = (%{{.*}}) to (%{{.*}}) step (%c96)
+// CHECK: scf.for %[[J:.*]] = %{{.*}} to %c64 step %c16
 // CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>)
 // CHECK-COUNT-12: vector.fma
 // CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>, vector<8xf32>)

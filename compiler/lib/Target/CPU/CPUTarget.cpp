@@ -185,8 +185,11 @@ bool sae::emitSharedLibrary(llvm::Module &llvmModule, const CpuTarget &target,
   // Link into a temporary file first, then rename: a failed or interrupted
   // link never leaves a truncated library behind.
   std::string tmpOut = (outputPath + ".tmp").str();
+  // Parallel loops call LLVM's OpenMP runtime (Debian's libomp-22-dev).
   llvm::SmallVector<llvm::StringRef> args = {
-      *cc, "-shared", "-o", tmpOut, objPath, "-lm", "-Wl,-z,noexecstack"};
+      *cc,   "-shared", "-o", tmpOut, objPath,
+      "-lm", "-L" SAE_LLVM_LIBDIR, "-lomp", "-Wl,-rpath," SAE_LLVM_LIBDIR,
+      "-Wl,-z,noexecstack"};
   std::string linkErr;
   int rc =
       llvm::sys::ExecuteAndWait(*cc, args, std::nullopt, {}, 0, 0, &linkErr);

@@ -177,9 +177,10 @@ Value negInfOf(OpBuilder &b, Location l, Type elt) {
 //===----------------------------------------------------------------------===//
 
 /// Register-blocked product C[M, N] = A[M, K] · B[K, N] on row-major
-/// buffers, N a multiple of 2·lanes. For each panel of 2·lanes columns of B
-/// (copied into a contiguous [K, 2·lanes] buffer, so that walking k stays in
-/// a few pages), blocks of kRows rows accumulate kRows × 2 vectors in
+/// buffers, N a multiple of 2·lanes. B is first packed panel by panel (each
+/// panel of 2·lanes columns contiguous [K, 2·lanes], so that walking k stays
+/// in a few pages); then, for blocks of rows of A (kept in cache), every
+/// panel goes by and groups of kRows rows accumulate kRows × 2 vectors in
 /// registers over k: broadcast A[i, k], fused multiply-add with the panel's
 /// row k. The rows left over go one at a time.
 constexpr int64_t kRows = 6;
@@ -192,20 +193,23 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
     return arith::ConstantIndexOp::create(ob, loc, v);
   };
-  Value panel =
-      memref::AllocOp::create(b, loc, MemRefType::get({k, cols}, f32));
-  // Rows [r0, r0 + rows) of the panel, which holds columns [j, j + cols).
+  // B packed panel by panel: packed[p, kk, :] = B[kk, p·cols : (p+1)·cols].
+  int64_t panels = n / cols;
+  Value packed = memref::AllocOp::create(
+      b, loc, MemRefType::get({panels, k, cols}, f32));
+  // Rows [r0, r0 + rows) of the block of columns [j, j + cols).
   auto block = [&](OpBuilder &ob, Value r0, int64_t rows, Value j) {
+    Value p = arith::DivUIOp::create(ob, loc, j, idx(ob, cols));
     Value zero = arith::ConstantOp::create(
         ob, loc, DenseElementsAttr::get(vecType, ob.getF32FloatAttr(0.0)));
     SmallVector<Value> init(rows * 2, zero);
     auto loop = scf::ForOp::create(
         ob, loc, idx(ob, 0), idx(ob, k), idx(ob, 1), init,
         [&](OpBuilder &kb, Location l, Value kk, ValueRange acc) {
-          Value b0 = vector::LoadOp::create(kb, l, vecType, panel,
-                                            ValueRange{kk, idx(kb, 0)});
-          Value b1 = vector::LoadOp::create(kb, l, vecType, panel,
-                                            ValueRange{kk, idx(kb, lanes)});
+          Value b0 = vector::LoadOp::create(kb, l, vecType, packed,
+                                            ValueRange{p, kk, idx(kb, 0)});
+          Value b1 = vector::LoadOp::create(kb, l, vecType, packed,
+                                            ValueRange{p, kk, idx(kb, lanes)});
           SmallVector<Value> next;
           for (int64_t r = 0; r < rows; ++r) {
             Value row = arith::AddIOp::create(kb, l, r0, idx(kb, r));
@@ -226,36 +230,44 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
       }
     }
   };
-  // Packs columns [j, j + cols) of B into the panel.
-  auto pack = [&](OpBuilder &jb, Location l, Value j) {
-    scf::ForOp::create(
-        jb, l, idx(jb, 0), idx(jb, k), idx(jb, 1), ValueRange{},
-        [&](OpBuilder &pb, Location pl, Value kk, ValueRange) {
-          for (int64_t v = 0; v < 2; ++v) {
-            Value col = arith::AddIOp::create(pb, pl, j, idx(pb, v * lanes));
-            Value x =
-                vector::LoadOp::create(pb, pl, vecType, bm, ValueRange{kk, col});
-            vector::StoreOp::create(pb, pl, x, panel,
-                                    ValueRange{kk, idx(pb, v * lanes)});
-          }
-          scf::YieldOp::create(pb, pl);
-        });
-  };
+  // Pack: row by row of B (contiguous reads), each row's panels apart.
+  scf::ForOp::create(
+      b, loc, idx(b, 0), idx(b, k), idx(b, 1), ValueRange{},
+      [&](OpBuilder &kb, Location l, Value kk, ValueRange) {
+        scf::ForOp::create(
+            kb, l, idx(kb, 0), idx(kb, panels), idx(kb, 1), ValueRange{},
+            [&](OpBuilder &pb, Location pl, Value p, ValueRange) {
+              Value j = arith::MulIOp::create(pb, pl, p, idx(pb, cols));
+              for (int64_t v = 0; v < 2; ++v) {
+                Value col = arith::AddIOp::create(pb, pl, j, idx(pb, v * lanes));
+                Value x = vector::LoadOp::create(pb, pl, vecType, bm,
+                                                 ValueRange{kk, col});
+                vector::StoreOp::create(pb, pl, x, packed,
+                                        ValueRange{p, kk, idx(pb, v * lanes)});
+              }
+              scf::YieldOp::create(pb, pl);
+            });
+        scf::YieldOp::create(kb, l);
+      });
   // Row blocks of kRows·kBlocks rows (their A rows stay in L2 while every
   // panel goes by), then the rows left over one at a time.
+  // The row blocks write disjoint rows of C: they run in parallel
+  // (scf.parallel, OpenMP threads on the CPU), each output still computed
+  // by one thread in one order, so results do not depend on the threads.
   constexpr int64_t kBlocks = 16;
   Value rem = arith::RemUIOp::create(b, loc, m, idx(b, kRows));
   Value full = arith::SubIOp::create(b, loc, m, rem);
-  scf::ForOp::create(
-      b, loc, idx(b, 0), full, idx(b, kRows * kBlocks), ValueRange{},
-      [&](OpBuilder &ob, Location l, Value i0, ValueRange) {
+  scf::ParallelOp::create(
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{full},
+      ValueRange{idx(b, kRows * kBlocks)},
+      [&](OpBuilder &ob, Location l, ValueRange ivs) {
+        Value i0 = ivs[0];
         Value i1 = arith::MinUIOp::create(
             ob, l, arith::AddIOp::create(ob, l, i0, idx(ob, kRows * kBlocks)),
             full);
         scf::ForOp::create(
             ob, l, idx(ob, 0), idx(ob, n), idx(ob, cols), ValueRange{},
             [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
-              pack(jb, jl, j);
               scf::ForOp::create(
                   jb, jl, i0, i1, idx(jb, kRows), ValueRange{},
                   [&](OpBuilder &ib, Location il, Value i, ValueRange) {
@@ -264,12 +276,10 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                   });
               scf::YieldOp::create(jb, jl);
             });
-        scf::YieldOp::create(ob, l);
       });
   scf::ForOp::create(
       b, loc, idx(b, 0), idx(b, n), idx(b, cols), ValueRange{},
       [&](OpBuilder &jb, Location l, Value j, ValueRange) {
-        pack(jb, l, j);
         scf::ForOp::create(jb, l, full, m, idx(jb, 1), ValueRange{},
                            [&](OpBuilder &ib, Location il, Value i, ValueRange) {
                              block(ib, i, 1, j);
@@ -2405,8 +2415,12 @@ struct SddmmLowering : OpRewritePattern<SddmmOp> {
                                                     ValueRange{row, j});
                 Value c = tensor::ExtractOp::create(jb, jl, w,
                                                     ValueRange{latent, j});
+                // Reassociable, so LLVM vectorises the dot product.
+                auto fm = arith::FastMathFlagsAttr::get(
+                    jb.getContext(), arith::FastMathFlags::reassoc |
+                                         arith::FastMathFlags::contract);
                 Value s = arith::AddFOp::create(
-                    jb, jl, acc[0], arith::MulFOp::create(jb, jl, a, c));
+                    jb, jl, acc[0], arith::MulFOp::create(jb, jl, a, c), fm);
                 scf::YieldOp::create(jb, jl, s);
               });
           return loop.getResult(0);
@@ -3022,6 +3036,159 @@ struct BiasAdaptLowering : OpRewritePattern<BiasAdaptOp> {
   }
 };
 
+/// Per row: replay the pursuit (argmax scans, as the forward lowering),
+/// keeping each step's atom, value, clamp and residual, then sweep back.
+struct MatchingPursuitGradLowering : OpRewritePattern<MatchingPursuitGradOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(MatchingPursuitGradOp op,
+                                PatternRewriter &rewriter) const override {
+    Value codeVals, codeIdx, gradVals, gradIdx;
+    if (failed(getCodeParts(op.getCodes(), codeVals, codeIdx)) ||
+        failed(getCodeParts(op.getGrad(), gradVals, gradIdx)))
+      return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+    Location loc = op.getLoc();
+    CodesType codes = op.getCodes().getType();
+    Type elt = codes.getElementType();
+    Type i32 = rewriter.getI32Type();
+    auto inType = op.getInput().getType();
+    auto wType = op.getDecoder().getType();
+    int64_t k = codes.getK(), n = codes.getNumLatents(), d = inType.getDimSize(1);
+    Value in = toBuffer(rewriter, loc, op.getInput());
+    Value w = toBuffer(rewriter, loc, op.getDecoder());
+    Value idxs = toBuffer(rewriter, loc, codeIdx);
+    Value gv = toBuffer(rewriter, loc, gradVals);
+    Value dr = allocLike(rewriter, loc, inType,
+                         dynamicSizes(rewriter, loc, inType, op.getInput()));
+    Value dw = zeroBuffer(rewriter, loc, wType, {});
+    // Per-row scratch: residuals before each step [k + 1, d], atoms, values,
+    // clamps, and the residual's gradient.
+    Value hist = memref::AllocOp::create(rewriter, loc,
+                                         MemRefType::get({k + 1, d}, elt));
+    Value atoms = memref::AllocOp::create(rewriter, loc,
+                                          MemRefType::get({k}, rewriter.getIndexType()));
+    Value vs = memref::AllocOp::create(rewriter, loc, MemRefType::get({k}, elt));
+    Value live = memref::AllocOp::create(rewriter, loc, MemRefType::get({k}, elt));
+    Value gr = memref::AllocOp::create(rewriter, loc, MemRefType::get({d}, elt));
+    auto cIdx = [&](OpBuilder &b, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(b, loc, v);
+    };
+    auto f = [&](OpBuilder &b, double v) { return floatConst(b, loc, elt, v); };
+    bool nonneg = op.getNonneg();
+    auto forN = [&](OpBuilder &b, Value lo, Value hi, ValueRange init,
+                    function_ref<SmallVector<Value>(OpBuilder &, Value, ValueRange)> body) {
+      return scf::ForOp::create(
+          b, loc, lo, hi, cIdx(b, 1), init,
+          [&](OpBuilder &nb, Location l, Value iv, ValueRange args) {
+            scf::YieldOp::create(nb, l, body(nb, iv, args));
+          });
+    };
+    auto dotWith = [&](OpBuilder &b, Value buf, Value bufRow, Value atom) {
+      // ⟨buf[bufRow, :], w[atom, :]⟩ (bufRow null: a vector buffer)
+      return forN(b, cIdx(b, 0), cIdx(b, d), ValueRange{f(b, 0.0)},
+                  [&](OpBuilder &tb, Value t, ValueRange acc) {
+                    Value x = bufRow ? memref::LoadOp::create(tb, loc, buf, ValueRange{bufRow, t}).getResult()
+                                     : memref::LoadOp::create(tb, loc, buf, ValueRange{t}).getResult();
+                    Value y = memref::LoadOp::create(tb, loc, w, ValueRange{atom, t});
+                    return SmallVector<Value>{arith::AddFOp::create(
+                        tb, loc, acc[0], arith::MulFOp::create(tb, loc, x, y))};
+                  })
+          .getResult(0);
+    };
+    Value rows = tensor::DimOp::create(rewriter, loc, op.getInput(), 0);
+    forN(rewriter, cIdx(rewriter, 0), rows, {}, [&](OpBuilder &b, Value row, ValueRange) {
+      // hist[0] = input row
+      forN(b, cIdx(b, 0), cIdx(b, d), {}, [&](OpBuilder &tb, Value t, ValueRange) {
+        memref::StoreOp::create(tb, loc,
+                                memref::LoadOp::create(tb, loc, in, ValueRange{row, t}),
+                                hist, ValueRange{cIdx(tb, 0), t});
+        return SmallVector<Value>{};
+      });
+      // Replay.
+      forN(b, cIdx(b, 0), cIdx(b, k), {}, [&](OpBuilder &sb, Value s, ValueRange) {
+        auto best = forN(sb, cIdx(sb, 0), cIdx(sb, n),
+                         ValueRange{negInfOf(sb, loc, elt), cIdx(sb, 0)},
+                         [&](OpBuilder &jb, Value j, ValueRange bst) {
+                           Value dot = dotWith(jb, hist, s, j);
+                           Value better = arith::CmpFOp::create(
+                               jb, loc, arith::CmpFPredicate::OGT, dot, bst[0]);
+                           return SmallVector<Value>{
+                               arith::SelectOp::create(jb, loc, better, dot, bst[0]),
+                               arith::SelectOp::create(jb, loc, better, j, bst[1])};
+                         });
+        Value p = best.getResult(0), atom = best.getResult(1);
+        Value v = nonneg ? arith::MaximumFOp::create(sb, loc, p, f(sb, 0.0)).getResult() : p;
+        Value on = nonneg ? arith::UIToFPOp::create(
+                                sb, loc, elt,
+                                arith::CmpFOp::create(sb, loc, arith::CmpFPredicate::OGT,
+                                                      p, f(sb, 0.0)))
+                                .getResult()
+                          : f(sb, 1.0);
+        memref::StoreOp::create(sb, loc, atom, atoms, s);
+        memref::StoreOp::create(sb, loc, v, vs, s);
+        memref::StoreOp::create(sb, loc, on, live, s);
+        Value next = arith::AddIOp::create(sb, loc, s, cIdx(sb, 1));
+        forN(sb, cIdx(sb, 0), cIdx(sb, d), {}, [&](OpBuilder &tb, Value t, ValueRange) {
+          Value r = memref::LoadOp::create(tb, loc, hist, ValueRange{s, t});
+          Value a = memref::LoadOp::create(tb, loc, w, ValueRange{atom, t});
+          memref::StoreOp::create(tb, loc,
+                                  arith::SubFOp::create(tb, loc, r,
+                                                        arith::MulFOp::create(tb, loc, v, a)),
+                                  hist, ValueRange{next, t});
+          return SmallVector<Value>{};
+        });
+        return SmallVector<Value>{};
+      });
+      // Sweep back.
+      linalg::FillOp::create(b, loc, ValueRange{f(b, 0.0)}, ValueRange{gr});
+      forN(b, cIdx(b, 0), cIdx(b, k), {}, [&](OpBuilder &sb, Value s, ValueRange) {
+        Value t0 = arith::SubIOp::create(sb, loc, cIdx(sb, k - 1), s); // step k-1-s
+        Value atom = memref::LoadOp::create(sb, loc, atoms, t0);
+        Value atomI = arith::IndexCastOp::create(sb, loc, i32, atom);
+        // The codes' gradient at this atom's slot (its first slot).
+        auto slot = forN(sb, cIdx(sb, 0), cIdx(sb, k), ValueRange{cIdx(sb, k)},
+                         [&](OpBuilder &jb, Value j, ValueRange found) {
+                           Value held = memref::LoadOp::create(jb, loc, idxs, ValueRange{row, j});
+                           Value same = arith::CmpIOp::create(jb, loc, arith::CmpIPredicate::eq, held, atomI);
+                           Value first = arith::CmpIOp::create(jb, loc, arith::CmpIPredicate::eq, found[0], cIdx(jb, k));
+                           return SmallVector<Value>{arith::SelectOp::create(
+                               jb, loc, arith::AndIOp::create(jb, loc, same, first), j, found[0])};
+                         });
+        Value sl = arith::MinUIOp::create(sb, loc, slot.getResult(0), cIdx(sb, k - 1));
+        Value gt = memref::LoadOp::create(sb, loc, gv, ValueRange{row, sl});
+        Value gvp = arith::MulFOp::create(
+            sb, loc, memref::LoadOp::create(sb, loc, live, t0),
+            arith::SubFOp::create(sb, loc, gt, dotWith(sb, gr, Value(), atom)));
+        Value v = memref::LoadOp::create(sb, loc, vs, t0);
+        forN(sb, cIdx(sb, 0), cIdx(sb, d), {}, [&](OpBuilder &tb, Value t, ValueRange) {
+          Value g = memref::LoadOp::create(tb, loc, gr, ValueRange{t});
+          Value r = memref::LoadOp::create(tb, loc, hist, ValueRange{t0, t});
+          Value old = memref::LoadOp::create(tb, loc, dw, ValueRange{atom, t});
+          Value upd = arith::SubFOp::create(tb, loc, arith::MulFOp::create(tb, loc, gvp, r),
+                                            arith::MulFOp::create(tb, loc, v, g));
+          memref::StoreOp::create(tb, loc, arith::AddFOp::create(tb, loc, old, upd), dw,
+                                  ValueRange{atom, t});
+          Value a = memref::LoadOp::create(tb, loc, w, ValueRange{atom, t});
+          memref::StoreOp::create(tb, loc,
+                                  arith::AddFOp::create(tb, loc, g,
+                                                        arith::MulFOp::create(tb, loc, gvp, a)),
+                                  gr, ValueRange{t});
+          return SmallVector<Value>{};
+        });
+        return SmallVector<Value>{};
+      });
+      forN(b, cIdx(b, 0), cIdx(b, d), {}, [&](OpBuilder &tb, Value t, ValueRange) {
+        memref::StoreOp::create(tb, loc, memref::LoadOp::create(tb, loc, gr, ValueRange{t}),
+                                dr, ValueRange{row, t});
+        return SmallVector<Value>{};
+      });
+      return SmallVector<Value>{};
+    });
+    rewriter.replaceOp(op, {asTensor(rewriter, loc, inType, dr),
+                            asTensor(rewriter, loc, wType, dw)});
+    return success();
+  }
+};
+
 struct ConvertSaeToLinalgPass
     : public sae::impl::ConvertSaeToLinalgBase<ConvertSaeToLinalgPass> {
   using ConvertSaeToLinalgBase::ConvertSaeToLinalgBase;
@@ -3075,7 +3242,8 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       NumRowsLowering, SumLowering, RowNormsLowering, ScaleRowsLowering,
       JumpReluGradLowering, L0GradLowering, ProjectRowsLowering, AdamLowering,
       SinceFiredLowering, DeadMaskLowering, DeadTopKLowering, PrefixLowering,
-      ShiftLowering, ThresholdEmaLowering, BiasAdaptLowering>(
+      ShiftLowering, ThresholdEmaLowering, BiasAdaptLowering,
+      MatchingPursuitGradLowering>(
       patterns.getContext());
   MLIRContext *ctx = patterns.getContext();
   patterns.add<UnaryLowering<AbsOp>>(

@@ -1172,6 +1172,35 @@ def Sae_BiasAdaptOp : Sae_Op<"bias_adapt",
   }];
 }
 
+def Sae_MatchingPursuitGradOp : Sae_Op<"matching_pursuit_grad",
+    [AllTypesMatch<["input", "input_grad"]>, AllTypesMatch<["decoder", "decoder_grad"]>,
+     AllTypesMatch<["codes", "grad"]>]> {
+  let summary = "the gradient of sae.matching_pursuit through its inner products";
+  let description = [{
+    For `codes = matching_pursuit(input, decoder)` and `grad`, the gradient
+    of the codes (same entries): the pursuit is replayed per row (the same
+    atoms), then swept backwards with the atoms fixed. Step t chose atom
+    `a_t` with `v_t = ⟨r_{t−1}, w_{a_t}⟩` (clamped at 0 with `nonneg`) and
+    `r_t = r_{t−1} − v_t w_{a_t}`; with `g_r` the gradient of the residual
+    (0 after the last step) and `g_t` the codes' gradient at `a_t`'s slot:
+    `g_v = g_t − ⟨g_r, w_{a_t}⟩` (0 where the clamp was active),
+    `∂w_{a_t} += g_v r_{t−1} − v_t g_r`, `g_r += g_v w_{a_t}`; the input's
+    gradient is the final `g_r`.
+
+    Example:
+    ```mlir
+    %dr, %dw = sae.matching_pursuit_grad %r, %w, %z, %g {nonneg} : tensor<?x768xf32>, tensor<16384x768xf32>, !sae.codes<?x16384xf32, k = 32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, Sae_Matrix:$decoder,
+                       Sae_CodesType:$codes, Sae_CodesType:$grad,
+                       UnitAttr:$nonneg);
+  let results = (outs Sae_Matrix:$input_grad, Sae_Matrix:$decoder_grad);
+  let assemblyFormat = [{
+    $input `,` $decoder `,` $codes `,` $grad attr-dict `:` type($input) `,` type($decoder) `,` type($codes)
+  }];
+}
+
 def Sae_DeadMaskOp : Sae_Op<"dead_mask", [AllTypesMatch<["since_fired", "result"]>]> {
   let summary = "1 for every dead latent, 0 for the others (AuxK's rule)";
   let description = [{
