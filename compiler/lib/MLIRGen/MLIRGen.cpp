@@ -700,14 +700,30 @@ void MLIRGenImpl::genTrainStep() {
   // Metrics, firing counts and the state rules.
   Value fired = saedl::ColumnSumOp::create(builder, l, paramTensor({n}), z);
   cast<saedl::ColumnSumOp>(fired.getDefiningOp()).setCountNonzero(true);
-  for (Operation &o : f.getBody().front())
-    if (auto aux = dyn_cast<saedl::AuxKOp>(&o))
-      for (const auto &[decl, shape] : model.params)
-        if (decl->isState() && env.lookup(decl) == aux.getSinceFired() &&
-            !aux.getZipfAlpha())
-          updated[decl] = saedl::SinceFiredOp::create(
-              builder, l, aux.getSinceFired().getType(), aux.getSinceFired(),
-              fired, x);
+  for (Operation &o : f.getBody().front()) {
+    auto aux = dyn_cast<saedl::AuxKOp>(&o);
+    if (!aux)
+      continue;
+    Value counter = aux.getSinceFired();
+    for (const auto &[decl, shape] : model.params) {
+      if (!decl->isState() || env.lookup(decl) != counter)
+        continue;
+      if (!aux.getZipfAlpha()) {
+        updated[decl] = saedl::SinceFiredOp::create(
+            builder, l, counter.getType(), counter, fired, x);
+        continue;
+      }
+      // aux_zipf: firing frequencies, an EMA (0.99) of fired / B.
+      Value rate = arith::DivFOp::create(
+          builder, l, scalar(l, 0.01),
+          saedl::NumRowsOp::create(builder, l, f32(), x));
+      updated[decl] = saedl::AddOp::create(
+          builder, l,
+          saedl::ScaleOp::create(builder, l, counter.getType(), counter,
+                                 scalar(l, 0.99)),
+          saedl::ScaleOp::create(builder, l, counter.getType(), fired, rate));
+    }
+  }
   for (const CallExprAST *call : biasRules) {
     const std::vector<const ExprAST *> &args = model.boundArgs.lookup(call);
     const std::vector<double> &c = model.callConstants.lookup(call);
