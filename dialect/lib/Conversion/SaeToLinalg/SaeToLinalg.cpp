@@ -186,7 +186,7 @@ Value negInfOf(OpBuilder &b, Location l, Type elt) {
 constexpr int64_t kRows = 6;
 
 void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
-                   Value m, int64_t k, int64_t n, int64_t lanes) {
+                   Value m, Value k, int64_t n, int64_t lanes) {
   Type f32 = b.getF32Type();
   auto vecType = VectorType::get({lanes}, f32);
   int64_t cols = 2 * lanes;
@@ -196,7 +196,8 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   // B packed panel by panel: packed[p, kk, :] = B[kk, p·cols : (p+1)·cols].
   int64_t panels = n / cols;
   Value packed = memref::AllocOp::create(
-      b, loc, MemRefType::get({panels, k, cols}, f32));
+      b, loc, MemRefType::get({panels, ShapedType::kDynamic, cols}, f32),
+      ValueRange{k});
   // Rows [r0, r0 + rows) of the block of columns [j, j + cols).
   auto block = [&](OpBuilder &ob, Value r0, int64_t rows, Value j) {
     Value p = arith::DivUIOp::create(ob, loc, j, idx(ob, cols));
@@ -204,7 +205,7 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
         ob, loc, DenseElementsAttr::get(vecType, ob.getF32FloatAttr(0.0)));
     SmallVector<Value> init(rows * 2, zero);
     auto loop = scf::ForOp::create(
-        ob, loc, idx(ob, 0), idx(ob, k), idx(ob, 1), init,
+        ob, loc, idx(ob, 0), k, idx(ob, 1), init,
         [&](OpBuilder &kb, Location l, Value kk, ValueRange acc) {
           Value b0 = vector::LoadOp::create(kb, l, vecType, packed,
                                             ValueRange{p, kk, idx(kb, 0)});
@@ -232,7 +233,7 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   };
   // Pack: row by row of B (contiguous reads), each row's panels apart.
   scf::ForOp::create(
-      b, loc, idx(b, 0), idx(b, k), idx(b, 1), ValueRange{},
+      b, loc, idx(b, 0), k, idx(b, 1), ValueRange{},
       [&](OpBuilder &kb, Location l, Value kk, ValueRange) {
         scf::ForOp::create(
             kb, l, idx(kb, 0), idx(kb, panels), idx(kb, 1), ValueRange{},
@@ -289,8 +290,8 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
       });
 }
 
-/// out[i, j] = Σ_k in[i, k] · w[k, j]. f32 with a static inner dimension
-/// and a width that is a multiple of two vectors: the register-blocked kernel
+/// out[i, j] = Σ_k in[i, k] · w[k, j]. f32 with a static width that is a
+/// multiple of two vectors: the register-blocked kernel
 /// above; otherwise a linalg.generic with loops (i, k, j).
 struct LinearLowering : OpRewritePattern<LinearOp> {
   LinearLowering(MLIRContext *ctx, int64_t lanes)
@@ -304,8 +305,7 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
     auto outType = op.getType();
     int64_t kDim = inType.getDimSize(1), nDim = outType.getDimSize(1);
     if (inType.getElementType().isF32() &&
-        !ShapedType::isDynamic(kDim) && !ShapedType::isDynamic(nDim) &&
-        nDim % (2 * lanes) == 0 && op.getWeight().getType().hasStaticShape()) {
+        !ShapedType::isDynamic(nDim) && nDim % (2 * lanes) == 0) {
       Value a = toBuffer(rewriter, loc, op.getInput());
       Value w = toBuffer(rewriter, loc, op.getWeight());
       Value m = tensor::DimOp::create(rewriter, loc, op.getInput(), 0);
@@ -313,7 +313,13 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
       if (outType.isDynamicDim(0))
         dyn.push_back(m);
       Value out = allocLike(rewriter, loc, outType, dyn);
-      emitPanelGemm(rewriter, loc, a, w, out, m, kDim, nDim, lanes);
+      // The inner dimension is dynamic in weight gradients (xᵀ · dy).
+      Value k = ShapedType::isDynamic(kDim)
+                    ? tensor::DimOp::create(rewriter, loc, op.getInput(), 1)
+                          .getResult()
+                    : arith::ConstantIndexOp::create(rewriter, loc, kDim)
+                          .getResult();
+      emitPanelGemm(rewriter, loc, a, w, out, m, k, nDim, lanes);
       rewriter.replaceOp(op, asTensor(rewriter, loc, outType, out));
       return success();
     }
