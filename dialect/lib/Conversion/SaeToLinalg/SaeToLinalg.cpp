@@ -1896,6 +1896,25 @@ Value batchRows(OpBuilder &b, Location l, Value values, int64_t k) {
                                 arith::ConstantIndexOp::create(b, l, k));
 }
 
+/// dst[dstRow, :width] += v · src[srcRow, :width] on buffers (a row axpy:
+/// decoding an entry, or its outer product with a row).
+void addScaledRow(OpBuilder &b, Location l, Value dst, Value dstRow, Value src,
+                  Value srcRow, Value v, int64_t width) {
+  Value c0 = arith::ConstantIndexOp::create(b, l, 0);
+  Value c1 = arith::ConstantIndexOp::create(b, l, 1);
+  Value cw = arith::ConstantIndexOp::create(b, l, width);
+  scf::ForOp::create(
+      b, l, c0, cw, c1, ValueRange{},
+      [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
+        Value a = memref::LoadOp::create(jb, jl, src, {srcRow, j});
+        Value old = memref::LoadOp::create(jb, jl, dst, {dstRow, j});
+        Value sum =
+            arith::AddFOp::create(jb, jl, old, arith::MulFOp::create(jb, jl, v, a));
+        memref::StoreOp::create(jb, jl, sum, dst, {dstRow, j});
+        scf::YieldOp::create(jb, jl);
+      });
+}
+
 /// Decoding (out[row] += v · W[index]) and densifying (out[row, index] += v)
 /// of batch-layout codes: one pass over the B·k entries.
 template <typename OpTy> struct BatchCodesLowering : OpRewritePattern<OpTy> {
@@ -1927,8 +1946,6 @@ template <typename OpTy> struct BatchCodesLowering : OpRewritePattern<OpTy> {
     Value c0 = arith::ConstantIndexOp::create(rewriter, loc, 0);
     Value c1 = arith::ConstantIndexOp::create(rewriter, loc, 1);
     Value entries = tensor::DimOp::create(rewriter, loc, make.getValues(), 0);
-    Value width =
-        arith::ConstantIndexOp::create(rewriter, loc, type.getDimSize(1));
     scf::ForOp::create(
         rewriter, loc, c0, entries, c1, ValueRange{},
         [&](OpBuilder &b, Location l, Value e, ValueRange) {
@@ -1944,16 +1961,7 @@ template <typename OpTy> struct BatchCodesLowering : OpRewritePattern<OpTy> {
             memref::StoreOp::create(b, l, arith::AddFOp::create(b, l, old, v),
                                     out, {r, i});
           } else {
-            scf::ForOp::create(
-                b, l, c0, width, c1, ValueRange{},
-                [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
-                  Value a = memref::LoadOp::create(jb, jl, w, {i, j});
-                  Value old = memref::LoadOp::create(jb, jl, out, {r, j});
-                  Value sum = arith::AddFOp::create(
-                      jb, jl, old, arith::MulFOp::create(jb, jl, v, a));
-                  memref::StoreOp::create(jb, jl, sum, out, {r, j});
-                  scf::YieldOp::create(jb, jl);
-                });
+            addScaledRow(b, l, out, r, w, i, v, type.getDimSize(1));
           }
           scf::YieldOp::create(b, l);
         });
@@ -2460,21 +2468,7 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
     forEachEntry(
         rewriter, loc, make,
         [&](OpBuilder &b, Location l, ValueRange, Value v, Value latent,
-            Value row) {
-          Value c0 = arith::ConstantIndexOp::create(b, l, 0);
-          Value c1 = arith::ConstantIndexOp::create(b, l, 1);
-          Value cd = arith::ConstantIndexOp::create(b, l, d);
-          scf::ForOp::create(
-              b, l, c0, cd, c1, ValueRange{},
-              [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
-                Value a = memref::LoadOp::create(jb, jl, rhs, {row, j});
-                Value old = memref::LoadOp::create(jb, jl, out, {latent, j});
-                Value sum = arith::AddFOp::create(
-                    jb, jl, old, arith::MulFOp::create(jb, jl, v, a));
-                memref::StoreOp::create(jb, jl, sum, out, {latent, j});
-                scf::YieldOp::create(jb, jl);
-              });
-        });
+            Value row) { addScaledRow(b, l, out, latent, rhs, row, v, d); });
     rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
     return success();
   }
