@@ -1015,6 +1015,28 @@ sae_rt_model_entry_points(const sae_rt_model *model) {
   return model ? &model->entries : nullptr;
 }
 
+sae_rt_status sae_rt_model_set_threads(sae_rt_model *model, int32_t threads) {
+  return guard([&] {
+    if (!model)
+      fail(SAE_RT_ERR_ARG, "sae_rt_model_set_threads: model is NULL");
+    if (threads < 1)
+      fail(SAE_RT_ERR_ARG, "the thread count must be at least 1, got " +
+                               std::to_string(threads));
+    // dlsym on the library's handle also searches its dependencies, which
+    // is where its OpenMP runtime is.
+    if (auto set = lookup<void (*)(int)>(model->handle.get(),
+                                         "omp_set_num_threads"))
+      set(threads);
+  });
+}
+
+int32_t sae_rt_model_threads(const sae_rt_model *model) {
+  if (!model)
+    return 1;
+  auto get = lookup<int (*)()>(model->handle.get(), "omp_get_max_threads");
+  return get ? get() : 1;
+}
+
 sae_rt_status sae_rt_model_init(const sae_rt_model *model, uint64_t seed,
                                 int64_t batch, const float *x,
                                 float *const *params) {

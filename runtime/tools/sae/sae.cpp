@@ -144,7 +144,7 @@ const char *const kInitHelp =
 const char *const kEncodeHelp =
     "usage: sae encode LIB.so --checkpoint DIR --input X.npy --output OUT\n"
     "                  [--tensor NAME] [--grad G.npy] [--grad-tensor NAME]\n"
-    "                  [--sparse] [--batch-size N]\n"
+    "                  [--sparse] [--batch-size N] [--threads N]\n"
     "\n"
     "Encodes the rows of X.npy, a float32 or float16 [B, d] array (or [d],\n"
     "one row) whose d is the model's input dimension, of a 2-D tensor\n"
@@ -180,11 +180,15 @@ const char *const kEncodeHelp =
     "  --grad-tensor NAME  the tensor of --grad to read (safetensors only)\n"
     "  --sparse          write sparse codes (models with sparse codes only)\n"
     "  --batch-size N    rows per call into the model (default 1024)\n"
+    "  --threads N       threads for the model's parallel products (default:\n"
+    "                    all cores, or OMP_NUM_THREADS); results do not\n"
+    "                    depend on it\n"
     "  -h, --help        show this help\n";
 
 const char *const kDecodeHelp =
     "usage: sae decode LIB.so --checkpoint DIR --input Z.npy|Z.npz\n"
     "                  --output XHAT.npy [--tensor NAME] [--batch-size N]\n"
+    "                  [--threads N]\n"
     "\n"
     "Decodes codes into reconstructions XHAT [B, d] (float32 .npy). The\n"
     "input is one of\n"
@@ -208,12 +212,16 @@ const char *const kDecodeHelp =
     "                    safetensors --input\n"
     "  --output XHAT.npy output file (required)\n"
     "  --batch-size N    rows per call into the model (default 1024)\n"
+    "  --threads N       threads for the model's parallel products (default:\n"
+    "                    all cores, or OMP_NUM_THREADS); results do not\n"
+    "                    depend on it\n"
     "  -h, --help        show this help\n";
 
 const char *const kForwardHelp =
     "usage: sae forward LIB.so --checkpoint DIR --input X.npy\n"
     "                   [--tensor NAME] [--grad G.npy] [--grad-tensor NAME]\n"
     "                   [--output XHAT.npy] [--seed S] [--batch-size N]\n"
+    "                   [--threads N]\n"
     "\n"
     "Runs the model's forward pass (its training form: batch-level\n"
     "selection per chunk of --batch-size rows, sampling when stochastic)\n"
@@ -241,11 +249,15 @@ const char *const kForwardHelp =
     "  --seed S          seed of stochastic models, an unsigned 64-bit\n"
     "                    integer (default 0); chunk i (from 0) gets S + i\n"
     "  --batch-size N    rows per call into the model (default 1024)\n"
+    "  --threads N       threads for the model's parallel products (default:\n"
+    "                    all cores, or OMP_NUM_THREADS); results do not\n"
+    "                    depend on it\n"
     "  -h, --help        show this help\n";
 
 const char *const kEvalHelp =
     "usage: sae eval LIB.so --checkpoint DIR --data X [--tensor NAME]\n"
     "                [--grad G] [--grad-tensor NAME] [--batch-size N]\n"
+    "                [--threads N]\n"
     "                [--dense-threshold T] [--true-dict TRUE.npy]\n"
     "\n"
     "Evaluates a checkpoint on the rows of X (a .npy, safetensors or IDX\n"
@@ -295,6 +307,9 @@ const char *const kEvalHelp =
     "                       float16) [F, d], one feature per row, as written\n"
     "                       by 'sae synth --dict'; needs a model parameter\n"
     "                       W_dec [n, d]\n"
+    "  --threads N          threads for the model's parallel products (default:\n"
+    "                       all cores, or OMP_NUM_THREADS); results do not\n"
+    "                       depend on it\n"
     "  -h, --help           show this help\n";
 
 const char *const kSynthHelp =
@@ -543,10 +558,18 @@ private:
   float **params = nullptr;
 };
 
-ModelPtr openModel(const std::string &path) {
+/// Opens the model library; with `args`, applies --threads when given.
+ModelPtr openModel(const std::string &path, const Args *args = nullptr) {
   sae_rt_model *model = nullptr;
   check(sae_rt_model_open(path.c_str(), &model));
-  return ModelPtr(model);
+  ModelPtr owned(model);
+  if (args && args->has("threads")) {
+    uint64_t threads = parseUnsigned(*args, "threads", 0);
+    if (threads < 1 || threads > 4096)
+      throw UsageError{args->command, "--threads must be between 1 and 4096"};
+    check(sae_rt_model_set_threads(model, static_cast<int32_t>(threads)));
+  }
+  return owned;
 }
 
 std::string shapeText(int32_t ndim, const int64_t *shape) {
@@ -580,7 +603,7 @@ struct LoadedModel {
 /// before a large checkpoint is read), then loads the checkpoint.
 template <typename Fn>
 void loadModel(LoadedModel &loaded, const Args &args, Fn validate) {
-  loaded.model = openModel(args.library());
+  loaded.model = openModel(args.library(), &args);
   validate(loaded.model.get());
   std::string checkpoint = args.required("checkpoint");
   check(sae_rt_params_alloc(loaded.model.get(), loaded.params.out()));
@@ -1058,7 +1081,8 @@ sae_rt_array borrowArray(sae_rt_dtype dtype, std::vector<int64_t> shape,
 int runEncode(int argc, char **argv) {
   Args args;
   if (!parseArgs("encode", kEncodeHelp, argc, argv, 2,
-                 {{"checkpoint", true},
+                 {{"threads", true},
+                  {"checkpoint", true},
                   {"input", true},
                   {"tensor", true},
                   {"output", true},
@@ -1399,7 +1423,8 @@ void decodeSparse(const LoadedModel &loaded, const std::string &input,
 int runDecode(int argc, char **argv) {
   Args args;
   if (!parseArgs("decode", kDecodeHelp, argc, argv, 2,
-                 {{"checkpoint", true},
+                 {{"threads", true},
+                  {"checkpoint", true},
                   {"input", true},
                   {"tensor", true},
                   {"output", true},
@@ -1499,7 +1524,8 @@ private:
 int runForward(int argc, char **argv) {
   Args args;
   if (!parseArgs("forward", kForwardHelp, argc, argv, 2,
-                 {{"checkpoint", true},
+                 {{"threads", true},
+                  {"checkpoint", true},
                   {"input", true},
                   {"tensor", true},
                   {"grad", true},
@@ -1737,7 +1763,8 @@ size_t decoderParam(const sae_rt_model *m) {
 int runEval(int argc, char **argv) {
   Args args;
   if (!parseArgs("eval", kEvalHelp, argc, argv, 2,
-                 {{"checkpoint", true},
+                 {{"threads", true},
+                  {"checkpoint", true},
                   {"data", true},
                   {"tensor", true},
                   {"grad", true},
@@ -2108,7 +2135,7 @@ const char *const kTrainHelp =
     "                 [--sparsity-warmup N] [--seed S] [--init CKPT_DIR]\n"
     "                 [--out CKPT_DIR] [--checkpoint-every N]\n"
     "                 [--resume CKPT_DIR] [--no-shuffle]\n"
-    "                 [--metrics-json FILE] [--log-every N]\n"
+    "                 [--metrics-json FILE] [--log-every N] [--threads N]\n"
     "                 [-D name=value ...]\n"
     "\n"
     "Trains the model with Adam through its sae_train_step entry point (one\n"
@@ -2179,7 +2206,7 @@ const char *const kTrainHelp =
     "since the start of training if fewer). On a terminal the line is\n"
     "updated in place. At the end one JSON object goes to standard output:\n"
     "  {\"steps\", \"total_steps\", \"tokens\", \"seconds\", "
-    "\"tokens_per_s\",\n"
+    "\"tokens_per_s\", \"threads\",\n"
     "   \"loss\", \"terms\": {...}, \"fvu\", \"l0\", \"dead_latents\",\n"
     "   \"dead_fraction\", \"lr\", \"normalization_factor\", \"completed\",\n"
     "   \"out\"}\n"
@@ -2254,6 +2281,9 @@ const char *const kTrainHelp =
     "                        saec; repeatable)\n"
     "  --stop-after N        stop after step N, writing a checkpoint, as an\n"
     "                        interrupted run would have (for testing resume)\n"
+    "  --threads N           threads for the model's parallel products (default:\n"
+    "                        all cores, or OMP_NUM_THREADS); results do not\n"
+    "                        depend on it\n"
     "  -h, --help            show this help\n";
 
 using Json = nlohmann::ordered_json;
@@ -2980,7 +3010,8 @@ struct Window {
 int runTrain(int argc, char **argv) {
   Args args;
   if (!parseArgs("train", kTrainHelp, argc, argv, 2,
-                 {{"data", true},
+                 {{"threads", true},
+                  {"data", true},
                   {"tensor", true},
                   {"input-data", true, true},
                   {"input-tensor", true, true},
@@ -3060,7 +3091,7 @@ int runTrain(int argc, char **argv) {
 
   // The model.
   std::string library = isSpec ? compileSpec(target, defines) : target;
-  ModelPtr model = openModel(library);
+  ModelPtr model = openModel(library, &args);
   const sae_rt_model *m = model.get();
   if (!sae_rt_model_entry_points(m)->train_step)
     fail(modelLabel(m) + " has no entry point " SAE_SYM_TRAIN_STEP
@@ -3491,6 +3522,7 @@ int runTrain(int argc, char **argv) {
   summary["tokens"] = progress.tokens;
   summary["seconds"] = seconds;
   summary["tokens_per_s"] = seconds > 0 ? runTokens / seconds : 0.0;
+  summary["threads"] = sae_rt_model_threads(m);
   summary["loss"] = ranSteps ? lastReport["loss"] : Json(nullptr);
   Json terms = Json::object();
   for (size_t i = 0; i < termCount; ++i) {

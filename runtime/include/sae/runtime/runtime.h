@@ -456,6 +456,20 @@ SAE_RT_API const char *sae_rt_normalize_name(sae_rt_normalize normalize);
 SAE_RT_API const sae_rt_entry_points *
 sae_rt_model_entry_points(const sae_rt_model *model);
 
+/// Threads. A library's dense products run in parallel through the OpenMP
+/// runtime it links (LLVM's libomp), on all cores unless OMP_NUM_THREADS
+/// or this call says otherwise. Every output element is computed by one
+/// thread in a fixed order, so results do not depend on the thread count.
+/// sae_rt_model_set_threads sets the number of threads for the entry
+/// points called afterwards from the calling thread (omp_set_num_threads
+/// of the library's OpenMP runtime); threads < 1 -> SAE_RT_ERR_ARG. A
+/// library without parallel code accepts any count and runs on one.
+SAE_RT_API sae_rt_status sae_rt_model_set_threads(sae_rt_model *model,
+                                                  int32_t threads);
+/// The number of threads the next entry point call may use from the
+/// calling thread (omp_get_max_threads; 1 without OpenMP).
+SAE_RT_API int32_t sae_rt_model_threads(const sae_rt_model *model);
+
 /// Checked wrappers around the entry points: validate the arguments (a
 /// missing entry point -> SAE_RT_ERR_ABI; batch < 1, NULL buffers, a NULL
 /// input or parameter pointer, sparse indices outside [0, n), batch-layout
