@@ -61,27 +61,28 @@ func.func @bias_relu(%x: tensor<?x64xf32>, %b: tensor<64xf32>) -> tensor<?x64xf3
 
 // -----
 
-// Tests that topk writes k slots per row, initialised to -inf, and inserts an
-// entry only when it beats the last slot, carrying the displaced one down.
+// Tests that topk selects each row in parallel with a bounded min-heap: k
+// slots initialised to -inf, a candidate enters only when it beats the worst
+// kept rank (carried by the loop) and is then sifted down, and a heapsort
+// orders the slots at the end.
 // CHECK-LABEL: func.func @topk
 // CHECK-SAME: (%[[X:.*]]: tensor<?x64xf32>)
 // CHECK-DAG: %[[NEGINF:.*]] = arith.constant 0xFF800000 : f32
-// CHECK-DAG: %[[C3:.*]] = arith.constant 3 : index
 // CHECK-DAG: %[[C4:.*]] = arith.constant 4 : index
 // CHECK-DAG: %[[C64:.*]] = arith.constant 64 : index
 // CHECK: %[[IN:.*]] = bufferization.to_buffer %[[X]] read_only
 // CHECK: %[[VALS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xf32>
 // CHECK: %[[IDXS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xi32>
-// CHECK: scf.for %[[ROW:.*]] = %{{.*}} to %{{.*}}
+// CHECK: scf.parallel (%[[ROW:.*]]) =
 // CHECK:   memref.store %[[NEGINF]], %[[VALS]]
-// CHECK:   scf.for %[[COL:.*]] = %{{.*}} to %[[C64]]
+// CHECK:   scf.for %[[COL:.*]] = %{{.*}} to %[[C64]] {{.*}} iter_args(%[[WORST:.*]] = %[[NEGINF]])
 // CHECK:     %[[V:.*]] = memref.load %[[IN]][%[[ROW]], %[[COL]]]
-// CHECK:     %[[LAST:.*]] = memref.load %[[VALS]][%[[ROW]], %[[C3]]]
-// CHECK:     %[[BETTER:.*]] = arith.cmpf ogt, %[[V]], %[[LAST]]
+// CHECK:     %[[BETTER:.*]] = arith.cmpf ogt, %[[V]], %[[WORST]]
 // CHECK:     scf.if %[[BETTER]]
-// CHECK:       scf.for %{{.*}} = %{{.*}} to %[[C4]] {{.*}} iter_args
-// CHECK:         arith.cmpf ogt
-// CHECK:         arith.select
+// CHECK:       scf.while
+// CHECK:   scf.for %[[J:.*]] = %{{.*}} to %[[C4]]
+// CHECK:     arith.subi %[[C4]], %[[J]]
+// CHECK:     scf.while
 // CHECK: %[[VT:.*]] = bufferization.to_tensor %[[VALS]] restrict writable
 // CHECK: %[[IT:.*]] = bufferization.to_tensor %[[IDXS]] restrict writable
 // CHECK: return %[[VT]], %[[IT]]
@@ -94,20 +95,31 @@ func.func @topk(%x: tensor<?x64xf32>) -> (tensor<?x4xf32>, tensor<?x4xi32>) {
 
 // -----
 
-// Tests that decoding gathers one decoder row per kept entry: a generic over
-// (row, entry, column) that never iterates over the 64 latents.
-// CHECK-DAG: #[[BT:.*]] = affine_map<(d0, d1, d2) -> (d0, d1)>
-// CHECK-DAG: #[[BJ:.*]] = affine_map<(d0, d1, d2) -> (d0, d2)>
+// Tests that decoding gathers one decoder row per kept entry: rows in
+// parallel, a loop over the 4 entries, and a vector axpy over the 16 columns
+// of the entry's decoder row; nothing iterates over the 64 latents.
 // CHECK-LABEL: func.func @decode
 // CHECK-SAME: (%[[V:.*]]: tensor<?x4xf32>, %[[I:.*]]: tensor<?x4xi32>, %[[W:.*]]: tensor<64x16xf32>)
-// CHECK: linalg.generic {indexing_maps = [#[[BT]], #[[BT]], #[[BJ]]], iterator_types = ["parallel", "reduction", "parallel"]}
-// CHECK-SAME: ins(%[[V]], %[[I]] : tensor<?x4xf32>, tensor<?x4xi32>)
-// CHECK: ^bb0(%[[VAL:.*]]: f32, %[[IDX:.*]]: i32, %[[ACC:.*]]: f32):
-// CHECK:   %[[ROWIDX:.*]] = arith.index_cast %[[IDX]] : i32 to index
-// CHECK:   %[[J:.*]] = linalg.index 2 : index
-// CHECK:   %[[WV:.*]] = tensor.extract %[[W]][%[[ROWIDX]], %[[J]]] : tensor<64x16xf32>
-// CHECK:   %[[P:.*]] = arith.mulf %[[VAL]], %[[WV]]
-// CHECK:   arith.addf %[[ACC]], %[[P]]
+// CHECK-DAG: %[[C4:.*]] = arith.constant 4 : index
+// CHECK-DAG: %[[C8:.*]] = arith.constant 8 : index
+// CHECK-DAG: %[[C16:.*]] = arith.constant 16 : index
+// CHECK: %[[OUT:.*]] = memref.alloc(%{{.*}}) : memref<?x16xf32>
+// CHECK: linalg.fill ins(%{{.*}} : f32) outs(%[[OUT]]
+// CHECK: %[[WB:.*]] = bufferization.to_buffer %[[W]] read_only
+// CHECK: %[[VB:.*]] = bufferization.to_buffer %[[V]] read_only
+// CHECK: %[[IB:.*]] = bufferization.to_buffer %[[I]] read_only
+// CHECK: scf.parallel (%[[ROW:.*]]) =
+// CHECK:   scf.for %[[T:.*]] = %{{.*}} to %[[C4]]
+// CHECK:     %[[VAL:.*]] = memref.load %[[VB]][%[[ROW]], %[[T]]]
+// CHECK:     %[[IDX:.*]] = memref.load %[[IB]][%[[ROW]], %[[T]]]
+// CHECK:     %[[LATENT:.*]] = arith.index_cast %[[IDX]] : i32 to index
+// CHECK:     %[[VV:.*]] = vector.broadcast %[[VAL]] : f32 to vector<8xf32>
+// CHECK:     scf.for %[[J:.*]] = %{{.*}} to %[[C16]] step %[[C8]]
+// CHECK:       %[[WV:.*]] = vector.load %[[WB]][%[[LATENT]], %[[J]]]
+// CHECK:       %[[ACC:.*]] = vector.load %[[OUT]][%[[ROW]], %[[J]]]
+// CHECK:       %[[P:.*]] = arith.mulf %[[VV]], %[[WV]]
+// CHECK:       %[[S:.*]] = arith.addf %[[ACC]], %[[P]]
+// CHECK:       vector.store %[[S]], %[[OUT]][%[[ROW]], %[[J]]]
 // CHECK-NOT: sae.
 func.func @decode(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %w: tensor<64x16xf32>) -> tensor<?x16xf32> {
   %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
@@ -260,8 +272,8 @@ func.func @unary(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
 // CHECK:   %[[I:.*]] = arith.index_cast %{{.*}} : i32 to index
 // CHECK:   %[[R:.*]] = arith.index_cast %{{.*}} : i32 to index
 // CHECK:   scf.for %[[J:.*]] =
-// CHECK:     memref.load %{{.*}}[%[[I]], %[[J]]] : memref<64x16xf32>
-// CHECK:     memref.store %{{.*}}, %[[OUT]][%[[R]], %[[J]]]
+// CHECK:     vector.load %{{.*}}[%[[I]], %[[J]]] : memref<64x16xf32>, vector<8xf32>
+// CHECK:     vector.store %{{.*}}, %[[OUT]][%[[R]], %[[J]]] : memref<?x16xf32>, vector<8xf32>
 func.func @batch_topk(%x: tensor<?x64xf32>, %w: tensor<64x16xf32>) -> tensor<?x16xf32> {
   %z = sae.batch_topk %x : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4, batch>
   %d = sae.decode %z, %w : !sae.codes<?x64xf32, k = 4, batch>, tensor<64x16xf32> -> tensor<?x16xf32>

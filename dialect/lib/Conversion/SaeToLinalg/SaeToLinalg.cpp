@@ -21,6 +21,7 @@
 #include "llvm/TargetParser/Host.h"
 
 #include <cmath>
+#include <limits>
 
 namespace mlir::sae {
 #define GEN_PASS_DEF_CONVERTSAETOLINALG
@@ -126,6 +127,10 @@ Value floatConst(OpBuilder &b, Location l, Type t, double v) {
 
 Value rowNorms(OpBuilder &b, Location loc, Value w);
 Value batchRows(OpBuilder &b, Location l, Value values, int64_t k);
+Value zeroBuffer(OpBuilder &b, Location loc, RankedTensorType type,
+                 ValueRange dyn);
+void addScaledRow(OpBuilder &b, Location l, Value dst, Value dstRow, Value src,
+                  Value srcRow, Value v, int64_t width);
 
 Value toF64(OpBuilder &b, Location l, Value v) {
   return v.getType().isF64()
@@ -873,18 +878,178 @@ struct FvuLowering : OpRewritePattern<FvuOp> {
 // Sparse codes
 //===----------------------------------------------------------------------===//
 
-/// For every row: k slots sorted by decreasing rank, initialised to -inf;
-/// each entry whose rank beats the last slot is inserted by carrying the
-/// displaced (rank, value, index) down (branch-free selects). The rank is the
-/// value, the score operand, or its magnitude. Strict comparisons keep the
-/// lower index first among ties and never select NaN.
+/// One candidate of a row selection: its rank, its latent index (i32) and
+/// its value (null when the rank is the value).
+struct Candidate {
+  Value rank, index, value;
+};
+using CandidateFn = function_ref<Candidate(OpBuilder &, Location, Value)>;
+
+/// Selects, in row `row`, the k best of `count` candidates (candidate t
+/// from `candidate`, visited with increasing latent index) into
+/// ranks/idxs/vals[row, 0..k) (vals null: the ranks are the values),
+/// ordered by decreasing rank, ties by increasing index; NaN ranks are never
+/// selected, and slots left over hold rank -inf, index 0 and value 0.
+/// The slots form a bounded min-heap keyed by (rank, -index) while the
+/// candidates go by, so a candidate costs one comparison with the worst
+/// kept entry, and entering costs O(log k); a heapsort orders the slots at
+/// the end.
+void emitRowTopK(OpBuilder &b, Location loc, Value row, Value count, int64_t k,
+                 CandidateFn candidate, Value ranks, Value idxs, Value vals) {
+  Type f32 = cast<MemRefType>(ranks.getType()).getElementType();
+  Type i32 = b.getI32Type();
+  auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
+    return arith::ConstantIndexOp::create(ob, loc, v);
+  };
+  Value cK = idx(b, k);
+  // (rank, index) a is worse than b: lower rank, or equal rank and a
+  // higher index.
+  auto worse = [&](OpBuilder &ob, Value ar, Value ai, Value br,
+                   Value bi) -> Value {
+    Value lower =
+        arith::CmpFOp::create(ob, loc, arith::CmpFPredicate::OLT, ar, br);
+    Value equal =
+        arith::CmpFOp::create(ob, loc, arith::CmpFPredicate::OEQ, ar, br);
+    Value later =
+        arith::CmpIOp::create(ob, loc, arith::CmpIPredicate::sgt, ai, bi);
+    return arith::OrIOp::create(
+        ob, loc, lower, arith::AndIOp::create(ob, loc, equal, later));
+  };
+  auto load = [&](OpBuilder &ob, Value buf, Value t) -> Value {
+    return memref::LoadOp::create(ob, loc, buf, ValueRange{row, t});
+  };
+  auto store = [&](OpBuilder &ob, Value v, Value buf, Value t) {
+    memref::StoreOp::create(ob, loc, v, buf, ValueRange{row, t});
+  };
+  // Sifts `item` down from slot 0 of the heap of `size` slots.
+  auto siftDown = [&](OpBuilder &ob, Candidate item, Value size) {
+    Value c1 = idx(ob, 1), c2 = idx(ob, 2);
+    Type indexType = ob.getIndexType();
+    auto loop = scf::WhileOp::create(
+        ob, loc, TypeRange{indexType, indexType}, ValueRange{idx(ob, 0), idx(ob, 0)},
+        [&](OpBuilder &wb, Location wl, ValueRange args) {
+          Value p = args[0];
+          Value left = arith::AddIOp::create(
+              wb, wl, arith::MulIOp::create(wb, wl, p, c2), c1);
+          Value hasLeft = arith::CmpIOp::create(
+              wb, wl, arith::CmpIPredicate::ult, left, size);
+          auto pick = scf::IfOp::create(
+              wb, wl, hasLeft,
+              [&](OpBuilder &tb, Location tl) {
+                Value right = arith::AddIOp::create(tb, tl, left, c1);
+                Value hasRight = arith::CmpIOp::create(
+                    tb, tl, arith::CmpIPredicate::ult, right, size);
+                auto child = scf::IfOp::create(
+                    tb, tl, hasRight,
+                    [&](OpBuilder &rb, Location rl) {
+                      Value rightWorse =
+                          worse(rb, load(rb, ranks, right), load(rb, idxs, right),
+                                load(rb, ranks, left), load(rb, idxs, left));
+                      scf::YieldOp::create(
+                          rb, rl,
+                          ValueRange{arith::SelectOp::create(rb, rl, rightWorse,
+                                                             right, left)});
+                    },
+                    [&](OpBuilder &rb, Location rl) {
+                      scf::YieldOp::create(rb, rl, ValueRange{left});
+                    });
+                Value c = child.getResult(0);
+                Value move = worse(tb, load(tb, ranks, c), load(tb, idxs, c),
+                                   item.rank, item.index);
+                scf::YieldOp::create(tb, tl, ValueRange{move, c});
+              },
+              [&](OpBuilder &tb, Location tl) {
+                Value no = arith::ConstantOp::create(tb, tl, tb.getBoolAttr(false));
+                scf::YieldOp::create(tb, tl, ValueRange{no, p});
+              });
+          scf::ConditionOp::create(
+              wb, wl, pick.getResult(0),
+              SmallVector<Value>{p, pick.getResult(1)});
+        },
+        [&](OpBuilder &wb, Location wl, ValueRange args) {
+          Value p = args[0], c = args[1];
+          store(wb, load(wb, ranks, c), ranks, p);
+          store(wb, load(wb, idxs, c), idxs, p);
+          if (vals)
+            store(wb, load(wb, vals, c), vals, p);
+          scf::YieldOp::create(wb, wl, ValueRange{c, c});
+        });
+    Value p = loop.getResult(0);
+    store(ob, item.rank, ranks, p);
+    store(ob, item.index, idxs, p);
+    if (vals)
+      store(ob, item.value, vals, p);
+  };
+
+  Value negInf = negInfOf(b, loc, f32);
+  Value zeroF = floatConst(b, loc, f32, 0.0);
+  Value zeroI = arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(0));
+  scf::ForOp::create(b, loc, idx(b, 0), cK, idx(b, 1), ValueRange{},
+                     [&](OpBuilder &nb, Location nl, Value t, ValueRange) {
+                       store(nb, negInf, ranks, t);
+                       store(nb, zeroI, idxs, t);
+                       if (vals)
+                         store(nb, zeroF, vals, t);
+                       scf::YieldOp::create(nb, nl);
+                     });
+  // The candidates come with increasing indices, so one beats the worst
+  // kept entry exactly when its rank is higher: the loop carries that rank.
+  scf::ForOp::create(
+      b, loc, idx(b, 0), count, idx(b, 1), ValueRange{negInf},
+      [&](OpBuilder &nb, Location nl, Value t, ValueRange worst) {
+        Candidate item = candidate(nb, nl, t);
+        Value enters = arith::CmpFOp::create(
+            nb, nl, arith::CmpFPredicate::OGT, item.rank, worst[0]);
+        auto next = scf::IfOp::create(
+            nb, nl, enters,
+            [&](OpBuilder &ib, Location il) {
+              siftDown(ib, item, cK);
+              scf::YieldOp::create(ib, il,
+                                   ValueRange{load(ib, ranks, idx(ib, 0))});
+            },
+            [&](OpBuilder &ib, Location il) {
+              scf::YieldOp::create(ib, il, worst);
+            });
+        scf::YieldOp::create(nb, nl, next.getResults());
+      });
+  // Heapsort: move the worst slot to the end, k - 1 times.
+  scf::ForOp::create(
+      b, loc, idx(b, 1), cK, idx(b, 1), ValueRange{},
+      [&](OpBuilder &nb, Location nl, Value j, ValueRange) {
+        Value end = arith::SubIOp::create(nb, nl, cK, j);
+        Value c0 = idx(nb, 0);
+        Candidate item{load(nb, ranks, end), load(nb, idxs, end),
+                       vals ? load(nb, vals, end) : Value()};
+        store(nb, load(nb, ranks, c0), ranks, end);
+        store(nb, load(nb, idxs, c0), idxs, end);
+        if (vals)
+          store(nb, load(nb, vals, c0), vals, end);
+        siftDown(nb, item, end);
+        scf::YieldOp::create(nb, nl);
+      });
+}
+
+/// Rows one after the other in parallel (each row's selection is written by
+/// one thread, so results do not depend on the threads).
+void forEachRowParallel(OpBuilder &b, Location loc, Value rows,
+                        function_ref<void(OpBuilder &, Location, Value)> body) {
+  Value c0 = arith::ConstantIndexOp::create(b, loc, 0);
+  Value c1 = arith::ConstantIndexOp::create(b, loc, 1);
+  scf::ParallelOp::create(b, loc, ValueRange{c0}, ValueRange{rows},
+                          ValueRange{c1},
+                          [&](OpBuilder &pb, Location pl, ValueRange ivs) {
+                            body(pb, pl, ivs[0]);
+                          });
+}
+
+/// Every row, in parallel: the k best entries by rank (the value, the
+/// score operand, or the magnitude) with emitRowTopK.
 struct TopKLowering : OpRewritePattern<TopKOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(TopKOp op,
                                 PatternRewriter &rewriter) const override {
     Location loc = op.getLoc();
     CodesType codes = op.getType();
-    Type elt = codes.getElementType();
     Type i32 = rewriter.getI32Type();
     int64_t k = codes.getK();
     Value input = op.getInput();
@@ -901,95 +1066,30 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
     Value ranks = separateRanks
                       ? allocLike(rewriter, loc, codes.getValuesType(), dyn)
                       : vals;
-
-    auto cIdx = [&](int64_t v) -> Value {
-      return arith::ConstantIndexOp::create(rewriter, loc, v);
-    };
-    Value c0 = cIdx(0), c1 = cIdx(1), cK = cIdx(k);
-    Value cLast = cIdx(k - 1);
     Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
-    Value cols = cIdx(codes.getNumLatents());
-    Value negInf = negInfOf(rewriter, loc, elt);
-    Value zeroF = floatConst(rewriter, loc, elt, 0.0);
-    Value zeroI =
-        arith::ConstantOp::create(rewriter, loc, rewriter.getI32IntegerAttr(0));
-
-    scf::ForOp::create(
-        rewriter, loc, c0, rows, c1, ValueRange{},
-        [&](OpBuilder &b, Location l, Value row, ValueRange) {
-          scf::ForOp::create(
-              b, l, c0, cK, c1, ValueRange{},
-              [&](OpBuilder &nb, Location nl, Value t, ValueRange) {
-                memref::StoreOp::create(nb, nl, negInf, ranks, {row, t});
-                if (separateRanks)
-                  memref::StoreOp::create(nb, nl, zeroF, vals, {row, t});
-                memref::StoreOp::create(nb, nl, zeroI, idxs, {row, t});
-                scf::YieldOp::create(nb, nl);
-              });
-          scf::ForOp::create(
-              b, l, c0, cols, c1, ValueRange{},
-              [&](OpBuilder &nb, Location nl, Value col, ValueRange) {
-                Value r = memref::LoadOp::create(nb, nl, score, {row, col});
-                if (byMagnitude)
-                  r = math::AbsFOp::create(nb, nl, r);
-                Value last =
-                    memref::LoadOp::create(nb, nl, ranks, {row, cLast});
-                Value better = arith::CmpFOp::create(
-                    nb, nl, arith::CmpFPredicate::OGT, r, last);
-                scf::IfOp::create(
-                    nb, nl, better, [&](OpBuilder &ib, Location il) {
-                      Value v =
-                          separateRanks
-                              ? memref::LoadOp::create(ib, il, in, {row, col})
-                                    .getResult()
-                              : r;
-                      Value ci = arith::IndexCastOp::create(ib, il, i32, col);
-                      SmallVector<Value> carryInit = {r, ci};
-                      if (separateRanks)
-                        carryInit.push_back(v);
-                      scf::ForOp::create(
-                          ib, il, c0, cK, c1, carryInit,
-                          [&](OpBuilder &fb, Location fl, Value t,
-                              ValueRange carry) {
-                            Value orank =
-                                memref::LoadOp::create(fb, fl, ranks, {row, t});
-                            Value oi =
-                                memref::LoadOp::create(fb, fl, idxs, {row, t});
-                            Value swap = arith::CmpFOp::create(
-                                fb, fl, arith::CmpFPredicate::OGT, carry[0],
-                                orank);
-                            auto sel = [&](Value a, Value c) -> Value {
-                              return arith::SelectOp::create(fb, fl, swap, a,
-                                                             c);
-                            };
-                            memref::StoreOp::create(
-                                fb, fl, sel(carry[0], orank), ranks, {row, t});
-                            memref::StoreOp::create(fb, fl, sel(carry[1], oi),
-                                                    idxs, {row, t});
-                            SmallVector<Value> next = {sel(orank, carry[0]),
-                                                       sel(oi, carry[1])};
-                            if (separateRanks) {
-                              Value ov = memref::LoadOp::create(fb, fl, vals,
-                                                                {row, t});
-                              memref::StoreOp::create(fb, fl, sel(carry[2], ov),
-                                                      vals, {row, t});
-                              next.push_back(sel(ov, carry[2]));
-                            }
-                            scf::YieldOp::create(fb, fl, next);
-                          });
-                      scf::YieldOp::create(ib, il);
-                    });
-                scf::YieldOp::create(nb, nl);
-              });
-          scf::YieldOp::create(b, l);
-        });
-
+    Value cols =
+        arith::ConstantIndexOp::create(rewriter, loc, codes.getNumLatents());
+    forEachRowParallel(rewriter, loc, rows, [&](OpBuilder &b, Location l,
+                                                Value row) {
+      emitRowTopK(
+          b, l, row, cols, k,
+          [&](OpBuilder &cb, Location cl, Value col) {
+            Value r = memref::LoadOp::create(cb, cl, score, ValueRange{row, col});
+            if (byMagnitude)
+              r = math::AbsFOp::create(cb, cl, r);
+            Value v = separateRanks
+                          ? memref::LoadOp::create(cb, cl, in, ValueRange{row, col})
+                                .getResult()
+                          : Value();
+            return Candidate{r, arith::IndexCastOp::create(cb, cl, i32, col), v};
+          },
+          ranks, idxs, separateRanks ? vals : Value());
+    });
     replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
   }
 };
 
-/// For every row and group g: the first maximum of input[row, g*s, (g+1)*s).
 struct GroupMaxLowering : OpRewritePattern<GroupMaxOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(GroupMaxOp op,
@@ -1317,7 +1417,8 @@ LogicalResult getCodeParts(Value codes, Value &values, Value &indices) {
   return success();
 }
 
-/// out[b, j] = Σ_t values[b, t] · W[indices[b, t], j]; loops (b, t, j).
+/// out[b, :] = Σ_t values[b, t] · W[indices[b, t], :]: rows in parallel,
+/// one vectorised row axpy per kept entry (O(B·k·d), whatever n is).
 struct DecodeLowering : OpRewritePattern<DecodeOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(DecodeOp op,
@@ -1330,27 +1431,34 @@ struct DecodeLowering : OpRewritePattern<DecodeOp> {
       return rewriter.notifyMatchFailure(op,
                                          "codes are not built by make_codes");
     Location loc = op.getLoc();
-    MLIRContext *ctx = op.getContext();
-    Value weight = op.getWeight();
-    Value init = filledTensor(rewriter, loc, op.getType(), values, 0.0);
-    AffineExpr b, t, j;
-    bindDims(ctx, b, t, j);
-    Value result = buildGeneric(
-        rewriter, loc, {values, indices}, init,
-        {AffineMap::get(3, 0, {b, t}, ctx), AffineMap::get(3, 0, {b, t}, ctx),
-         AffineMap::get(3, 0, {b, j}, ctx)},
-        {utils::IteratorType::parallel, utils::IteratorType::reduction,
-         utils::IteratorType::parallel},
-        [&](OpBuilder &nb, Location l, ValueRange a) {
-          Value row =
-              arith::IndexCastOp::create(nb, l, nb.getIndexType(), a[1]);
-          Value colIdx = linalg::IndexOp::create(nb, l, 2);
-          Value w =
-              tensor::ExtractOp::create(nb, l, weight, ValueRange{row, colIdx});
-          Value m = arith::MulFOp::create(nb, l, a[0], w);
-          return arith::AddFOp::create(nb, l, a[2], m).getResult();
+    auto type = cast<RankedTensorType>(op.getType());
+    Value rows = tensor::DimOp::create(rewriter, loc, values, 0);
+    SmallVector<Value> dyn;
+    if (type.isDynamicDim(0))
+      dyn.push_back(rows);
+    Value out = zeroBuffer(rewriter, loc, type, dyn);
+    Value weight = toBuffer(rewriter, loc, op.getWeight());
+    Value vals = toBuffer(rewriter, loc, values);
+    Value idxs = toBuffer(rewriter, loc, indices);
+    int64_t k = op.getCodes().getType().getK();
+    int64_t d = type.getDimSize(1);
+    forEachRowParallel(
+        rewriter, loc, rows, [&](OpBuilder &b, Location l, Value row) {
+          scf::ForOp::create(
+              b, l, arith::ConstantIndexOp::create(b, l, 0),
+              arith::ConstantIndexOp::create(b, l, k),
+              arith::ConstantIndexOp::create(b, l, 1), ValueRange{},
+              [&](OpBuilder &tb, Location tl, Value t, ValueRange) {
+                Value v = memref::LoadOp::create(tb, tl, vals, ValueRange{row, t});
+                Value i = arith::IndexCastOp::create(
+                    tb, tl, tb.getIndexType(),
+                    memref::LoadOp::create(tb, tl, idxs, ValueRange{row, t})
+                        .getResult());
+                addScaledRow(tb, tl, out, row, weight, i, v, d);
+                scf::YieldOp::create(tb, tl);
+              });
         });
-    rewriter.replaceOp(op, result);
+    rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
     return success();
   }
 };
@@ -1784,44 +1892,80 @@ struct DeadMaskLowering : OpRewritePattern<DeadMaskOp> {
   }
 };
 
-/// −inf where the mask is 0, top-k, then the −inf slots (rows with fewer
-/// dead latents than k) become zeros.
+/// The dead latents' indices are listed once; then every row, in parallel,
+/// selects among those columns only (emitRowTopK), so the cost is
+/// O(B · n_dead) rather than O(B · n). Slots left over hold 0.
 struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(DeadTopKOp op,
                                 PatternRewriter &rewriter) const override {
     Location loc = op.getLoc();
-    MLIRContext *ctx = op.getContext();
-    Type elt = op.getInput().getType().getElementType();
-    AffineExpr i, j;
-    bindDims(ctx, i, j);
-    Value masked = buildElementwise(
-        rewriter, loc, op.getInput(), {op.getInput(), op.getMask()},
-        {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
-        [&](OpBuilder &b, Location l, ValueRange a) {
-          Value dead = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
-                                             a[1], floatConst(b, l, elt, 0.0));
-          return arith::SelectOp::create(b, l, dead, a[0], negInfOf(b, l, elt))
-              .getResult();
+    CodesType codes = op.getType();
+    Type i32 = rewriter.getI32Type();
+    Type elt = codes.getElementType();
+    Type indexType = rewriter.getIndexType();
+    Value input = op.getInput();
+    SmallVector<Value> dyn =
+        dynamicSizes(rewriter, loc, codes.getValuesType(), input);
+    Value in = toBuffer(rewriter, loc, input);
+    Value mask = toBuffer(rewriter, loc, op.getMask());
+    Value vals = allocLike(rewriter, loc, codes.getValuesType(), dyn);
+    Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), dyn);
+    int64_t n = codes.getNumLatents(), k = codes.getK();
+    auto idx = [&](OpBuilder &b, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(b, loc, v);
+    };
+    // dead[0, count) = the latents whose mask is positive, in order.
+    Value dead =
+        memref::AllocOp::create(rewriter, loc, MemRefType::get({n}, indexType));
+    Value zero = floatConst(rewriter, loc, elt, 0.0);
+    auto list = scf::ForOp::create(
+        rewriter, loc, idx(rewriter, 0), idx(rewriter, n), idx(rewriter, 1),
+        ValueRange{idx(rewriter, 0)},
+        [&](OpBuilder &b, Location l, Value j, ValueRange count) {
+          Value m = memref::LoadOp::create(b, l, mask, ValueRange{j});
+          Value isDead =
+              arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, m, zero);
+          auto add = scf::IfOp::create(
+              b, l, isDead,
+              [&](OpBuilder &tb, Location tl) {
+                memref::StoreOp::create(tb, tl, j, dead, ValueRange{count[0]});
+                Value next =
+                    arith::AddIOp::create(tb, tl, count[0], idx(tb, 1));
+                scf::YieldOp::create(tb, tl, ValueRange{next});
+              },
+              [&](OpBuilder &tb, Location tl) {
+                scf::YieldOp::create(tb, tl, ValueRange{count[0]});
+              });
+          scf::YieldOp::create(b, l, add.getResults());
         });
-    CodesType codesType = op.getType();
-    Value codes = TopKOp::create(rewriter, loc, codesType, masked, Value());
-    Value vals =
-        CodesValuesOp::create(rewriter, loc, codesType.getValuesType(), codes);
-    Value idxs = CodesIndicesOp::create(rewriter, loc,
-                                        codesType.getIndicesType(), codes);
-    AffineMap id = rewriter.getMultiDimIdentityMap(2);
-    Value finite = buildElementwise(
-        rewriter, loc, vals, {vals}, {id},
-        [&](OpBuilder &b, Location l, ValueRange a) {
-          Value ok = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT,
-                                           a[0], negInfOf(b, l, elt));
-          return arith::SelectOp::create(b, l, ok, a[0],
-                                         floatConst(b, l, elt, 0.0))
-              .getResult();
-        });
-    rewriter.replaceOpWithNewOp<MakeCodesOp>(op, codesType, finite, idxs,
-                                             Value());
+    Value count = list.getResult(0);
+    Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
+    forEachRowParallel(rewriter, loc, rows, [&](OpBuilder &b, Location l,
+                                                Value row) {
+      emitRowTopK(
+          b, l, row, count, k,
+          [&](OpBuilder &cb, Location cl, Value t) {
+            Value col = memref::LoadOp::create(cb, cl, dead, ValueRange{t});
+            Value r = memref::LoadOp::create(cb, cl, in, ValueRange{row, col});
+            return Candidate{r, arith::IndexCastOp::create(cb, cl, i32, col),
+                             Value()};
+          },
+          vals, idxs, Value());
+      // Slots that no dead latent filled hold -inf: make them 0.
+      scf::ForOp::create(
+          b, l, idx(b, 0), idx(b, k), idx(b, 1), ValueRange{},
+          [&](OpBuilder &fb, Location fl, Value t, ValueRange) {
+            Value v = memref::LoadOp::create(fb, fl, vals, ValueRange{row, t});
+            Value filled = arith::CmpFOp::create(
+                fb, fl, arith::CmpFPredicate::OGT, v, negInfOf(fb, fl, elt));
+            Value kept = arith::SelectOp::create(
+                fb, fl, filled, v, floatConst(fb, fl, elt, 0.0));
+            memref::StoreOp::create(fb, fl, kept, vals, ValueRange{row, t});
+            scf::YieldOp::create(fb, fl);
+          });
+    });
+    replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
   }
 };
@@ -1897,14 +2041,38 @@ Value batchRows(OpBuilder &b, Location l, Value values, int64_t k) {
 }
 
 /// dst[dstRow, :width] += v · src[srcRow, :width] on buffers (a row axpy:
-/// decoding an entry, or its outer product with a row).
+/// decoding an entry, or its outer product with a row): in vectors of
+/// kAxpyLanes, the remainder element by element. Each element is one
+/// multiply-add in the same order as the scalar loop, so the result does
+/// not depend on the split.
+constexpr int64_t kAxpyLanes = 8;
+
 void addScaledRow(OpBuilder &b, Location l, Value dst, Value dstRow, Value src,
                   Value srcRow, Value v, int64_t width) {
-  Value c0 = arith::ConstantIndexOp::create(b, l, 0);
-  Value c1 = arith::ConstantIndexOp::create(b, l, 1);
-  Value cw = arith::ConstantIndexOp::create(b, l, width);
+  auto idx = [&](int64_t x) -> Value {
+    return arith::ConstantIndexOp::create(b, l, x);
+  };
+  int64_t vectorEnd = width - width % kAxpyLanes;
+  if (vectorEnd > 0) {
+    auto vecType = VectorType::get({kAxpyLanes}, v.getType());
+    Value vv = vector::BroadcastOp::create(b, l, vecType, v);
+    scf::ForOp::create(
+        b, l, idx(0), idx(vectorEnd), idx(kAxpyLanes), ValueRange{},
+        [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
+          Value a = vector::LoadOp::create(jb, jl, vecType, src,
+                                           ValueRange{srcRow, j});
+          Value old = vector::LoadOp::create(jb, jl, vecType, dst,
+                                             ValueRange{dstRow, j});
+          Value sum = arith::AddFOp::create(
+              jb, jl, old, arith::MulFOp::create(jb, jl, vv, a));
+          vector::StoreOp::create(jb, jl, sum, dst, ValueRange{dstRow, j});
+          scf::YieldOp::create(jb, jl);
+        });
+  }
+  if (vectorEnd == width)
+    return;
   scf::ForOp::create(
-      b, l, c0, cw, c1, ValueRange{},
+      b, l, idx(vectorEnd), idx(width), idx(1), ValueRange{},
       [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
         Value a = memref::LoadOp::create(jb, jl, src, {srcRow, j});
         Value old = memref::LoadOp::create(jb, jl, dst, {dstRow, j});
@@ -2465,10 +2633,39 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
     Value out = zeroBuffer(rewriter, loc, type, {});
     Value rhs = toBuffer(rewriter, loc, op.getRhs());
     int64_t d = op.getRhs().getType().getDimSize(1);
-    forEachEntry(
-        rewriter, loc, make,
-        [&](OpBuilder &b, Location l, ValueRange, Value v, Value latent,
-            Value row) { addScaledRow(b, l, out, latent, rhs, row, v, d); });
+    // The latents are split into 16 ranges that run in parallel;
+    // each part visits every entry, in order, and updates only its own
+    // latents, so each row of `out` is summed in one fixed order.
+    int64_t n = type.getDimSize(0);
+    int64_t outerParts = ShapedType::isDynamic(n) ? 1 : 16;
+    int64_t span = ShapedType::isDynamic(n)
+                       ? std::numeric_limits<int32_t>::max()
+                       : (n + outerParts - 1) / outerParts;
+    Value c0 = arith::ConstantIndexOp::create(rewriter, loc, 0);
+    Value c1 = arith::ConstantIndexOp::create(rewriter, loc, 1);
+    Value parts = arith::ConstantIndexOp::create(rewriter, loc, outerParts);
+    scf::ParallelOp::create(
+        rewriter, loc, ValueRange{c0}, ValueRange{parts}, ValueRange{c1},
+        [&](OpBuilder &pb, Location pl, ValueRange ivs) {
+          Value spanV = arith::ConstantIndexOp::create(pb, pl, span);
+          Value lo = arith::MulIOp::create(pb, pl, ivs[0], spanV);
+          Value hi = arith::AddIOp::create(pb, pl, lo, spanV);
+          forEachEntry(
+              pb, pl, make,
+              [&](OpBuilder &b, Location l, ValueRange, Value v, Value latent,
+                  Value row) {
+                Value mine = arith::AndIOp::create(
+                    b, l,
+                    arith::CmpIOp::create(b, l, arith::CmpIPredicate::uge,
+                                          latent, lo),
+                    arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult,
+                                          latent, hi));
+                scf::IfOp::create(b, l, mine, [&](OpBuilder &ib, Location il) {
+                  addScaledRow(ib, il, out, latent, rhs, row, v, d);
+                  scf::YieldOp::create(ib, il);
+                });
+              });
+        });
     rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
     return success();
   }
