@@ -104,20 +104,23 @@ module attributes {sae.describe = "{}"} {
 
 // Tests the groups of sae_train_step: a result group that is also an
 // argument group (sae.param) is written back through the argument's array
-// (in place, no extra C argument), and a group of scalar arguments
-// (sae.hyper) arrives as one array of floats, read element by element.
+// (in place, no extra C argument): the argument's buffer is writable and the
+// result materializes in that same memref (so that bufferization updates it
+// without a copy). A group of scalar arguments (sae.hyper) arrives as one
+// array of floats, read element by element.
 // CHECK-LABEL: func.func @sae_step
 // CHECK-SAME: (%[[P:.*]]: !llvm.ptr, %[[H:.*]]: !llvm.ptr, %[[L:.*]]: !llvm.ptr) -> i32
 // CHECK: %[[PP:.*]] = llvm.getelementptr %[[P]][0] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr
 // CHECK: %[[PIN:.*]] = llvm.load %[[PP]] : !llvm.ptr -> !llvm.ptr
+// CHECK: %[[PM:.*]] = builtin.unrealized_conversion_cast %{{.*}} to memref<4xf32>
+// CHECK: %[[PT:.*]] = bufferization.to_tensor %[[PM]] restrict writable
 // CHECK: %[[H0:.*]] = llvm.getelementptr %[[H]][0] : (!llvm.ptr) -> !llvm.ptr, f32
 // CHECK: %[[LR:.*]] = llvm.load %[[H0]] : !llvm.ptr -> f32
 // CHECK: %[[H1:.*]] = llvm.getelementptr %[[H]][1] : (!llvm.ptr) -> !llvm.ptr, f32
 // CHECK: llvm.load %[[H1]] : !llvm.ptr -> f32
-// CHECK: %[[PP2:.*]] = llvm.getelementptr %[[P]][0] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr
-// CHECK: llvm.load %[[PP2]] : !llvm.ptr -> !llvm.ptr
-// CHECK: sae.scale %{{.*}}, %[[LR]]
-// CHECK: bufferization.materialize_in_destination
+// CHECK-NOT: llvm.load
+// CHECK: %[[S:.*]] = sae.scale %[[PT]], %[[LR]]
+// CHECK: bufferization.materialize_in_destination %[[S]] in writable %[[PM]]
 // CHECK: llvm.store %{{.*}}, %{{.*}} : f32, !llvm.ptr
 module attributes {sae.describe = "{}"} {
   func.func @step(%p: tensor<4xf32> {sae.param = "w"}, %lr: f32 {sae.hyper = 0 : i64}, %b1: f32 {sae.hyper = 1 : i64}) -> (tensor<4xf32> {sae.param = "w"}, f32 {sae.loss = "total"}) attributes {sae.entry = "step"} {

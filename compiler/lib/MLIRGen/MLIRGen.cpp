@@ -13,6 +13,7 @@
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/Verifier.h"
 #include "llvm/ADT/StringSwitch.h"
@@ -656,26 +657,39 @@ void MLIRGenImpl::genTrainStep() {
   for (auto [i, p] : llvm::enumerate(params))
     if (p.first == unit)
       grads[i] = saedl::ProjectRowsOp::create(builder, l, grads[i], wrt[i]);
-  // Global norm clipping (torch.nn.utils.clip_grad_norm_) when clip > 0.
+  // Global norm clipping (torch.nn.utils.clip_grad_norm_) when clip > 0;
+  // the gradients' norm is only computed then (two passes over every
+  // parameter that an unclipped step does not pay).
   {
-    Value sq;
-    for (Value g : grads) {
-      auto s = saedl::SumOp::create(builder, l, f32(), g);
-      s.setSquares(true);
-      sq = sq ? arith::AddFOp::create(builder, l, sq, s).getResult()
-              : s.getResult();
+    Value clip = hyper(6);
+    Value clipping = arith::CmpFOp::create(
+        builder, l, arith::CmpFPredicate::OGT, clip, scalar(l, 0.0));
+    auto ifOp = scf::IfOp::create(builder, l, TypeRange{f32()}, clipping,
+                                  /*withElseRegion=*/true);
+    {
+      OpBuilder::InsertionGuard guard(builder);
+      builder.setInsertionPointToStart(ifOp.thenBlock());
+      Value sq;
+      for (Value g : grads) {
+        auto s = saedl::SumOp::create(builder, l, f32(), g);
+        s.setSquares(true);
+        sq = sq ? arith::AddFOp::create(builder, l, sq, s).getResult()
+                : s.getResult();
+      }
+      Value norm = math::SqrtOp::create(builder, l, sq);
+      Value coef = arith::DivFOp::create(
+          builder, l, clip,
+          arith::AddFOp::create(builder, l, norm, scalar(l, 1e-6)));
+      Value below = arith::CmpFOp::create(
+          builder, l, arith::CmpFPredicate::OLT, coef, scalar(l, 1.0));
+      scf::YieldOp::create(
+          builder, l,
+          arith::SelectOp::create(builder, l, below, coef, scalar(l, 1))
+              .getResult());
+      builder.setInsertionPointToStart(ifOp.elseBlock());
+      scf::YieldOp::create(builder, l, scalar(l, 1));
     }
-    Value norm = math::SqrtOp::create(builder, l, sq);
-    Value coef = arith::DivFOp::create(
-        builder, l, hyper(6), arith::AddFOp::create(builder, l, norm,
-                                                    scalar(l, 1e-6)));
-    Value on = arith::AndIOp::create(
-        builder, l,
-        arith::CmpFOp::create(builder, l, arith::CmpFPredicate::OGT, hyper(6),
-                              scalar(l, 0.0)),
-        arith::CmpFOp::create(builder, l, arith::CmpFPredicate::OLT, coef,
-                              scalar(l, 1.0)));
-    Value factor = arith::SelectOp::create(builder, l, on, coef, scalar(l, 1));
+    Value factor = ifOp.getResult(0);
     for (Value &g : grads)
       g = saedl::ScaleOp::create(builder, l, g.getType(), g, factor);
   }
@@ -974,7 +988,7 @@ namespace sae {
 OwningOpRef<ModuleOp> mlirGen(MLIRContext &ctx, const CheckedModel &model,
                               StringRef sourceName) {
   ctx.loadDialect<saedl::SaeDialect, func::FuncDialect, arith::ArithDialect,
-                  math::MathDialect>();
+                  math::MathDialect, scf::SCFDialect>();
   return MLIRGenImpl(ctx, model).generate(sourceName);
 }
 } // namespace sae

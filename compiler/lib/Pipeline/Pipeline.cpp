@@ -18,6 +18,7 @@ llvm::StringRef getCpuPipelineText() {
          "func.func(linalg-fuse-elementwise-ops),"
          "one-shot-bufferize,"
          "buffer-deallocation-pipeline,"
+         "func.func(sae-parallelize-linalg),"
          "convert-linalg-to-loops,"
          "convert-scf-to-openmp,"
          "expand-strided-metadata,"

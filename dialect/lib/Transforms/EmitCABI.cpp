@@ -17,6 +17,8 @@
 #include "mlir/IR/IRMapping.h"
 #include "llvm/ADT/StringSet.h"
 
+#include <map>
+
 namespace mlir::sae {
 #define GEN_PASS_DEF_EMITCABI
 #include "sae/Transforms/Passes.h.inc"
@@ -221,16 +223,32 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
       Value s = LLVM::ConstantOp::create(b, loc, i64, scale);
       return LLVM::MulOp::create(b, loc, batch, s);
     };
-    auto inputTensor = [&](Value ptr, unsigned argNo) -> Value {
+    // Argument groups whose arrays also receive results: their buffers are
+    // updated in place, so one-shot bufferization may write them.
+    llvm::StringSet<> writtenGroups;
+    for (unsigned i = 0; i < type.getNumResults(); ++i)
+      writtenGroups.insert(groupOf(func.getResultAttrDict(i)));
+    // The memref of each member of such a group, by (group, member): the
+    // result written back there reuses it, so that bufferization sees one
+    // buffer and updates it without a copy.
+    std::map<std::pair<std::string, unsigned>, Value> groupMemRefs;
+    auto inputTensor = [&](Value ptr, unsigned argNo, StringRef group,
+                           unsigned member) -> Value {
       auto tensor = cast<RankedTensorType>(type.getInput(argNo));
       Value m =
           buildMemRef(b, loc, ptr, tensor, rowsOf(func.getArgAttrDict(argNo)));
+      bool written = !group.empty() && writtenGroups.contains(group);
+      if (written)
+        groupMemRefs[{group.str(), member}] = m;
       return bufferization::ToTensorOp::create(b, loc, tensor, m,
-                                               /*restrict=*/true);
+                                               /*restrict=*/true,
+                                               /*writable=*/written);
     };
-    auto mapArg = [&](unsigned argNo, Value ptrOrValue) {
+    auto mapArg = [&](unsigned argNo, Value ptrOrValue, StringRef group = {},
+                      unsigned member = 0) {
       if (isa<RankedTensorType>(type.getInput(argNo)))
-        mapping.map(func.getArgument(argNo), inputTensor(ptrOrValue, argNo));
+        mapping.map(func.getArgument(argNo),
+                    inputTensor(ptrOrValue, argNo, group, member));
       else
         mapping.map(func.getArgument(argNo), ptrOrValue);
     };
@@ -249,9 +267,10 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
           if (groupOf(func.getArgAttrDict(i)) != slot.group)
             continue;
           Type t = type.getInput(i);
-          if (isa<RankedTensorType>(t))
-            mapArg(i, load(arg, member++));
-          else
+          if (isa<RankedTensorType>(t)) {
+            mapArg(i, load(arg, member), slot.group, member);
+            ++member;
+          } else
             mapArg(i, LLVM::LoadOp::create(b, loc, t,
                                            element(arg, member++, t)));
         }
@@ -274,12 +293,23 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
       }
     }
 
-    // Result groups written back through an argument group's array.
+    // Result groups written back through an argument group's array; a
+    // tensor of the argument's type goes to the argument's memref itself.
+    SmallVector<Value> resultMemRef(type.getNumResults());
     for (auto &entry : argArrays) {
       unsigned member = 0;
-      for (unsigned i = 0; i < type.getNumResults(); ++i)
-        if (groupOf(func.getResultAttrDict(i)) == entry.getKey())
-          resultDest[i] = load(entry.getValue(), member++);
+      for (unsigned i = 0; i < type.getNumResults(); ++i) {
+        if (groupOf(func.getResultAttrDict(i)) != entry.getKey())
+          continue;
+        auto it = groupMemRefs.find({entry.getKey().str(), member});
+        if (it != groupMemRefs.end() &&
+            cast<MemRefType>(it->second.getType()).getShape() ==
+                cast<RankedTensorType>(type.getResult(i)).getShape())
+          resultMemRef[i] = it->second;
+        else
+          resultDest[i] = load(entry.getValue(), member);
+        ++member;
+      }
     }
 
     Block &body = func.getBody().front();
@@ -289,10 +319,14 @@ struct EmitCABIPass : public sae::impl::EmitCABIBase<EmitCABIPass> {
     for (auto [i, operand] : llvm::enumerate(ret->getOperands())) {
       Value v = mapping.lookupOrDefault(operand);
       if (auto tensor = dyn_cast<RankedTensorType>(v.getType())) {
-        Value dest = buildMemRef(b, loc, resultDest[i], tensor,
-                                 rowsOf(func.getResultAttrDict(i)));
+        Value dest = resultMemRef[i]
+                         ? resultMemRef[i]
+                         : buildMemRef(b, loc, resultDest[i], tensor,
+                                       rowsOf(func.getResultAttrDict(i)));
+        // Into an argument's own buffer (already held by its `to_tensor
+        // restrict`), `restrict` would be a lie.
         bufferization::MaterializeInDestinationOp::create(
-            b, loc, TypeRange{}, v, dest, /*restrict=*/true,
+            b, loc, TypeRange{}, v, dest, /*restrict=*/!resultMemRef[i],
             /*writable=*/true);
       } else {
         LLVM::StoreOp::create(b, loc, v, resultDest[i]);

@@ -55,4 +55,28 @@ def Differentiate : Pass<"sae-differentiate", "ModuleOp"> {
   let dependentDialects = ["::mlir::arith::ArithDialect"];
 }
 
+def ParallelizeLinalg : Pass<"sae-parallelize-linalg", "func::FuncOp"> {
+  let summary = "Split large buffer-level linalg ops into chunks under scf.parallel";
+  let description = [{
+    Runs after bufferization, on linalg ops over memrefs that are not already
+    inside a parallel loop. Each op with at least `min-work` iterations
+    (dynamic dimensions counted as 1024) is tiled along its first parallel
+    dimension into `chunks` pieces under an `scf.parallel`, which
+    `convert-scf-to-openmp` turns into an OpenMP work-sharing loop. Each
+    piece is the same linalg op on a subview, later lowered to a contiguous
+    loop nest that LLVM vectorises. Reduction dimensions are never split,
+    so results do not depend on the number of threads.
+  }];
+  let options = [
+    Option<"minWork", "min-work", "int64_t", /*default=*/"32768",
+           "Smallest iteration count worth a parallel region">,
+    Option<"chunks", "chunks", "int64_t", /*default=*/"64",
+           "Number of pieces the split dimension is cut into">
+  ];
+  let dependentDialects = [
+    "::mlir::affine::AffineDialect", "::mlir::arith::ArithDialect",
+    "::mlir::memref::MemRefDialect", "::mlir::scf::SCFDialect"
+  ];
+}
+
 #endif // SAE_TRANSFORMS_PASSES_TD

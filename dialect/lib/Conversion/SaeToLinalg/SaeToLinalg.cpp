@@ -504,15 +504,18 @@ struct NormalizeRowsLowering : OpRewritePattern<NormalizeRowsOp> {
           Value sq = arith::MulFOp::create(b, l, a[0], a[0]);
           return arith::AddFOp::create(b, l, a[1], sq).getResult();
         });
-    Value result = buildElementwise(
-        rewriter, loc, op.getInput(), {op.getInput(), sumSq},
-        {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {i}, ctx)},
+    // Scaled in place (the input is the output), so that the training step
+    // renormalises the decoder in its own buffer.
+    Value result = buildGeneric(
+        rewriter, loc, {sumSq}, op.getInput(),
+        {AffineMap::get(2, 0, {i}, ctx), AffineMap::get(2, 0, {i, j}, ctx)},
+        {utils::IteratorType::parallel, utils::IteratorType::parallel},
         [&](OpBuilder &b, Location l, ValueRange a) {
           Value zero = arith::ConstantOp::create(b, l, b.getFloatAttr(elt, 0));
           Value isZero = arith::CmpFOp::create(b, l, arith::CmpFPredicate::OLE,
-                                               a[1], zero);
-          Value inv = math::RsqrtOp::create(b, l, a[1]);
-          Value scaled = arith::MulFOp::create(b, l, a[0], inv);
+                                               a[0], zero);
+          Value inv = math::RsqrtOp::create(b, l, a[0]);
+          Value scaled = arith::MulFOp::create(b, l, a[1], inv);
           return arith::SelectOp::create(b, l, isZero, zero, scaled)
               .getResult();
         });
@@ -2919,7 +2922,7 @@ struct ProjectRowsLowering : OpRewritePattern<ProjectRowsOp> {
   }
 };
 
-/// One generic over the parameter writing p', m', v'.
+/// One generic over the parameter, updating p, m and v.
 struct AdamLowering : OpRewritePattern<AdamOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(AdamOp op,
@@ -2928,9 +2931,6 @@ struct AdamLowering : OpRewritePattern<AdamOp> {
     auto type = cast<RankedTensorType>(op.getParam().getType());
     unsigned rank = type.getRank();
     AffineMap id = rewriter.getMultiDimIdentityMap(rank);
-    SmallVector<Value> inits;
-    for (int i = 0; i < 3; ++i)
-      inits.push_back(tensor::EmptyOp::create(rewriter, loc, type, ValueRange{}));
     Value lr = op.getLr(), b1 = op.getBeta1(), b2 = op.getBeta2(),
           eps = op.getEps();
     Type elt = type.getElementType();
@@ -2939,13 +2939,15 @@ struct AdamLowering : OpRewritePattern<AdamOp> {
     Value sqrtBc2 = math::SqrtOp::create(rewriter, loc, op.getBc2());
     Value c1 = arith::SubFOp::create(rewriter, loc, one, b1);
     Value c2 = arith::SubFOp::create(rewriter, loc, one, b2);
+    // The parameter and moments are the outputs themselves (read, then
+    // overwritten), so that bufferization can update them in place.
     auto generic = linalg::GenericOp::create(
-        rewriter, loc, TypeRange{type, type, type},
-        ValueRange{op.getParam(), op.getGrad(), op.getM(), op.getV()}, inits,
-        SmallVector<AffineMap>(7, id),
+        rewriter, loc, TypeRange{type, type, type}, ValueRange{op.getGrad()},
+        ValueRange{op.getParam(), op.getM(), op.getV()},
+        SmallVector<AffineMap>(4, id),
         SmallVector<utils::IteratorType>(rank, utils::IteratorType::parallel),
         [&](OpBuilder &b, Location l, ValueRange a) {
-          Value p = a[0], g = a[1], m = a[2], v = a[3];
+          Value g = a[0], p = a[1], m = a[2], v = a[3];
           Value m2 = arith::AddFOp::create(b, l, arith::MulFOp::create(b, l, b1, m),
                                            arith::MulFOp::create(b, l, c1, g));
           Value gg = arith::MulFOp::create(b, l, g, g);
