@@ -31,6 +31,29 @@ func.func @topk(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_dec: tensor
 
 // -----
 
+// Tests the gradient of b_dec subtracted before the encoder: the gradient of
+// the encoder's input (a decode of the sparse code gradient through the
+// transposed W_enc) is only summed over rows, so it becomes
+// W_enc · column_sum(dz), a sae.matvec: neither the transposed W_enc nor
+// the [B, d] product is used (they are left dead for canonicalisation).
+// CHECK-LABEL: func.func @pre_bias
+// CHECK: %[[DZ:.*]] = sae.sddmm
+// CHECK: %[[S:.*]] = sae.column_sum %[[DZ]] : !sae.codes<?x256xf32, k = 8> -> tensor<256xf32>
+// CHECK: %[[MV:.*]] = sae.matvec %arg1, %[[S]] : tensor<64x256xf32>, tensor<256xf32> -> tensor<64xf32>
+// CHECK: sae.scale %[[MV]]
+// CHECK: return
+func.func @pre_bias(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_dec: tensor<256x64xf32>, %b_dec: tensor<64xf32>) -> tensor<64xf32> {
+  %c = sae.bias_sub %x, %b_dec : tensor<?x64xf32>, tensor<64xf32>
+  %l = sae.linear %c, %W_enc : tensor<?x64xf32>, tensor<64x256xf32> -> tensor<?x256xf32>
+  %z = sae.topk %l : tensor<?x256xf32> -> !sae.codes<?x256xf32, k = 8>
+  %xhat = sae.decode %z, %W_dec : !sae.codes<?x256xf32, k = 8>, tensor<256x64xf32> -> tensor<?x64xf32>
+  %loss = sae.mse %xhat, %x : tensor<?x64xf32> -> f32
+  %g = sae.gradient %loss wrt %b_dec : f32, tensor<64xf32> -> tensor<64xf32>
+  return %g : tensor<64xf32>
+}
+
+// -----
+
 // Tests scalar rules (a weighted sum of terms), stopgrad, and a parameter
 // the loss does not depend on: its gradient is zeros.
 // CHECK-LABEL: func.func @terms

@@ -79,6 +79,29 @@ private:
       return DensifyOp::create(b, l, denseType, g);
     return g;
   }
+  /// Σ over the rows of a contribution (a bias's gradient). A product
+  /// through a transposed weight (the input's gradient of `sae.linear`) is
+  /// summed first: Σ_b (g_b · Wᵀ) = W · Σ_b g_b, one pass over W instead of
+  /// a transpose of W and a [B, d] product.
+  Value columnSum(Location l, Type type, Value g) {
+    Value rows, weight;
+    if (auto dec = g.getDefiningOp<DecodeOp>()) {
+      rows = dec.getCodes();
+      weight = dec.getWeight();
+    } else if (auto lin = g.getDefiningOp<LinearOp>()) {
+      rows = lin.getInput();
+      weight = lin.getWeight();
+    }
+    if (auto t = weight ? weight.getDefiningOp<TransposeOp>() : TransposeOp()) {
+      Value w = t.getInput();
+      auto wt = cast<RankedTensorType>(w.getType());
+      Value s = ColumnSumOp::create(
+          b, l, RankedTensorType::get({wt.getDimSize(1)}, wt.getElementType()),
+          rows);
+      return MatVecOp::create(b, l, type, w, s);
+    }
+    return ColumnSumOp::create(b, l, type, g);
+  }
   /// H(x): 1 where x > 0.
   Value stepOf(Location l, Value x) { return StepOp::create(b, l, x); }
 
@@ -255,7 +278,7 @@ LogicalResult Differentiator::backward(Operation *o) {
         for (Value g : contributions(bias.getResult())) {
           accumulate(bias.getInput(), g);
           if (active.contains(bias.getBias())) {
-            Value s = ColumnSumOp::create(b, l, bias.getBias().getType(), g);
+            Value s = columnSum(l, bias.getBias().getType(), g);
             accumulate(bias.getBias(), sub ? scale(l, s, scalar(l, -1.0)) : s);
           }
         }

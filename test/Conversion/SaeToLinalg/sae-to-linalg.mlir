@@ -21,20 +21,32 @@ func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x20xf32>) -> tensor<?x20xf3
 // -----
 
 // Tests the register-blocked kernel for a width that is a multiple of two
-// vectors (8 lanes here): the weight is packed into panels of 16 columns,
-// then blocks of 96 rows run in parallel (scf.parallel), and within them
-// groups of 6 rows keep 6 × 2 vector accumulators over k (one broadcast of
-// x[i, k] and two FMAs per row); the leftover rows go one at a time.
+// vectors (8 lanes here): the weight is packed into panels of 16 columns
+// (ranges of panels in parallel), then the work items (blocks of 96 rows ×
+// ranges of panels; 4 panels here, so 4 ranges of one) run in parallel, and
+// within them groups of 6 rows keep 6 × 2 vector accumulators over k (one
+// broadcast of x[i, k] and two FMAs per row); the B mod 6 leftover rows form
+// one smaller block per panel (1 to 5 rows), panels in parallel.
 // CHECK-LABEL: func.func @linear_kernel
 // CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<4x?x16xf32>
+// CHECK: scf.parallel
 // CHECK: vector.load {{.*}} : memref<16x64xf32>, vector<8xf32>
 // CHECK: vector.store {{.*}}, %[[PACKED]]
-// CHECK: scf.parallel (%{{.*}}) = (%{{.*}}) to (%{{.*}}) step (%c96)
-// CHECK: scf.for %[[J:.*]] = %{{.*}} to %c64 step %c16
+// CHECK: %[[BLOCKS:.*]] = arith.ceildivui %{{.*}}, %c96
+// CHECK: %[[ITEMS:.*]] = arith.muli %[[BLOCKS]], %c4
+// CHECK: scf.parallel (%[[ITEM:.*]]) = (%{{.*}}) to (%[[ITEMS]]) step (%c1)
+// CHECK: arith.divui %[[ITEM]], %c4
+// CHECK: arith.remui %[[ITEM]], %c4
+// CHECK: scf.for %[[J:.*]] = %{{.*}} to %{{.*}} step %c16
 // CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>)
 // CHECK-COUNT-12: vector.fma
+// CHECK: scf.parallel (%{{.*}}) = (%{{.*}}) to (%c64) step (%c16)
+// CHECK: scf.if
 // CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>, vector<8xf32>)
 // CHECK-COUNT-2: vector.fma
+// CHECK: scf.if
+// CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>)
+// CHECK-COUNT-4: vector.fma
 func.func @linear_kernel(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>) -> tensor<?x64xf32> {
   %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
   return %0 : tensor<?x64xf32>
@@ -225,7 +237,7 @@ func.func @jump_relu(%x: tensor<?x64xf32>, %t: tensor<64xf32>) -> tensor<?x64xf3
 // Tests that the L1 of sparse codes sums |value| * ‖W_dec[index]‖ over the
 // k stored entries only: a reduction over [B, k], never over n.
 // CHECK-LABEL: func.func @l1_codes
-// CHECK: linalg.generic {{.*}} ins(%{{.*}} : tensor<64x16xf32>)
+// CHECK: linalg.generic {{.*}} ins(%{{.*}}, %{{.*}} : tensor<64x16xf32>, tensor<64x16xf32>)
 // CHECK: %[[NORMS:.*]] = linalg.generic
 // CHECK:   math.sqrt
 // CHECK: linalg.generic {{.*}}iterator_types = ["reduction", "reduction"]{{.*}} ins(%{{.*}}, %{{.*}} : tensor<?x4xf32>, tensor<?x4xi32>)
@@ -278,4 +290,21 @@ func.func @batch_topk(%x: tensor<?x64xf32>, %w: tensor<64x16xf32>) -> tensor<?x1
   %z = sae.batch_topk %x : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4, batch>
   %d = sae.decode %z, %w : !sae.codes<?x64xf32, k = 4, batch>, tensor<64x16xf32> -> tensor<?x16xf32>
   return %d : tensor<?x16xf32>
+}
+
+// -----
+
+// Tests sae.matvec: one reduction per weight row into a zero-filled [d],
+// with reassociable adds (so that LLVM vectorises each row's dot product).
+// CHECK-DAG: #[[IJ:.*]] = affine_map<(d0, d1) -> (d0, d1)>
+// CHECK-DAG: #[[J:.*]] = affine_map<(d0, d1) -> (d1)>
+// CHECK-DAG: #[[I:.*]] = affine_map<(d0, d1) -> (d0)>
+// CHECK-LABEL: func.func @matvec
+// CHECK: %[[INIT:.*]] = linalg.fill ins(%{{.*}} : f32) outs(%{{.*}} : tensor<16xf32>)
+// CHECK: linalg.generic {indexing_maps = [#[[IJ]], #[[J]], #[[I]]], iterator_types = ["parallel", "reduction"]} ins(%arg0, %arg1 : tensor<16x64xf32>, tensor<64xf32>) outs(%[[INIT]] : tensor<16xf32>)
+// CHECK: arith.mulf %{{.*}}, %{{.*}} fastmath<reassoc,contract> : f32
+// CHECK: arith.addf %{{.*}}, %{{.*}} fastmath<reassoc,contract> : f32
+func.func @matvec(%w: tensor<16x64xf32>, %v: tensor<64xf32>) -> tensor<16xf32> {
+  %0 = sae.matvec %w, %v : tensor<16x64xf32>, tensor<64xf32> -> tensor<16xf32>
+  return %0 : tensor<16xf32>
 }

@@ -246,3 +246,21 @@ func.func @normal(%s: i64) {
   %0 = sae.random_normal %s {mean = 0.0 : f64, std = -1.0 : f64, stream = 0 : i64} : tensor<4xf32>
   return
 }
+
+// -----
+
+// Tests that a matvec's vector has one entry per weight column.
+func.func @matvec_vector(%w: tensor<16x64xf32>, %v: tensor<32xf32>) {
+  // expected-error@+1 {{'sae.matvec' op weight column count and vector length mismatch: 64 vs 32}}
+  %0 = sae.matvec %w, %v : tensor<16x64xf32>, tensor<32xf32> -> tensor<16xf32>
+  return
+}
+
+// -----
+
+// Tests that a matvec's result has one entry per weight row.
+func.func @matvec_result(%w: tensor<16x64xf32>, %v: tensor<64xf32>) {
+  // expected-error@+1 {{'sae.matvec' op row count mismatch: 16 vs 8}}
+  %0 = sae.matvec %w, %v : tensor<16x64xf32>, tensor<64xf32> -> tensor<8xf32>
+  return
+}

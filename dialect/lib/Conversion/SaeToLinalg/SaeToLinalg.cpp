@@ -126,6 +126,7 @@ Value floatConst(OpBuilder &b, Location l, Type t, double v) {
 }
 
 Value rowNorms(OpBuilder &b, Location loc, Value w);
+Value rowDots(OpBuilder &b, Location loc, Value x, Value y);
 Value batchRows(OpBuilder &b, Location l, Value values, int64_t k);
 Value zeroBuffer(OpBuilder &b, Location loc, RankedTensorType type,
                  ValueRange dyn);
@@ -187,7 +188,7 @@ Value negInfOf(OpBuilder &b, Location l, Type elt) {
 /// in a few pages); then, for blocks of rows of A (kept in cache), every
 /// panel goes by and groups of kRows rows accumulate kRows × 2 vectors in
 /// registers over k: broadcast A[i, k], fused multiply-add with the panel's
-/// row k. The rows left over go one at a time.
+/// row k. The m mod kRows rows left over form one smaller block per panel.
 constexpr int64_t kRows = 6;
 
 void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
@@ -236,43 +237,73 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
       }
     }
   };
-  // Pack: row by row of B (contiguous reads), each row's panels apart.
-  scf::ForOp::create(
-      b, loc, idx(b, 0), k, idx(b, 1), ValueRange{},
-      [&](OpBuilder &kb, Location l, Value kk, ValueRange) {
+  // Pack: ranges of panels in parallel; within one, row by row of B
+  // (contiguous reads of the range's columns).
+  int64_t packParts = std::min<int64_t>(panels, 64);
+  int64_t packSpan = (panels + packParts - 1) / packParts;
+  scf::ParallelOp::create(
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{idx(b, panels)},
+      ValueRange{idx(b, packSpan)},
+      [&](OpBuilder &rb, Location rl, ValueRange ivs) {
+        Value p0 = ivs[0];
+        Value p1 = arith::MinUIOp::create(
+            rb, rl, arith::AddIOp::create(rb, rl, p0, idx(rb, packSpan)),
+            idx(rb, panels));
         scf::ForOp::create(
-            kb, l, idx(kb, 0), idx(kb, panels), idx(kb, 1), ValueRange{},
-            [&](OpBuilder &pb, Location pl, Value p, ValueRange) {
-              Value j = arith::MulIOp::create(pb, pl, p, idx(pb, cols));
-              for (int64_t v = 0; v < 2; ++v) {
-                Value col = arith::AddIOp::create(pb, pl, j, idx(pb, v * lanes));
-                Value x = vector::LoadOp::create(pb, pl, vecType, bm,
-                                                 ValueRange{kk, col});
-                vector::StoreOp::create(pb, pl, x, packed,
-                                        ValueRange{p, kk, idx(pb, v * lanes)});
-              }
-              scf::YieldOp::create(pb, pl);
+            rb, rl, idx(rb, 0), k, idx(rb, 1), ValueRange{},
+            [&](OpBuilder &kb, Location l, Value kk, ValueRange) {
+              scf::ForOp::create(
+                  kb, l, p0, p1, idx(kb, 1), ValueRange{},
+                  [&](OpBuilder &pb, Location pl, Value p, ValueRange) {
+                    Value j = arith::MulIOp::create(pb, pl, p, idx(pb, cols));
+                    for (int64_t v = 0; v < 2; ++v) {
+                      Value col =
+                          arith::AddIOp::create(pb, pl, j, idx(pb, v * lanes));
+                      Value x = vector::LoadOp::create(pb, pl, vecType, bm,
+                                                       ValueRange{kk, col});
+                      vector::StoreOp::create(
+                          pb, pl, x, packed,
+                          ValueRange{p, kk, idx(pb, v * lanes)});
+                    }
+                    scf::YieldOp::create(pb, pl);
+                  });
+              scf::YieldOp::create(kb, l);
             });
-        scf::YieldOp::create(kb, l);
       });
   // Row blocks of kRows·kBlocks rows (their A rows stay in L2 while every
   // panel goes by), then the rows left over one at a time.
   // The row blocks write disjoint rows of C: they run in parallel
   // (scf.parallel, OpenMP threads on the CPU), each output still computed
   // by one thread in one order, so results do not depend on the threads.
+  // The work items are (row block, range of panels) pairs: with row
+  // blocks alone, B = 1024 rows gives 11 blocks, 6 on one thread and 5 on
+  // the other. Cutting the panels into kPanelParts ranges too balances the
+  // threads, and every panel is still streamed once per row block.
   constexpr int64_t kBlocks = 16;
+  int64_t panelParts = std::min<int64_t>(panels, 4);
+  int64_t panelSpan = (panels + panelParts - 1) / panelParts;
   Value rem = arith::RemUIOp::create(b, loc, m, idx(b, kRows));
   Value full = arith::SubIOp::create(b, loc, m, rem);
+  Value rowBlocks = arith::CeilDivUIOp::create(b, loc, full,
+                                               idx(b, kRows * kBlocks));
+  Value items = arith::MulIOp::create(b, loc, rowBlocks, idx(b, panelParts));
   scf::ParallelOp::create(
-      b, loc, ValueRange{idx(b, 0)}, ValueRange{full},
-      ValueRange{idx(b, kRows * kBlocks)},
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{items}, ValueRange{idx(b, 1)},
       [&](OpBuilder &ob, Location l, ValueRange ivs) {
-        Value i0 = ivs[0];
+        Value blockNo = arith::DivUIOp::create(ob, l, ivs[0],
+                                               idx(ob, panelParts));
+        Value part = arith::RemUIOp::create(ob, l, ivs[0], idx(ob, panelParts));
+        Value i0 = arith::MulIOp::create(ob, l, blockNo,
+                                         idx(ob, kRows * kBlocks));
         Value i1 = arith::MinUIOp::create(
             ob, l, arith::AddIOp::create(ob, l, i0, idx(ob, kRows * kBlocks)),
             full);
+        Value j0 = arith::MulIOp::create(ob, l, part, idx(ob, panelSpan * cols));
+        Value j1 = arith::MinUIOp::create(
+            ob, l, arith::AddIOp::create(ob, l, j0, idx(ob, panelSpan * cols)),
+            idx(ob, n));
         scf::ForOp::create(
-            ob, l, idx(ob, 0), idx(ob, n), idx(ob, cols), ValueRange{},
+            ob, l, j0, j1, idx(ob, cols), ValueRange{},
             [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
               scf::ForOp::create(
                   jb, jl, i0, i1, idx(jb, kRows), ValueRange{},
@@ -283,15 +314,20 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
               scf::YieldOp::create(jb, jl);
             });
       });
-  scf::ForOp::create(
-      b, loc, idx(b, 0), idx(b, n), idx(b, cols), ValueRange{},
-      [&](OpBuilder &jb, Location l, Value j, ValueRange) {
-        scf::ForOp::create(jb, l, full, m, idx(jb, 1), ValueRange{},
-                           [&](OpBuilder &ib, Location il, Value i, ValueRange) {
-                             block(ib, i, 1, j);
-                             scf::YieldOp::create(ib, il);
-                           });
-        scf::YieldOp::create(jb, l);
+  // The last m mod kRows rows: one block of that many rows per panel,
+  // panels in parallel.
+  scf::ParallelOp::create(
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{idx(b, n)},
+      ValueRange{idx(b, cols)},
+      [&](OpBuilder &jb, Location l, ValueRange ivs) {
+        for (int64_t rows = 1; rows < kRows; ++rows) {
+          Value these = arith::CmpIOp::create(jb, l, arith::CmpIPredicate::eq,
+                                              rem, idx(jb, rows));
+          scf::IfOp::create(jb, l, these, [&](OpBuilder &ib, Location il) {
+            block(ib, full, rows, ivs[0]);
+            scf::YieldOp::create(ib, il);
+          });
+        }
       });
 }
 
@@ -494,16 +530,7 @@ struct NormalizeRowsLowering : OpRewritePattern<NormalizeRowsOp> {
     Type elt = type.getElementType();
     AffineExpr i, j;
     bindDims(ctx, i, j);
-    auto rowType = RankedTensorType::get({type.getDimSize(0)}, elt);
-    Value acc = filledTensor(rewriter, loc, rowType, op.getInput(), 0.0);
-    Value sumSq = buildGeneric(
-        rewriter, loc, {op.getInput()}, acc,
-        {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {i}, ctx)},
-        {utils::IteratorType::parallel, utils::IteratorType::reduction},
-        [](OpBuilder &b, Location l, ValueRange a) {
-          Value sq = arith::MulFOp::create(b, l, a[0], a[0]);
-          return arith::AddFOp::create(b, l, a[1], sq).getResult();
-        });
+    Value sumSq = rowDots(rewriter, loc, op.getInput(), op.getInput());
     // Scaled in place (the input is the output), so that the training step
     // renormalises the decoder in its own buffer.
     Value result = buildGeneric(
@@ -1577,22 +1604,31 @@ struct JumpReluLowering : OpRewritePattern<JumpReluOp> {
 //===----------------------------------------------------------------------===//
 
 /// ‖W[i, :]‖₂ for every row of a matrix, as a vector of its element type.
-Value rowNorms(OpBuilder &b, Location loc, Value w) {
+/// Σ_j x[i, j] · y[i, j] for every row i. The adds may be reassociated, so
+/// that LLVM vectorises each row's sum (one thread per row, in an order
+/// fixed at compile time).
+Value rowDots(OpBuilder &b, Location loc, Value x, Value y) {
   MLIRContext *ctx = b.getContext();
-  auto type = cast<RankedTensorType>(w.getType());
+  auto type = cast<RankedTensorType>(x.getType());
   AffineExpr i, j;
   bindDims(ctx, i, j);
   auto rowType =
       RankedTensorType::get({type.getDimSize(0)}, type.getElementType());
-  Value acc = filledTensor(b, loc, rowType, w, 0.0);
-  Value sumSq = buildGeneric(
-      b, loc, {w}, acc,
-      {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {i}, ctx)},
+  Value acc = filledTensor(b, loc, rowType, x, 0.0);
+  auto fm = arith::FastMathFlagsAttr::get(
+      ctx, arith::FastMathFlags::reassoc | arith::FastMathFlags::contract);
+  AffineMap id = AffineMap::get(2, 0, {i, j}, ctx);
+  return buildGeneric(
+      b, loc, {x, y}, acc, {id, id, AffineMap::get(2, 0, {i}, ctx)},
       {utils::IteratorType::parallel, utils::IteratorType::reduction},
-      [](OpBuilder &nb, Location l, ValueRange a) {
-        Value sq = arith::MulFOp::create(nb, l, a[0], a[0]);
-        return arith::AddFOp::create(nb, l, a[1], sq).getResult();
+      [&](OpBuilder &nb, Location l, ValueRange a) {
+        Value p = arith::MulFOp::create(nb, l, a[0], a[1], fm);
+        return arith::AddFOp::create(nb, l, a[2], p, fm).getResult();
       });
+}
+
+Value rowNorms(OpBuilder &b, Location loc, Value w) {
+  Value sumSq = rowDots(b, loc, w, w);
   AffineMap id = b.getMultiDimIdentityMap(1);
   return buildElementwise(
       b, loc, sumSq, {sumSq}, {id},
@@ -2487,7 +2523,8 @@ using EntryFn = function_ref<void(OpBuilder &, Location, ValueRange pos,
 /// Calls `body` for every stored entry of codes built by `make`, in scf
 /// loops over their buffers: `pos` indexes the values buffer ({row, slot}
 /// per row, {entry} in the batch layout), `latent` and `row` are indices.
-void forEachEntry(OpBuilder &b, Location loc, MakeCodesOp make, EntryFn body) {
+void forEachEntry(OpBuilder &b, Location loc, MakeCodesOp make, EntryFn body,
+                  bool parallel = false) {
   Value vals = toBuffer(b, loc, make.getValues());
   Value idxs = toBuffer(b, loc, make.getIndices());
   Value rows = make.getRows() ? toBuffer(b, loc, make.getRows()) : Value();
@@ -2505,25 +2542,35 @@ void forEachEntry(OpBuilder &b, Location loc, MakeCodesOp make, EntryFn body) {
     body(nb, l, pos, v, i, row);
   };
   Value n0 = tensor::DimOp::create(b, loc, make.getValues(), 0);
-  if (rows) {
+  // The outer loop (entries, or rows of k entries): scf.parallel when the
+  // caller's bodies touch disjoint memory.
+  auto outer = [&](function_ref<void(OpBuilder &, Location, Value)> fn) {
+    if (parallel) {
+      scf::ParallelOp::create(b, loc, ValueRange{c0}, ValueRange{n0},
+                              ValueRange{c1},
+                              [&](OpBuilder &pb, Location pl, ValueRange ivs) {
+                                fn(pb, pl, ivs[0]);
+                              });
+      return;
+    }
     scf::ForOp::create(b, loc, c0, n0, c1, ValueRange{},
-                       [&](OpBuilder &nb, Location l, Value e, ValueRange) {
-                         visit(nb, l, e, Value());
+                       [&](OpBuilder &nb, Location l, Value iv, ValueRange) {
+                         fn(nb, l, iv);
                          scf::YieldOp::create(nb, l);
                        });
+  };
+  if (rows) {
+    outer([&](OpBuilder &nb, Location l, Value e) { visit(nb, l, e, Value()); });
     return;
   }
   Value k = tensor::DimOp::create(b, loc, make.getValues(), 1);
-  scf::ForOp::create(
-      b, loc, c0, n0, c1, ValueRange{},
-      [&](OpBuilder &rb, Location rl, Value r, ValueRange) {
-        scf::ForOp::create(rb, rl, c0, k, c1, ValueRange{},
-                           [&](OpBuilder &nb, Location l, Value t, ValueRange) {
-                             visit(nb, l, ValueRange{r, t}, r);
-                             scf::YieldOp::create(nb, l);
-                           });
-        scf::YieldOp::create(rb, rl);
-      });
+  outer([&](OpBuilder &rb, Location rl, Value r) {
+    scf::ForOp::create(rb, rl, c0, k, c1, ValueRange{},
+                       [&](OpBuilder &nb, Location l, Value t, ValueRange) {
+                         visit(nb, l, ValueRange{r, t}, r);
+                         scf::YieldOp::create(nb, l);
+                       });
+  });
 }
 
 /// A zero-filled fresh buffer of `type` (dynamic sizes given).
@@ -2550,12 +2597,14 @@ LogicalResult replaceEntryValues(
   auto valsType = cast<RankedTensorType>(make.getValues().getType());
   Value out = allocLike(rewriter, loc, valsType,
                         dynamicSizes(rewriter, loc, valsType, make.getValues()));
-  forEachEntry(rewriter, loc, make,
-               [&](OpBuilder &b, Location l, ValueRange pos, Value v,
-                   Value latent, Value row) {
-                 memref::StoreOp::create(b, l, fn(b, l, v, latent, row), out,
-                                         pos);
-               });
+  // Each entry writes its own slot: the entries run in parallel.
+  forEachEntry(
+      rewriter, loc, make,
+      [&](OpBuilder &b, Location l, ValueRange pos, Value v, Value latent,
+          Value row) {
+        memref::StoreOp::create(b, l, fn(b, l, v, latent, row), out, pos);
+      },
+      /*parallel=*/true);
   rewriter.replaceOpWithNewOp<MakeCodesOp>(
       op, codes.getType(), asTensor(rewriter, loc, valsType, out),
       make.getIndices(), make.getRows());
@@ -2670,6 +2719,34 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
               });
         });
     rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
+    return success();
+  }
+};
+
+/// One reduction per row of the weight; the adds may be reassociated so
+/// that LLVM vectorises each row's dot product (each row is still summed by
+/// one thread, in one order fixed at compile time).
+struct MatVecLowering : OpRewritePattern<MatVecOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(MatVecOp op,
+                                PatternRewriter &rewriter) const override {
+    Location loc = op.getLoc();
+    MLIRContext *ctx = op.getContext();
+    AffineExpr i, j;
+    bindDims(ctx, i, j);
+    Value acc = filledTensor(rewriter, loc, op.getType(), op.getWeight(), 0.0);
+    auto fm = arith::FastMathFlagsAttr::get(
+        ctx, arith::FastMathFlags::reassoc | arith::FastMathFlags::contract);
+    rewriter.replaceOp(
+        op, buildGeneric(
+                rewriter, loc, {op.getWeight(), op.getVector()}, acc,
+                {AffineMap::get(2, 0, {i, j}, ctx),
+                 AffineMap::get(2, 0, {j}, ctx), AffineMap::get(2, 0, {i}, ctx)},
+                {utils::IteratorType::parallel, utils::IteratorType::reduction},
+                [&](OpBuilder &b, Location l, ValueRange a) {
+                  Value p = arith::MulFOp::create(b, l, a[0], a[1], fm);
+                  return arith::AddFOp::create(b, l, a[2], p, fm).getResult();
+                }));
     return success();
   }
 };
@@ -2897,18 +2974,7 @@ struct ProjectRowsLowering : OpRewritePattern<ProjectRowsOp> {
     bindDims(ctx, i, j);
     AffineMap id = AffineMap::get(2, 0, {i, j}, ctx);
     AffineMap row = AffineMap::get(2, 0, {i}, ctx);
-    auto type = op.getType();
-    auto rowType =
-        RankedTensorType::get({type.getDimSize(0)}, type.getElementType());
-    Value acc = filledTensor(rewriter, loc, rowType, op.getGrad(), 0.0);
-    Value dots = buildGeneric(
-        rewriter, loc, {op.getGrad(), op.getWeight()}, acc, {id, id, row},
-        {utils::IteratorType::parallel, utils::IteratorType::reduction},
-        [](OpBuilder &b, Location l, ValueRange a) {
-          return arith::AddFOp::create(
-                     b, l, a[2], arith::MulFOp::create(b, l, a[0], a[1]))
-              .getResult();
-        });
+    Value dots = rowDots(rewriter, loc, op.getGrad(), op.getWeight());
     rewriter.replaceOp(
         op, buildElementwise(
                 rewriter, loc, op.getGrad(),
@@ -3438,6 +3504,7 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       AfaLowering, KlStdNormalLowering, RandomNormalLowering,
       GaussianNoiseLowering, ColumnMeanLowering, GeometricMedianLowering,
       GatherLowering, SddmmLowering, OuterLowering, ColumnSumLowering,
+      MatVecLowering,
       NumRowsLowering, SumLowering, RowNormsLowering, ScaleRowsLowering,
       JumpReluGradLowering, L0GradLowering, ProjectRowsLowering, AdamLowering,
       SinceFiredLowering, DeadMaskLowering, DeadTopKLowering, PrefixLowering,

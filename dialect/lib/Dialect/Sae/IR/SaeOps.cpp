@@ -433,6 +433,16 @@ static int64_t columnsOf(Type t) {
   return cast<RankedTensorType>(t).getDimSize(1);
 }
 
+LogicalResult MatVecOp::verify() {
+  auto w = getWeight().getType();
+  if (failed(verifySameDim(*this, w.getDimSize(1),
+                           getVector().getType().getDimSize(0),
+                           "weight column count and vector length")))
+    return failure();
+  return verifySameDim(*this, w.getDimSize(0),
+                       getResult().getType().getDimSize(0), "row count");
+}
+
 LogicalResult ColumnSumOp::verify() {
   return verifySameDim(*this, columnsOf(getInput().getType()),
                        getResult().getType().getDimSize(0), "column count");

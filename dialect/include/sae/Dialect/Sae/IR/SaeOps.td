@@ -50,6 +50,28 @@ def Sae_LinearOp : Sae_Op<"linear"> {
   let hasVerifier = 1;
 }
 
+def Sae_MatVecOp : Sae_Op<"matvec"> {
+  let summary = "matrix-vector product: result = weight · vector";
+  let description = [{
+    `result[i] = Σ_j weight[i, j] · vector[j]` for `weight : [d, n]` and
+    `vector : [n]`, giving `[d]`: one pass over the weight, each row a
+    contiguous dot product. The backward pass uses it for the bias gradient
+    behind a linear map, `Σ_b (dy_b · Wᵀ) = W · Σ_b dy_b`, which needs neither
+    the transposed weight nor the `[B, d]` product.
+
+    Example:
+    ```mlir
+    %db = sae.matvec %W_enc, %s : tensor<768x16384xf32>, tensor<16384xf32> -> tensor<768xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$weight, Sae_Vector:$vector);
+  let results = (outs Sae_Vector:$result);
+  let assemblyFormat = [{
+    $weight `,` $vector attr-dict `:` type($weight) `,` type($vector) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
 class Sae_BiasOp<string mnemonic, string what>
     : Sae_Op<mnemonic, [AllTypesMatch<["input", "result"]>]> {
   let summary = "broadcast " # what # " of a bias vector to every row of a batch";
