@@ -54,6 +54,36 @@ func.func @pre_bias(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_dec: te
 
 // -----
 
+// Tests that sparse gradients of one weight from two selections are merged
+// before any dense matrix is formed: the encoder weight's two transposed
+// outer products (same input x) become one over the entries of both codes
+// side by side (4 + 8 = 12 per row), and the decoder's two (different
+// dense operands) accumulate into one matrix (`into`), not one per term
+// plus their sum.
+// CHECK-LABEL: func.func @two_selections
+// CHECK: %[[D1:.*]] = sae.outer %{{.*}}, %{{.*}} : <?x256xf32, k = 8>, tensor<?x64xf32> -> tensor<256x64xf32>
+// CHECK: tensor.concat dim(1) {{.*}} -> tensor<?x12xf32>
+// CHECK: %[[C:.*]] = sae.make_codes {{.*}} -> <?x256xf32, k = 12>
+// CHECK: sae.outer %[[C]], %arg0 {transposed} : <?x256xf32, k = 12>, tensor<?x64xf32> -> tensor<64x256xf32>
+// CHECK: sae.outer %{{.*}}, %{{.*}} into %[[D1]] : <?x256xf32, k = 4>, tensor<?x64xf32> -> tensor<256x64xf32>
+// CHECK-NOT: sae.add {{.*}} : tensor<64x256xf32>
+// CHECK-NOT: sae.add {{.*}} : tensor<256x64xf32>
+// CHECK: return
+func.func @two_selections(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_dec: tensor<256x64xf32>) -> (tensor<64x256xf32>, tensor<256x64xf32>) {
+  %l = sae.linear %x, %W_enc : tensor<?x64xf32>, tensor<64x256xf32> -> tensor<?x256xf32>
+  %z1 = sae.topk %l : tensor<?x256xf32> -> !sae.codes<?x256xf32, k = 4>
+  %z2 = sae.topk %l : tensor<?x256xf32> -> !sae.codes<?x256xf32, k = 8>
+  %y1 = sae.decode %z1, %W_dec : !sae.codes<?x256xf32, k = 4>, tensor<256x64xf32> -> tensor<?x64xf32>
+  %y2 = sae.decode %z2, %W_dec : !sae.codes<?x256xf32, k = 8>, tensor<256x64xf32> -> tensor<?x64xf32>
+  %l1 = sae.mse %y1, %x : tensor<?x64xf32> -> f32
+  %l2 = sae.mse %y2, %x : tensor<?x64xf32> -> f32
+  %loss = arith.addf %l1, %l2 : f32
+  %g:2 = sae.gradient %loss wrt %W_enc, %W_dec : f32, tensor<64x256xf32>, tensor<256x64xf32> -> tensor<64x256xf32>, tensor<256x64xf32>
+  return %g#0, %g#1 : tensor<64x256xf32>, tensor<256x64xf32>
+}
+
+// -----
+
 // Tests scalar rules (a weighted sum of terms), stopgrad, and a parameter
 // the loss does not depend on: its gradient is zeros.
 // CHECK-LABEL: func.func @terms

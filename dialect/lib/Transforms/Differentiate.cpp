@@ -20,6 +20,7 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/TypeSwitch.h"
@@ -132,11 +133,86 @@ private:
       return mapValues(l, list[0], [&](Value) { return sum; });
     }
     Value sum;
-    for (Value g : list) {
+    for (Value g : mergeOuters(l, list)) {
       Value d = densify(l, g, v.getType());
       sum = sum ? AddOp::create(b, l, sum, d).getResult() : d;
     }
+    // The merged contributions may be erased: keep only their sum.
+    list.assign({sum});
     return sum;
+  }
+  /// Sparse outer products among the contributions `list` to one dense
+  /// value, merged so that the sum forms one dense matrix rather than one
+  /// per term plus their sum: products with the same dense operand become
+  /// one product of the concatenated codes, and the remaining rows-layout
+  /// products accumulate into each other (`sae.outer ... into`). Returns the
+  /// contributions left to add.
+  SmallVector<Value> mergeOuters(Location l, ArrayRef<Value> list) {
+    SmallVector<Value> rest;
+    SmallVector<OuterOp> outers;
+    for (Value g : list) {
+      auto o = g.getDefiningOp<OuterOp>();
+      auto codes = o ? dyn_cast<CodesType>(o.getCodes().getType()) : nullptr;
+      if (o && g.use_empty() && !o.getInit() && !codes.getPerBatch())
+        outers.push_back(o);
+      else
+        rest.push_back(g);
+    }
+    // Same dense operand and layout: concatenate the codes' entries.
+    SmallVector<OuterOp> merged;
+    for (OuterOp o : outers) {
+      auto same = llvm::find_if(merged, [&](OuterOp m) {
+        return m.getRhs() == o.getRhs() &&
+               m.getTransposed() == o.getTransposed();
+      });
+      if (same == merged.end()) {
+        merged.push_back(o);
+        continue;
+      }
+      auto outer = OuterOp::create(b, l, o.getType(),
+                                   concatCodes(l, same->getCodes(), o.getCodes()),
+                                   o.getRhs());
+      outer.setTransposed(o.getTransposed());
+      same->erase();
+      o.erase();
+      *same = outer;
+    }
+    // Rows layout, different dense operands: accumulate in one matrix.
+    OuterOp chain;
+    for (OuterOp o : merged) {
+      if (o.getTransposed()) {
+        rest.push_back(o);
+        continue;
+      }
+      if (chain) {
+        auto next = OuterOp::create(b, l, o.getType(), o.getCodes(), o.getRhs(),
+                                    chain.getResult(), /*transposed=*/false);
+        o.erase();
+        o = next;
+      }
+      chain = o;
+    }
+    if (chain)
+      rest.push_back(chain);
+    return rest;
+  }
+  /// Rows-layout codes with the entries of `x` then those of `y` in each
+  /// row (k_x + k_y per row; a latent may appear twice, its products add).
+  Value concatCodes(Location l, Value x, Value y) {
+    auto tx = cast<CodesType>(x.getType()), ty = cast<CodesType>(y.getType());
+    auto type = CodesType::get(b.getContext(), tx.getBatch(),
+                               tx.getNumLatents(), tx.getElementType(),
+                               tx.getK() + ty.getK());
+    auto indicesOf = [&](Value c) -> Value {
+      return CodesIndicesOp::create(
+          b, l, cast<CodesType>(c.getType()).getIndicesType(), c);
+    };
+    auto concat = [&](Value a, Value c, RankedTensorType t) -> Value {
+      return tensor::ConcatOp::create(b, l, t, /*dim=*/1, ValueRange{a, c});
+    };
+    return MakeCodesOp::create(
+        b, l, type, concat(valuesOf(l, x), valuesOf(l, y), type.getValuesType()),
+        concat(indicesOf(x), indicesOf(y), type.getIndicesType()), Value());
   }
   ArrayRef<Value> contributions(Value v) {
     auto it = grads.find(v);

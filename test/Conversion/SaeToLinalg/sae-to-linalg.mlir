@@ -308,3 +308,39 @@ func.func @matvec(%w: tensor<16x64xf32>, %v: tensor<64xf32>) -> tensor<16xf32> {
   %0 = sae.matvec %w, %v : tensor<16x64xf32>, tensor<64xf32> -> tensor<16xf32>
   return %0 : tensor<16xf32>
 }
+
+// -----
+
+// Tests an outer product that accumulates into an init: a fresh buffer
+// holding a copy of the init (linalg.copy), then the products added to its
+// rows, latent ranges in parallel.
+// CHECK-LABEL: func.func @outer_into
+// CHECK: %[[OUT:.*]] = memref.alloc() : memref<64x16xf32>
+// CHECK: %[[INIT:.*]] = bufferization.to_buffer %arg2 read_only
+// CHECK: linalg.copy ins(%[[INIT]] : memref<64x16xf32>) outs(%[[OUT]] : memref<64x16xf32>)
+// CHECK: scf.parallel
+// CHECK: vector.store {{.*}}, %[[OUT]]
+// CHECK: bufferization.to_tensor %[[OUT]]
+func.func @outer_into(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %init: tensor<64x16xf32>, %x: tensor<?x16xf32>) -> tensor<64x16xf32> {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  %0 = sae.outer %z, %x into %init : !sae.codes<?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<64x16xf32>
+  return %0 : tensor<64x16xf32>
+}
+
+// -----
+
+// Tests the entries of two codes side by side (tensor.concat of [B, k]
+// values): one generic whose slot j reads the first source below its width
+// and the second above it, with indices clamped in range.
+// CHECK-LABEL: func.func @concat
+// CHECK: linalg.generic {{.*}} outs(%{{.*}} : tensor<?x6xf32>)
+// CHECK: %[[COL:.*]] = linalg.index 1 : index
+// CHECK: tensor.extract %arg0
+// CHECK: tensor.extract %arg1
+// CHECK: %[[HIGH:.*]] = arith.cmpi uge, %[[COL]], %c4
+// CHECK: arith.select %[[HIGH]]
+// CHECK-NOT: tensor.concat
+func.func @concat(%a: tensor<?x4xf32>, %b: tensor<?x2xf32>) -> tensor<?x6xf32> {
+  %0 = tensor.concat dim(1) %a, %b : (tensor<?x4xf32>, tensor<?x2xf32>) -> tensor<?x6xf32>
+  return %0 : tensor<?x6xf32>
+}

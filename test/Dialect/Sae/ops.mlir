@@ -133,3 +133,14 @@ func.func @data_initialisers(%x: tensor<?x16xf32>, %s: i64) -> (tensor<16xf32>, 
   %n = sae.random_normal %s {mean = 0.0 : f64, std = 0.02 : f64, stream = 1 : i64} : tensor<4x16xf32>
   return %m, %g, %n : tensor<16xf32>, tensor<16xf32>, tensor<4x16xf32>
 }
+
+// CHECK-LABEL: func.func @products
+func.func @products(%z: !sae.codes<?x64xf32, k = 4>, %a: !sae.codes<?x64xf32, k = 8>, %x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %v: tensor<64xf32>) -> (tensor<64x16xf32>, tensor<16xf32>) {
+  // CHECK: %[[O:.*]] = sae.outer %{{.*}}, %{{.*}} : <?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<64x16xf32>
+  %o = sae.outer %z, %x : !sae.codes<?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<64x16xf32>
+  // CHECK: sae.outer %{{.*}}, %{{.*}} into %[[O]] : <?x64xf32, k = 8>, tensor<?x16xf32> -> tensor<64x16xf32>
+  %o2 = sae.outer %a, %x into %o : !sae.codes<?x64xf32, k = 8>, tensor<?x16xf32> -> tensor<64x16xf32>
+  // CHECK: sae.matvec %{{.*}}, %{{.*}} : tensor<16x64xf32>, tensor<64xf32> -> tensor<16xf32>
+  %m = sae.matvec %w, %v : tensor<16x64xf32>, tensor<64xf32> -> tensor<16xf32>
+  return %o2, %m : tensor<64x16xf32>, tensor<16xf32>
+}

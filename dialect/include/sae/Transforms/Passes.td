@@ -52,7 +52,8 @@ def Differentiate : Pass<"sae-differentiate", "ModuleOp"> {
            "Remove entry points whose gradient cannot be derived (with a "
            "warning) instead of failing">
   ];
-  let dependentDialects = ["::mlir::arith::ArithDialect"];
+  let dependentDialects = ["::mlir::arith::ArithDialect",
+                           "::mlir::tensor::TensorDialect"];
 }
 
 def ParallelizeLinalg : Pass<"sae-parallelize-linalg", "func::FuncOp"> {

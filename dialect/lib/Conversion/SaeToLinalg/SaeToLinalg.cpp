@@ -16,7 +16,9 @@
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
+#include "mlir/IR/Dominance.h"
 #include "mlir/IR/PatternMatch.h"
+#include "mlir/Transforms/CSE.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 #include "llvm/TargetParser/Host.h"
 
@@ -1494,6 +1496,65 @@ struct DecodeLowering : OpRewritePattern<DecodeOp> {
 };
 
 /// Zero-filled [B, n] buffer, then one store per kept entry.
+/// The entries of several codes side by side (a `tensor.concat` along the
+/// entries of their [B, k] values or indices, made by the differentiator
+/// to merge sparse products): one generic reading each output slot from
+/// its source. Bufferizing the concat itself would copy into strided
+/// subviews, which the LLVM lowering turns into calls to a runtime library.
+struct ConcatLowering : OpRewritePattern<tensor::ConcatOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(tensor::ConcatOp op,
+                                PatternRewriter &rewriter) const override {
+    auto type = op.getResultType();
+    if (type.getRank() != 2 || op.getDim() != 1)
+      return rewriter.notifyMatchFailure(op, "only [B, k] side by side");
+    SmallVector<int64_t> widths;
+    for (Value in : op.getInputs()) {
+      int64_t w = cast<RankedTensorType>(in.getType()).getDimSize(1);
+      if (ShapedType::isDynamic(w))
+        return rewriter.notifyMatchFailure(op, "dynamic widths");
+      widths.push_back(w);
+    }
+    Location loc = op.getLoc();
+    Value init = tensor::EmptyOp::create(
+        rewriter, loc, type,
+        dynamicSizes(rewriter, loc, type, op.getInputs()[0]));
+    auto generic = linalg::GenericOp::create(
+        rewriter, loc, TypeRange{type}, ValueRange{}, ValueRange{init},
+        SmallVector<AffineMap>{rewriter.getMultiDimIdentityMap(2)},
+        SmallVector<utils::IteratorType>(2, utils::IteratorType::parallel),
+        [&](OpBuilder &b, Location l, ValueRange) {
+          Value row = linalg::IndexOp::create(b, l, 0);
+          Value col = linalg::IndexOp::create(b, l, 1);
+          // From the last source back: each select keeps the value of the
+          // source whose range holds `col` (indices clamped in range).
+          Value result;
+          int64_t start = 0;
+          for (auto [in, w] : llvm::zip(op.getInputs(), widths)) {
+            Value lo = arith::ConstantIndexOp::create(b, l, start);
+            Value last = arith::ConstantIndexOp::create(b, l, w - 1);
+            Value rel = arith::MinSIOp::create(
+                b, l,
+                arith::MaxSIOp::create(
+                    b, l, arith::SubIOp::create(b, l, col, lo),
+                    arith::ConstantIndexOp::create(b, l, 0)),
+                last);
+            Value v = tensor::ExtractOp::create(b, l, in, ValueRange{row, rel});
+            if (result) {
+              Value here = arith::CmpIOp::create(
+                  b, l, arith::CmpIPredicate::uge, col, lo);
+              v = arith::SelectOp::create(b, l, here, v, result);
+            }
+            result = v;
+            start += w;
+          }
+          linalg::YieldOp::create(b, l, result);
+        });
+    rewriter.replaceOp(op, generic.getResults());
+    return success();
+  }
+};
+
 struct DensifyLowering : OpRewritePattern<DensifyOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(DensifyOp op,
@@ -2682,7 +2743,16 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
       rewriter.replaceOpWithNewOp<TransposeOp>(op, type, rows);
       return success();
     }
-    Value out = zeroBuffer(rewriter, loc, type, {});
+    Value out;
+    if (op.getInit()) {
+      // A fresh copy of the accumulator (a parallel linalg.copy), then the
+      // products added to it.
+      out = allocLike(rewriter, loc, type, {});
+      linalg::CopyOp::create(rewriter, loc,
+                             toBuffer(rewriter, loc, op.getInit()), out);
+    } else {
+      out = zeroBuffer(rewriter, loc, type, {});
+    }
     Value rhs = toBuffer(rewriter, loc, op.getRhs());
     int64_t d = op.getRhs().getType().getDimSize(1);
     // The latents are split into 16 ranges that run in parallel;
@@ -3464,6 +3534,18 @@ struct ConvertSaeToLinalgPass
       llvm::StringMap<bool> features = llvm::sys::getHostCPUFeatures();
       lanes = features.lookup("avx512f") ? 16 : 8;
     }
+    // Composite losses first become the sae ops they are made of; CSE then
+    // merges those with the same ops of the backward pass (aux_k's dead
+    // latent selection and its decode, computed once per step, not twice).
+    {
+      RewritePatternSet decompose(&getContext());
+      decompose.add<AuxKLowering>(&getContext());
+      if (failed(applyPatternsGreedily(getOperation(), std::move(decompose))))
+        return signalPassFailure();
+      IRRewriter rewriter(&getContext());
+      DominanceInfo dominance;
+      eliminateCommonSubExpressions(rewriter, dominance, getOperation());
+    }
     populateSaeToLinalgPatterns(patterns, lanes);
     if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
       return signalPassFailure();
@@ -3504,7 +3586,7 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       AfaLowering, KlStdNormalLowering, RandomNormalLowering,
       GaussianNoiseLowering, ColumnMeanLowering, GeometricMedianLowering,
       GatherLowering, SddmmLowering, OuterLowering, ColumnSumLowering,
-      MatVecLowering,
+      MatVecLowering, ConcatLowering,
       NumRowsLowering, SumLowering, RowNormsLowering, ScaleRowsLowering,
       JumpReluGradLowering, L0GradLowering, ProjectRowsLowering, AdamLowering,
       SinceFiredLowering, DeadMaskLowering, DeadTopKLowering, PrefixLowering,

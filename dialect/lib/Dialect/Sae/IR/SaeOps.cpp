@@ -480,6 +480,11 @@ LogicalResult OuterOp::verify() {
   if (failed(verifySameDim(*this, codes.getBatch(), rhs.getDimSize(0),
                            "batch size")))
     return failure();
+  if (getInit()) {
+    if (getTransposed())
+      return emitOpError() << "accumulates 'into' an init only in the rows "
+                              "layout, not with 'transposed'";
+  }
   unsigned latentDim = getTransposed() ? 1 : 0;
   if (failed(verifySameDim(*this, codes.getNumLatents(),
                            out.getDimSize(latentDim), "latent count")))

@@ -953,26 +953,39 @@ def Sae_SddmmOp : Sae_Op<"sddmm", [AllTypesMatch<["codes", "result"]>]> {
   let hasVerifier = 1;
 }
 
-def Sae_OuterOp : Sae_Op<"outer"> {
+def Sae_OuterOp : Sae_Op<"outer", [
+    OptionalTypesMatchWith<"init has the result's type", "result", "init",
+                           "$_self">]> {
   let summary = "transposed sparse codes times a dense batch: codesᵀ · rhs";
   let description = [{
     `result[i, :] = Σ over entries (b, i) of value · rhs[b, :]` for
     `rhs : [B, d]`: an `[n, d]` matrix (or `[d, n]` with `transposed`) that
     only the entries' rows (columns) receive. The gradient of `sae.decode`
     with respect to the decoder (and of `sae.linear` with respect to its
-    weight when the output gradient is sparse): work B·k·d.
+    weight when the output gradient is sparse): work B·k·d. With `into
+    %init` (rows layout only), the products are added to `init` instead of
+    zeros: a sum of several sparse gradients of one weight (TopK's and
+    AuxK's) forms one dense matrix, not one per term.
 
     Example:
     ```mlir
     %dW = sae.outer %z, %dxhat : !sae.codes<?x16384xf32, k = 32>, tensor<?x768xf32> -> tensor<16384x768xf32>
+    %dW2 = sae.outer %aux, %e into %dW : !sae.codes<?x16384xf32, k = 512>, tensor<?x768xf32> -> tensor<16384x768xf32>
     ```
   }];
   let arguments = (ins Sae_CodesType:$codes, Sae_Matrix:$rhs,
-                       UnitAttr:$transposed);
+                       Optional<Sae_Matrix>:$init, UnitAttr:$transposed);
   let results = (outs Sae_Matrix:$result);
   let assemblyFormat = [{
-    $codes `,` $rhs attr-dict `:` type($codes) `,` type($rhs) `->` type($result)
+    $codes `,` $rhs (`into` $init^)? attr-dict `:` type($codes) `,` type($rhs) `->` type($result)
   }];
+  let builders = [
+    OpBuilder<(ins "::mlir::Type":$result, "::mlir::Value":$codes,
+                   "::mlir::Value":$rhs), [{
+      build($_builder, $_state, result, codes, rhs, ::mlir::Value(),
+            /*transposed=*/false);
+    }]>
+  ];
   let hasVerifier = 1;
 }
 
