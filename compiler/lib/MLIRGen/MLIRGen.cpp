@@ -652,11 +652,15 @@ void MLIRGenImpl::genTrainStep() {
   auto gradOp = saedl::GradientOp::create(builder, l, objective, wrt);
   SmallVector<Value> grads(gradOp.getResults());
 
-  // The unit-norm rule: no gradient along a decoder row.
+  // The unit-norm rule: no gradient along a decoder row. Built where it is
+  // used (here and, again, in the clipping branch), so that each use has
+  // its own and the one feeding Adam fuses into Adam's pass.
   const TensorDeclAST *unit = model.train.unitNorm;
-  for (auto [i, p] : llvm::enumerate(params))
-    if (p.first == unit)
-      grads[i] = saedl::ProjectRowsOp::create(builder, l, grads[i], wrt[i]);
+  auto projected = [&](unsigned i) -> Value {
+    if (params[i].first != unit)
+      return grads[i];
+    return saedl::ProjectRowsOp::create(builder, l, grads[i], wrt[i]);
+  };
   // Global norm clipping (torch.nn.utils.clip_grad_norm_) when clip > 0;
   // the gradients' norm is only computed then (two passes over every
   // parameter that an unclipped step does not pay).
@@ -670,8 +674,8 @@ void MLIRGenImpl::genTrainStep() {
       OpBuilder::InsertionGuard guard(builder);
       builder.setInsertionPointToStart(ifOp.thenBlock());
       Value sq;
-      for (Value g : grads) {
-        auto s = saedl::SumOp::create(builder, l, f32(), g);
+      for (unsigned i = 0; i < grads.size(); ++i) {
+        auto s = saedl::SumOp::create(builder, l, f32(), projected(i));
         s.setSquares(true);
         sq = sq ? arith::AddFOp::create(builder, l, sq, s).getResult()
                 : s.getResult();
@@ -690,8 +694,9 @@ void MLIRGenImpl::genTrainStep() {
       scf::YieldOp::create(builder, l, scalar(l, 1));
     }
     Value factor = ifOp.getResult(0);
-    for (Value &g : grads)
-      g = saedl::ScaleOp::create(builder, l, g.getType(), g, factor);
+    for (unsigned i = 0; i < grads.size(); ++i)
+      grads[i] = saedl::ScaleOp::create(builder, l, grads[i].getType(),
+                                        projected(i), factor);
   }
 
   // Adam, then the unit-norm rule's renormalisation.

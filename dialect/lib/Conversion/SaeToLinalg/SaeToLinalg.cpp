@@ -506,7 +506,12 @@ struct TransposeLowering : OpRewritePattern<TransposeOp> {
       return arith::MinUIOp::create(
           b, loc, arith::AddIOp::create(b, loc, start, idx(b, tile)), bound);
     };
-    loop(rewriter, idx(rewriter, 0), rows, tile, [&](OpBuilder &b, Value i0) {
+    // Bands of `tile` output rows run in parallel (each writes its own).
+    scf::ParallelOp::create(
+        rewriter, loc, ValueRange{idx(rewriter, 0)}, ValueRange{rows},
+        ValueRange{idx(rewriter, tile)},
+        [&](OpBuilder &b, Location, ValueRange ivs) {
+      Value i0 = ivs[0];
       loop(b, idx(b, 0), cols, tile, [&](OpBuilder &b2, Value j0) {
         loop(b2, i0, end(b2, i0, rows), 1, [&](OpBuilder &b3, Value i) {
           loop(b3, j0, end(b3, j0, cols), 1, [&](OpBuilder &b4, Value j) {
