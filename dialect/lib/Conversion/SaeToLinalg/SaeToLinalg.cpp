@@ -2523,33 +2523,106 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
       return outer.getResult(0);
     };
     Value want = arith::IndexCastOp::create(rewriter, loc, i64, total);
-    // Largest t in [1, 2^32) with count(key >= t) >= want.
-    auto search = scf::ForOp::create(
-        rewriter, loc, c0, cIdx(33), c1,
-        ValueRange{c64(rewriter, loc, 1), c64(rewriter, loc, 0xFFFFFFFFll)},
-        [&](OpBuilder &b, Location l, Value, ValueRange lohi) {
-          Value sum = arith::AddIOp::create(b, l, lohi[0], lohi[1]);
-          Value mid = arith::ShRUIOp::create(
-              b, l, arith::AddIOp::create(b, l, sum, c64(b, l, 1)),
-              c64(b, l, 1));
-          Value enough = arith::CmpIOp::create(
-              b, l, arith::CmpIPredicate::sge,
-              count(b, l, mid, arith::CmpIPredicate::uge), want);
-          Value open = arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult,
-                                             lohi[0], lohi[1]);
-          Value raise = arith::AndIOp::create(b, l, open, enough);
-          Value lower = arith::AndIOp::create(
-              b, l, open,
-              arith::XOrIOp::create(
-                  b, l, enough,
-                  arith::ConstantOp::create(b, l, b.getBoolAttr(true))));
-          Value lo = arith::SelectOp::create(b, l, raise, mid, lohi[0]);
-          Value hi = arith::SelectOp::create(
-              b, l, lower, arith::SubIOp::create(b, l, mid, c64(b, l, 1)),
-              lohi[1]);
-          scf::YieldOp::create(b, l, ValueRange{lo, hi});
-        });
-    Value t = search.getResult(0);
+    // t = the want-th largest key, by radix selection: four passes, each
+    // counting the next 8 bits of the keys that share the prefix chosen so
+    // far (a histogram of 256 bins), then taking the bin where the count
+    // from the top reaches what is still wanted.
+    // One histogram per range of rows (ranges in parallel); integer counts,
+    // so their sum does not depend on the threads.
+    constexpr int64_t kParts = 16;
+    Value hist = memref::AllocOp::create(
+        rewriter, loc, MemRefType::get({kParts, 256}, i64));
+    Value span = arith::CeilDivUIOp::create(rewriter, loc, rows, cIdx(kParts));
+    Value prefix = c64(rewriter, loc, 0), remaining = want;
+    for (int64_t shift = 24; shift >= 0; shift -= 8) {
+      Value pre = prefix;
+      scf::ParallelOp::create(
+          rewriter, loc, ValueRange{c0}, ValueRange{cIdx(kParts)},
+          ValueRange{c1}, [&](OpBuilder &pb, Location pl, ValueRange ivs) {
+            Value part = ivs[0];
+            scf::ForOp::create(
+                pb, pl, c0, cIdx(256), c1, ValueRange{},
+                [&](OpBuilder &b, Location l, Value bin, ValueRange) {
+                  memref::StoreOp::create(b, l, c64(b, l, 0), hist,
+                                          ValueRange{part, bin});
+                  scf::YieldOp::create(b, l);
+                });
+            Value r0 = arith::MinUIOp::create(
+                pb, pl, arith::MulIOp::create(pb, pl, part, span), rows);
+            Value r1 = arith::MinUIOp::create(
+                pb, pl, arith::AddIOp::create(pb, pl, r0, span), rows);
+            scf::ForOp::create(
+                pb, pl, r0, r1, c1, ValueRange{},
+                [&](OpBuilder &rb, Location rl, Value row, ValueRange) {
+                  scf::ForOp::create(
+                      rb, rl, c0, cN, c1, ValueRange{},
+                      [&](OpBuilder &b, Location l, Value col, ValueRange) {
+                        Value k = key(b, l, row, col);
+                        Value high = arith::ShRUIOp::create(
+                            b, l, k, c64(b, l, shift + 8));
+                        Value match = arith::CmpIOp::create(
+                            b, l, arith::CmpIPredicate::eq, high, pre);
+                        Value bin = arith::IndexCastOp::create(
+                            b, l, b.getIndexType(),
+                            arith::AndIOp::create(
+                                b, l,
+                                arith::ShRUIOp::create(b, l, k,
+                                                       c64(b, l, shift)),
+                                c64(b, l, 255)));
+                        Value old = memref::LoadOp::create(
+                            b, l, hist, ValueRange{part, bin});
+                        memref::StoreOp::create(
+                            b, l,
+                            arith::AddIOp::create(
+                                b, l, old,
+                                arith::ExtUIOp::create(b, l, i64, match)),
+                            hist, ValueRange{part, bin});
+                        scf::YieldOp::create(b, l);
+                      });
+                  scf::YieldOp::create(rb, rl);
+                });
+          });
+      // From bin 255 down: the first bin where the running count reaches
+      // `remaining`; the keys in higher bins are all kept.
+      Value none = c64(rewriter, loc, -1);
+      auto scan = scf::ForOp::create(
+          rewriter, loc, c0, cIdx(256), c1,
+          ValueRange{none, c64(rewriter, loc, 0), c64(rewriter, loc, 0)},
+          [&](OpBuilder &b, Location l, Value i, ValueRange st) {
+            Value bin = arith::SubIOp::create(b, l, cIdx(255), i);
+            auto binCount = scf::ForOp::create(
+                b, l, c0, cIdx(kParts), c1, ValueRange{st[2]},
+                [&](OpBuilder &hb, Location hl, Value part, ValueRange sum) {
+                  Value c = memref::LoadOp::create(hb, hl, hist,
+                                                   ValueRange{part, bin});
+                  scf::YieldOp::create(
+                      hb, hl, ValueRange{arith::AddIOp::create(hb, hl, sum[0], c)});
+                });
+            Value acc = binCount.getResult(0);
+            Value here = arith::AndIOp::create(
+                b, l,
+                arith::CmpIOp::create(b, l, arith::CmpIPredicate::eq, st[0],
+                                      none),
+                arith::CmpIOp::create(b, l, arith::CmpIPredicate::sge, acc,
+                                      remaining));
+            Value binI64 = arith::IndexCastOp::create(b, l, i64, bin);
+            scf::YieldOp::create(
+                b, l,
+                ValueRange{arith::SelectOp::create(b, l, here, binI64, st[0]),
+                           arith::SelectOp::create(b, l, here, st[2], st[1]),
+                           acc});
+          });
+      prefix = arith::OrIOp::create(
+          rewriter, loc,
+          arith::ShLIOp::create(rewriter, loc, prefix, c64(rewriter, loc, 8)),
+          scan.getResult(0));
+      remaining = arith::SubIOp::create(rewriter, loc, remaining,
+                                        scan.getResult(1));
+    }
+    // Key 0 is NaN: never a threshold (with fewer than `want` other keys,
+    // every non-NaN key is kept).
+    Value t = arith::MaxUIOp::create(rewriter, loc, prefix,
+                                     c64(rewriter, loc, 1));
     Value ties = arith::SubIOp::create(
         rewriter, loc, want,
         count(rewriter, loc, t, arith::CmpIPredicate::ugt));

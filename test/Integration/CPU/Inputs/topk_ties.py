@@ -8,6 +8,11 @@ fewer positive entries than k. sae_encode_sparse must return, per row, the
 k entries ranked highest (MODE topk: relu(x); MODE abs: |x|, signed values
 kept) in decreasing rank, ties by increasing latent index — the order of a
 stable sort — exactly.
+
+MODE batch (examples/batch_topk.sae): the training form keeps the B·k
+largest relu(x) of the whole batch, ties in row-major order. With W_dec =
+identity too, sae_forward's reconstruction is exactly the kept entries in
+place, so it must equal that selection.
 """
 import ctypes
 import sys
@@ -17,7 +22,7 @@ from saelib import Library, _array
 
 lib_path, mode = sys.argv[1], sys.argv[2]
 lib = Library(lib_path)
-n, k = lib.n, lib.desc["codes"]["k"]
+n, k = lib.n, lib.desc["encoder"]["k"]
 d = lib.desc["input"]["dim"]
 assert d == n, (d, n)
 rng = np.random.default_rng(11)
@@ -27,6 +32,20 @@ x[:5] = rng.integers(-1, 2, size=(5, d))  # mostly zeros and ±1
 x[5] = 0
 params = {p["name"]: np.zeros(p["shape"], np.float32) for p in lib.params}
 params["W_enc"][:] = np.eye(d, dtype=np.float32)
+if mode == "batch":
+    params["W_dec"][:] = np.eye(d, dtype=np.float32)
+    xhat, _ = lib.forward([x], params)
+    value = np.maximum(x, 0).ravel()
+    order = np.argsort(-value, kind="stable")[: rows * k]
+    want = np.zeros(rows * d, np.float32)
+    want[order] = value[order]
+    want = want.reshape(rows, d)
+    bad = np.argwhere(want != xhat)
+    if len(bad):
+        r, j = bad[0]
+        sys.exit("entry (%d, %d): got %g, want %g" % (r, j, xhat[r, j], want[r, j]))
+    print("batch: %d rows, k = %d, exact batch selection including ties" % (rows, k))
+    sys.exit(0)
 vals = np.zeros((rows, k), np.float32)
 idxs = np.zeros((rows, k), np.int32)
 c = lib.lib
