@@ -128,7 +128,8 @@ Value floatConst(OpBuilder &b, Location l, Type t, double v) {
 }
 
 Value rowNorms(OpBuilder &b, Location loc, Value w);
-Value rowDots(OpBuilder &b, Location loc, Value x, Value y);
+Value rowDots(OpBuilder &b, Location loc, Value x, Value y,
+              AffineMap yMap = AffineMap());
 Value batchRows(OpBuilder &b, Location l, Value values, int64_t k);
 Value zeroBuffer(OpBuilder &b, Location loc, RankedTensorType type,
                  ValueRange dyn);
@@ -1670,10 +1671,10 @@ struct JumpReluLowering : OpRewritePattern<JumpReluOp> {
 //===----------------------------------------------------------------------===//
 
 /// ‖W[i, :]‖₂ for every row of a matrix, as a vector of its element type.
-/// Σ_j x[i, j] · y[i, j] for every row i. The adds may be reassociated, so
-/// that LLVM vectorises each row's sum (one thread per row, in an order
-/// fixed at compile time).
-Value rowDots(OpBuilder &b, Location loc, Value x, Value y) {
+/// Σ_j x[i, j] · y[yMap(i, j)] for every row i (y the same shape as x by
+/// default). The adds may be reassociated, so that LLVM vectorises each
+/// row's sum (one thread per row, in an order fixed at compile time).
+Value rowDots(OpBuilder &b, Location loc, Value x, Value y, AffineMap yMap) {
   MLIRContext *ctx = b.getContext();
   auto type = cast<RankedTensorType>(x.getType());
   AffineExpr i, j;
@@ -1685,7 +1686,8 @@ Value rowDots(OpBuilder &b, Location loc, Value x, Value y) {
       ctx, arith::FastMathFlags::reassoc | arith::FastMathFlags::contract);
   AffineMap id = AffineMap::get(2, 0, {i, j}, ctx);
   return buildGeneric(
-      b, loc, {x, y}, acc, {id, id, AffineMap::get(2, 0, {i}, ctx)},
+      b, loc, {x, y}, acc,
+      {id, yMap ? yMap : id, AffineMap::get(2, 0, {i}, ctx)},
       {utils::IteratorType::parallel, utils::IteratorType::reduction},
       [&](OpBuilder &nb, Location l, ValueRange a) {
         Value p = arith::MulFOp::create(nb, l, a[0], a[1], fm);
@@ -2871,30 +2873,16 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
   }
 };
 
-/// One reduction per row of the weight; the adds may be reassociated so
-/// that LLVM vectorises each row's dot product (each row is still summed by
-/// one thread, in one order fixed at compile time).
+/// W · v: the row dot products of the weight with the vector broadcast to
+/// every row (rowDots, so each row's sum is vectorised).
 struct MatVecLowering : OpRewritePattern<MatVecOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(MatVecOp op,
                                 PatternRewriter &rewriter) const override {
-    Location loc = op.getLoc();
     MLIRContext *ctx = op.getContext();
-    AffineExpr i, j;
-    bindDims(ctx, i, j);
-    Value acc = filledTensor(rewriter, loc, op.getType(), op.getWeight(), 0.0);
-    auto fm = arith::FastMathFlagsAttr::get(
-        ctx, arith::FastMathFlags::reassoc | arith::FastMathFlags::contract);
-    rewriter.replaceOp(
-        op, buildGeneric(
-                rewriter, loc, {op.getWeight(), op.getVector()}, acc,
-                {AffineMap::get(2, 0, {i, j}, ctx),
-                 AffineMap::get(2, 0, {j}, ctx), AffineMap::get(2, 0, {i}, ctx)},
-                {utils::IteratorType::parallel, utils::IteratorType::reduction},
-                [&](OpBuilder &b, Location l, ValueRange a) {
-                  Value p = arith::MulFOp::create(b, l, a[0], a[1], fm);
-                  return arith::AddFOp::create(b, l, a[2], p, fm).getResult();
-                }));
+    AffineExpr j = getAffineDimExpr(1, ctx);
+    rewriter.replaceOp(op, rowDots(rewriter, op.getLoc(), op.getWeight(),
+                                   op.getVector(), AffineMap::get(2, 0, {j}, ctx)));
     return success();
   }
 };
