@@ -684,8 +684,8 @@ void MLIRGenImpl::genTrainStep() {
       Value coef = arith::DivFOp::create(
           builder, l, clip,
           arith::AddFOp::create(builder, l, norm, scalar(l, 1e-6)));
-      Value below = arith::CmpFOp::create(
-          builder, l, arith::CmpFPredicate::OLT, coef, scalar(l, 1.0));
+      Value below = arith::CmpFOp::create(builder, l, arith::CmpFPredicate::OLT,
+                                          coef, scalar(l, 1.0));
       scf::YieldOp::create(
           builder, l,
           arith::SelectOp::create(builder, l, below, coef, scalar(l, 1))

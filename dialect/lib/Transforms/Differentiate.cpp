@@ -169,9 +169,9 @@ private:
         merged.push_back(o);
         continue;
       }
-      auto outer = OuterOp::create(b, l, o.getType(),
-                                   concatCodes(l, same->getCodes(), o.getCodes()),
-                                   o.getRhs());
+      auto outer = OuterOp::create(
+          b, l, o.getType(), concatCodes(l, same->getCodes(), o.getCodes()),
+          o.getRhs());
       outer.setTransposed(o.getTransposed());
       same->erase();
       o.erase();
@@ -200,9 +200,9 @@ private:
   /// row (k_x + k_y per row; a latent may appear twice, its products add).
   Value concatCodes(Location l, Value x, Value y) {
     auto tx = cast<CodesType>(x.getType()), ty = cast<CodesType>(y.getType());
-    auto type = CodesType::get(b.getContext(), tx.getBatch(),
-                               tx.getNumLatents(), tx.getElementType(),
-                               tx.getK() + ty.getK());
+    auto type =
+        CodesType::get(b.getContext(), tx.getBatch(), tx.getNumLatents(),
+                       tx.getElementType(), tx.getK() + ty.getK());
     auto indicesOf = [&](Value c) -> Value {
       return CodesIndicesOp::create(
           b, l, cast<CodesType>(c.getType()).getIndicesType(), c);
@@ -211,7 +211,8 @@ private:
       return tensor::ConcatOp::create(b, l, t, /*dim=*/1, ValueRange{a, c});
     };
     return MakeCodesOp::create(
-        b, l, type, concat(valuesOf(l, x), valuesOf(l, y), type.getValuesType()),
+        b, l, type,
+        concat(valuesOf(l, x), valuesOf(l, y), type.getValuesType()),
         concat(indicesOf(x), indicesOf(y), type.getIndicesType()), Value());
   }
   ArrayRef<Value> contributions(Value v) {

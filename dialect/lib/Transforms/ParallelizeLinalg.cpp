@@ -77,22 +77,21 @@ struct ParallelizeLinalgPass
       int64_t parts = chunks;
       linalg::LinalgTilingOptions options;
       options.setLoopType(linalg::LinalgTilingLoopType::ParallelLoops);
-      options.setTileSizeComputationFunction(
-          [dim, parts](OpBuilder &b, Operation *o) {
-            auto lop = cast<linalg::LinalgOp>(o);
-            Location loc = o->getLoc();
-            SmallVector<Range> ranges = lop.createLoopRanges(b, loc);
-            Value zero = arith::ConstantIndexOp::create(b, loc, 0);
-            SmallVector<Value, 4> sizes(ranges.size(), zero);
-            // ceil(size / parts), at least 1.
-            Value size = getValueOrCreateConstantIndexOp(b, loc,
-                                                         ranges[dim].size);
-            Value tile = arith::CeilDivUIOp::create(
-                b, loc, size, arith::ConstantIndexOp::create(b, loc, parts));
-            sizes[dim] = arith::MaxUIOp::create(
-                b, loc, tile, arith::ConstantIndexOp::create(b, loc, 1));
-            return sizes;
-          });
+      options.setTileSizeComputationFunction([dim, parts](OpBuilder &b,
+                                                          Operation *o) {
+        auto lop = cast<linalg::LinalgOp>(o);
+        Location loc = o->getLoc();
+        SmallVector<Range> ranges = lop.createLoopRanges(b, loc);
+        Value zero = arith::ConstantIndexOp::create(b, loc, 0);
+        SmallVector<Value, 4> sizes(ranges.size(), zero);
+        // ceil(size / parts), at least 1.
+        Value size = getValueOrCreateConstantIndexOp(b, loc, ranges[dim].size);
+        Value tile = arith::CeilDivUIOp::create(
+            b, loc, size, arith::ConstantIndexOp::create(b, loc, parts));
+        sizes[dim] = arith::MaxUIOp::create(
+            b, loc, tile, arith::ConstantIndexOp::create(b, loc, 1));
+        return sizes;
+      });
       rewriter.setInsertionPoint(op);
       if (failed(linalg::tileLinalgOp(rewriter, op, options)))
         continue; // leave it serial: correct, only slower

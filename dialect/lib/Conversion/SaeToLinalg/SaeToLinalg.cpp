@@ -287,21 +287,22 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   int64_t panelSpan = (panels + panelParts - 1) / panelParts;
   Value rem = arith::RemUIOp::create(b, loc, m, idx(b, kRows));
   Value full = arith::SubIOp::create(b, loc, m, rem);
-  Value rowBlocks = arith::CeilDivUIOp::create(b, loc, full,
-                                               idx(b, kRows * kBlocks));
+  Value rowBlocks =
+      arith::CeilDivUIOp::create(b, loc, full, idx(b, kRows * kBlocks));
   Value items = arith::MulIOp::create(b, loc, rowBlocks, idx(b, panelParts));
   scf::ParallelOp::create(
       b, loc, ValueRange{idx(b, 0)}, ValueRange{items}, ValueRange{idx(b, 1)},
       [&](OpBuilder &ob, Location l, ValueRange ivs) {
-        Value blockNo = arith::DivUIOp::create(ob, l, ivs[0],
-                                               idx(ob, panelParts));
+        Value blockNo =
+            arith::DivUIOp::create(ob, l, ivs[0], idx(ob, panelParts));
         Value part = arith::RemUIOp::create(ob, l, ivs[0], idx(ob, panelParts));
-        Value i0 = arith::MulIOp::create(ob, l, blockNo,
-                                         idx(ob, kRows * kBlocks));
+        Value i0 =
+            arith::MulIOp::create(ob, l, blockNo, idx(ob, kRows * kBlocks));
         Value i1 = arith::MinUIOp::create(
             ob, l, arith::AddIOp::create(ob, l, i0, idx(ob, kRows * kBlocks)),
             full);
-        Value j0 = arith::MulIOp::create(ob, l, part, idx(ob, panelSpan * cols));
+        Value j0 =
+            arith::MulIOp::create(ob, l, part, idx(ob, panelSpan * cols));
         Value j1 = arith::MinUIOp::create(
             ob, l, arith::AddIOp::create(ob, l, j0, idx(ob, panelSpan * cols)),
             idx(ob, n));
@@ -321,8 +322,7 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   // panels in parallel.
   scf::ParallelOp::create(
       b, loc, ValueRange{idx(b, 0)}, ValueRange{idx(b, n)},
-      ValueRange{idx(b, cols)},
-      [&](OpBuilder &jb, Location l, ValueRange ivs) {
+      ValueRange{idx(b, cols)}, [&](OpBuilder &jb, Location l, ValueRange ivs) {
         for (int64_t rows = 1; rows < kRows; ++rows) {
           Value these = arith::CmpIOp::create(jb, l, arith::CmpIPredicate::eq,
                                               rem, idx(jb, rows));
@@ -512,16 +512,16 @@ struct TransposeLowering : OpRewritePattern<TransposeOp> {
         rewriter, loc, ValueRange{idx(rewriter, 0)}, ValueRange{rows},
         ValueRange{idx(rewriter, tile)},
         [&](OpBuilder &b, Location, ValueRange ivs) {
-      Value i0 = ivs[0];
-      loop(b, idx(b, 0), cols, tile, [&](OpBuilder &b2, Value j0) {
-        loop(b2, i0, end(b2, i0, rows), 1, [&](OpBuilder &b3, Value i) {
-          loop(b3, j0, end(b3, j0, cols), 1, [&](OpBuilder &b4, Value j) {
-            Value v = memref::LoadOp::create(b4, loc, in, ValueRange{j, i});
-            memref::StoreOp::create(b4, loc, v, out, ValueRange{i, j});
+          Value i0 = ivs[0];
+          loop(b, idx(b, 0), cols, tile, [&](OpBuilder &b2, Value j0) {
+            loop(b2, i0, end(b2, i0, rows), 1, [&](OpBuilder &b3, Value i) {
+              loop(b3, j0, end(b3, j0, cols), 1, [&](OpBuilder &b4, Value j) {
+                Value v = memref::LoadOp::create(b4, loc, in, ValueRange{j, i});
+                memref::StoreOp::create(b4, loc, v, out, ValueRange{i, j});
+              });
+            });
           });
         });
-      });
-    });
     rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
     return success();
   }
@@ -1541,9 +1541,9 @@ struct ConcatLowering : OpRewritePattern<tensor::ConcatOp> {
             Value last = arith::ConstantIndexOp::create(b, l, w - 1);
             Value rel = arith::MinSIOp::create(
                 b, l,
-                arith::MaxSIOp::create(
-                    b, l, arith::SubIOp::create(b, l, col, lo),
-                    arith::ConstantIndexOp::create(b, l, 0)),
+                arith::MaxSIOp::create(b, l,
+                                       arith::SubIOp::create(b, l, col, lo),
+                                       arith::ConstantIndexOp::create(b, l, 0)),
                 last);
             Value v = tensor::ExtractOp::create(b, l, in, ValueRange{row, rel});
             if (result) {
@@ -2532,8 +2532,8 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
     // One histogram per range of rows (ranges in parallel); integer counts,
     // so their sum does not depend on the threads.
     constexpr int64_t kParts = 16;
-    Value hist = memref::AllocOp::create(
-        rewriter, loc, MemRefType::get({kParts, 256}, i64));
+    Value hist = memref::AllocOp::create(rewriter, loc,
+                                         MemRefType::get({kParts, 256}, i64));
     Value span = arith::CeilDivUIOp::create(rewriter, loc, rows, cIdx(kParts));
     Value prefix = c64(rewriter, loc, 0), remaining = want;
     for (int64_t shift = 24; shift >= 0; shift -= 8) {
@@ -2598,7 +2598,8 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
                   Value c = memref::LoadOp::create(hb, hl, hist,
                                                    ValueRange{part, bin});
                   scf::YieldOp::create(
-                      hb, hl, ValueRange{arith::AddIOp::create(hb, hl, sum[0], c)});
+                      hb, hl,
+                      ValueRange{arith::AddIOp::create(hb, hl, sum[0], c)});
                 });
             Value acc = binCount.getResult(0);
             Value here = arith::AndIOp::create(
@@ -2618,13 +2619,13 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
           rewriter, loc,
           arith::ShLIOp::create(rewriter, loc, prefix, c64(rewriter, loc, 8)),
           scan.getResult(0));
-      remaining = arith::SubIOp::create(rewriter, loc, remaining,
-                                        scan.getResult(1));
+      remaining =
+          arith::SubIOp::create(rewriter, loc, remaining, scan.getResult(1));
     }
     // Key 0 is NaN: never a threshold (with fewer than `want` other keys,
     // every non-NaN key is kept).
-    Value t = arith::MaxUIOp::create(rewriter, loc, prefix,
-                                     c64(rewriter, loc, 1));
+    Value t =
+        arith::MaxUIOp::create(rewriter, loc, prefix, c64(rewriter, loc, 1));
     Value ties = arith::SubIOp::create(
         rewriter, loc, want,
         count(rewriter, loc, t, arith::CmpIPredicate::ugt));
@@ -2701,7 +2702,8 @@ void forEachEntry(OpBuilder &b, Location loc, MakeCodesOp make, EntryFn body,
                        });
   };
   if (rows) {
-    outer([&](OpBuilder &nb, Location l, Value e) { visit(nb, l, e, Value()); });
+    outer(
+        [&](OpBuilder &nb, Location l, Value e) { visit(nb, l, e, Value()); });
     return;
   }
   Value k = tensor::DimOp::create(b, loc, make.getValues(), 1);
@@ -2881,8 +2883,9 @@ struct MatVecLowering : OpRewritePattern<MatVecOp> {
                                 PatternRewriter &rewriter) const override {
     MLIRContext *ctx = op.getContext();
     AffineExpr j = getAffineDimExpr(1, ctx);
-    rewriter.replaceOp(op, rowDots(rewriter, op.getLoc(), op.getWeight(),
-                                   op.getVector(), AffineMap::get(2, 0, {j}, ctx)));
+    rewriter.replaceOp(op,
+                       rowDots(rewriter, op.getLoc(), op.getWeight(),
+                               op.getVector(), AffineMap::get(2, 0, {j}, ctx)));
     return success();
   }
 };
@@ -3652,13 +3655,11 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       AfaLowering, KlStdNormalLowering, RandomNormalLowering,
       GaussianNoiseLowering, ColumnMeanLowering, GeometricMedianLowering,
       GatherLowering, SddmmLowering, OuterLowering, ColumnSumLowering,
-      MatVecLowering, ConcatLowering,
-      NumRowsLowering, SumLowering, RowNormsLowering, ScaleRowsLowering,
-      JumpReluGradLowering, L0GradLowering, ProjectRowsLowering, AdamLowering,
-      SinceFiredLowering, DeadMaskLowering, DeadTopKLowering, PrefixLowering,
-      ShiftLowering, ThresholdEmaLowering, BiasAdaptLowering,
-      MatchingPursuitGradLowering>(
-      patterns.getContext());
+      MatVecLowering, ConcatLowering, NumRowsLowering, SumLowering,
+      RowNormsLowering, ScaleRowsLowering, JumpReluGradLowering, L0GradLowering,
+      ProjectRowsLowering, AdamLowering, SinceFiredLowering, DeadMaskLowering,
+      DeadTopKLowering, PrefixLowering, ShiftLowering, ThresholdEmaLowering,
+      BiasAdaptLowering, MatchingPursuitGradLowering>(patterns.getContext());
   MLIRContext *ctx = patterns.getContext();
   patterns.add<UnaryLowering<AbsOp>>(
       ctx, [](OpBuilder &b, Location l, Value x) {
