@@ -2622,13 +2622,29 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
       remaining =
           arith::SubIOp::create(rewriter, loc, remaining, scan.getResult(1));
     }
-    // Key 0 is NaN: never a threshold (with fewer than `want` other keys,
-    // every non-NaN key is kept).
+    // What is still wanted is the number of keys equal to t to keep (the
+    // keys above t were subtracted bin by bin). Key 0 is NaN, never a
+    // threshold: when the selection lands there (fewer than `want` other
+    // keys), t = 1 and the ties are counted again, so that every non-NaN
+    // key is kept.
     Value t =
         arith::MaxUIOp::create(rewriter, loc, prefix, c64(rewriter, loc, 1));
-    Value ties = arith::SubIOp::create(
-        rewriter, loc, want,
-        count(rewriter, loc, t, arith::CmpIPredicate::ugt));
+    Value nanThreshold = arith::CmpIOp::create(
+        rewriter, loc, arith::CmpIPredicate::eq, prefix, c64(rewriter, loc, 0));
+    auto tiesIf = scf::IfOp::create(rewriter, loc, TypeRange{i64}, nanThreshold,
+                                    /*withElseRegion=*/true);
+    {
+      OpBuilder::InsertionGuard guard(rewriter);
+      rewriter.setInsertionPointToStart(tiesIf.thenBlock());
+      scf::YieldOp::create(
+          rewriter, loc,
+          ValueRange{arith::SubIOp::create(
+              rewriter, loc, want,
+              count(rewriter, loc, t, arith::CmpIPredicate::ugt))});
+      rewriter.setInsertionPointToStart(tiesIf.elseBlock());
+      scf::YieldOp::create(rewriter, loc, ValueRange{remaining});
+    }
+    Value ties = tiesIf.getResult(0);
 
     // Everything above t, and the first ties in row-major order.
     collectRows(
