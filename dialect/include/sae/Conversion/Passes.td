@@ -10,8 +10,10 @@ def ConvertSaeToLinalg : Pass<"convert-sae-to-linalg", "ModuleOp"> {
     Dense ops become `linalg.generic` on tensors, except the products
     (`sae.linear`) whose width is a multiple of two vectors: those become a
     register-blocked kernel on buffers (a packed panel of the weight, 6 rows
-    × 2 vectors of accumulators, vector FMAs), with `vector-lanes` f32 lanes
-    per vector (0: 16 when the host has AVX-512, else 8). Selection (`sae.topk`) becomes a per-row insertion
+    × 2 vectors of accumulators, vector FMAs; 6 × 4 with 16 lanes, where
+    AVX-512's 32 registers hold 24 accumulators, when the width is a multiple
+    of four vectors), with `vector-lanes` f32 lanes per vector (0: 16 when
+    the host has AVX-512, else 8). Selection (`sae.topk`) becomes a per-row insertion
     into a k-slot buffer written with scf loops on memrefs; sparse codes are
     carried as their values and indices tensors, and `sae.decode` becomes a
     gather: a `linalg.generic` over `[B, k, d]` that reads decoder rows with

@@ -186,19 +186,22 @@ Value negInfOf(OpBuilder &b, Location l, Type elt) {
 //===----------------------------------------------------------------------===//
 
 /// Register-blocked product C[M, N] = A[M, K] · B[K, N] on row-major
-/// buffers, N a multiple of 2·lanes. B is first packed panel by panel (each
-/// panel of 2·lanes columns contiguous [K, 2·lanes], so that walking k stays
-/// in a few pages); then, for blocks of rows of A (kept in cache), every
-/// panel goes by and groups of kRows rows accumulate kRows × 2 vectors in
-/// registers over k: broadcast A[i, k], fused multiply-add with the panel's
-/// row k. The m mod kRows rows left over form one smaller block per panel.
+/// buffers, N a multiple of vecs·lanes. B is first packed panel by panel
+/// (each panel of vecs·lanes columns contiguous [K, vecs·lanes], so that
+/// walking k stays in a few pages); then, for blocks of rows of A (kept in
+/// cache), every panel goes by and groups of kRows rows accumulate kRows ×
+/// vecs vectors in registers over k: broadcast A[i, k], fused multiply-add
+/// with the panel's row k. The m mod kRows rows left over form one smaller
+/// block per panel. `vecs` is 2 with 16 vector registers (AVX2: 12
+/// accumulators) and 4 with 32 (AVX-512: 24 accumulators, half the
+/// broadcasts per multiply-add).
 constexpr int64_t kRows = 6;
 
 void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
-                   Value m, Value k, int64_t n, int64_t lanes) {
+                   Value m, Value k, int64_t n, int64_t lanes, int64_t vecs) {
   Type f32 = b.getF32Type();
   auto vecType = VectorType::get({lanes}, f32);
-  int64_t cols = 2 * lanes;
+  int64_t cols = vecs * lanes;
   auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
     return arith::ConstantIndexOp::create(ob, loc, v);
   };
@@ -212,30 +215,30 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
     Value p = arith::DivUIOp::create(ob, loc, j, idx(ob, cols));
     Value zero = arith::ConstantOp::create(
         ob, loc, DenseElementsAttr::get(vecType, ob.getF32FloatAttr(0.0)));
-    SmallVector<Value> init(rows * 2, zero);
+    SmallVector<Value> init(rows * vecs, zero);
     auto loop = scf::ForOp::create(
         ob, loc, idx(ob, 0), k, idx(ob, 1), init,
         [&](OpBuilder &kb, Location l, Value kk, ValueRange acc) {
-          Value b0 = vector::LoadOp::create(kb, l, vecType, packed,
-                                            ValueRange{p, kk, idx(kb, 0)});
-          Value b1 = vector::LoadOp::create(kb, l, vecType, packed,
-                                            ValueRange{p, kk, idx(kb, lanes)});
+          SmallVector<Value> bv;
+          for (int64_t v = 0; v < vecs; ++v)
+            bv.push_back(vector::LoadOp::create(
+                kb, l, vecType, packed, ValueRange{p, kk, idx(kb, v * lanes)}));
           SmallVector<Value> next;
           for (int64_t r = 0; r < rows; ++r) {
             Value row = arith::AddIOp::create(kb, l, r0, idx(kb, r));
             Value s = memref::LoadOp::create(kb, l, a, ValueRange{row, kk});
             Value sv = vector::BroadcastOp::create(kb, l, vecType, s);
-            next.push_back(vector::FMAOp::create(kb, l, sv, b0, acc[2 * r]));
-            next.push_back(
-                vector::FMAOp::create(kb, l, sv, b1, acc[2 * r + 1]));
+            for (int64_t v = 0; v < vecs; ++v)
+              next.push_back(
+                  vector::FMAOp::create(kb, l, sv, bv[v], acc[vecs * r + v]));
           }
           scf::YieldOp::create(kb, l, next);
         });
     for (int64_t r = 0; r < rows; ++r) {
       Value row = arith::AddIOp::create(ob, loc, r0, idx(ob, r));
-      for (int64_t v = 0; v < 2; ++v) {
+      for (int64_t v = 0; v < vecs; ++v) {
         Value col = arith::AddIOp::create(ob, loc, j, idx(ob, v * lanes));
-        vector::StoreOp::create(ob, loc, loop.getResult(2 * r + v), c,
+        vector::StoreOp::create(ob, loc, loop.getResult(vecs * r + v), c,
                                 ValueRange{row, col});
       }
     }
@@ -259,7 +262,7 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                   kb, l, p0, p1, idx(kb, 1), ValueRange{},
                   [&](OpBuilder &pb, Location pl, Value p, ValueRange) {
                     Value j = arith::MulIOp::create(pb, pl, p, idx(pb, cols));
-                    for (int64_t v = 0; v < 2; ++v) {
+                    for (int64_t v = 0; v < vecs; ++v) {
                       Value col =
                           arith::AddIOp::create(pb, pl, j, idx(pb, v * lanes));
                       Value x = vector::LoadOp::create(pb, pl, vecType, bm,
@@ -348,8 +351,11 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
     auto inType = op.getInput().getType();
     auto outType = op.getType();
     int64_t kDim = inType.getDimSize(1), nDim = outType.getDimSize(1);
-    if (inType.getElementType().isF32() &&
-        !ShapedType::isDynamic(nDim) && nDim % (2 * lanes) == 0) {
+    // Four vectors per row need 24 accumulators: only with 32 registers
+    // (AVX-512, 16 lanes).
+    int64_t vecs = lanes >= 16 && nDim % (4 * lanes) == 0 ? 4 : 2;
+    if (inType.getElementType().isF32() && !ShapedType::isDynamic(nDim) &&
+        nDim % (vecs * lanes) == 0) {
       Value a = toBuffer(rewriter, loc, op.getInput());
       Value w = toBuffer(rewriter, loc, op.getWeight());
       Value m = tensor::DimOp::create(rewriter, loc, op.getInput(), 0);
@@ -363,7 +369,7 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
                           .getResult()
                     : arith::ConstantIndexOp::create(rewriter, loc, kDim)
                           .getResult();
-      emitPanelGemm(rewriter, loc, a, w, out, m, k, nDim, lanes);
+      emitPanelGemm(rewriter, loc, a, w, out, m, k, nDim, lanes, vecs);
       rewriter.replaceOp(op, asTensor(rewriter, loc, outType, out));
       return success();
     }

@@ -1,0 +1,30 @@
+// RUN: sae-opt %s -convert-sae-to-linalg=vector-lanes=16 | FileCheck %s
+
+// Tests that with 16 lanes (AVX-512: 32 vector registers) a product whose
+// width is a multiple of four vectors gets the 6 × 4 kernel: panels of 64
+// columns, 24 accumulators, one broadcast per four FMAs; the rows left over
+// get blocks of 1 to 5 rows of four vectors.
+// CHECK-LABEL: func.func @linear_wide
+// CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<2x?x64xf32>
+// CHECK: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %c64
+// CHECK: scf.for {{.*}} -> (vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>)
+// CHECK-COUNT-4: vector.load {{.*}} : memref<2x?x64xf32>, vector<16xf32>
+// CHECK: vector.broadcast
+// CHECK-COUNT-4: vector.fma
+// CHECK: vector.broadcast
+// CHECK: scf.if
+// CHECK: scf.for {{.*}} -> (vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>)
+func.func @linear_wide(%x: tensor<?x32xf32>, %w: tensor<32x128xf32>) -> tensor<?x128xf32> {
+  %0 = sae.linear %x, %w : tensor<?x32xf32>, tensor<32x128xf32> -> tensor<?x128xf32>
+  return %0 : tensor<?x128xf32>
+}
+
+// Tests that a width of two vectors but not four keeps the 6 × 2 kernel.
+// CHECK-LABEL: func.func @linear_narrow
+// CHECK: memref.alloc(%{{.*}}) : memref<3x?x32xf32>
+// CHECK: scf.for {{.*}} -> (vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>)
+// CHECK-NOT: vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>
+func.func @linear_narrow(%x: tensor<?x32xf32>, %w: tensor<32x96xf32>) -> tensor<?x96xf32> {
+  %0 = sae.linear %x, %w : tensor<?x32xf32>, tensor<32x96xf32> -> tensor<?x96xf32>
+  return %0 : tensor<?x96xf32>
+}
