@@ -102,6 +102,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torchblas import require_openblas  # noqa: E402
+
 ARCHS = ("topk", "batch_topk", "jump_relu", "relu_l1")
 STYLES = ("dense", "sparse", "manual")
 UNIT_NORM_ARCHS = ("topk", "batch_topk")  # as the examples declare (unit_norm = W_dec)
@@ -592,6 +595,7 @@ def main():
     torch.set_num_threads(a.threads if not a.check else (os.cpu_count() or 1))
     if a.check:
         sys.exit(run_check())
+    require_openblas()
 
     g = torch.Generator().manual_seed(0)
     data = torch.randn(N_BATCHES, a.batch, a.d, generator=g, dtype=torch.float32)

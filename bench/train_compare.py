@@ -6,7 +6,8 @@ Two comparisons, same model, hyperparameters and number of tokens on each side
   fmnist   examples/topk.sae on Fashion-MNIST (d = 784, n = 4096, k = 32),
            trained on the 60k training images; test FVU on the 10k test images
            (`sae eval` for saec, the same formula in the torch script).
-  synth    examples/topk.sae (and examples/gba.sae when given --gba) on
+  synth    examples/topk.sae (and examples/gba.sae when given --gba, against
+           the PyTorch GBA reference with the spec's rule settings) on
            `sae synth` data (d = 256, 2048 true features, 8 active per row);
            feature recovery = mean over true features of the best |cos| with
            a decoder row (`sae eval --true-dict`, the same formula in the
@@ -123,16 +124,19 @@ def synth(args):
                      "wall s": "%.1f" % s["seconds"], "FVU": "%.4f" % ev["fvu"],
                      "L0": "%.1f" % ev["l0"],
                      "mean max |cos|": "%.4f" % ev["feature_recovery"]["mean_max_cos"]})
-    for style in ("dense", "sparse"):
-        j = os.path.join(args.out, "torch_synth_%s.json" % style)
+    torch_runs = [("topk", "dense"), ("topk", "sparse")] + ([("gba", "dense")] if args.gba else [])
+    for arch, style in torch_runs:
+        j = os.path.join(args.out, "torch_synth_%s_%s.json" % (arch, style))
+        # gba: examples/gba.sae's rule settings (groups 10, 0.1 -> 0.001,
+        # every 25600 rows, gamma 0.01) are the script's defaults.
         run([PY, os.path.join(ROOT, "bench/synth_recovery_torch.py"), "--data", x, "--true", truth,
-             "--n", str(args.n), "--k", str(args.k), "--steps", str(args.steps), "--batch",
-             str(args.batch), "--lr", str(args.lr), "--threads", str(args.threads), "--style", style,
-             "--json", j])
+             "--arch", arch, "--n", str(args.n), "--k", str(args.k), "--steps", str(args.steps),
+             "--batch", str(args.batch), "--lr", str(args.lr), "--threads", str(args.threads),
+             "--style", style, "--json", j])
         r = json.load(open(j))
-        rows.append({"run": "torch topk %s (%d threads)" % (style, args.threads),
+        rows.append({"run": "torch %s %s (%d threads)" % (arch, style, args.threads),
                      "tokens/s": "%.0f" % r["tokens_per_s"], "wall s": "%.1f" % r["wall_s"],
-                     "FVU": "%.4f" % r["fvu"], "L0": "%d" % args.k,
+                     "FVU": "%.4f" % r["fvu"], "L0": "%.1f" % r["l0"],
                      "mean max |cos|": "%.4f" % r["mean_max_cos"]})
     print("Synthetic data (sae synth: d=256, 2048 features, 8 active, %d rows), n=%d, k=%d, "
           "%d steps of %d rows, lr %g, eps 6.25e-10, unit-norm decoder"
@@ -154,6 +158,9 @@ def main():
     ap.add_argument("--rows", type=int, default=200000)
     ap.add_argument("--gba", action="store_true")
     args = ap.parse_args()
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from torchblas import require_openblas
+    require_openblas()  # here too, so that its warning is seen
     if args.what == "fmnist":
         args.steps = args.steps or 293
         fmnist(args)

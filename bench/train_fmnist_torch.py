@@ -43,6 +43,8 @@ import torch.nn.functional as F
 
 DATA = "/usr/share/datasets/fashion-mnist"
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from torchblas import require_openblas  # noqa: E402
 
 
 def save_checkpoint(model, out, cfg_from=None):
@@ -107,9 +109,11 @@ def fvu(xhat, x):
     return ((xhat - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
 
 
-def train(model, data, steps, batch, lr, betas, eps, seed, style, log_every=0):
-    """Adam with the decoder unit-norm rule; returns the wall time of the
-    loop. Each epoch is a fresh permutation of the rows (torch.Generator)."""
+def train(model, data, steps, batch, lr, betas, eps, seed, style, log_every=0, loss_fn=None):
+    """Adam with the decoder unit-norm rule on loss_fn (FVU by default);
+    returns the wall time of the loop. Each epoch is a fresh permutation of
+    the rows (torch.Generator)."""
+    loss_fn = loss_fn or fvu
     gen = torch.Generator().manual_seed(seed + 1)
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, eps=eps)
     x_all = torch.from_numpy(data)
@@ -120,7 +124,7 @@ def train(model, data, steps, batch, lr, betas, eps, seed, style, log_every=0):
             order, pos = torch.randperm(len(data), generator=gen), 0
         x = x_all[order[pos:pos + batch]]
         pos += batch
-        loss = fvu(model(x, style), x)
+        loss = loss_fn(model(x, style), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
@@ -129,7 +133,7 @@ def train(model, data, steps, batch, lr, betas, eps, seed, style, log_every=0):
             opt.step()
             w /= w.norm(dim=1, keepdim=True).clamp_min(1e-30)  # a zero row stays zero
         if log_every and step % log_every == 0:
-            print("step %6d  train fvu %.4f" % (step, loss.item()), flush=True)
+            print("step %6d  train loss %.4f" % (step, loss.item()), flush=True)
     return time.perf_counter() - start
 
 
@@ -170,6 +174,7 @@ def main():
     ap.add_argument("--cfg-from", help="a `sae init` checkpoint whose cfg.json --save copies")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    require_openblas()
 
     train_x = read_idx_images(os.path.join(args.data, "train-images-idx3-ubyte.gz"))
     test_x = read_idx_images(os.path.join(args.data, "t10k-images-idx3-ubyte.gz"))

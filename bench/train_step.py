@@ -192,7 +192,9 @@ def encoder(lib, batch):
 
 def roofline_child(args):
     import torch
+    from torchblas import require_openblas
     torch.set_num_threads(args.threads)
+    require_openblas()
     d, n, b = args.d, args.n, args.batch
     a = torch.randn(b, d)
     w = torch.randn(d, n)
@@ -331,6 +333,9 @@ def main():
     if args.child == "roofline":
         return roofline_child(args)
     os.makedirs(args.out, exist_ok=True)
+    if not args.no_torch:
+        from torchblas import require_openblas
+        require_openblas()  # here too, so that its warning is seen
     if args.scaling:
         scaling(args)
     else:
