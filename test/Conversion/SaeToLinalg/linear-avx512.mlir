@@ -28,3 +28,37 @@ func.func @linear_narrow(%x: tensor<?x32xf32>, %w: tensor<32x96xf32>) -> tensor<
   %0 = sae.linear %x, %w : tensor<?x32xf32>, tensor<32x96xf32> -> tensor<?x96xf32>
   return %0 : tensor<?x96xf32>
 }
+
+// Tests that the bias add and relu of an encoder (each the only use of the
+// op before it) are the kernel's epilogue: added to the registers as they
+// are stored, with no separate pass over the [B, n] product.
+// CHECK-LABEL: func.func @linear_bias_relu
+// CHECK-SAME: (%{{.*}}: tensor<?x32xf32>, %{{.*}}: tensor<32x128xf32>, %[[B:.*]]: tensor<128xf32>)
+// CHECK: %[[BIAS:.*]] = bufferization.to_buffer %[[B]]
+// CHECK: scf.for {{.*}} -> (vector<16xf32>
+// CHECK: %[[BV:.*]] = vector.load %[[BIAS]]
+// CHECK: %[[SUM:.*]] = arith.addf %{{.*}}, %[[BV]] : vector<16xf32>
+// CHECK: %[[POS:.*]] = arith.maximumf %[[SUM]], %{{.*}} : vector<16xf32>
+// CHECK: vector.store %[[POS]]
+// CHECK-NOT: linalg.generic
+// CHECK-NOT: sae.
+// CHECK: return
+func.func @linear_bias_relu(%x: tensor<?x32xf32>, %w: tensor<32x128xf32>, %b: tensor<128xf32>) -> tensor<?x128xf32> {
+  %0 = sae.linear %x, %w : tensor<?x32xf32>, tensor<32x128xf32> -> tensor<?x128xf32>
+  %1 = sae.bias_add %0, %b : tensor<?x128xf32>, tensor<128xf32>
+  %2 = sae.relu %1 : tensor<?x128xf32>
+  return %2 : tensor<?x128xf32>
+}
+
+// Tests that a product with a second use keeps its own pass for the bias.
+// CHECK-LABEL: func.func @linear_two_uses
+// CHECK: scf.for {{.*}} -> (vector<16xf32>
+// CHECK-NOT: arith.addf %{{.*}} : vector<16xf32>
+// CHECK: vector.store
+// CHECK: linalg.generic
+// CHECK: arith.addf
+func.func @linear_two_uses(%x: tensor<?x32xf32>, %w: tensor<32x128xf32>, %b: tensor<128xf32>) -> (tensor<?x128xf32>, tensor<?x128xf32>) {
+  %0 = sae.linear %x, %w : tensor<?x32xf32>, tensor<32x128xf32> -> tensor<?x128xf32>
+  %1 = sae.bias_add %0, %b : tensor<?x128xf32>, tensor<128xf32>
+  return %0, %1 : tensor<?x128xf32>, tensor<?x128xf32>
+}

@@ -194,11 +194,13 @@ Value negInfOf(OpBuilder &b, Location l, Type elt) {
 /// with the panel's row k. The m mod kRows rows left over form one smaller
 /// block per panel. `vecs` is 2 with 16 vector registers (AVX2: 12
 /// accumulators) and 4 with 32 (AVX-512: 24 accumulators, half the
-/// broadcasts per multiply-add).
+/// broadcasts per multiply-add). The epilogue adds `bias[N]` (a buffer,
+/// when given) and clamps at zero (`relu`) as the registers are stored.
 constexpr int64_t kRows = 6;
 
 void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
-                   Value m, Value k, int64_t n, int64_t lanes, int64_t vecs) {
+                   Value m, Value k, int64_t n, int64_t lanes, int64_t vecs,
+                   Value bias, bool relu) {
   Type f32 = b.getF32Type();
   auto vecType = VectorType::get({lanes}, f32);
   int64_t cols = vecs * lanes;
@@ -234,12 +236,22 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
           }
           scf::YieldOp::create(kb, l, next);
         });
+    SmallVector<Value> colOf, biasOf;
+    for (int64_t v = 0; v < vecs; ++v) {
+      colOf.push_back(arith::AddIOp::create(ob, loc, j, idx(ob, v * lanes)));
+      if (bias)
+        biasOf.push_back(vector::LoadOp::create(ob, loc, vecType, bias,
+                                                ValueRange{colOf[v]}));
+    }
     for (int64_t r = 0; r < rows; ++r) {
       Value row = arith::AddIOp::create(ob, loc, r0, idx(ob, r));
       for (int64_t v = 0; v < vecs; ++v) {
-        Value col = arith::AddIOp::create(ob, loc, j, idx(ob, v * lanes));
-        vector::StoreOp::create(ob, loc, loop.getResult(vecs * r + v), c,
-                                ValueRange{row, col});
+        Value out = loop.getResult(vecs * r + v);
+        if (bias)
+          out = arith::AddFOp::create(ob, loc, out, biasOf[v]);
+        if (relu)
+          out = arith::MaximumFOp::create(ob, loc, out, zero);
+        vector::StoreOp::create(ob, loc, out, c, ValueRange{row, colOf[v]});
       }
     }
   };
@@ -338,8 +350,12 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
 }
 
 /// out[i, j] = Σ_k in[i, k] · w[k, j]. f32 with a static width that is a
-/// multiple of two vectors: the register-blocked kernel
-/// above; otherwise a linalg.generic with loops (i, k, j).
+/// multiple of two vectors: the register-blocked kernel above, whose
+/// epilogue also computes the `sae.bias_add` that takes the product as its
+/// only use and the `sae.relu` that takes that sum as its only use (the
+/// pre-activation and ReLU of an encoder), so that the [B, n] product is
+/// not written and read again by separate passes; otherwise a
+/// linalg.generic with loops (i, k, j).
 struct LinearLowering : OpRewritePattern<LinearOp> {
   LinearLowering(MLIRContext *ctx, int64_t lanes)
       : OpRewritePattern(ctx), lanes(lanes) {}
@@ -356,8 +372,24 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
     int64_t vecs = lanes >= 16 && nDim % (4 * lanes) == 0 ? 4 : 2;
     if (inType.getElementType().isF32() && !ShapedType::isDynamic(nDim) &&
         nDim % (vecs * lanes) == 0) {
+      // The chain op → bias_add → relu, each link the only use of the last.
+      Operation *root = op;
+      auto onlyUser = [](Operation *def) -> Operation * {
+        return def->hasOneUse() ? *def->getUsers().begin() : nullptr;
+      };
+      auto biasAdd = dyn_cast_or_null<BiasAddOp>(onlyUser(op));
+      if (biasAdd && biasAdd.getInput() != op.getResult())
+        biasAdd = nullptr;
+      ReluOp relu =
+          biasAdd ? dyn_cast_or_null<ReluOp>(onlyUser(biasAdd)) : nullptr;
+      if (biasAdd)
+        root = relu ? relu.getOperation() : biasAdd.getOperation();
+      // The bias may be defined after the product: build at the end.
+      rewriter.setInsertionPoint(root);
       Value a = toBuffer(rewriter, loc, op.getInput());
       Value w = toBuffer(rewriter, loc, op.getWeight());
+      Value bias =
+          biasAdd ? toBuffer(rewriter, loc, biasAdd.getBias()) : Value();
       Value m = tensor::DimOp::create(rewriter, loc, op.getInput(), 0);
       SmallVector<Value> dyn;
       if (outType.isDynamicDim(0))
@@ -369,8 +401,13 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
                           .getResult()
                     : arith::ConstantIndexOp::create(rewriter, loc, kDim)
                           .getResult();
-      emitPanelGemm(rewriter, loc, a, w, out, m, k, nDim, lanes, vecs);
-      rewriter.replaceOp(op, asTensor(rewriter, loc, outType, out));
+      emitPanelGemm(rewriter, loc, a, w, out, m, k, nDim, lanes, vecs, bias,
+                    bool(relu));
+      rewriter.replaceOp(root, asTensor(rewriter, loc, outType, out));
+      if (relu)
+        rewriter.eraseOp(biasAdd);
+      if (root != op)
+        rewriter.eraseOp(op);
       return success();
     }
     Value init = filledTensor(rewriter, loc, op.getType(), op.getInput(), 0.0);
@@ -3636,6 +3673,14 @@ struct ConvertSaeToLinalgPass
       IRRewriter rewriter(&getContext());
       DominanceInfo dominance;
       eliminateCommonSubExpressions(rewriter, dominance, getOperation());
+    }
+    // Products next, before the bias adds and relus that their kernel's
+    // epilogue computes are lowered on their own.
+    {
+      RewritePatternSet products(&getContext());
+      products.add<LinearLowering>(&getContext(), lanes);
+      if (failed(applyPatternsGreedily(getOperation(), std::move(products))))
+        return signalPassFailure();
     }
     populateSaeToLinalgPatterns(patterns, lanes);
     if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
