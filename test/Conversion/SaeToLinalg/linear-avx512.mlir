@@ -2,13 +2,17 @@
 
 // Tests that with 16 lanes (AVX-512: 32 vector registers) a product whose
 // width is a multiple of four vectors gets the 6 × 4 kernel: panels of 64
-// columns, 24 accumulators, one broadcast per four FMAs; the rows left over
-// get blocks of 1 to 5 rows of four vectors.
+// columns, 24 accumulators, one broadcast per four FMAs, the panel's row 8
+// ahead prefetched (clamped to the last row); the rows left over get blocks
+// of 1 to 5 rows of four vectors.
 // CHECK-LABEL: func.func @linear_wide
 // CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<2x?x64xf32>
 // CHECK: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %c64
 // CHECK: scf.for {{.*}} -> (vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>)
 // CHECK-COUNT-4: vector.load {{.*}} : memref<2x?x64xf32>, vector<16xf32>
+// CHECK: %[[AHEAD:.*]] = arith.addi %{{.*}}, %c8 : index
+// CHECK: %[[ROW:.*]] = arith.minui %[[AHEAD]], %{{.*}} : index
+// CHECK-COUNT-4: memref.prefetch %{{.*}}[%{{.*}}, %[[ROW]], %{{.*}}], read, locality<3>, data
 // CHECK: vector.broadcast
 // CHECK-COUNT-4: vector.fma
 // CHECK: vector.broadcast

@@ -197,6 +197,11 @@ Value negInfOf(OpBuilder &b, Location l, Type elt) {
 /// broadcasts per multiply-add). The epilogue adds `bias[N]` (a buffer,
 /// when given) and clamps at zero (`relu`) as the registers are stored.
 constexpr int64_t kRows = 6;
+/// Rows of the packed panel between a prefetch and its use: 8 rows of 64
+/// floats are 2 KiB ahead, about 100 cycles of the 6 × 4 kernel. Measured
+/// on a Xeon with AVX-512, one thread: 4, 8 and 16 rows each made the
+/// product about 10% faster than no prefetch.
+constexpr int64_t kPrefetch = 8;
 
 void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                    Value m, Value k, int64_t n, int64_t lanes, int64_t vecs,
@@ -225,6 +230,18 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
           for (int64_t v = 0; v < vecs; ++v)
             bv.push_back(vector::LoadOp::create(
                 kb, l, vecType, packed, ValueRange{p, kk, idx(kb, v * lanes)}));
+          // The panel (K · cols floats) lives in L2; the hardware does
+          // not bring it to L1 early enough, so every row kPrefetch ahead
+          // is asked for (the last row at the end of the panel).
+          Value last = arith::SubIOp::create(kb, l, k, idx(kb, 1));
+          Value kp = arith::MinUIOp::create(
+              kb, l, arith::AddIOp::create(kb, l, kk, idx(kb, kPrefetch)),
+              last);
+          for (int64_t v = 0; v < vecs; ++v)
+            memref::PrefetchOp::create(kb, l, packed,
+                                       ValueRange{p, kp, idx(kb, v * lanes)},
+                                       /*isWrite=*/false, /*locality=*/3,
+                                       /*isDataCache=*/true);
           SmallVector<Value> next;
           for (int64_t r = 0; r < rows; ++r) {
             Value row = arith::AddIOp::create(kb, l, r0, idx(kb, r));
