@@ -75,8 +75,11 @@ func.func @bias_relu(%x: tensor<?x64xf32>, %b: tensor<64xf32>) -> tensor<?x64xf3
 
 // Tests that topk selects each row in parallel with a bounded min-heap: k
 // slots initialised to -inf, a candidate enters only when it beats the worst
-// kept rank (carried by the loop) and is then sifted down, and a heapsort
-// orders the slots at the end.
+// kept rank (carried by the loops) and is then sifted down, and a heapsort
+// orders the slots at the end. Blocks of 16 candidates are screened with
+// one vector comparison against the worst kept rank and visited one by one
+// only when one of them beats it; the columns left over (none here) go by
+// one at a time.
 // CHECK-LABEL: func.func @topk
 // CHECK-SAME: (%[[X:.*]]: tensor<?x64xf32>)
 // CHECK-DAG: %[[NEGINF:.*]] = arith.constant 0xFF800000 : f32
@@ -87,11 +90,18 @@ func.func @bias_relu(%x: tensor<?x64xf32>, %b: tensor<64xf32>) -> tensor<?x64xf3
 // CHECK: %[[IDXS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xi32>
 // CHECK: scf.parallel (%[[ROW:.*]]) =
 // CHECK:   memref.store %[[NEGINF]], %[[VALS]]
-// CHECK:   scf.for %[[COL:.*]] = %{{.*}} to %[[C64]] {{.*}} iter_args(%[[WORST:.*]] = %[[NEGINF]])
-// CHECK:     %[[V:.*]] = memref.load %[[IN]][%[[ROW]], %[[COL]]]
-// CHECK:     %[[BETTER:.*]] = arith.cmpf ogt, %[[V]], %[[WORST]]
-// CHECK:     scf.if %[[BETTER]]
-// CHECK:       scf.while
+// CHECK:   %[[SCREENED:.*]] = scf.for %[[BLOCK:.*]] = %{{.*}} to %[[C64]] step %c16 iter_args(%[[BW:.*]] = %[[NEGINF]])
+// CHECK:     %[[BWV:.*]] = vector.broadcast %[[BW]] : f32 to vector<16xf32>
+// CHECK:     %[[VV:.*]] = vector.load %[[IN]][%[[ROW]], %[[BLOCK]]] : memref<?x64xf32>, vector<16xf32>
+// CHECK:     %[[BEATS:.*]] = arith.cmpf ogt, %[[VV]], %[[BWV]] : vector<16xf32>
+// CHECK:     %[[ANY:.*]] = vector.reduction <or>, %[[BEATS]]
+// CHECK:     scf.if %[[ANY]]
+// CHECK:       scf.for %[[COL:.*]] = %[[BLOCK]] to %{{.*}} iter_args(%[[WORST:.*]] = %[[BW]])
+// CHECK:         %[[V:.*]] = memref.load %[[IN]][%[[ROW]], %[[COL]]]
+// CHECK:         %[[BETTER:.*]] = arith.cmpf ogt, %[[V]], %[[WORST]]
+// CHECK:         scf.if %[[BETTER]]
+// CHECK:           scf.while
+// CHECK:   scf.for %{{.*}} = %[[C64]] to %[[C64]] step %c1 iter_args(%{{.*}} = %[[SCREENED]])
 // CHECK:   scf.for %[[J:.*]] = %{{.*}} to %[[C4]]
 // CHECK:     arith.subi %[[C4]], %[[J]]
 // CHECK:     scf.while

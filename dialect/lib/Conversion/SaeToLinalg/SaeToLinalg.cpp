@@ -982,6 +982,9 @@ struct Candidate {
   Value rank, index, value;
 };
 using CandidateFn = function_ref<Candidate(OpBuilder &, Location, Value)>;
+/// The ranks of candidates [t, t + kScreenLanes) as one vector.
+using ScreenFn = function_ref<Value(OpBuilder &, Location, Value)>;
+constexpr int64_t kScreenLanes = 16;
 
 /// Selects, in row `row`, the k best of `count` candidates (candidate t
 /// from `candidate`, visited with increasing latent index) into
@@ -991,9 +994,14 @@ using CandidateFn = function_ref<Candidate(OpBuilder &, Location, Value)>;
 /// The slots form a bounded min-heap keyed by (rank, -index) while the
 /// candidates go by, so a candidate costs one comparison with the worst
 /// kept entry, and entering costs O(log k); a heapsort orders the slots at
-/// the end.
+/// the end. With `screen`, the candidates go by in blocks of kScreenLanes
+/// whose ranks are compared with the worst kept rank in one vector
+/// comparison: once the heap is full of good entries, almost every block
+/// has none that enters and is skipped; a block with one goes by one
+/// candidate at a time as before.
 void emitRowTopK(OpBuilder &b, Location loc, Value row, Value count, int64_t k,
-                 CandidateFn candidate, Value ranks, Value idxs, Value vals) {
+                 CandidateFn candidate, Value ranks, Value idxs, Value vals,
+                 ScreenFn screen = nullptr) {
   Type f32 = cast<MemRefType>(ranks.getType()).getElementType();
   Type i32 = b.getI32Type();
   auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
@@ -1091,25 +1099,63 @@ void emitRowTopK(OpBuilder &b, Location loc, Value row, Value count, int64_t k,
                        scf::YieldOp::create(nb, nl);
                      });
   // The candidates come with increasing indices, so one beats the worst
-  // kept entry exactly when its rank is higher: the loop carries that rank.
-  scf::ForOp::create(
-      b, loc, idx(b, 0), count, idx(b, 1), ValueRange{negInf},
-      [&](OpBuilder &nb, Location nl, Value t, ValueRange worst) {
-        Candidate item = candidate(nb, nl, t);
-        Value enters = arith::CmpFOp::create(
-            nb, nl, arith::CmpFPredicate::OGT, item.rank, worst[0]);
-        auto next = scf::IfOp::create(
-            nb, nl, enters,
-            [&](OpBuilder &ib, Location il) {
-              siftDown(ib, item, cK);
-              scf::YieldOp::create(ib, il,
-                                   ValueRange{load(ib, ranks, idx(ib, 0))});
-            },
-            [&](OpBuilder &ib, Location il) {
-              scf::YieldOp::create(ib, il, worst);
-            });
-        scf::YieldOp::create(nb, nl, next.getResults());
-      });
+  // kept entry exactly when its rank is higher: the loops carry that rank.
+  auto visit = [&](OpBuilder &ob, Value from, Value to, Value worst) {
+    return scf::ForOp::create(
+               ob, loc, from, to, idx(ob, 1), ValueRange{worst},
+               [&](OpBuilder &nb, Location nl, Value t, ValueRange w) {
+                 Candidate item = candidate(nb, nl, t);
+                 Value enters = arith::CmpFOp::create(
+                     nb, nl, arith::CmpFPredicate::OGT, item.rank, w[0]);
+                 auto next = scf::IfOp::create(
+                     nb, nl, enters,
+                     [&](OpBuilder &ib, Location il) {
+                       siftDown(ib, item, cK);
+                       scf::YieldOp::create(
+                           ib, il, ValueRange{load(ib, ranks, idx(ib, 0))});
+                     },
+                     [&](OpBuilder &ib, Location il) {
+                       scf::YieldOp::create(ib, il, w);
+                     });
+                 scf::YieldOp::create(nb, nl, next.getResults());
+               })
+        .getResult(0);
+  };
+  Value worst = negInf, from = idx(b, 0);
+  if (screen) {
+    // Whole blocks, screened; the count mod kScreenLanes left go by one
+    // at a time below.
+    Value blocked = arith::SubIOp::create(
+        b, loc, count,
+        arith::RemUIOp::create(b, loc, count, idx(b, kScreenLanes)));
+    auto vecType = VectorType::get({kScreenLanes}, f32);
+    worst =
+        scf::ForOp::create(
+            b, loc, idx(b, 0), blocked, idx(b, kScreenLanes),
+            ValueRange{negInf},
+            [&](OpBuilder &sb, Location sl, Value t, ValueRange w) {
+              Value beats = arith::CmpFOp::create(
+                  sb, sl, arith::CmpFPredicate::OGT, screen(sb, sl, t),
+                  vector::BroadcastOp::create(sb, sl, vecType, w[0]));
+              Value any = vector::ReductionOp::create(
+                  sb, sl, vector::CombiningKind::OR, beats);
+              auto next = scf::IfOp::create(
+                  sb, sl, any,
+                  [&](OpBuilder &ib, Location il) {
+                    Value end =
+                        arith::AddIOp::create(ib, il, t, idx(ib, kScreenLanes));
+                    scf::YieldOp::create(ib, il,
+                                         ValueRange{visit(ib, t, end, w[0])});
+                  },
+                  [&](OpBuilder &ib, Location il) {
+                    scf::YieldOp::create(ib, il, w);
+                  });
+              scf::YieldOp::create(sb, sl, next.getResults());
+            })
+            .getResult(0);
+    from = blocked;
+  }
+  visit(b, from, count, worst);
   // Heapsort: move the worst slot to the end, k - 1 times.
   scf::ForOp::create(
       b, loc, idx(b, 1), cK, idx(b, 1), ValueRange{},
@@ -1167,22 +1213,34 @@ struct TopKLowering : OpRewritePattern<TopKOp> {
     Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
     Value cols =
         arith::ConstantIndexOp::create(rewriter, loc, codes.getNumLatents());
-    forEachRowParallel(rewriter, loc, rows, [&](OpBuilder &b, Location l,
-                                                Value row) {
-      emitRowTopK(
-          b, l, row, cols, k,
-          [&](OpBuilder &cb, Location cl, Value col) {
-            Value r = memref::LoadOp::create(cb, cl, score, ValueRange{row, col});
-            if (byMagnitude)
-              r = math::AbsFOp::create(cb, cl, r);
-            Value v = separateRanks
-                          ? memref::LoadOp::create(cb, cl, in, ValueRange{row, col})
-                                .getResult()
-                          : Value();
-            return Candidate{r, arith::IndexCastOp::create(cb, cl, i32, col), v};
-          },
-          ranks, idxs, separateRanks ? vals : Value());
-    });
+    forEachRowParallel(
+        rewriter, loc, rows, [&](OpBuilder &b, Location l, Value row) {
+          emitRowTopK(
+              b, l, row, cols, k,
+              [&](OpBuilder &cb, Location cl, Value col) {
+                Value r =
+                    memref::LoadOp::create(cb, cl, score, ValueRange{row, col});
+                if (byMagnitude)
+                  r = math::AbsFOp::create(cb, cl, r);
+                Value v = separateRanks ? memref::LoadOp::create(
+                                              cb, cl, in, ValueRange{row, col})
+                                              .getResult()
+                                        : Value();
+                return Candidate{
+                    r, arith::IndexCastOp::create(cb, cl, i32, col), v};
+              },
+              ranks, idxs, separateRanks ? vals : Value(),
+              [&](OpBuilder &sb, Location sl, Value col) {
+                Value r = vector::LoadOp::create(
+                    sb, sl,
+                    VectorType::get(
+                        {kScreenLanes},
+                        cast<MemRefType>(score.getType()).getElementType()),
+                    score, ValueRange{row, col});
+                return byMagnitude ? math::AbsFOp::create(sb, sl, r).getResult()
+                                   : r;
+              });
+        });
     replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
   }
