@@ -204,7 +204,7 @@ constexpr int64_t kRows = 6;
 constexpr int64_t kPrefetch = 8;
 
 void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
-                   Value m, Value k, int64_t n, int64_t lanes, int64_t vecs,
+                   Value m, Value k, Value n, int64_t lanes, int64_t vecs,
                    Value bias, bool relu) {
   Type f32 = b.getF32Type();
   auto vecType = VectorType::get({lanes}, f32);
@@ -212,11 +212,24 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
     return arith::ConstantIndexOp::create(ob, loc, v);
   };
+  auto minU = [&](OpBuilder &ob, Value x, Value y) -> Value {
+    return arith::MinUIOp::create(ob, loc, x, y);
+  };
+  auto ceilDiv = [&](OpBuilder &ob, Value x, Value y) -> Value {
+    return arith::CeilDivUIOp::create(ob, loc, x, y);
+  };
   // B packed panel by panel: packed[p, kk, :] = B[kk, p·cols : (p+1)·cols].
-  int64_t panels = n / cols;
+  Value panels = arith::DivUIOp::create(b, loc, n, idx(b, cols));
+  std::optional<int64_t> staticN = getConstantIntValue(n);
+  SmallVector<Value> packedSizes = {k};
+  if (!staticN)
+    packedSizes.insert(packedSizes.begin(), panels);
   Value packed = memref::AllocOp::create(
-      b, loc, MemRefType::get({panels, ShapedType::kDynamic, cols}, f32),
-      ValueRange{k});
+      b, loc,
+      MemRefType::get({staticN ? *staticN / cols : ShapedType::kDynamic,
+                       ShapedType::kDynamic, cols},
+                      f32),
+      packedSizes);
   // Rows [r0, r0 + rows) of the block of columns [j, j + cols).
   auto block = [&](OpBuilder &ob, Value r0, int64_t rows, Value j) {
     Value p = arith::DivUIOp::create(ob, loc, j, idx(ob, cols));
@@ -274,16 +287,14 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   };
   // Pack: ranges of panels in parallel; within one, row by row of B
   // (contiguous reads of the range's columns).
-  int64_t packParts = std::min<int64_t>(panels, 64);
-  int64_t packSpan = (panels + packParts - 1) / packParts;
+  // At most 64 ranges; the step is at least 1 when there is no panel.
+  Value packSpan = arith::MaxUIOp::create(
+      b, loc, ceilDiv(b, panels, idx(b, 64)), idx(b, 1));
   scf::ParallelOp::create(
-      b, loc, ValueRange{idx(b, 0)}, ValueRange{idx(b, panels)},
-      ValueRange{idx(b, packSpan)},
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{panels}, ValueRange{packSpan},
       [&](OpBuilder &rb, Location rl, ValueRange ivs) {
         Value p0 = ivs[0];
-        Value p1 = arith::MinUIOp::create(
-            rb, rl, arith::AddIOp::create(rb, rl, p0, idx(rb, packSpan)),
-            idx(rb, panels));
+        Value p1 = minU(rb, arith::AddIOp::create(rb, rl, p0, packSpan), panels);
         scf::ForOp::create(
             rb, rl, idx(rb, 0), k, idx(rb, 1), ValueRange{},
             [&](OpBuilder &kb, Location l, Value kk, ValueRange) {
@@ -315,29 +326,27 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   // the other. Cutting the panels into kPanelParts ranges too balances the
   // threads, and every panel is still streamed once per row block.
   constexpr int64_t kBlocks = 16;
-  int64_t panelParts = std::min<int64_t>(panels, 4);
-  int64_t panelSpan = (panels + panelParts - 1) / panelParts;
+  Value panelParts = arith::MaxUIOp::create(b, loc, minU(b, panels, idx(b, 4)),
+                                            idx(b, 1));
+  Value spanCols = arith::MulIOp::create(b, loc, ceilDiv(b, panels, panelParts),
+                                         idx(b, cols));
   Value rem = arith::RemUIOp::create(b, loc, m, idx(b, kRows));
   Value full = arith::SubIOp::create(b, loc, m, rem);
   Value rowBlocks =
       arith::CeilDivUIOp::create(b, loc, full, idx(b, kRows * kBlocks));
-  Value items = arith::MulIOp::create(b, loc, rowBlocks, idx(b, panelParts));
+  Value items = arith::MulIOp::create(b, loc, rowBlocks, panelParts);
   scf::ParallelOp::create(
       b, loc, ValueRange{idx(b, 0)}, ValueRange{items}, ValueRange{idx(b, 1)},
       [&](OpBuilder &ob, Location l, ValueRange ivs) {
-        Value blockNo =
-            arith::DivUIOp::create(ob, l, ivs[0], idx(ob, panelParts));
-        Value part = arith::RemUIOp::create(ob, l, ivs[0], idx(ob, panelParts));
+        Value blockNo = arith::DivUIOp::create(ob, l, ivs[0], panelParts);
+        Value part = arith::RemUIOp::create(ob, l, ivs[0], panelParts);
         Value i0 =
             arith::MulIOp::create(ob, l, blockNo, idx(ob, kRows * kBlocks));
         Value i1 = arith::MinUIOp::create(
             ob, l, arith::AddIOp::create(ob, l, i0, idx(ob, kRows * kBlocks)),
             full);
-        Value j0 =
-            arith::MulIOp::create(ob, l, part, idx(ob, panelSpan * cols));
-        Value j1 = arith::MinUIOp::create(
-            ob, l, arith::AddIOp::create(ob, l, j0, idx(ob, panelSpan * cols)),
-            idx(ob, n));
+        Value j0 = arith::MulIOp::create(ob, l, part, spanCols);
+        Value j1 = minU(ob, arith::AddIOp::create(ob, l, j0, spanCols), n);
         scf::ForOp::create(
             ob, l, j0, j1, idx(ob, cols), ValueRange{},
             [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
@@ -353,7 +362,7 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   // The last m mod kRows rows: one block of that many rows per panel,
   // panels in parallel.
   scf::ParallelOp::create(
-      b, loc, ValueRange{idx(b, 0)}, ValueRange{idx(b, n)},
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{n},
       ValueRange{idx(b, cols)}, [&](OpBuilder &jb, Location l, ValueRange ivs) {
         for (int64_t rows = 1; rows < kRows; ++rows) {
           Value these = arith::CmpIOp::create(jb, l, arith::CmpIPredicate::eq,
@@ -418,8 +427,9 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
                           .getResult()
                     : arith::ConstantIndexOp::create(rewriter, loc, kDim)
                           .getResult();
-      emitPanelGemm(rewriter, loc, a, w, out, m, k, nDim, lanes, vecs, bias,
-                    bool(relu));
+      emitPanelGemm(rewriter, loc, a, w, out, m, k,
+                    arith::ConstantIndexOp::create(rewriter, loc, nDim), lanes,
+                    vecs, bias, bool(relu));
       rewriter.replaceOp(root, asTensor(rewriter, loc, outType, out));
       if (relu)
         rewriter.eraseOp(biasAdd);
@@ -535,6 +545,41 @@ struct ReluLowering : OpRewritePattern<ReluOp> {
 
 /// Tiles of 32 × 32, so that both the reads and the writes stay within a
 /// few cache lines per tile (a plain generic reads a column per row).
+/// out[i, j] = in[j, i] for i < rows, j < cols, on buffers: by tiles of
+/// 32 × 32, bands of `tile` output rows in parallel (each writes its own).
+void emitTranspose(OpBuilder &b, Location loc, Value in, Value out, Value rows,
+                   Value cols) {
+  auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
+    return arith::ConstantIndexOp::create(ob, loc, v);
+  };
+  constexpr int64_t tile = 32;
+  auto loop = [&](OpBuilder &ob, Value lo, Value hi, int64_t step,
+                  function_ref<void(OpBuilder &, Value)> body) {
+    scf::ForOp::create(ob, loc, lo, hi, idx(ob, step), ValueRange{},
+                       [&](OpBuilder &nb, Location l, Value iv, ValueRange) {
+                         body(nb, iv);
+                         scf::YieldOp::create(nb, l);
+                       });
+  };
+  auto end = [&](OpBuilder &ob, Value start, Value bound) -> Value {
+    return arith::MinUIOp::create(
+        ob, loc, arith::AddIOp::create(ob, loc, start, idx(ob, tile)), bound);
+  };
+  scf::ParallelOp::create(
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{rows}, ValueRange{idx(b, tile)},
+      [&](OpBuilder &pb, Location, ValueRange ivs) {
+        Value i0 = ivs[0];
+        loop(pb, idx(pb, 0), cols, tile, [&](OpBuilder &b2, Value j0) {
+          loop(b2, i0, end(b2, i0, rows), 1, [&](OpBuilder &b3, Value i) {
+            loop(b3, j0, end(b3, j0, cols), 1, [&](OpBuilder &b4, Value j) {
+              Value v = memref::LoadOp::create(b4, loc, in, ValueRange{j, i});
+              memref::StoreOp::create(b4, loc, v, out, ValueRange{i, j});
+            });
+          });
+        });
+      });
+}
+
 struct TransposeLowering : OpRewritePattern<TransposeOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(TransposeOp op,
@@ -550,38 +595,8 @@ struct TransposeLowering : OpRewritePattern<TransposeOp> {
     if (type.isDynamicDim(1))
       dyn.push_back(cols);
     Value out = allocLike(rewriter, loc, type, dyn);
-    Value in = toBuffer(rewriter, loc, op.getInput());
-    auto idx = [&](OpBuilder &b, int64_t v) -> Value {
-      return arith::ConstantIndexOp::create(b, loc, v);
-    };
-    constexpr int64_t tile = 32;
-    auto loop = [&](OpBuilder &b, Value lo, Value hi, int64_t step,
-                    function_ref<void(OpBuilder &, Value)> body) {
-      scf::ForOp::create(b, loc, lo, hi, idx(b, step), ValueRange{},
-                         [&](OpBuilder &nb, Location l, Value iv, ValueRange) {
-                           body(nb, iv);
-                           scf::YieldOp::create(nb, l);
-                         });
-    };
-    auto end = [&](OpBuilder &b, Value start, Value bound) -> Value {
-      return arith::MinUIOp::create(
-          b, loc, arith::AddIOp::create(b, loc, start, idx(b, tile)), bound);
-    };
-    // Bands of `tile` output rows run in parallel (each writes its own).
-    scf::ParallelOp::create(
-        rewriter, loc, ValueRange{idx(rewriter, 0)}, ValueRange{rows},
-        ValueRange{idx(rewriter, tile)},
-        [&](OpBuilder &b, Location, ValueRange ivs) {
-          Value i0 = ivs[0];
-          loop(b, idx(b, 0), cols, tile, [&](OpBuilder &b2, Value j0) {
-            loop(b2, i0, end(b2, i0, rows), 1, [&](OpBuilder &b3, Value i) {
-              loop(b3, j0, end(b3, j0, cols), 1, [&](OpBuilder &b4, Value j) {
-                Value v = memref::LoadOp::create(b4, loc, in, ValueRange{j, i});
-                memref::StoreOp::create(b4, loc, v, out, ValueRange{i, j});
-              });
-            });
-          });
-        });
+    emitTranspose(rewriter, loc, toBuffer(rewriter, loc, op.getInput()), out,
+                  rows, cols);
     rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
     return success();
   }
@@ -1003,7 +1018,6 @@ void emitRowTopK(OpBuilder &b, Location loc, Value row, Value count, int64_t k,
                  CandidateFn candidate, Value ranks, Value idxs, Value vals,
                  ScreenFn screen = nullptr) {
   Type f32 = cast<MemRefType>(ranks.getType()).getElementType();
-  Type i32 = b.getI32Type();
   auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
     return arith::ConstantIndexOp::create(ob, loc, v);
   };
@@ -2117,11 +2131,46 @@ struct DeadMaskLowering : OpRewritePattern<DeadMaskOp> {
   }
 };
 
+/// A key of f32 `v` in [0, 2^32) (i64) that orders like the value: NaN
+/// maps to 0, below every number.
+Value orderedKey(OpBuilder &b, Location l, Value v) {
+  Type i32 = b.getI32Type(), i64 = b.getI64Type();
+  auto c64 = [&](int64_t x) -> Value {
+    return arith::ConstantOp::create(b, l, b.getI64IntegerAttr(x));
+  };
+  Value bits =
+      arith::ExtUIOp::create(b, l, i64, arith::BitcastOp::create(b, l, i32, v));
+  Value neg = arith::CmpIOp::create(b, l, arith::CmpIPredicate::uge, bits,
+                                    c64(0x80000000ll));
+  Value flipped = arith::SelectOp::create(
+      b, l, neg, arith::XOrIOp::create(b, l, bits, c64(0xFFFFFFFFll)),
+      arith::XOrIOp::create(b, l, bits, c64(0x80000000ll)));
+  Value isNan = arith::CmpFOp::create(b, l, arith::CmpFPredicate::UNO, v, v);
+  return arith::SelectOp::create(b, l, isNan, c64(0), flipped);
+}
+
 /// The dead latents' indices are listed once; then every row, in parallel,
-/// selects among those columns only (emitRowTopK), so the cost is
-/// O(B · n_dead) rather than O(B · n). Slots left over hold 0.
+/// selects among those columns only, so the cost is O(B · n_dead) rather
+/// than O(B · n). k_aux is large (512), so a row does not keep a heap: the
+/// keys of its dead columns are copied out, the k-th largest key is found
+/// bit by bit from the top (32 counting passes over the copy, which LLVM
+/// vectorises), and one last pass keeps, in increasing latent order, the
+/// keys above it and the first ties. NaN and -inf are never kept; slots
+/// left over hold value 0 and a live latent's index.
+///
+/// When the model is f32 with a decoder width that the register-blocked
+/// kernel takes, the products with these codes (sae.decode, sae.sddmm and
+/// sae.outer, the aux loss and its gradient) become dense products over
+/// the dead latents alone: the codes as a dense [B, n_dead] matrix and the
+/// decoder's dead rows gathered into [n_dead, d] (n_dead rounded up to
+/// whole panels with zeros). With k_aux a third of n_dead or more, three
+/// dense products cost less than the row-by-row sparse ones, which load a
+/// decoder row from L3 per entry.
 struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
-  using OpRewritePattern::OpRewritePattern;
+  DeadTopKLowering(MLIRContext *ctx, int64_t lanes)
+      : OpRewritePattern(ctx), lanes(lanes) {}
+  int64_t lanes;
+
   LogicalResult matchAndRewrite(DeadTopKOp op,
                                 PatternRewriter &rewriter) const override {
     Location loc = op.getLoc();
@@ -2140,58 +2189,402 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
     auto idx = [&](OpBuilder &b, int64_t v) -> Value {
       return arith::ConstantIndexOp::create(b, loc, v);
     };
+    auto cI32 = [&](OpBuilder &b, int64_t v) -> Value {
+      return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
+    };
     // dead[0, count) = the latents whose mask is positive, in order.
     Value dead =
         memref::AllocOp::create(rewriter, loc, MemRefType::get({n}, indexType));
     Value zero = floatConst(rewriter, loc, elt, 0.0);
+    // alive: the first latent that is not dead (n when all are).
     auto list = scf::ForOp::create(
         rewriter, loc, idx(rewriter, 0), idx(rewriter, n), idx(rewriter, 1),
-        ValueRange{idx(rewriter, 0)},
-        [&](OpBuilder &b, Location l, Value j, ValueRange count) {
+        ValueRange{idx(rewriter, 0), idx(rewriter, n)},
+        [&](OpBuilder &b, Location l, Value j, ValueRange acc) {
           Value m = memref::LoadOp::create(b, l, mask, ValueRange{j});
           Value isDead =
               arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, m, zero);
-          auto add = scf::IfOp::create(
-              b, l, isDead,
-              [&](OpBuilder &tb, Location tl) {
-                memref::StoreOp::create(tb, tl, j, dead, ValueRange{count[0]});
-                Value next =
-                    arith::AddIOp::create(tb, tl, count[0], idx(tb, 1));
-                scf::YieldOp::create(tb, tl, ValueRange{next});
-              },
-              [&](OpBuilder &tb, Location tl) {
-                scf::YieldOp::create(tb, tl, ValueRange{count[0]});
-              });
-          scf::YieldOp::create(b, l, add.getResults());
+          Value next = arith::AddIOp::create(
+              b, l, acc[0],
+              arith::IndexCastUIOp::create(b, l, indexType, isDead));
+          // Written at every j; only a dead latent's write is kept.
+          memref::StoreOp::create(b, l, j, dead, ValueRange{acc[0]});
+          Value firstAlive = arith::AndIOp::create(
+              b, l,
+              arith::CmpIOp::create(b, l, arith::CmpIPredicate::eq, acc[1],
+                                    idx(b, n)),
+              arith::XOrIOp::create(
+                  b, l, isDead,
+                  arith::ConstantOp::create(b, l, b.getBoolAttr(true))));
+          scf::YieldOp::create(
+              b, l,
+              ValueRange{next,
+                         arith::SelectOp::create(b, l, firstAlive, j, acc[1])});
         });
     Value count = list.getResult(0);
+    // Slots left over (a row has fewer valid dead entries than k) point at
+    // a live latent with value 0: the gradient that flows back to the
+    // input through them is masked off with the live latent (a dead one
+    // would receive it a second time). With every latent dead, no row has
+    // fewer than k dead entries unless some are NaN or -inf.
+    Value filler = arith::IndexCastOp::create(
+        rewriter, loc, i32,
+        arith::SelectOp::create(
+            rewriter, loc,
+            arith::CmpIOp::create(rewriter, loc, arith::CmpIPredicate::eq,
+                                  list.getResult(1), idx(rewriter, n)),
+            idx(rewriter, 0), list.getResult(1)));
     Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
+
+    // The users whose products go dense, and what they need.
+    int64_t d = 0;
+    SmallVector<Operation *> dense;
+    if (elt.isF32())
+      for (Operation *user : op->getUsers()) {
+        Value w;
+        if (auto decode = dyn_cast<DecodeOp>(user))
+          w = decode.getWeight();
+        else if (auto sddmm = dyn_cast<SddmmOp>(user))
+          w = sddmm.getWeight();
+        else if (auto outer = dyn_cast<OuterOp>(user);
+                 outer && !outer.getTransposed())
+          w = outer.getRhs();
+        if (!w || user->getBlock() != op->getBlock())
+          continue;
+        int64_t width = cast<RankedTensorType>(w.getType()).getDimSize(1);
+        if (ShapedType::isDynamic(width) || width % (2 * lanes) != 0 ||
+            (d && width != d))
+          continue;
+        // Decoder rows are gathered where the selection is: the weight
+        // must be there already (a parameter).
+        if (!isa<OuterOp>(user) && !definedBefore(w, op))
+          continue;
+        d = width;
+        dense.push_back(user);
+      }
+    // pos[row, slot]: the slot's place in the dead list (-1: unfilled).
+    Value pos;
+    if (!dense.empty())
+      pos = allocLike(
+          rewriter, loc,
+          RankedTensorType::get(codes.getValuesType().getShape(), i32), dyn);
+
     forEachRowParallel(rewriter, loc, rows, [&](OpBuilder &b, Location l,
                                                 Value row) {
-      emitRowTopK(
-          b, l, row, count, k,
-          [&](OpBuilder &cb, Location cl, Value t) {
-            Value col = memref::LoadOp::create(cb, cl, dead, ValueRange{t});
-            Value r = memref::LoadOp::create(cb, cl, in, ValueRange{row, col});
-            return Candidate{r, arith::IndexCastOp::create(cb, cl, i32, col),
-                             Value()};
-          },
-          vals, idxs, Value());
-      // Slots that no dead latent filled hold -inf: make them 0.
+      Value keys = memref::AllocOp::create(
+          b, l, MemRefType::get({ShapedType::kDynamic}, i32), ValueRange{count});
+      Value negInf = negInfOf(b, l, elt);
+      auto forDead = [&](OpBuilder &ob, ValueRange init,
+                         function_ref<SmallVector<Value>(OpBuilder &, Location,
+                                                         Value, ValueRange)>
+                             body) {
+        return scf::ForOp::create(
+                   ob, l, idx(ob, 0), count, idx(ob, 1), init,
+                   [&](OpBuilder &fb, Location fl, Value t, ValueRange acc) {
+                     scf::YieldOp::create(fb, fl, body(fb, fl, t, acc));
+                   })
+            .getResults();
+      };
+      auto valueAt = [&](OpBuilder &ob, Location ol, Value t) {
+        Value col = memref::LoadOp::create(ob, ol, dead, ValueRange{t});
+        return std::make_pair(
+            memref::LoadOp::create(ob, ol, in, ValueRange{row, col}).getResult(),
+            col);
+      };
+      // keys[t]: the key of dead column t, 0 for NaN and -inf.
+      forDead(b, {}, [&](OpBuilder &fb, Location fl, Value t, ValueRange) {
+        Value v = valueAt(fb, fl, t).first;
+        Value isNegInf =
+            arith::CmpFOp::create(fb, fl, arith::CmpFPredicate::OEQ, v, negInf);
+        Value key = arith::TruncIOp::create(fb, fl, i32, orderedKey(fb, fl, v));
+        key = arith::SelectOp::create(fb, fl, isNegInf, cI32(fb, 0), key);
+        memref::StoreOp::create(fb, fl, key, keys, ValueRange{t});
+        return SmallVector<Value>{};
+      });
+      // The number of keys at or above (pred uge) / above (ugt) `t`.
+      auto countKeys = [&](OpBuilder &ob, Value t, arith::CmpIPredicate pred) {
+        return forDead(
+            ob, {cI32(ob, 0)},
+            [&](OpBuilder &fb, Location fl, Value s, ValueRange acc) {
+              Value key = memref::LoadOp::create(fb, fl, keys, ValueRange{s});
+              Value hit = arith::CmpIOp::create(fb, fl, pred, key, t);
+              return SmallVector<Value>{arith::AddIOp::create(
+                  fb, fl, acc[0], arith::ExtUIOp::create(fb, fl, i32, hit))};
+            })[0];
+      };
+      // threshold: the largest key with at least k keys at or above it,
+      // built from the top bit down; 1 when fewer than k keys are valid.
+      Value cK = cI32(b, k);
+      Value threshold =
+          scf::ForOp::create(
+              b, l, idx(b, 0), idx(b, 32), idx(b, 1), ValueRange{cI32(b, 0)},
+              [&](OpBuilder &fb, Location fl, Value i, ValueRange acc) {
+                Value bit = arith::ShLIOp::create(
+                    fb, fl, cI32(fb, 1),
+                    arith::SubIOp::create(
+                        fb, fl, cI32(fb, 31),
+                        arith::IndexCastOp::create(fb, fl, i32, i)));
+                Value cand = arith::OrIOp::create(fb, fl, acc[0], bit);
+                Value enough = arith::CmpIOp::create(
+                    fb, fl, arith::CmpIPredicate::uge,
+                    countKeys(fb, cand, arith::CmpIPredicate::uge), cK);
+                scf::YieldOp::create(
+                    fb, fl,
+                    ValueRange{
+                        arith::SelectOp::create(fb, fl, enough, cand, acc[0])});
+              })
+              .getResult(0);
+      threshold = arith::MaxUIOp::create(b, l, threshold, cI32(b, 1));
+      Value ties = arith::SubIOp::create(
+          b, l, cK, countKeys(b, threshold, arith::CmpIPredicate::ugt));
+      // Keep the keys above the threshold and the first `ties` equal to it.
+      Value filled =
+          forDead(b, {idx(b, 0), cI32(b, 0)},
+                  [&](OpBuilder &fb, Location fl, Value t, ValueRange acc) {
+                    Value key = memref::LoadOp::create(fb, fl, keys,
+                                                       ValueRange{t});
+                    Value above = arith::CmpIOp::create(
+                        fb, fl, arith::CmpIPredicate::ugt, key, threshold);
+                    Value tie = arith::AndIOp::create(
+                        fb, fl,
+                        arith::CmpIOp::create(fb, fl, arith::CmpIPredicate::eq,
+                                              key, threshold),
+                        arith::CmpIOp::create(fb, fl, arith::CmpIPredicate::ult,
+                                              acc[1], ties));
+                    Value keep = arith::OrIOp::create(fb, fl, above, tie);
+                    scf::IfOp::create(fb, fl, keep, [&](OpBuilder &ib,
+                                                        Location il) {
+                      auto [v, col] = valueAt(ib, il, t);
+                      ValueRange at{row, acc[0]};
+                      memref::StoreOp::create(ib, il, v, vals, at);
+                      memref::StoreOp::create(
+                          ib, il, arith::IndexCastOp::create(ib, il, i32, col),
+                          idxs, at);
+                      if (pos)
+                        memref::StoreOp::create(
+                            ib, il, arith::IndexCastOp::create(ib, il, i32, t),
+                            pos, at);
+                      scf::YieldOp::create(ib, il);
+                    });
+                    return SmallVector<Value>{
+                        arith::AddIOp::create(
+                            fb, fl, acc[0],
+                            arith::IndexCastUIOp::create(fb, fl, indexType,
+                                                         keep)),
+                        arith::AddIOp::create(
+                            fb, fl, acc[1],
+                            arith::ExtUIOp::create(fb, fl, i32, tie))};
+                  })[0];
       scf::ForOp::create(
-          b, l, idx(b, 0), idx(b, k), idx(b, 1), ValueRange{},
-          [&](OpBuilder &fb, Location fl, Value t, ValueRange) {
-            Value v = memref::LoadOp::create(fb, fl, vals, ValueRange{row, t});
-            Value filled = arith::CmpFOp::create(
-                fb, fl, arith::CmpFPredicate::OGT, v, negInfOf(fb, fl, elt));
-            Value kept = arith::SelectOp::create(
-                fb, fl, filled, v, floatConst(fb, fl, elt, 0.0));
-            memref::StoreOp::create(fb, fl, kept, vals, ValueRange{row, t});
+          b, l, filled, idx(b, k), idx(b, 1), ValueRange{},
+          [&](OpBuilder &fb, Location fl, Value s, ValueRange) {
+            ValueRange at{row, s};
+            memref::StoreOp::create(fb, fl, floatConst(fb, fl, elt, 0.0), vals,
+                                    at);
+            memref::StoreOp::create(fb, fl, filler, idxs, at);
+            if (pos)
+              memref::StoreOp::create(fb, fl, cI32(fb, -1), pos, at);
             scf::YieldOp::create(fb, fl);
           });
     });
+    if (!dense.empty())
+      denseProducts(rewriter, op, dense, d, dead, count, rows, vals, idxs,
+                    pos);
+    rewriter.setInsertionPoint(op);
     replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
+  }
+
+  /// `v` is defined before `op` in its block (or is an argument of it).
+  static bool definedBefore(Value v, Operation *op) {
+    if (auto arg = dyn_cast<BlockArgument>(v))
+      return arg.getOwner() == op->getBlock();
+    Operation *def = v.getDefiningOp();
+    return def->getBlock() == op->getBlock() && def->isBeforeInBlock(op);
+  }
+
+  /// Rewrites `users` (decode, sddmm and outer of op's codes, width d) as
+  /// dense products over the `count` dead latents listed in `dead`.
+  void denseProducts(PatternRewriter &rewriter, DeadTopKOp op,
+                     ArrayRef<Operation *> users, int64_t d, Value dead,
+                     Value count, Value rows, Value vals, Value idxs,
+                     Value pos) const {
+    Location loc = op.getLoc();
+    CodesType codes = op.getType();
+    Type f32 = rewriter.getF32Type();
+    int64_t k = codes.getK();
+    auto idx = [&](OpBuilder &b, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(b, loc, v);
+    };
+    auto vecsFor = [&](int64_t width) {
+      return lanes >= 16 && width % (4 * lanes) == 0 ? 4 : 2;
+    };
+    int64_t padCols = (lanes >= 16 ? 4 : 2) * lanes;
+    // padded = count rounded up to whole panels of the [B, n_dead]
+    // product (sddmm); the extra rows and columns are zero.
+    Value padded = arith::MulIOp::create(
+        rewriter, loc,
+        arith::CeilDivUIOp::create(rewriter, loc, count, idx(rewriter, padCols)),
+        idx(rewriter, padCols));
+    auto matrix = [&](OpBuilder &b, Value r, int64_t c) {
+      return memref::AllocOp::create(
+          b, loc, MemRefType::get({ShapedType::kDynamic, c}, f32),
+          ValueRange{r});
+    };
+    auto dynMatrix = [&](OpBuilder &b, Value r, Value c) {
+      return memref::AllocOp::create(
+          b, loc,
+          MemRefType::get({ShapedType::kDynamic, ShapedType::kDynamic}, f32),
+          ValueRange{r, c});
+    };
+    auto fillZero = [&](OpBuilder &b, Value buf) {
+      linalg::FillOp::create(b, loc, ValueRange{floatConst(b, loc, f32, 0.0)},
+                             ValueRange{buf});
+    };
+    auto parallelFor = [&](OpBuilder &b, Value hi,
+                           function_ref<void(OpBuilder &, Location, Value)> fn) {
+      scf::ParallelOp::create(b, loc, ValueRange{idx(b, 0)}, ValueRange{hi},
+                              ValueRange{idx(b, 1)},
+                              [&](OpBuilder &pb, Location pl, ValueRange ivs) {
+                                fn(pb, pl, ivs[0]);
+                              });
+    };
+    // Every filled slot of a row, with its place in the dead list.
+    auto forFilled = [&](OpBuilder &b, Location l, Value row,
+                         function_ref<void(OpBuilder &, Location, Value slot,
+                                           Value p)>
+                             fn) {
+      scf::ForOp::create(
+          b, l, idx(b, 0), idx(b, k), idx(b, 1), ValueRange{},
+          [&](OpBuilder &fb, Location fl, Value s, ValueRange) {
+            Value p = memref::LoadOp::create(fb, fl, pos, ValueRange{row, s});
+            Value isFilled = arith::CmpIOp::create(
+                fb, fl, arith::CmpIPredicate::sge, p,
+                arith::ConstantOp::create(fb, fl, fb.getI32IntegerAttr(0)));
+            scf::IfOp::create(fb, fl, isFilled, [&](OpBuilder &ib, Location il) {
+              fn(ib, il, s,
+                 arith::IndexCastOp::create(ib, il, ib.getIndexType(), p));
+              scf::YieldOp::create(ib, il);
+            });
+            scf::YieldOp::create(fb, fl);
+          });
+    };
+    // Built once, at the selection, when a user first needs them.
+    Value za, zaT;
+    llvm::SmallDenseMap<Value, std::pair<Value, Value>> gathered;
+    auto denseCodes = [&]() {
+      if (za)
+        return;
+      OpBuilder::InsertionGuard guard(rewriter);
+      rewriter.setInsertionPoint(op);
+      za = dynMatrix(rewriter, rows, padded);
+      fillZero(rewriter, za);
+      parallelFor(rewriter, rows, [&](OpBuilder &b, Location l, Value row) {
+        forFilled(b, l, row, [&](OpBuilder &fb, Location fl, Value s, Value p) {
+          Value v = memref::LoadOp::create(fb, fl, vals, ValueRange{row, s});
+          memref::StoreOp::create(fb, fl, v, za, ValueRange{row, p});
+        });
+      });
+    };
+    auto transposedCodes = [&]() {
+      if (zaT)
+        return;
+      denseCodes();
+      OpBuilder::InsertionGuard guard(rewriter);
+      rewriter.setInsertionPoint(op);
+      zaT = dynMatrix(rewriter, padded, rows);
+      emitTranspose(rewriter, loc, za, zaT, padded, rows);
+    };
+    // Wd [padded, d] = the dead rows of w, and its transpose [d, padded].
+    auto decoderRows = [&](Value w) {
+      auto it = gathered.find(w);
+      if (it != gathered.end())
+        return it->second;
+      OpBuilder::InsertionGuard guard(rewriter);
+      rewriter.setInsertionPoint(op);
+      Value wBuf = toBuffer(rewriter, loc, w);
+      Value wd = matrix(rewriter, padded, d);
+      parallelFor(rewriter, padded, [&](OpBuilder &b, Location l, Value s) {
+        Value live = arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult, s,
+                                           count);
+        Value src = memref::LoadOp::create(
+            b, l, dead,
+            ValueRange{arith::SelectOp::create(b, l, live, s, idx(b, 0))});
+        scf::ForOp::create(
+            b, l, idx(b, 0), idx(b, d), idx(b, 1), ValueRange{},
+            [&](OpBuilder &fb, Location fl, Value c, ValueRange) {
+              Value x = memref::LoadOp::create(fb, fl, wBuf, ValueRange{src, c});
+              memref::StoreOp::create(
+                  fb, fl,
+                  arith::SelectOp::create(fb, fl, live, x,
+                                          floatConst(fb, fl, f32, 0.0)),
+                  wd, ValueRange{s, c});
+              scf::YieldOp::create(fb, fl);
+            });
+      });
+      Value wdT = dynMatrix(rewriter, idx(rewriter, d), padded);
+      emitTranspose(rewriter, loc, wd, wdT, idx(rewriter, d), padded);
+      return gathered[w] = {wd, wdT};
+    };
+
+    for (Operation *user : users) {
+      rewriter.setInsertionPoint(user);
+      Location l = user->getLoc();
+      if (auto decode = dyn_cast<DecodeOp>(user)) {
+        // recon[B, d] = Za · Wd.
+        denseCodes();
+        Value wd = decoderRows(decode.getWeight()).first;
+        auto type = cast<RankedTensorType>(decode.getType());
+        Value out = matrix(rewriter, rows, d);
+        emitPanelGemm(rewriter, l, za, wd, out, rows, padded, idx(rewriter, d),
+                      lanes, vecsFor(d), Value(), false);
+        rewriter.replaceOp(user, asTensor(rewriter, l, type, out));
+      } else if (auto sddmm = dyn_cast<SddmmOp>(user)) {
+        // S[B, n_dead] = lhs · Wdᵀ, read at each filled slot.
+        Value wdT = decoderRows(sddmm.getWeight()).second;
+        Value s = dynMatrix(rewriter, rows, padded);
+        emitPanelGemm(rewriter, l, toBuffer(rewriter, l, sddmm.getLhs()), wdT,
+                      s, rows, idx(rewriter, d), padded, lanes, padCols / lanes,
+                      Value(), false);
+        SmallVector<Value> dyn =
+            dynamicSizes(rewriter, l, codes.getValuesType(), op.getInput());
+        Value out = allocLike(rewriter, l, codes.getValuesType(), dyn);
+        fillZero(rewriter, out);
+        parallelFor(rewriter, rows, [&](OpBuilder &b, Location bl, Value row) {
+          forFilled(b, bl, row,
+                    [&](OpBuilder &fb, Location fl, Value slot, Value p) {
+                      Value v = memref::LoadOp::create(fb, fl, s,
+                                                       ValueRange{row, p});
+                      memref::StoreOp::create(fb, fl, v, out,
+                                              ValueRange{row, slot});
+                    });
+        });
+        rewriter.replaceOpWithNewOp<MakeCodesOp>(
+            user, codes, asTensor(rewriter, l, codes.getValuesType(), out),
+            asTensor(rewriter, l, codes.getIndicesType(), idxs), Value());
+      } else {
+        // out[dead[s]] += (Zaᵀ · rhs)[s].
+        auto outer = cast<OuterOp>(user);
+        transposedCodes();
+        Value g = matrix(rewriter, padded, d);
+        emitPanelGemm(rewriter, l, zaT, toBuffer(rewriter, l, outer.getRhs()),
+                      g, padded, rows, idx(rewriter, d), lanes, vecsFor(d),
+                      Value(), false);
+        auto type = outer.getType();
+        Value out = allocLike(rewriter, l, type, {});
+        if (outer.getInit())
+          linalg::CopyOp::create(rewriter, l,
+                                 toBuffer(rewriter, l, outer.getInit()), out);
+        else
+          fillZero(rewriter, out);
+        parallelFor(rewriter, count, [&](OpBuilder &b, Location bl, Value s) {
+          Value latent = memref::LoadOp::create(b, bl, dead, ValueRange{s});
+          addScaledRow(b, bl, out, latent, g, s, floatConst(b, bl, f32, 1.0),
+                       d);
+        });
+        rewriter.replaceOp(user, asTensor(rewriter, l, type, out));
+      }
+    }
   }
 };
 
@@ -2592,7 +2985,7 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
     Value input = op.getInput();
     if (!cast<FloatType>(codes.getElementType()).isF32())
       return rewriter.notifyMatchFailure(op, "keys are defined for f32");
-    Type i32 = rewriter.getI32Type(), i64 = rewriter.getI64Type();
+    Type i64 = rewriter.getI64Type();
     auto cIdx = [&](int64_t v) -> Value {
       return arith::ConstantIndexOp::create(rewriter, loc, v);
     };
@@ -2608,19 +3001,9 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
     Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), {total});
     Value rowOf = allocLike(rewriter, loc, codes.getRowsType(), {total});
 
-    // Monotone key in [0, 2^32): NaN maps to 0 and is never kept.
+    // NaN maps to 0 and is never kept.
     auto key = [&](OpBuilder &b, Location l, Value row, Value col) -> Value {
-      Value v = memref::LoadOp::create(b, l, in, {row, col});
-      Value bits = arith::ExtUIOp::create(
-          b, l, i64, arith::BitcastOp::create(b, l, i32, v));
-      Value neg = arith::CmpIOp::create(b, l, arith::CmpIPredicate::uge, bits,
-                                        c64(b, l, 0x80000000ll));
-      Value flipped = arith::SelectOp::create(
-          b, l, neg, arith::XOrIOp::create(b, l, bits, c64(b, l, 0xFFFFFFFFll)),
-          arith::XOrIOp::create(b, l, bits, c64(b, l, 0x80000000ll)));
-      Value isNan =
-          arith::CmpFOp::create(b, l, arith::CmpFPredicate::UNO, v, v);
-      return arith::SelectOp::create(b, l, isNan, c64(b, l, 0), flipped);
+      return orderedKey(b, l, memref::LoadOp::create(b, l, in, {row, col}));
     };
     // count of keys satisfying pred against t.
     auto count = [&](OpBuilder &b, Location l, Value t,
@@ -3753,7 +4136,7 @@ struct ConvertSaeToLinalgPass
     // epilogue computes are lowered on their own.
     {
       RewritePatternSet products(&getContext());
-      products.add<LinearLowering>(&getContext(), lanes);
+      products.add<LinearLowering, DeadTopKLowering>(&getContext(), lanes);
       if (failed(applyPatternsGreedily(getOperation(), std::move(products))))
         return signalPassFailure();
     }
@@ -3778,7 +4161,8 @@ struct ConvertSaeToLinalgPass
 
 void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
                                             int64_t vectorLanes) {
-  patterns.add<LinearLowering>(patterns.getContext(), vectorLanes);
+  patterns.add<LinearLowering, DeadTopKLowering>(patterns.getContext(),
+                                                 vectorLanes);
   patterns.add<
       BiasLowering<BiasAddOp, arith::AddFOp>,
       BiasLowering<BiasSubOp, arith::SubFOp>,
@@ -3800,7 +4184,7 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       MatVecLowering, ConcatLowering, NumRowsLowering, SumLowering,
       RowNormsLowering, ScaleRowsLowering, JumpReluGradLowering, L0GradLowering,
       ProjectRowsLowering, AdamLowering, SinceFiredLowering, DeadMaskLowering,
-      DeadTopKLowering, PrefixLowering, ShiftLowering, ThresholdEmaLowering,
+      PrefixLowering, ShiftLowering, ThresholdEmaLowering,
       BiasAdaptLowering, MatchingPursuitGradLowering>(patterns.getContext());
   MLIRContext *ctx = patterns.getContext();
   patterns.add<UnaryLowering<AbsOp>>(

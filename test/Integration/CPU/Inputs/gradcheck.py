@@ -1,6 +1,7 @@
 """Finite-difference check of a compiled library's sae_gradient.
 
   gradcheck.py LIB [--skip NAME ...] [--batch B] [--seed S] [--scale S] [--step H]
+                  [--state-every N]
 
 For every trainable parameter p (except the skipped ones) and three random
 directions u, compares <grad_p, u> from sae_gradient with the central
@@ -10,7 +11,8 @@ the same inputs and noise seed. Selections make the loss piecewise smooth
 trade places): a direction whose central differences at h and h/4 disagree
 crosses such a seam and is replaced by another (at most 20 tries; at least
 two smooth directions are required). Prints one line per parameter; exits 1
-on a mismatch.
+on a mismatch. State (since_fired) is zero, or with --state-every N, 1 at
+every N-th latent from 0 (dead when the spec's dead_after is 1).
 """
 import argparse
 import sys
@@ -30,13 +32,16 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=0.3)
     ap.add_argument("--step", type=float, default=1e-3)
+    ap.add_argument("--state-every", type=int, default=0)
     args = ap.parse_args()
     lib = Library(args.lib)
     rng = np.random.default_rng(args.seed)
     params = lib.random_params(rng, args.scale)
-    for p in lib.params:  # state: counters stay at zero (latents alive/dead by spec)
+    for p in lib.params:  # state: counters at zero (latents alive/dead by spec)
         if not p.get("trainable", True):
             params[p["name"]][...] = 0
+            if args.state_every:
+                params[p["name"]][::args.state_every] = 1
     inputs = [rng.standard_normal((args.batch, i["dim"])).astype(np.float32)
               for i in lib.desc["inputs"]]
     grads, _ = lib.gradient(inputs, params, seed=7)
