@@ -545,14 +545,56 @@ struct ReluLowering : OpRewritePattern<ReluOp> {
 
 /// Tiles of 32 × 32, so that both the reads and the writes stay within a
 /// few cache lines per tile (a plain generic reads a column per row).
+/// Stores the transpose of the 8 × 8 block in[j0 + r, i0 + c] at
+/// out[i0 + c, j0 + r]: eight row loads, three rounds of shuffles (pairs
+/// of floats, pairs of pairs, halves; the x86 backend makes them unpack,
+/// shufps and vperm2f128) and eight row stores.
+void emitTransposeBlock8(OpBuilder &b, Location loc, Value in, Value out,
+                         Value i0, Value j0) {
+  auto vecType = VectorType::get({8}, b.getF32Type());
+  auto at = [&](Value base, int64_t off) -> Value {
+    return arith::AddIOp::create(b, loc, base,
+                                 arith::ConstantIndexOp::create(b, loc, off));
+  };
+  SmallVector<Value> v;
+  for (int64_t r = 0; r < 8; ++r)
+    v.push_back(
+        vector::LoadOp::create(b, loc, vecType, in, ValueRange{at(j0, r), i0}));
+  // Each round combines vectors `stride` apart with two masks.
+  auto round = [&](int64_t stride, ArrayRef<int64_t> lo,
+                   ArrayRef<int64_t> hi) {
+    SmallVector<Value> next(8);
+    for (int64_t r = 0; r < 8; ++r) {
+      if (r & stride)
+        continue;
+      next[r] = vector::ShuffleOp::create(b, loc, v[r], v[r + stride], lo);
+      next[r + stride] =
+          vector::ShuffleOp::create(b, loc, v[r], v[r + stride], hi);
+    }
+    v = next;
+  };
+  round(1, {0, 8, 1, 9, 4, 12, 5, 13}, {2, 10, 3, 11, 6, 14, 7, 15});
+  round(2, {0, 1, 8, 9, 4, 5, 12, 13}, {2, 3, 10, 11, 6, 7, 14, 15});
+  round(4, {0, 1, 2, 3, 8, 9, 10, 11}, {4, 5, 6, 7, 12, 13, 14, 15});
+  // v[r] now holds column c = (r & 1) · 2 + (r & 2) / 2 + (r & 4), i.e.
+  // rounds 1 and 2 swapped the roles of bits 0 and 1.
+  for (int64_t r = 0; r < 8; ++r) {
+    int64_t c = ((r & 1) << 1) | ((r & 2) >> 1) | (r & 4);
+    vector::StoreOp::create(b, loc, v[r], out, ValueRange{at(i0, c), j0});
+  }
+}
+
 /// out[i, j] = in[j, i] for i < rows, j < cols, on buffers: by tiles of
 /// 32 × 32, bands of `tile` output rows in parallel (each writes its own).
+/// f32 tiles that are whole go by 8 × 8 blocks in registers; the others
+/// element by element.
 void emitTranspose(OpBuilder &b, Location loc, Value in, Value out, Value rows,
                    Value cols) {
   auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
     return arith::ConstantIndexOp::create(ob, loc, v);
   };
   constexpr int64_t tile = 32;
+  bool blocks = cast<MemRefType>(in.getType()).getElementType().isF32();
   auto loop = [&](OpBuilder &ob, Value lo, Value hi, int64_t step,
                   function_ref<void(OpBuilder &, Value)> body) {
     scf::ForOp::create(ob, loc, lo, hi, idx(ob, step), ValueRange{},
@@ -570,12 +612,39 @@ void emitTranspose(OpBuilder &b, Location loc, Value in, Value out, Value rows,
       [&](OpBuilder &pb, Location, ValueRange ivs) {
         Value i0 = ivs[0];
         loop(pb, idx(pb, 0), cols, tile, [&](OpBuilder &b2, Value j0) {
-          loop(b2, i0, end(b2, i0, rows), 1, [&](OpBuilder &b3, Value i) {
-            loop(b3, j0, end(b3, j0, cols), 1, [&](OpBuilder &b4, Value j) {
-              Value v = memref::LoadOp::create(b4, loc, in, ValueRange{j, i});
-              memref::StoreOp::create(b4, loc, v, out, ValueRange{i, j});
+          auto scalar = [&](OpBuilder &sb) {
+            loop(sb, i0, end(sb, i0, rows), 1, [&](OpBuilder &b3, Value i) {
+              loop(b3, j0, end(b3, j0, cols), 1, [&](OpBuilder &b4, Value j) {
+                Value v = memref::LoadOp::create(b4, loc, in, ValueRange{j, i});
+                memref::StoreOp::create(b4, loc, v, out, ValueRange{i, j});
+              });
             });
-          });
+          };
+          if (!blocks) {
+            scalar(b2);
+            return;
+          }
+          auto whole = [&](Value start, Value bound) {
+            return arith::CmpIOp::create(
+                b2, loc, arith::CmpIPredicate::ule,
+                arith::AddIOp::create(b2, loc, start, idx(b2, tile)), bound);
+          };
+          scf::IfOp::create(
+              b2, loc, arith::AndIOp::create(b2, loc, whole(i0, rows),
+                                             whole(j0, cols)),
+              [&](OpBuilder &tb, Location tl) {
+                for (int64_t bi = 0; bi < tile; bi += 8)
+                  for (int64_t bj = 0; bj < tile; bj += 8)
+                    emitTransposeBlock8(
+                        tb, tl, in, out,
+                        arith::AddIOp::create(tb, tl, i0, idx(tb, bi)),
+                        arith::AddIOp::create(tb, tl, j0, idx(tb, bj)));
+                scf::YieldOp::create(tb, tl);
+              },
+              [&](OpBuilder &eb, Location el) {
+                scalar(eb);
+                scf::YieldOp::create(eb, el);
+              });
         });
       });
 }
