@@ -288,13 +288,14 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   // Pack: ranges of panels in parallel; within one, row by row of B
   // (contiguous reads of the range's columns).
   // At most 64 ranges; the step is at least 1 when there is no panel.
-  Value packSpan = arith::MaxUIOp::create(
-      b, loc, ceilDiv(b, panels, idx(b, 64)), idx(b, 1));
+  Value packSpan =
+      arith::MaxUIOp::create(b, loc, ceilDiv(b, panels, idx(b, 64)), idx(b, 1));
   scf::ParallelOp::create(
       b, loc, ValueRange{idx(b, 0)}, ValueRange{panels}, ValueRange{packSpan},
       [&](OpBuilder &rb, Location rl, ValueRange ivs) {
         Value p0 = ivs[0];
-        Value p1 = minU(rb, arith::AddIOp::create(rb, rl, p0, packSpan), panels);
+        Value p1 =
+            minU(rb, arith::AddIOp::create(rb, rl, p0, packSpan), panels);
         scf::ForOp::create(
             rb, rl, idx(rb, 0), k, idx(rb, 1), ValueRange{},
             [&](OpBuilder &kb, Location l, Value kk, ValueRange) {
@@ -326,8 +327,8 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   // the other. Cutting the panels into kPanelParts ranges too balances the
   // threads, and every panel is still streamed once per row block.
   constexpr int64_t kBlocks = 16;
-  Value panelParts = arith::MaxUIOp::create(b, loc, minU(b, panels, idx(b, 4)),
-                                            idx(b, 1));
+  Value panelParts =
+      arith::MaxUIOp::create(b, loc, minU(b, panels, idx(b, 4)), idx(b, 1));
   Value spanCols = arith::MulIOp::create(b, loc, ceilDiv(b, panels, panelParts),
                                          idx(b, cols));
   Value rem = arith::RemUIOp::create(b, loc, m, idx(b, kRows));
@@ -362,8 +363,8 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   // The last m mod kRows rows: one block of that many rows per panel,
   // panels in parallel.
   scf::ParallelOp::create(
-      b, loc, ValueRange{idx(b, 0)}, ValueRange{n},
-      ValueRange{idx(b, cols)}, [&](OpBuilder &jb, Location l, ValueRange ivs) {
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{n}, ValueRange{idx(b, cols)},
+      [&](OpBuilder &jb, Location l, ValueRange ivs) {
         for (int64_t rows = 1; rows < kRows; ++rows) {
           Value these = arith::CmpIOp::create(jb, l, arith::CmpIPredicate::eq,
                                               rem, idx(jb, rows));
@@ -561,8 +562,7 @@ void emitTransposeBlock8(OpBuilder &b, Location loc, Value in, Value out,
     v.push_back(
         vector::LoadOp::create(b, loc, vecType, in, ValueRange{at(j0, r), i0}));
   // Each round combines vectors `stride` apart with two masks.
-  auto round = [&](int64_t stride, ArrayRef<int64_t> lo,
-                   ArrayRef<int64_t> hi) {
+  auto round = [&](int64_t stride, ArrayRef<int64_t> lo, ArrayRef<int64_t> hi) {
     SmallVector<Value> next(8);
     for (int64_t r = 0; r < 8; ++r) {
       if (r & stride)
@@ -630,8 +630,8 @@ void emitTranspose(OpBuilder &b, Location loc, Value in, Value out, Value rows,
                 arith::AddIOp::create(b2, loc, start, idx(b2, tile)), bound);
           };
           scf::IfOp::create(
-              b2, loc, arith::AndIOp::create(b2, loc, whole(i0, rows),
-                                             whole(j0, cols)),
+              b2, loc,
+              arith::AndIOp::create(b2, loc, whole(i0, rows), whole(j0, cols)),
               [&](OpBuilder &tb, Location tl) {
                 for (int64_t bi = 0; bi < tile; bi += 8)
                   for (int64_t bj = 0; bj < tile; bj += 8)
@@ -2338,91 +2338,97 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
           rewriter, loc,
           RankedTensorType::get(codes.getValuesType().getShape(), i32), dyn);
 
-    forEachRowParallel(rewriter, loc, rows, [&](OpBuilder &b, Location l,
-                                                Value row) {
-      Value keys = memref::AllocOp::create(
-          b, l, MemRefType::get({ShapedType::kDynamic}, i32), ValueRange{count});
-      Value negInf = negInfOf(b, l, elt);
-      auto forDead = [&](OpBuilder &ob, ValueRange init,
-                         function_ref<SmallVector<Value>(OpBuilder &, Location,
-                                                         Value, ValueRange)>
-                             body) {
-        return scf::ForOp::create(
-                   ob, l, idx(ob, 0), count, idx(ob, 1), init,
-                   [&](OpBuilder &fb, Location fl, Value t, ValueRange acc) {
-                     scf::YieldOp::create(fb, fl, body(fb, fl, t, acc));
-                   })
-            .getResults();
-      };
-      auto valueAt = [&](OpBuilder &ob, Location ol, Value t) {
-        Value col = memref::LoadOp::create(ob, ol, dead, ValueRange{t});
-        return std::make_pair(
-            memref::LoadOp::create(ob, ol, in, ValueRange{row, col}).getResult(),
-            col);
-      };
-      // keys[t]: the key of dead column t, 0 for NaN and -inf.
-      forDead(b, {}, [&](OpBuilder &fb, Location fl, Value t, ValueRange) {
-        Value v = valueAt(fb, fl, t).first;
-        Value isNegInf =
-            arith::CmpFOp::create(fb, fl, arith::CmpFPredicate::OEQ, v, negInf);
-        Value key = arith::TruncIOp::create(fb, fl, i32, orderedKey(fb, fl, v));
-        key = arith::SelectOp::create(fb, fl, isNegInf, cI32(fb, 0), key);
-        memref::StoreOp::create(fb, fl, key, keys, ValueRange{t});
-        return SmallVector<Value>{};
-      });
-      // The number of keys at or above (pred uge) / above (ugt) `t`.
-      auto countKeys = [&](OpBuilder &ob, Value t, arith::CmpIPredicate pred) {
-        return forDead(
-            ob, {cI32(ob, 0)},
-            [&](OpBuilder &fb, Location fl, Value s, ValueRange acc) {
-              Value key = memref::LoadOp::create(fb, fl, keys, ValueRange{s});
-              Value hit = arith::CmpIOp::create(fb, fl, pred, key, t);
-              return SmallVector<Value>{arith::AddIOp::create(
-                  fb, fl, acc[0], arith::ExtUIOp::create(fb, fl, i32, hit))};
-            })[0];
-      };
-      // threshold: the largest key with at least k keys at or above it,
-      // built from the top bit down; 1 when fewer than k keys are valid.
-      Value cK = cI32(b, k);
-      Value threshold =
-          scf::ForOp::create(
-              b, l, idx(b, 0), idx(b, 32), idx(b, 1), ValueRange{cI32(b, 0)},
-              [&](OpBuilder &fb, Location fl, Value i, ValueRange acc) {
-                Value bit = arith::ShLIOp::create(
-                    fb, fl, cI32(fb, 1),
-                    arith::SubIOp::create(
-                        fb, fl, cI32(fb, 31),
-                        arith::IndexCastOp::create(fb, fl, i32, i)));
-                Value cand = arith::OrIOp::create(fb, fl, acc[0], bit);
-                Value enough = arith::CmpIOp::create(
-                    fb, fl, arith::CmpIPredicate::uge,
-                    countKeys(fb, cand, arith::CmpIPredicate::uge), cK);
-                scf::YieldOp::create(
+    forEachRowParallel(
+        rewriter, loc, rows, [&](OpBuilder &b, Location l, Value row) {
+          Value keys = memref::AllocOp::create(
+              b, l, MemRefType::get({ShapedType::kDynamic}, i32),
+              ValueRange{count});
+          Value negInf = negInfOf(b, l, elt);
+          auto forDead = [&](OpBuilder &ob, ValueRange init,
+                             function_ref<SmallVector<Value>(
+                                 OpBuilder &, Location, Value, ValueRange)>
+                                 body) {
+            return scf::ForOp::create(
+                       ob, l, idx(ob, 0), count, idx(ob, 1), init,
+                       [&](OpBuilder &fb, Location fl, Value t,
+                           ValueRange acc) {
+                         scf::YieldOp::create(fb, fl, body(fb, fl, t, acc));
+                       })
+                .getResults();
+          };
+          auto valueAt = [&](OpBuilder &ob, Location ol, Value t) {
+            Value col = memref::LoadOp::create(ob, ol, dead, ValueRange{t});
+            return std::make_pair(
+                memref::LoadOp::create(ob, ol, in, ValueRange{row, col})
+                    .getResult(),
+                col);
+          };
+          // keys[t]: the key of dead column t, 0 for NaN and -inf.
+          forDead(b, {}, [&](OpBuilder &fb, Location fl, Value t, ValueRange) {
+            Value v = valueAt(fb, fl, t).first;
+            Value isNegInf = arith::CmpFOp::create(
+                fb, fl, arith::CmpFPredicate::OEQ, v, negInf);
+            Value key =
+                arith::TruncIOp::create(fb, fl, i32, orderedKey(fb, fl, v));
+            key = arith::SelectOp::create(fb, fl, isNegInf, cI32(fb, 0), key);
+            memref::StoreOp::create(fb, fl, key, keys, ValueRange{t});
+            return SmallVector<Value>{};
+          });
+          // The number of keys at or above (pred uge) / above (ugt) `t`.
+          auto countKeys = [&](OpBuilder &ob, Value t,
+                               arith::CmpIPredicate pred) {
+            return forDead(
+                ob, {cI32(ob, 0)},
+                [&](OpBuilder &fb, Location fl, Value s, ValueRange acc) {
+                  Value key =
+                      memref::LoadOp::create(fb, fl, keys, ValueRange{s});
+                  Value hit = arith::CmpIOp::create(fb, fl, pred, key, t);
+                  return SmallVector<Value>{arith::AddIOp::create(
+                      fb, fl, acc[0],
+                      arith::ExtUIOp::create(fb, fl, i32, hit))};
+                })[0];
+          };
+          // threshold: the largest key with at least k keys at or above it,
+          // built from the top bit down; 1 when fewer than k keys are valid.
+          Value cK = cI32(b, k);
+          Value threshold =
+              scf::ForOp::create(
+                  b, l, idx(b, 0), idx(b, 32), idx(b, 1),
+                  ValueRange{cI32(b, 0)},
+                  [&](OpBuilder &fb, Location fl, Value i, ValueRange acc) {
+                    Value bit = arith::ShLIOp::create(
+                        fb, fl, cI32(fb, 1),
+                        arith::SubIOp::create(
+                            fb, fl, cI32(fb, 31),
+                            arith::IndexCastOp::create(fb, fl, i32, i)));
+                    Value cand = arith::OrIOp::create(fb, fl, acc[0], bit);
+                    Value enough = arith::CmpIOp::create(
+                        fb, fl, arith::CmpIPredicate::uge,
+                        countKeys(fb, cand, arith::CmpIPredicate::uge), cK);
+                    scf::YieldOp::create(fb, fl,
+                                         ValueRange{arith::SelectOp::create(
+                                             fb, fl, enough, cand, acc[0])});
+                  })
+                  .getResult(0);
+          threshold = arith::MaxUIOp::create(b, l, threshold, cI32(b, 1));
+          Value ties = arith::SubIOp::create(
+              b, l, cK, countKeys(b, threshold, arith::CmpIPredicate::ugt));
+          // Keep the keys above the threshold and the first `ties` equal to it.
+          Value filled = forDead(
+              b, {idx(b, 0), cI32(b, 0)},
+              [&](OpBuilder &fb, Location fl, Value t, ValueRange acc) {
+                Value key = memref::LoadOp::create(fb, fl, keys, ValueRange{t});
+                Value above = arith::CmpIOp::create(
+                    fb, fl, arith::CmpIPredicate::ugt, key, threshold);
+                Value tie = arith::AndIOp::create(
                     fb, fl,
-                    ValueRange{
-                        arith::SelectOp::create(fb, fl, enough, cand, acc[0])});
-              })
-              .getResult(0);
-      threshold = arith::MaxUIOp::create(b, l, threshold, cI32(b, 1));
-      Value ties = arith::SubIOp::create(
-          b, l, cK, countKeys(b, threshold, arith::CmpIPredicate::ugt));
-      // Keep the keys above the threshold and the first `ties` equal to it.
-      Value filled =
-          forDead(b, {idx(b, 0), cI32(b, 0)},
-                  [&](OpBuilder &fb, Location fl, Value t, ValueRange acc) {
-                    Value key = memref::LoadOp::create(fb, fl, keys,
-                                                       ValueRange{t});
-                    Value above = arith::CmpIOp::create(
-                        fb, fl, arith::CmpIPredicate::ugt, key, threshold);
-                    Value tie = arith::AndIOp::create(
-                        fb, fl,
-                        arith::CmpIOp::create(fb, fl, arith::CmpIPredicate::eq,
-                                              key, threshold),
-                        arith::CmpIOp::create(fb, fl, arith::CmpIPredicate::ult,
-                                              acc[1], ties));
-                    Value keep = arith::OrIOp::create(fb, fl, above, tie);
-                    scf::IfOp::create(fb, fl, keep, [&](OpBuilder &ib,
-                                                        Location il) {
+                    arith::CmpIOp::create(fb, fl, arith::CmpIPredicate::eq, key,
+                                          threshold),
+                    arith::CmpIOp::create(fb, fl, arith::CmpIPredicate::ult,
+                                          acc[1], ties));
+                Value keep = arith::OrIOp::create(fb, fl, above, tie);
+                scf::IfOp::create(
+                    fb, fl, keep, [&](OpBuilder &ib, Location il) {
                       auto [v, col] = valueAt(ib, il, t);
                       ValueRange at{row, acc[0]};
                       memref::StoreOp::create(ib, il, v, vals, at);
@@ -2435,30 +2441,28 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                             pos, at);
                       scf::YieldOp::create(ib, il);
                     });
-                    return SmallVector<Value>{
-                        arith::AddIOp::create(
-                            fb, fl, acc[0],
-                            arith::IndexCastUIOp::create(fb, fl, indexType,
-                                                         keep)),
-                        arith::AddIOp::create(
-                            fb, fl, acc[1],
-                            arith::ExtUIOp::create(fb, fl, i32, tie))};
-                  })[0];
-      scf::ForOp::create(
-          b, l, filled, idx(b, k), idx(b, 1), ValueRange{},
-          [&](OpBuilder &fb, Location fl, Value s, ValueRange) {
-            ValueRange at{row, s};
-            memref::StoreOp::create(fb, fl, floatConst(fb, fl, elt, 0.0), vals,
-                                    at);
-            memref::StoreOp::create(fb, fl, filler, idxs, at);
-            if (pos)
-              memref::StoreOp::create(fb, fl, cI32(fb, -1), pos, at);
-            scf::YieldOp::create(fb, fl);
-          });
-    });
+                return SmallVector<Value>{
+                    arith::AddIOp::create(
+                        fb, fl, acc[0],
+                        arith::IndexCastUIOp::create(fb, fl, indexType, keep)),
+                    arith::AddIOp::create(
+                        fb, fl, acc[1],
+                        arith::ExtUIOp::create(fb, fl, i32, tie))};
+              })[0];
+          scf::ForOp::create(
+              b, l, filled, idx(b, k), idx(b, 1), ValueRange{},
+              [&](OpBuilder &fb, Location fl, Value s, ValueRange) {
+                ValueRange at{row, s};
+                memref::StoreOp::create(fb, fl, floatConst(fb, fl, elt, 0.0),
+                                        vals, at);
+                memref::StoreOp::create(fb, fl, filler, idxs, at);
+                if (pos)
+                  memref::StoreOp::create(fb, fl, cI32(fb, -1), pos, at);
+                scf::YieldOp::create(fb, fl);
+              });
+        });
     if (!dense.empty())
-      denseProducts(rewriter, op, dense, d, dead, count, rows, vals, idxs,
-                    pos);
+      denseProducts(rewriter, op, dense, d, dead, count, rows, vals, idxs, pos);
     rewriter.setInsertionPoint(op);
     replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
@@ -2491,10 +2495,11 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
     int64_t padCols = (lanes >= 16 ? 4 : 2) * lanes;
     // padded = count rounded up to whole panels of the [B, n_dead]
     // product (sddmm); the extra rows and columns are zero.
-    Value padded = arith::MulIOp::create(
-        rewriter, loc,
-        arith::CeilDivUIOp::create(rewriter, loc, count, idx(rewriter, padCols)),
-        idx(rewriter, padCols));
+    Value padded =
+        arith::MulIOp::create(rewriter, loc,
+                              arith::CeilDivUIOp::create(
+                                  rewriter, loc, count, idx(rewriter, padCols)),
+                              idx(rewriter, padCols));
     auto matrix = [&](OpBuilder &b, Value r, int64_t c) {
       return memref::AllocOp::create(
           b, loc, MemRefType::get({ShapedType::kDynamic, c}, f32),
@@ -2510,14 +2515,14 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       linalg::FillOp::create(b, loc, ValueRange{floatConst(b, loc, f32, 0.0)},
                              ValueRange{buf});
     };
-    auto parallelFor = [&](OpBuilder &b, Value hi,
-                           function_ref<void(OpBuilder &, Location, Value)> fn) {
-      scf::ParallelOp::create(b, loc, ValueRange{idx(b, 0)}, ValueRange{hi},
-                              ValueRange{idx(b, 1)},
-                              [&](OpBuilder &pb, Location pl, ValueRange ivs) {
-                                fn(pb, pl, ivs[0]);
-                              });
-    };
+    auto parallelFor =
+        [&](OpBuilder &b, Value hi,
+            function_ref<void(OpBuilder &, Location, Value)> fn) {
+          scf::ParallelOp::create(b, loc, ValueRange{idx(b, 0)}, ValueRange{hi},
+                                  ValueRange{idx(b, 1)},
+                                  [&](OpBuilder &pb, Location pl,
+                                      ValueRange ivs) { fn(pb, pl, ivs[0]); });
+        };
     // Every filled slot of a row, with its place in the dead list.
     auto forFilled = [&](OpBuilder &b, Location l, Value row,
                          function_ref<void(OpBuilder &, Location, Value slot,
@@ -2530,11 +2535,12 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
             Value isFilled = arith::CmpIOp::create(
                 fb, fl, arith::CmpIPredicate::sge, p,
                 arith::ConstantOp::create(fb, fl, fb.getI32IntegerAttr(0)));
-            scf::IfOp::create(fb, fl, isFilled, [&](OpBuilder &ib, Location il) {
-              fn(ib, il, s,
-                 arith::IndexCastOp::create(ib, il, ib.getIndexType(), p));
-              scf::YieldOp::create(ib, il);
-            });
+            scf::IfOp::create(
+                fb, fl, isFilled, [&](OpBuilder &ib, Location il) {
+                  fn(ib, il, s,
+                     arith::IndexCastOp::create(ib, il, ib.getIndexType(), p));
+                  scf::YieldOp::create(ib, il);
+                });
             scf::YieldOp::create(fb, fl);
           });
     };
@@ -2574,15 +2580,16 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       Value wBuf = toBuffer(rewriter, loc, w);
       Value wd = matrix(rewriter, padded, d);
       parallelFor(rewriter, padded, [&](OpBuilder &b, Location l, Value s) {
-        Value live = arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult, s,
-                                           count);
+        Value live =
+            arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult, s, count);
         Value src = memref::LoadOp::create(
             b, l, dead,
             ValueRange{arith::SelectOp::create(b, l, live, s, idx(b, 0))});
         scf::ForOp::create(
             b, l, idx(b, 0), idx(b, d), idx(b, 1), ValueRange{},
             [&](OpBuilder &fb, Location fl, Value c, ValueRange) {
-              Value x = memref::LoadOp::create(fb, fl, wBuf, ValueRange{src, c});
+              Value x =
+                  memref::LoadOp::create(fb, fl, wBuf, ValueRange{src, c});
               memref::StoreOp::create(
                   fb, fl,
                   arith::SelectOp::create(fb, fl, live, x,
@@ -2620,13 +2627,11 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
         Value out = allocLike(rewriter, l, codes.getValuesType(), dyn);
         fillZero(rewriter, out);
         parallelFor(rewriter, rows, [&](OpBuilder &b, Location bl, Value row) {
-          forFilled(b, bl, row,
-                    [&](OpBuilder &fb, Location fl, Value slot, Value p) {
-                      Value v = memref::LoadOp::create(fb, fl, s,
-                                                       ValueRange{row, p});
-                      memref::StoreOp::create(fb, fl, v, out,
-                                              ValueRange{row, slot});
-                    });
+          forFilled(
+              b, bl, row, [&](OpBuilder &fb, Location fl, Value slot, Value p) {
+                Value v = memref::LoadOp::create(fb, fl, s, ValueRange{row, p});
+                memref::StoreOp::create(fb, fl, v, out, ValueRange{row, slot});
+              });
         });
         rewriter.replaceOpWithNewOp<MakeCodesOp>(
             user, codes, asTensor(rewriter, l, codes.getValuesType(), out),
@@ -4253,8 +4258,8 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       MatVecLowering, ConcatLowering, NumRowsLowering, SumLowering,
       RowNormsLowering, ScaleRowsLowering, JumpReluGradLowering, L0GradLowering,
       ProjectRowsLowering, AdamLowering, SinceFiredLowering, DeadMaskLowering,
-      PrefixLowering, ShiftLowering, ThresholdEmaLowering,
-      BiasAdaptLowering, MatchingPursuitGradLowering>(patterns.getContext());
+      PrefixLowering, ShiftLowering, ThresholdEmaLowering, BiasAdaptLowering,
+      MatchingPursuitGradLowering>(patterns.getContext());
   MLIRContext *ctx = patterns.getContext();
   patterns.add<UnaryLowering<AbsOp>>(
       ctx, [](OpBuilder &b, Location l, Value x) {
