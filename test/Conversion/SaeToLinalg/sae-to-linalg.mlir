@@ -321,15 +321,30 @@ func.func @matvec(%w: tensor<16x64xf32>, %v: tensor<64xf32>) -> tensor<16xf32> {
 
 // -----
 
-// Tests an outer product that accumulates into an init: a fresh buffer
-// holding a copy of the init (linalg.copy), then the products added to its
-// rows, latent ranges in parallel.
+// Tests an outer product that accumulates into an init: the entries
+// counted per latent and sorted by latent (a counting sort), then latents in
+// parallel, each row summed in registers from the init's row through the
+// latent's entries and stored once (no copy of the init, no zero fill).
+// Entries whose value is 0 are left out of the sort.
 // CHECK-LABEL: func.func @outer_into
-// CHECK: %[[OUT:.*]] = memref.alloc() : memref<64x16xf32>
+// CHECK: %[[START:.*]] = memref.alloc() : memref<65xindex>
+// CHECK: linalg.fill ins(%c0 : index) outs(%[[START]] : memref<65xindex>)
+// CHECK: %[[NZ:.*]] = arith.cmpf une, %{{.*}}, %{{.*}} : f32
+// CHECK: scf.if %[[NZ]]
+// CHECK: %[[TOTAL:.*]] = memref.load %[[START]][%c64]
+// CHECK: %[[ROWS:.*]] = memref.alloc(%[[TOTAL]]) : memref<?xindex>
+// CHECK: %[[VALS:.*]] = memref.alloc(%[[TOTAL]]) : memref<?xf32>
 // CHECK: %[[INIT:.*]] = bufferization.to_buffer %arg2 read_only
-// CHECK: linalg.copy ins(%[[INIT]] : memref<64x16xf32>) outs(%[[OUT]] : memref<64x16xf32>)
-// CHECK: scf.parallel
-// CHECK: vector.store {{.*}}, %[[OUT]]
+// CHECK: %[[OUT:.*]] = memref.alloc() : memref<64x16xf32>
+// CHECK-NOT: linalg.copy
+// CHECK: scf.parallel (%[[J:.*]]) =
+// CHECK: %[[ACC:.*]] = vector.load %[[INIT]][%[[J]], %{{.*}}] : memref<64x16xf32>, vector<8xf32>
+// CHECK: %[[SUM:.*]] = scf.for {{.*}} iter_args(%{{.*}} = %[[ACC]]) -> (vector<8xf32>)
+// CHECK: memref.load %[[ROWS]]
+// CHECK: memref.load %[[VALS]]
+// CHECK: arith.mulf
+// CHECK: arith.addf
+// CHECK: vector.store %[[SUM]], %[[OUT]][%[[J]], %{{.*}}]
 // CHECK: bufferization.to_tensor %[[OUT]]
 func.func @outer_into(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %init: tensor<64x16xf32>, %x: tensor<?x16xf32>) -> tensor<64x16xf32> {
   %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>

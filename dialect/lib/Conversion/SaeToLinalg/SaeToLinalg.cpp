@@ -3396,16 +3396,26 @@ struct SddmmLowering : OpRewritePattern<SddmmOp> {
   }
 };
 
-/// out[latent, :] += value · rhs[row, :]: contiguous row updates. The
-/// transposed layout is built the same way, then transposed in tiles
-/// (scattering into columns directly would touch a cache line per element).
+/// out[latent, :] = init[latent, :] + Σ value · rhs[row, :] over the
+/// latent's entries. The entries are sorted by latent (a stable counting
+/// sort); then every latent's row is summed in registers, chunk by chunk,
+/// and written once: one load of rhs per multiply-add, instead of a load
+/// and a store of `out`'s row (from L3: the gradient is [n, d]) per entry
+/// and the row-major zero fill before. The transposed layout is built the
+/// same way, then transposed in tiles (scattering into columns directly
+/// would touch a cache line per element).
+constexpr int64_t kOuterVecs = 4;
 struct OuterLowering : OpRewritePattern<OuterOp> {
-  using OpRewritePattern::OpRewritePattern;
+  OuterLowering(MLIRContext *ctx, int64_t lanes)
+      : OpRewritePattern(ctx), lanes(lanes) {}
+  int64_t lanes;
   LogicalResult matchAndRewrite(OuterOp op,
                                 PatternRewriter &rewriter) const override {
     auto make = op.getCodes().getDefiningOp<MakeCodesOp>();
     if (!make)
       return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
+    if (op.getType().isDynamicDim(0) || op.getType().isDynamicDim(1))
+      return rewriter.notifyMatchFailure(op, "the gradient's shape is dynamic");
     Location loc = op.getLoc();
     auto type = op.getType();
     if (op.getTransposed()) {
@@ -3416,52 +3426,163 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
       rewriter.replaceOpWithNewOp<TransposeOp>(op, type, rows);
       return success();
     }
-    Value out;
-    if (op.getInit()) {
-      // A fresh copy of the accumulator (a parallel linalg.copy), then the
-      // products added to it.
-      out = allocLike(rewriter, loc, type, {});
-      linalg::CopyOp::create(rewriter, loc,
-                             toBuffer(rewriter, loc, op.getInit()), out);
-    } else {
-      out = zeroBuffer(rewriter, loc, type, {});
-    }
-    Value rhs = toBuffer(rewriter, loc, op.getRhs());
-    int64_t d = op.getRhs().getType().getDimSize(1);
-    // The latents are split into 16 ranges that run in parallel;
-    // each part visits every entry, in order, and updates only its own
-    // latents, so each row of `out` is summed in one fixed order.
-    int64_t n = type.getDimSize(0);
-    int64_t outerParts = ShapedType::isDynamic(n) ? 1 : 16;
-    int64_t span = ShapedType::isDynamic(n)
-                       ? std::numeric_limits<int32_t>::max()
-                       : (n + outerParts - 1) / outerParts;
-    Value c0 = arith::ConstantIndexOp::create(rewriter, loc, 0);
-    Value c1 = arith::ConstantIndexOp::create(rewriter, loc, 1);
-    Value parts = arith::ConstantIndexOp::create(rewriter, loc, outerParts);
+    Location l = loc;
+    Type f32 = type.getElementType();
+    Type indexType = rewriter.getIndexType();
+    auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(ob, l, v);
+    };
+    auto forRange = [&](OpBuilder &ob, Value lo, Value hi,
+                        function_ref<void(OpBuilder &, Value)> fn) {
+      scf::ForOp::create(ob, l, lo, hi, idx(ob, 1), ValueRange{},
+                         [&](OpBuilder &fb, Location fl, Value i, ValueRange) {
+                           fn(fb, i);
+                           scf::YieldOp::create(fb, fl);
+                         });
+    };
+    int64_t n = type.getDimSize(0), d = type.getDimSize(1);
+    // The entries sorted by latent, stably (a counting sort into rowOf
+    // and valOf): first start[j + 1] counts latent j's entries.
+    Value start = memref::AllocOp::create(
+        rewriter, l, MemRefType::get({n + 1}, indexType));
+    linalg::FillOp::create(rewriter, l, ValueRange{idx(rewriter, 0)},
+                           ValueRange{start});
+    // Entries whose value is 0 add nothing and are left out: gradients
+    // through a ReLU that did not fire, AuxK's slots left over.
+    auto ifNonZero = [&](OpBuilder &b, Location bl, Value v,
+                         function_ref<void(OpBuilder &)> fn) {
+      Value nonZero = arith::CmpFOp::create(b, bl, arith::CmpFPredicate::UNE, v,
+                                            floatConst(b, bl, f32, 0.0));
+      scf::IfOp::create(b, bl, nonZero, [&](OpBuilder &ib, Location il) {
+        fn(ib);
+        scf::YieldOp::create(ib, il);
+      });
+    };
+    forEachEntry(rewriter, l, make,
+                 [&](OpBuilder &b, Location bl, ValueRange, Value v,
+                     Value latent, Value) {
+                   ifNonZero(b, bl, v, [&](OpBuilder &ib) {
+                     Value at = arith::AddIOp::create(ib, bl, latent, idx(ib, 1));
+                     Value c = memref::LoadOp::create(ib, bl, start, at);
+                     memref::StoreOp::create(
+                         ib, bl, arith::AddIOp::create(ib, bl, c, idx(ib, 1)),
+                         start, at);
+                   });
+                 });
+    // start[j] = Σ counts below j (the prefix sums, in place).
+    forRange(rewriter, idx(rewriter, 0), idx(rewriter, n),
+             [&](OpBuilder &b, Value j) {
+               Value next = arith::AddIOp::create(b, l, j, idx(b, 1));
+               memref::StoreOp::create(
+                   b, l,
+                   arith::AddIOp::create(
+                       b, l, memref::LoadOp::create(b, l, start, j),
+                       memref::LoadOp::create(b, l, start, next)),
+                   start, next);
+             });
+    Value total = memref::LoadOp::create(rewriter, l, start, idx(rewriter, n));
+    Value rowOf = memref::AllocOp::create(
+        rewriter, l, MemRefType::get({ShapedType::kDynamic}, indexType),
+        ValueRange{total});
+    Value valOf = memref::AllocOp::create(
+        rewriter, l, MemRefType::get({ShapedType::kDynamic}, f32),
+        ValueRange{total});
+    forEachEntry(rewriter, l, make,
+                 [&](OpBuilder &b, Location bl, ValueRange, Value v,
+                     Value latent, Value row) {
+                   // start[latent] moves up as its entries are placed:
+                   // at the end it is where latent + 1's entries start.
+                   ifNonZero(b, bl, v, [&](OpBuilder &ib) {
+                     Value p = memref::LoadOp::create(ib, bl, start, latent);
+                     memref::StoreOp::create(
+                         ib, bl, arith::AddIOp::create(ib, bl, p, idx(ib, 1)),
+                         start, latent);
+                     memref::StoreOp::create(ib, bl, row, rowOf, p);
+                     memref::StoreOp::create(ib, bl, v, valOf, p);
+                   });
+                 });
+    // Latents in parallel; a row of `out` is summed in registers, `vecs`
+    // vectors of `width` lanes at a time (width 1: scalars), from the
+    // accumulator's row (or 0) through the latent's entries in order:
+    // the same multiply-adds in the same order as adding each entry's
+    // row to `out` in turn.
+    Value rhs = toBuffer(rewriter, l, op.getRhs());
+    Value init = op.getInit() ? toBuffer(rewriter, l, op.getInit()) : Value();
+    Value out = allocLike(rewriter, l, type, {});
+    int64_t wide = lanes * kOuterVecs;
+    int64_t wideEnd = d - d % wide, laneEnd = d - d % lanes;
     scf::ParallelOp::create(
-        rewriter, loc, ValueRange{c0}, ValueRange{parts}, ValueRange{c1},
-        [&](OpBuilder &pb, Location pl, ValueRange ivs) {
-          Value spanV = arith::ConstantIndexOp::create(pb, pl, span);
-          Value lo = arith::MulIOp::create(pb, pl, ivs[0], spanV);
-          Value hi = arith::AddIOp::create(pb, pl, lo, spanV);
-          forEachEntry(
-              pb, pl, make,
-              [&](OpBuilder &b, Location l, ValueRange, Value v, Value latent,
-                  Value row) {
-                Value mine = arith::AndIOp::create(
-                    b, l,
-                    arith::CmpIOp::create(b, l, arith::CmpIPredicate::uge,
-                                          latent, lo),
-                    arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult,
-                                          latent, hi));
-                scf::IfOp::create(b, l, mine, [&](OpBuilder &ib, Location il) {
-                  addScaledRow(ib, il, out, latent, rhs, row, v, d);
-                  scf::YieldOp::create(ib, il);
+        rewriter, l, ValueRange{idx(rewriter, 0)}, ValueRange{idx(rewriter, n)},
+        ValueRange{idx(rewriter, 1)},
+        [&](OpBuilder &pb, Location, ValueRange ivs) {
+          Value j = ivs[0];
+          // Latent j's entries: [start[j - 1], start[j]) (from 0 for j = 0).
+          Value first = arith::CmpIOp::create(pb, l, arith::CmpIPredicate::eq,
+                                              j, idx(pb, 0));
+          Value below = arith::SelectOp::create(
+              pb, l, first, j, arith::SubIOp::create(pb, l, j, idx(pb, 1)));
+          Value s0 = arith::SelectOp::create(
+              pb, l, first, idx(pb, 0),
+              memref::LoadOp::create(pb, l, start, below));
+          Value s1 = memref::LoadOp::create(pb, l, start, j);
+          auto chunks = [&](int64_t from, int64_t to, int64_t width,
+                            int64_t vecs) {
+            if (from >= to)
+              return;
+            Type t = width == 1 ? f32 : Type(VectorType::get({width}, f32));
+            auto load = [&](OpBuilder &ob, Value buf, Value r, Value c) {
+              return width == 1
+                         ? memref::LoadOp::create(ob, l, buf, ValueRange{r, c})
+                               .getResult()
+                         : vector::LoadOp::create(ob, l, t, buf,
+                                                  ValueRange{r, c})
+                               .getResult();
+            };
+            scf::ForOp::create(
+                pb, l, idx(pb, from), idx(pb, to), idx(pb, width * vecs),
+                ValueRange{},
+                [&](OpBuilder &cb, Location, Value c, ValueRange) {
+                  SmallVector<Value> col, acc;
+                  for (int64_t u = 0; u < vecs; ++u) {
+                    col.push_back(
+                        arith::AddIOp::create(cb, l, c, idx(cb, u * width)));
+                    acc.push_back(
+                        init ? load(cb, init, j, col[u])
+                             : arith::ConstantOp::create(
+                                   cb, l, cast<TypedAttr>(cb.getZeroAttr(t)))
+                                   .getResult());
+                  }
+                  auto sum = scf::ForOp::create(
+                      cb, l, s0, s1, idx(cb, 1), acc,
+                      [&](OpBuilder &eb, Location, Value e, ValueRange a) {
+                        Value r = memref::LoadOp::create(eb, l, rowOf, e);
+                        Value v = memref::LoadOp::create(eb, l, valOf, e);
+                        if (width > 1)
+                          v = vector::BroadcastOp::create(eb, l, t, v);
+                        SmallVector<Value> next;
+                        for (int64_t u = 0; u < vecs; ++u)
+                          next.push_back(arith::AddFOp::create(
+                              eb, l, a[u],
+                              arith::MulFOp::create(eb, l, v,
+                                                    load(eb, rhs, r, col[u]))));
+                        scf::YieldOp::create(eb, l, next);
+                      });
+                  for (int64_t u = 0; u < vecs; ++u) {
+                    if (width == 1)
+                      memref::StoreOp::create(cb, l, sum.getResult(u), out,
+                                              ValueRange{j, col[u]});
+                    else
+                      vector::StoreOp::create(cb, l, sum.getResult(u), out,
+                                              ValueRange{j, col[u]});
+                  }
+                  scf::YieldOp::create(cb, l);
                 });
-              });
+          };
+          chunks(0, wideEnd, lanes, kOuterVecs);
+          chunks(wideEnd, laneEnd, lanes, 1);
+          chunks(laneEnd, d, 1, 1);
         });
-    rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
+    rewriter.replaceOp(op, asTensor(rewriter, l, type, out));
     return success();
   }
 };
@@ -4235,8 +4356,8 @@ struct ConvertSaeToLinalgPass
 
 void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
                                             int64_t vectorLanes) {
-  patterns.add<LinearLowering, DeadTopKLowering>(patterns.getContext(),
-                                                 vectorLanes);
+  patterns.add<LinearLowering, DeadTopKLowering, OuterLowering>(
+      patterns.getContext(), vectorLanes);
   patterns.add<
       BiasLowering<BiasAddOp, arith::AddFOp>,
       BiasLowering<BiasSubOp, arith::SubFOp>,
@@ -4254,7 +4375,7 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       JumpReluLowering, L1Lowering, TanhPenaltyLowering, L0Lowering,
       AfaLowering, KlStdNormalLowering, RandomNormalLowering,
       GaussianNoiseLowering, ColumnMeanLowering, GeometricMedianLowering,
-      GatherLowering, SddmmLowering, OuterLowering, ColumnSumLowering,
+      GatherLowering, SddmmLowering, ColumnSumLowering,
       MatVecLowering, ConcatLowering, NumRowsLowering, SumLowering,
       RowNormsLowering, ScaleRowsLowering, JumpReluGradLowering, L0GradLowering,
       ProjectRowsLowering, AdamLowering, SinceFiredLowering, DeadMaskLowering,
