@@ -22,6 +22,12 @@ W_dec, since_fired, k_aux = 512)` with a `since_fired` state in which a
 fixed 10% of the latents are dead, so the auxiliary top-k does its full work
 (with no dead latent it costs nothing).
 
+"aux cost" is the AuxK variant's extra step time, measured apart from the
+rows' figures: the steps of the model with and without AuxK are timed in
+turn in one process, and the median ratio of each pair is reported (a slow
+spell of a shared machine then slows both sides alike; separate runs
+minutes apart can disagree by 30% here).
+
 The roofline: sgemm GFLOP/s of OpenBLAS (torch.mm, all threads) on the
 encoder's shape [B, d] x [d, n], and memory bandwidth (a large NumPy copy),
 measured before and after a shape's runs; the faster of the two sets the
@@ -113,27 +119,28 @@ def child_json(cmd):
 
 # --- the saec child: one library, timed through ctypes -----------------------
 
-def saec_child(args):
-    from saelib import Library, _array, _ptr
-    # As the `sae` tool does: keep freed work buffers in the heap instead of
-    # returning them to the OS (M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1).
+def keep_heap():
+    """As the `sae` tool does: keep freed work buffers in the heap instead of
+    returning them to the OS (M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1)."""
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(-3, 1 << 30)
     libc.mallopt(-1, 1 << 30)
-    rng = np.random.default_rng(0)
-    lib = Library(args.lib)
+
+
+def stepper(lib, args, rng):
+    """(inputs, a function that takes training step `step` and returns its
+    seconds): fresh parameters and Adam moments, a fixed DEAD_FRACTION of
+    the latents dead when the model has since_fired."""
     d = lib.desc["input"]["dim"]
     xs = [rng.standard_normal((args.batch, d), dtype=np.float32) for _ in range(4)]
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     params = lib.init(0)
     if "since_fired" in params:
         dead = rng.permutation(lib.n)[: int(DEAD_FRACTION * lib.n)]
         params["since_fired"][dead] = 1e7
     m = {p["name"]: np.zeros(p["shape"], np.float32) for p in lib.trainable}
     v = {p["name"]: np.zeros(p["shape"], np.float32) for p in lib.trainable}
-    result = {"batch": args.batch, "threads": args.threads}
-    times = []
-    for step in range(args.warmup + args.steps):
+
+    def step_seconds(step):
         hyper = {"lr": 2e-4, "beta1": 0.9, "beta2": 0.999, "eps": 6.25e-10,
                  "bc1": 1 - 0.9 ** (step + 1), "bc2": 1 - 0.999 ** (step + 1),
                  "clip": 0.0, "sparsity": 1.0}
@@ -141,9 +148,22 @@ def saec_child(args):
             saved = params["since_fired"].copy()
         t = time.perf_counter()
         lib.train_step([xs[step % 4]], params, m, v, hyper, seed=step)
-        times.append(time.perf_counter() - t)
+        seconds = time.perf_counter() - t
         if "since_fired" in params:
             params["since_fired"][:] = saved  # keep the same latents dead
+        return seconds
+    return xs, params, step_seconds
+
+
+def saec_child(args):
+    from saelib import Library, _array
+    keep_heap()
+    rng = np.random.default_rng(0)
+    lib = Library(args.lib)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    xs, params, step_seconds = stepper(lib, args, rng)
+    result = {"batch": args.batch, "threads": args.threads}
+    times = [step_seconds(step) for step in range(args.warmup + args.steps)]
     times = times[args.warmup:]
     result["step_ms"] = 1e3 * float(np.median(times))
     result["step_ms_min"] = 1e3 * min(times)
@@ -162,6 +182,21 @@ def saec_child(args):
     result["rss_base_mb"] = base
     result["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
+
+
+def pair_child(args):
+    """The steps of two libraries (--lib, then --lib2) in turn in one
+    process: the median ratio of each pair of steps, which a slow spell of
+    a shared machine affects on both sides alike."""
+    from saelib import Library
+    keep_heap()
+    rng = np.random.default_rng(0)
+    steppers = [stepper(Library(path), args, rng)[2] for path in (args.lib, args.lib2)]
+    ratios = []
+    for step in range(args.warmup + args.steps):
+        a, b = (f(step) for f in steppers)
+        ratios.append(b / a)
+    print(json.dumps({"ratio": float(np.median(ratios[args.warmup:]))}))
 
 
 def encoder(lib, batch):
@@ -260,12 +295,20 @@ def main_tables(args):
                 lib = compile_lib(args, arch, aux, d, n, args.k)
                 s = saec_measure(args, lib)
                 name = arch + ("+aux" if aux else "")
-                rows.append({"model": name, "run": "saec", "step ms": "%.1f" % s["step_ms"],
-                             "tokens/s": "%.0f" % s["tokens_per_s"],
-                             "encode ms": "%.1f" % s["encode_ms"],
-                             "peak RSS MB": "%.0f" % s["rss_peak_mb"],
-                             "RSS growth MB": "%.0f" % (s["rss_peak_mb"] - s["rss_base_mb"]),
-                             "saec": s})
+                row = {"model": name, "run": "saec", "step ms": "%.1f" % s["step_ms"],
+                       "tokens/s": "%.0f" % s["tokens_per_s"],
+                       "encode ms": "%.1f" % s["encode_ms"],
+                       "peak RSS MB": "%.0f" % s["rss_peak_mb"],
+                       "RSS growth MB": "%.0f" % (s["rss_peak_mb"] - s["rss_base_mb"]),
+                       "saec": s}
+                if aux and not args.no_aux:
+                    pair = child_json([PY, __file__, "--child", "pair", "--lib", plain,
+                                       "--lib2", lib, "--batch", str(args.batch),
+                                       "--steps", str(args.steps), "--threads",
+                                       str(args.threads)])
+                    row["aux cost"] = "%+.0f%%" % (100 * (pair["ratio"] - 1))
+                plain = lib
+                rows.append(row)
                 if args.no_torch:
                     continue
                 styles = ["dense", "sparse"] + (["manual"] if arch == "topk" and not aux else [])
@@ -301,7 +344,8 @@ def main_tables(args):
                 r["bound/encode"] = "%.2f" % (enc_bound / s["encode_ms"])
         table("train step and encode, d=%d n=%d k=%d B=%d" % (d, n, args.k, args.batch), rows,
               ["model", "run", "step ms", "tokens/s", "encode ms", "peak RSS MB", "RSS growth MB",
-               "bound/step", "bound/encode", "saec step speed-up", "saec encode speed-up"])
+               "bound/step", "bound/encode", "aux cost", "saec step speed-up",
+               "saec encode speed-up"])
 
 
 def scaling(args):
@@ -336,8 +380,9 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--out", default="/tmp/saec-bench-step")
     ap.add_argument("--scaling", action="store_true")
-    ap.add_argument("--child", choices=("saec", "roofline"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("saec", "roofline", "pair"), help=argparse.SUPPRESS)
     ap.add_argument("--lib", help=argparse.SUPPRESS)
+    ap.add_argument("--lib2", help=argparse.SUPPRESS)
     ap.add_argument("--d", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -346,6 +391,8 @@ def main():
         return saec_child(args)
     if args.child == "roofline":
         return roofline_child(args)
+    if args.child == "pair":
+        return pair_child(args)
     os.makedirs(args.out, exist_ok=True)
     if not args.no_torch:
         from torchblas import require_openblas
