@@ -2533,14 +2533,6 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       linalg::FillOp::create(b, loc, ValueRange{floatConst(b, loc, f32, 0.0)},
                              ValueRange{buf});
     };
-    auto parallelFor =
-        [&](OpBuilder &b, Value hi,
-            function_ref<void(OpBuilder &, Location, Value)> fn) {
-          scf::ParallelOp::create(b, loc, ValueRange{idx(b, 0)}, ValueRange{hi},
-                                  ValueRange{idx(b, 1)},
-                                  [&](OpBuilder &pb, Location pl,
-                                      ValueRange ivs) { fn(pb, pl, ivs[0]); });
-        };
     // Every filled slot of a row, with its place in the dead list.
     auto forFilled = [&](OpBuilder &b, Location l, Value row,
                          function_ref<void(OpBuilder &, Location, Value slot,
@@ -2573,14 +2565,15 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       za = dynMatrix(rewriter, rows, padded);
       ifDense(rewriter, [&](OpBuilder &ib) {
         fillZero(ib, za);
-        parallelFor(ib, rows, [&](OpBuilder &b, Location l, Value row) {
-          forFilled(
-              b, l, row, [&](OpBuilder &fb, Location fl, Value s, Value p) {
-                Value v =
-                    memref::LoadOp::create(fb, fl, vals, ValueRange{row, s});
-                memref::StoreOp::create(fb, fl, v, za, ValueRange{row, p});
-              });
-        });
+        forEachRowParallel(
+            ib, loc, rows, [&](OpBuilder &b, Location l, Value row) {
+              forFilled(
+                  b, l, row, [&](OpBuilder &fb, Location fl, Value s, Value p) {
+                    Value v = memref::LoadOp::create(fb, fl, vals,
+                                                     ValueRange{row, s});
+                    memref::StoreOp::create(fb, fl, v, za, ValueRange{row, p});
+                  });
+            });
       });
     };
     auto transposedCodes = [&]() {
@@ -2605,25 +2598,27 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       Value wd = matrix(rewriter, padded, d);
       Value wdT = dynMatrix(rewriter, idx(rewriter, d), padded);
       ifDense(rewriter, [&](OpBuilder &ib) {
-        parallelFor(ib, padded, [&](OpBuilder &b, Location l, Value s) {
-          Value live =
-              arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult, s, count);
-          Value src = memref::LoadOp::create(
-              b, l, dead,
-              ValueRange{arith::SelectOp::create(b, l, live, s, idx(b, 0))});
-          scf::ForOp::create(
-              b, l, idx(b, 0), idx(b, d), idx(b, 1), ValueRange{},
-              [&](OpBuilder &fb, Location fl, Value c, ValueRange) {
-                Value x =
-                    memref::LoadOp::create(fb, fl, wBuf, ValueRange{src, c});
-                memref::StoreOp::create(
-                    fb, fl,
-                    arith::SelectOp::create(fb, fl, live, x,
-                                            floatConst(fb, fl, f32, 0.0)),
-                    wd, ValueRange{s, c});
-                scf::YieldOp::create(fb, fl);
-              });
-        });
+        forEachRowParallel(
+            ib, loc, padded, [&](OpBuilder &b, Location l, Value s) {
+              Value live = arith::CmpIOp::create(
+                  b, l, arith::CmpIPredicate::ult, s, count);
+              Value src =
+                  memref::LoadOp::create(b, l, dead,
+                                         ValueRange{arith::SelectOp::create(
+                                             b, l, live, s, idx(b, 0))});
+              scf::ForOp::create(
+                  b, l, idx(b, 0), idx(b, d), idx(b, 1), ValueRange{},
+                  [&](OpBuilder &fb, Location fl, Value c, ValueRange) {
+                    Value x = memref::LoadOp::create(fb, fl, wBuf,
+                                                     ValueRange{src, c});
+                    memref::StoreOp::create(
+                        fb, fl,
+                        arith::SelectOp::create(fb, fl, live, x,
+                                                floatConst(fb, fl, f32, 0.0)),
+                        wd, ValueRange{s, c});
+                    scf::YieldOp::create(fb, fl);
+                  });
+            });
         emitTranspose(ib, loc, wd, wdT, idx(ib, d), padded);
       });
       return gathered[w] = {wd, wdT};
@@ -2677,15 +2672,17 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                   allocLike(tb, l, valsType,
                             dynamicSizes(tb, l, valsType, op.getInput()));
               fillZero(tb, out);
-              parallelFor(tb, rows, [&](OpBuilder &b, Location bl, Value row) {
-                forFilled(b, bl, row,
-                          [&](OpBuilder &fb, Location fl, Value slot, Value p) {
-                            Value v = memref::LoadOp::create(
-                                fb, fl, s, ValueRange{row, p});
-                            memref::StoreOp::create(fb, fl, v, out,
-                                                    ValueRange{row, slot});
-                          });
-              });
+              forEachRowParallel(
+                  tb, l, rows, [&](OpBuilder &b, Location bl, Value row) {
+                    forFilled(
+                        b, bl, row,
+                        [&](OpBuilder &fb, Location fl, Value slot, Value p) {
+                          Value v = memref::LoadOp::create(fb, fl, s,
+                                                           ValueRange{row, p});
+                          memref::StoreOp::create(fb, fl, v, out,
+                                                  ValueRange{row, slot});
+                        });
+                  });
               return asTensor(tb, l, valsType, out);
             },
             [&](OpBuilder &eb, Operation *clone) {
@@ -2714,8 +2711,8 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                         tb, l, toBuffer(tb, l, outer.getInit()), out);
                   else
                     fillZero(tb, out);
-                  parallelFor(
-                      tb, count, [&](OpBuilder &b, Location bl, Value s) {
+                  forEachRowParallel(
+                      tb, l, count, [&](OpBuilder &b, Location bl, Value s) {
                         Value latent =
                             memref::LoadOp::create(b, bl, dead, ValueRange{s});
                         addScaledRow(b, bl, out, latent, g, s,
