@@ -3,15 +3,18 @@
 // Tests the reverse sweep of a TopK SAE: the gradient that comes back
 // through the selection stays sparse codes. The decoder's gradient is
 // sae.outer, the codes' is sae.sddmm, relu masks the k entries with
-// sae.gather, and the encoder weight's gradient is the transposed outer
+// sae.gather of its own output (step(relu(x)) = step(x); the gather then
+// folds to the top-k's values, and the pre-activation has the top-k as its
+// only use), and the encoder weight's gradient is the transposed outer
 // product with the input: no dense [B, n] gradient (sae.densify) and no
 // dense product for it (sae.linear) is formed.
 // CHECK-LABEL: func.func @topk
 // CHECK-NOT: sae.gradient
 // CHECK-NOT: sae.densify
+// CHECK: %[[R:.*]] = sae.relu
 // CHECK: %[[S:.*]] = sae.sddmm %[[Z:.*]], %{{.*}}, %arg2
 // CHECK: sae.outer %[[Z]], %{{.*}} : {{.*}} -> tensor<256x64xf32>
-// CHECK: sae.gather %[[S]], %[[PRE:.*]] :
+// CHECK: sae.gather %[[S]], %[[R]] :
 // CHECK: %[[DZ:.*]] = sae.make_codes
 // CHECK: sae.column_sum %[[DZ]] : !sae.codes<?x256xf32, k = 8> -> tensor<256xf32>
 // CHECK: sae.outer %[[DZ]], %{{.*}} {transposed} : {{.*}} -> tensor<64x256xf32>

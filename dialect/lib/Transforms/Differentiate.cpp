@@ -377,16 +377,20 @@ LogicalResult Differentiator::backward(Operation *o) {
         return success();
       })
       .Case([&](ReluOp r) {
+        // The mask is step(relu(x)), equal to step(x) (NaN included): the
+        // input is then no longer needed, and a sparse gradient's mask is
+        // the selection's own values when relu feeds a top-k (the gather
+        // folds).
         for (Value g : contributions(r)) {
           if (isa<CodesType>(g.getType())) {
-            Value at = GatherOp::create(b, l, g, r.getInput());
+            Value at = GatherOp::create(b, l, g, r.getResult());
             Value mask = stepOf(l, valuesOf(l, at));
             accumulate(r.getInput(), mapValues(l, g, [&](Value v) {
                          return MulOp::create(b, l, v, mask).getResult();
                        }));
           } else {
             accumulate(r.getInput(),
-                       MulOp::create(b, l, g, stepOf(l, r.getInput())));
+                       MulOp::create(b, l, g, stepOf(l, r.getResult())));
           }
         }
         return success();

@@ -26,7 +26,8 @@ func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x20xf32>) -> tensor<?x20xf3
 // ranges of panels; 4 panels here, so 4 ranges of one) run in parallel, and
 // within them groups of 6 rows keep 6 × 2 vector accumulators over k (one
 // broadcast of x[i, k] and two FMAs per row); the B mod 6 leftover rows form
-// one smaller block per panel (1 to 5 rows), panels in parallel.
+// one smaller block per panel (1 to 5 rows), in the items of the last row
+// block, after its groups of 6 rows.
 // CHECK-LABEL: func.func @linear_kernel
 // CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<4x?x16xf32>
 // CHECK: scf.parallel
@@ -35,13 +36,17 @@ func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x20xf32>) -> tensor<?x20xf3
 // CHECK: %[[BLOCKS:.*]] = arith.ceildivui %{{.*}}, %c96
 // CHECK: %[[ITEMS:.*]] = arith.muli %[[BLOCKS]], %c4
 // CHECK: scf.parallel (%[[ITEM:.*]]) = (%{{.*}}) to (%[[ITEMS]]) step (%c1)
-// CHECK: arith.divui %[[ITEM]], %c4
+// CHECK: %[[BLOCK:.*]] = arith.divui %[[ITEM]], %c4
 // CHECK: arith.remui %[[ITEM]], %c4
+// CHECK: %[[LASTNO:.*]] = arith.subi %[[BLOCKS]], %c1
+// CHECK: %[[LAST:.*]] = arith.cmpi eq, %[[BLOCK]], %[[LASTNO]]
 // CHECK: scf.for %[[J:.*]] = %{{.*}} to %{{.*}} step %c16
+// CHECK: scf.for {{.*}} step %c6
 // CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>, vector<8xf32>)
 // CHECK-COUNT-12: vector.fma
-// CHECK: scf.parallel (%{{.*}}) = (%{{.*}}) to (%c64) step (%c16)
-// CHECK: scf.if
+// CHECK: %[[ONE:.*]] = arith.cmpi eq, %{{.*}}, %c1
+// CHECK: %[[LASTONE:.*]] = arith.andi %[[LAST]], %[[ONE]]
+// CHECK: scf.if %[[LASTONE]]
 // CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>, vector<8xf32>)
 // CHECK-COUNT-2: vector.fma
 // CHECK: scf.if
@@ -50,6 +55,52 @@ func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x20xf32>) -> tensor<?x20xf3
 func.func @linear_kernel(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>) -> tensor<?x64xf32> {
   %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
   return %0 : tensor<?x64xf32>
+}
+
+// -----
+
+// Tests that a top-k taking the encoder chain (product, bias, relu) as its
+// only use selects in the product's epilogue: no [B, 64] pre-activation is
+// allocated. The work items are blocks of 48 rows with all 4 panels (one
+// item sees a row's columns in increasing order); each item empties its
+// rows' slots, and every 6 × 16 tile, biased and clamped, goes to the
+// item's tile buffer, from which each row's blocks of 8 are screened
+// against the worst kept rank; the heapsort ends the item.
+// CHECK-LABEL: func.func @linear_topk
+// CHECK-DAG: %[[NEGINF:.*]] = arith.constant 0xFF800000 : f32
+// CHECK-NOT: memref.alloc({{.*}}) : memref<?x64xf32>
+// CHECK: %[[VALS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xf32>
+// CHECK: %[[IDXS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xi32>
+// CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<4x?x16xf32>
+// CHECK: %[[ITEMS:.*]] = arith.ceildivui %{{.*}}, %c48
+// CHECK: %[[TILES:.*]] = memref.alloc(%[[ITEMS]]) : memref<?x6x16xf32>
+// CHECK: scf.parallel (%[[ITEM:.*]]) = (%{{.*}}) to (%[[ITEMS]]) step (%c1)
+// CHECK:   memref.store %[[NEGINF]], %[[VALS]]
+// CHECK:   %[[SUB:.*]] = memref.subview %[[TILES]][%[[ITEM]], 0, 0] [1, 6, 16]
+// CHECK:   %[[TILE:.*]] = memref.collapse_shape %[[SUB]]
+// CHECK:   scf.for %[[J:.*]] = %{{.*}} to %c64 step %c16
+// CHECK:     scf.for %[[I:.*]] = {{.*}} step %c6
+// CHECK-COUNT-12: vector.fma
+// CHECK-COUNT-12: vector.store {{.*}}, %[[TILE]]
+// CHECK:       scf.for %[[R:.*]] = %c0 to %c6 step %c1
+// CHECK:         %[[W0:.*]] = memref.load %[[VALS]][%{{.*}}, %c0]
+// CHECK:         scf.for %[[V:.*]] = %c0 to %c16 step %c8 iter_args(%{{.*}} = %[[W0]])
+// CHECK:           vector.load %[[TILE]][%[[R]], %[[V]]]
+// CHECK:           arith.cmpf ogt, {{.*}} : vector<8xf32>
+// CHECK:           vector.reduction <or>
+// CHECK:           scf.if
+// CHECK:             memref.load %[[TILE]]
+// CHECK:             scf.while
+// CHECK-NOT: vector.store {{.*}} : memref<?x64xf32>
+// CHECK: return
+func.func @linear_topk(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: tensor<64xf32>) -> (tensor<?x4xf32>, tensor<?x4xi32>) {
+  %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
+  %1 = sae.bias_add %0, %b : tensor<?x64xf32>, tensor<64xf32>
+  %2 = sae.relu %1 : tensor<?x64xf32>
+  %z = sae.topk %2 : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  %v = sae.codes_values %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x4xf32>
+  %i = sae.codes_indices %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x4xi32>
+  return %v, %i : tensor<?x4xf32>, tensor<?x4xi32>
 }
 
 // -----
@@ -91,8 +142,8 @@ func.func @bias_relu(%x: tensor<?x64xf32>, %b: tensor<64xf32>) -> tensor<?x64xf3
 // CHECK: scf.parallel (%[[ROW:.*]]) =
 // CHECK:   memref.store %[[NEGINF]], %[[VALS]]
 // CHECK:   %[[SCREENED:.*]] = scf.for %[[BLOCK:.*]] = %{{.*}} to %[[C64]] step %c16 iter_args(%[[BW:.*]] = %[[NEGINF]])
-// CHECK:     %[[BWV:.*]] = vector.broadcast %[[BW]] : f32 to vector<16xf32>
 // CHECK:     %[[VV:.*]] = vector.load %[[IN]][%[[ROW]], %[[BLOCK]]] : memref<?x64xf32>, vector<16xf32>
+// CHECK:     %[[BWV:.*]] = vector.broadcast %[[BW]] : f32 to vector<16xf32>
 // CHECK:     %[[BEATS:.*]] = arith.cmpf ogt, %[[VV]], %[[BWV]] : vector<16xf32>
 // CHECK:     %[[ANY:.*]] = vector.reduction <or>, %[[BEATS]]
 // CHECK:     scf.if %[[ANY]]

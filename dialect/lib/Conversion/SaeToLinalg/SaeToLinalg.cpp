@@ -182,6 +182,256 @@ Value negInfOf(OpBuilder &b, Location l, Type elt) {
 }
 
 //===----------------------------------------------------------------------===//
+// Row selection (the top-k of sparse codes, also in the encoder's epilogue)
+//===----------------------------------------------------------------------===//
+
+/// One candidate of a row selection: its rank, its latent index (i32) and
+/// its value (null when the rank is the value).
+struct Candidate {
+  Value rank, index, value;
+};
+using CandidateFn = function_ref<Candidate(OpBuilder &, Location, Value)>;
+/// The ranks of candidates [t, t + kScreenLanes) as one vector.
+using ScreenFn = function_ref<Value(OpBuilder &, Location, Value)>;
+constexpr int64_t kScreenLanes = 16;
+
+/// Selects, in row `row`, the k best of `count` candidates (candidate t
+/// from `candidate`, visited with increasing latent index) into
+/// ranks/idxs/vals[row, 0..k) (vals null: the ranks are the values),
+/// ordered by decreasing rank, ties by increasing index; NaN ranks are never
+/// selected, and slots left over hold rank -inf, index 0 and value 0.
+/// The slots form a bounded min-heap keyed by (rank, -index) while the
+/// candidates go by, so a candidate costs one comparison with the worst
+/// kept entry, and entering costs O(log k); a heapsort orders the slots at
+/// the end. With `screen`, the candidates go by in blocks of kScreenLanes
+/// whose ranks are compared with the worst kept rank in one vector
+/// comparison: once the heap is full of good entries, almost every block
+/// has none that enters and is skipped; a block with one goes by one
+/// candidate at a time as before.
+/// RowTopK holds the pieces (empty slots, runs of candidates, the final
+/// order) for callers whose candidates come in several runs, as the
+/// encoder product's epilogue; emitRowTopK runs them in one go.
+class RowTopK {
+public:
+  RowTopK(Location loc, int64_t k, Value ranks, Value idxs, Value vals)
+      : loc(loc), k(k), ranks(ranks), idxs(idxs), vals(vals) {}
+
+  /// Empties the slots of `row`: rank -inf, index 0, value 0.
+  void init(OpBuilder &b, Value row) const {
+    Type f32 = cast<MemRefType>(ranks.getType()).getElementType();
+    Value negInf = negInfOf(b, loc, f32);
+    Value zeroF = floatConst(b, loc, f32, 0.0);
+    Value zeroI = arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(0));
+    scf::ForOp::create(b, loc, idx(b, 0), idx(b, k), idx(b, 1), ValueRange{},
+                       [&](OpBuilder &nb, Location nl, Value t, ValueRange) {
+                         store(nb, row, negInf, ranks, t);
+                         store(nb, row, zeroI, idxs, t);
+                         if (vals)
+                           store(nb, row, zeroF, vals, t);
+                         scf::YieldOp::create(nb, nl);
+                       });
+  }
+
+  /// The worst kept rank of `row`: the heap's root (-inf while a slot is
+  /// empty).
+  Value worst(OpBuilder &b, Value row) const {
+    return load(b, row, ranks, idx(b, 0));
+  }
+
+  /// Candidates [from, to) one at a time; `worst` is the worst kept rank
+  /// before them, and the result the one after. The candidates come with
+  /// increasing indices (also after every earlier run), so one beats the
+  /// worst kept entry exactly when its rank is higher.
+  Value visit(OpBuilder &b, Value row, Value from, Value to, Value worst,
+              CandidateFn candidate) const {
+    return scf::ForOp::create(
+               b, loc, from, to, idx(b, 1), ValueRange{worst},
+               [&](OpBuilder &nb, Location nl, Value t, ValueRange w) {
+                 Candidate item = candidate(nb, nl, t);
+                 Value enters = arith::CmpFOp::create(
+                     nb, nl, arith::CmpFPredicate::OGT, item.rank, w[0]);
+                 auto next = scf::IfOp::create(
+                     nb, nl, enters,
+                     [&](OpBuilder &ib, Location il) {
+                       siftDown(ib, row, item, idx(ib, k));
+                       scf::YieldOp::create(ib, il,
+                                            ValueRange{this->worst(ib, row)});
+                     },
+                     [&](OpBuilder &ib, Location il) {
+                       scf::YieldOp::create(ib, il, w);
+                     });
+                 scf::YieldOp::create(nb, nl, next.getResults());
+               })
+        .getResult(0);
+  }
+
+  /// visit() over [t, t + lanes) when any of `ranks` (their ranks as one
+  /// vector) beats `worst`; otherwise nothing.
+  Value screened(OpBuilder &b, Value row, Value t, Value blockRanks,
+                 Value worst, CandidateFn candidate) const {
+    auto vecType = cast<VectorType>(blockRanks.getType());
+    Value beats = arith::CmpFOp::create(
+        b, loc, arith::CmpFPredicate::OGT, blockRanks,
+        vector::BroadcastOp::create(b, loc, vecType, worst));
+    Value any =
+        vector::ReductionOp::create(b, loc, vector::CombiningKind::OR, beats);
+    auto next = scf::IfOp::create(
+        b, loc, any,
+        [&](OpBuilder &ib, Location il) {
+          Value end = arith::AddIOp::create(ib, il, t,
+                                            idx(ib, vecType.getNumElements()));
+          scf::YieldOp::create(
+              ib, il, ValueRange{visit(ib, row, t, end, worst, candidate)});
+        },
+        [&](OpBuilder &ib, Location il) {
+          scf::YieldOp::create(ib, il, ValueRange{worst});
+        });
+    return next.getResult(0);
+  }
+
+  /// Orders the slots of `row` by decreasing rank, ties by increasing
+  /// index (heapsort: moves the worst slot to the end, k - 1 times).
+  void finish(OpBuilder &b, Value row) const {
+    Value cK = idx(b, k);
+    scf::ForOp::create(
+        b, loc, idx(b, 1), cK, idx(b, 1), ValueRange{},
+        [&](OpBuilder &nb, Location nl, Value j, ValueRange) {
+          Value end = arith::SubIOp::create(nb, nl, cK, j);
+          Value c0 = idx(nb, 0);
+          Candidate item{load(nb, row, ranks, end), load(nb, row, idxs, end),
+                         vals ? load(nb, row, vals, end) : Value()};
+          store(nb, row, load(nb, row, ranks, c0), ranks, end);
+          store(nb, row, load(nb, row, idxs, c0), idxs, end);
+          if (vals)
+            store(nb, row, load(nb, row, vals, c0), vals, end);
+          siftDown(nb, row, item, end);
+          scf::YieldOp::create(nb, nl);
+        });
+  }
+
+private:
+  Value idx(OpBuilder &b, int64_t v) const {
+    return arith::ConstantIndexOp::create(b, loc, v);
+  }
+  Value load(OpBuilder &b, Value row, Value buf, Value t) const {
+    return memref::LoadOp::create(b, loc, buf, ValueRange{row, t});
+  }
+  void store(OpBuilder &b, Value row, Value v, Value buf, Value t) const {
+    memref::StoreOp::create(b, loc, v, buf, ValueRange{row, t});
+  }
+  /// (rank, index) a is worse than b: lower rank, or equal rank and a
+  /// higher index.
+  Value worse(OpBuilder &ob, Value ar, Value ai, Value br, Value bi) const {
+    Value lower =
+        arith::CmpFOp::create(ob, loc, arith::CmpFPredicate::OLT, ar, br);
+    Value equal =
+        arith::CmpFOp::create(ob, loc, arith::CmpFPredicate::OEQ, ar, br);
+    Value later =
+        arith::CmpIOp::create(ob, loc, arith::CmpIPredicate::sgt, ai, bi);
+    return arith::OrIOp::create(ob, loc, lower,
+                                arith::AndIOp::create(ob, loc, equal, later));
+  }
+  // Sifts `item` down from slot 0 of the heap of `size` slots.
+  void siftDown(OpBuilder &ob, Value row, Candidate item, Value size) const {
+    Value c1 = idx(ob, 1), c2 = idx(ob, 2);
+    Type indexType = ob.getIndexType();
+    auto loop = scf::WhileOp::create(
+        ob, loc, TypeRange{indexType, indexType},
+        ValueRange{idx(ob, 0), idx(ob, 0)},
+        [&](OpBuilder &wb, Location wl, ValueRange args) {
+          Value p = args[0];
+          Value left = arith::AddIOp::create(
+              wb, wl, arith::MulIOp::create(wb, wl, p, c2), c1);
+          Value hasLeft = arith::CmpIOp::create(
+              wb, wl, arith::CmpIPredicate::ult, left, size);
+          auto pick = scf::IfOp::create(
+              wb, wl, hasLeft,
+              [&](OpBuilder &tb, Location tl) {
+                Value right = arith::AddIOp::create(tb, tl, left, c1);
+                Value hasRight = arith::CmpIOp::create(
+                    tb, tl, arith::CmpIPredicate::ult, right, size);
+                auto child = scf::IfOp::create(
+                    tb, tl, hasRight,
+                    [&](OpBuilder &rb, Location rl) {
+                      Value rightWorse = worse(rb, load(rb, row, ranks, right),
+                                               load(rb, row, idxs, right),
+                                               load(rb, row, ranks, left),
+                                               load(rb, row, idxs, left));
+                      scf::YieldOp::create(
+                          rb, rl,
+                          ValueRange{arith::SelectOp::create(rb, rl, rightWorse,
+                                                             right, left)});
+                    },
+                    [&](OpBuilder &rb, Location rl) {
+                      scf::YieldOp::create(rb, rl, ValueRange{left});
+                    });
+                Value c = child.getResult(0);
+                Value move =
+                    worse(tb, load(tb, row, ranks, c), load(tb, row, idxs, c),
+                          item.rank, item.index);
+                scf::YieldOp::create(tb, tl, ValueRange{move, c});
+              },
+              [&](OpBuilder &tb, Location tl) {
+                Value no =
+                    arith::ConstantOp::create(tb, tl, tb.getBoolAttr(false));
+                scf::YieldOp::create(tb, tl, ValueRange{no, p});
+              });
+          scf::ConditionOp::create(wb, wl, pick.getResult(0),
+                                   SmallVector<Value>{p, pick.getResult(1)});
+        },
+        [&](OpBuilder &wb, Location wl, ValueRange args) {
+          Value p = args[0], c = args[1];
+          store(wb, row, load(wb, row, ranks, c), ranks, p);
+          store(wb, row, load(wb, row, idxs, c), idxs, p);
+          if (vals)
+            store(wb, row, load(wb, row, vals, c), vals, p);
+          scf::YieldOp::create(wb, wl, ValueRange{c, c});
+        });
+    Value p = loop.getResult(0);
+    store(ob, row, item.rank, ranks, p);
+    store(ob, row, item.index, idxs, p);
+    if (vals)
+      store(ob, row, item.value, vals, p);
+  }
+  Location loc;
+  int64_t k;
+  Value ranks, idxs, vals;
+};
+
+void emitRowTopK(OpBuilder &b, Location loc, Value row, Value count, int64_t k,
+                 CandidateFn candidate, Value ranks, Value idxs, Value vals,
+                 ScreenFn screen = nullptr) {
+  RowTopK topk(loc, k, ranks, idxs, vals);
+  topk.init(b, row);
+  Type f32 = cast<MemRefType>(ranks.getType()).getElementType();
+  Value worst = negInfOf(b, loc, f32);
+  Value from = arith::ConstantIndexOp::create(b, loc, 0);
+  if (screen) {
+    // Whole blocks, screened; the count mod kScreenLanes left go by one
+    // at a time below.
+    Value blocked = arith::SubIOp::create(
+        b, loc, count,
+        arith::RemUIOp::create(
+            b, loc, count,
+            arith::ConstantIndexOp::create(b, loc, kScreenLanes)));
+    worst = scf::ForOp::create(
+                b, loc, from, blocked,
+                arith::ConstantIndexOp::create(b, loc, kScreenLanes),
+                ValueRange{worst},
+                [&](OpBuilder &sb, Location sl, Value t, ValueRange w) {
+                  scf::YieldOp::create(
+                      sb, sl,
+                      ValueRange{topk.screened(sb, row, t, screen(sb, sl, t),
+                                               w[0], candidate)});
+                })
+                .getResult(0);
+    from = blocked;
+  }
+  topk.visit(b, row, from, count, worst, candidate);
+  topk.finish(b, row);
+}
+
+//===----------------------------------------------------------------------===//
 // Dense ops
 //===----------------------------------------------------------------------===//
 
@@ -203,9 +453,24 @@ constexpr int64_t kRows = 6;
 /// product about 10% faster than no prefetch.
 constexpr int64_t kPrefetch = 8;
 
+/// Where emitPanelGemm's results go instead of C. `tile` takes rows
+/// [r0, r0 + rows) of the columns [col, col + vecs·lanes) (bias and clamp
+/// applied) from the [kRows, vecs·lanes] buffer `buf`; `begin` runs for
+/// each row before its first tile and `end` after its last. With an
+/// epilogue, one work item takes all the columns of its rows, and the tiles
+/// of a row come with increasing columns. `tile` is emitted twice (full
+/// groups of rows, and the rows left over), not once per kernel shape.
+struct PanelEpilogue {
+  function_ref<void(OpBuilder &, Location, Value row)> begin, end;
+  function_ref<void(OpBuilder &, Location, Value buf, Value r0, Value rows,
+                    Value col)>
+      tile;
+};
+
 void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                    Value m, Value k, Value n, int64_t lanes, int64_t vecs,
-                   Value bias, bool relu) {
+                   Value bias, bool relu,
+                   const PanelEpilogue *epilogue = nullptr) {
   Type f32 = b.getF32Type();
   auto vecType = VectorType::get({lanes}, f32);
   int64_t cols = vecs * lanes;
@@ -230,12 +495,24 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                        ShapedType::kDynamic, cols},
                       f32),
       packedSizes);
-  // Rows [r0, r0 + rows) of the block of columns [j, j + cols).
+  // Rows [r0, r0 + rows) of the block of columns [j, j + cols), into C
+  // or (with an epilogue) into rows [0, rows) of `tileBuf`.
+  Value tileBuf;
   auto block = [&](OpBuilder &ob, Value r0, int64_t rows, Value j) {
     Value p = arith::DivUIOp::create(ob, loc, j, idx(ob, cols));
     Value zero = arith::ConstantOp::create(
         ob, loc, DenseElementsAttr::get(vecType, ob.getF32FloatAttr(0.0)));
     SmallVector<Value> init(rows * vecs, zero);
+    // The next panel comes from memory (or L3) while this one is in use:
+    // each group of rows asks for 1/linesPerRow of its cache lines, group g
+    // for lines [g·K, (g+1)·K), one per k, into L2.
+    int64_t linesPerRow = std::max<int64_t>(cols / 16, 1);
+    Value nextP = minU(ob, arith::AddIOp::create(ob, loc, p, idx(ob, 1)),
+                       arith::SubIOp::create(ob, loc, panels, idx(ob, 1)));
+    Value group = arith::RemUIOp::create(
+        ob, loc, arith::DivUIOp::create(ob, loc, r0, idx(ob, kRows)),
+        idx(ob, linesPerRow));
+    Value lineBase = arith::MulIOp::create(ob, loc, group, k);
     auto loop = scf::ForOp::create(
         ob, loc, idx(ob, 0), k, idx(ob, 1), init,
         [&](OpBuilder &kb, Location l, Value kk, ValueRange acc) {
@@ -255,6 +532,16 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                                        ValueRange{p, kp, idx(kb, v * lanes)},
                                        /*isWrite=*/false, /*locality=*/3,
                                        /*isDataCache=*/true);
+          Value line = arith::AddIOp::create(kb, l, lineBase, kk);
+          Value nrow =
+              arith::DivUIOp::create(kb, l, line, idx(kb, linesPerRow));
+          Value ncol = arith::MulIOp::create(
+              kb, l, arith::RemUIOp::create(kb, l, line, idx(kb, linesPerRow)),
+              idx(kb, 16));
+          memref::PrefetchOp::create(kb, l, packed,
+                                     ValueRange{nextP, nrow, ncol},
+                                     /*isWrite=*/false, /*locality=*/2,
+                                     /*isDataCache=*/true);
           SmallVector<Value> next;
           for (int64_t r = 0; r < rows; ++r) {
             Value row = arith::AddIOp::create(kb, l, r0, idx(kb, r));
@@ -281,7 +568,11 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
           out = arith::AddFOp::create(ob, loc, out, biasOf[v]);
         if (relu)
           out = arith::MaximumFOp::create(ob, loc, out, zero);
-        vector::StoreOp::create(ob, loc, out, c, ValueRange{row, colOf[v]});
+        if (epilogue)
+          vector::StoreOp::create(ob, loc, out, tileBuf,
+                                  ValueRange{idx(ob, r), idx(ob, v * lanes)});
+        else
+          vector::StoreOp::create(ob, loc, out, c, ValueRange{row, colOf[v]});
       }
     }
   };
@@ -318,24 +609,33 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
             });
       });
   // Row blocks of kRows·kBlocks rows (their A rows stay in L2 while every
-  // panel goes by), then the rows left over one at a time.
+  // panel goes by); the last block also takes the m mod kRows rows left
+  // over, one smaller block per panel.
   // The row blocks write disjoint rows of C: they run in parallel
   // (scf.parallel, OpenMP threads on the CPU), each output still computed
   // by one thread in one order, so results do not depend on the threads.
   // The work items are (row block, range of panels) pairs: with row
   // blocks alone, B = 1024 rows gives 11 blocks, 6 on one thread and 5 on
   // the other. Cutting the panels into kPanelParts ranges too balances the
-  // threads, and every panel is still streamed once per row block.
-  constexpr int64_t kBlocks = 16;
-  Value panelParts =
-      arith::MaxUIOp::create(b, loc, minU(b, panels, idx(b, 4)), idx(b, 1));
+  // threads, and every panel is still streamed once per row block. An
+  // epilogue needs every column of a row in one item: there, row blocks
+  // are half as high instead.
+  int64_t kBlocks = epilogue ? 8 : 16;
+  int64_t kPanelParts = epilogue ? 1 : 4;
+  Value panelParts = arith::MaxUIOp::create(
+      b, loc, minU(b, panels, idx(b, kPanelParts)), idx(b, 1));
   Value spanCols = arith::MulIOp::create(b, loc, ceilDiv(b, panels, panelParts),
                                          idx(b, cols));
   Value rem = arith::RemUIOp::create(b, loc, m, idx(b, kRows));
   Value full = arith::SubIOp::create(b, loc, m, rem);
-  Value rowBlocks =
-      arith::CeilDivUIOp::create(b, loc, full, idx(b, kRows * kBlocks));
+  Value rowBlocks = ceilDiv(b, m, idx(b, kRows * kBlocks));
   Value items = arith::MulIOp::create(b, loc, rowBlocks, panelParts);
+  // The epilogue's tiles, one per work item.
+  Value tiles;
+  if (epilogue)
+    tiles = memref::AllocOp::create(
+        b, loc, MemRefType::get({ShapedType::kDynamic, kRows, cols}, f32),
+        ValueRange{items});
   scf::ParallelOp::create(
       b, loc, ValueRange{idx(b, 0)}, ValueRange{items}, ValueRange{idx(b, 1)},
       [&](OpBuilder &ob, Location l, ValueRange ivs) {
@@ -346,6 +646,32 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
         Value i1 = arith::MinUIOp::create(
             ob, l, arith::AddIOp::create(ob, l, i0, idx(ob, kRows * kBlocks)),
             full);
+        Value last = arith::CmpIOp::create(
+            ob, l, arith::CmpIPredicate::eq, blockNo,
+            arith::SubIOp::create(ob, l, rowBlocks, idx(ob, 1)));
+        Value rowEnd = arith::SelectOp::create(ob, l, last, m, i1);
+        auto eachRow =
+            [&](function_ref<void(OpBuilder &, Location, Value)> body) {
+              scf::ForOp::create(
+                  ob, l, i0, rowEnd, idx(ob, 1), ValueRange{},
+                  [&](OpBuilder &rb, Location rl, Value r, ValueRange) {
+                    body(rb, rl, r);
+                    scf::YieldOp::create(rb, rl);
+                  });
+            };
+        if (epilogue) {
+          eachRow(epilogue->begin);
+          tileBuf = memref::SubViewOp::create(
+              ob, l, tiles,
+              ArrayRef<OpFoldResult>{ivs[0], ob.getIndexAttr(0),
+                                     ob.getIndexAttr(0)},
+              ArrayRef<OpFoldResult>{ob.getIndexAttr(1), ob.getIndexAttr(kRows),
+                                     ob.getIndexAttr(cols)},
+              ArrayRef<OpFoldResult>{ob.getIndexAttr(1), ob.getIndexAttr(1),
+                                     ob.getIndexAttr(1)});
+          tileBuf = memref::CollapseShapeOp::create(
+              ob, l, tileBuf, ArrayRef<ReassociationIndices>{{0, 1}, {2}});
+        }
         Value j0 = arith::MulIOp::create(ob, l, part, spanCols);
         Value j1 = minU(ob, arith::AddIOp::create(ob, l, j0, spanCols), n);
         scf::ForOp::create(
@@ -355,24 +681,35 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                   jb, jl, i0, i1, idx(jb, kRows), ValueRange{},
                   [&](OpBuilder &ib, Location il, Value i, ValueRange) {
                     block(ib, i, kRows, j);
+                    if (epilogue)
+                      epilogue->tile(ib, il, tileBuf, i, idx(ib, kRows), j);
                     scf::YieldOp::create(ib, il);
                   });
+              for (int64_t rows = 1; rows < kRows; ++rows) {
+                Value these = arith::AndIOp::create(
+                    jb, jl, last,
+                    arith::CmpIOp::create(jb, jl, arith::CmpIPredicate::eq, rem,
+                                          idx(jb, rows)));
+                scf::IfOp::create(jb, jl, these,
+                                  [&](OpBuilder &tb, Location tl) {
+                                    block(tb, full, rows, j);
+                                    scf::YieldOp::create(tb, tl);
+                                  });
+              }
+              if (epilogue) {
+                Value any = arith::AndIOp::create(
+                    jb, jl, last,
+                    arith::CmpIOp::create(jb, jl, arith::CmpIPredicate::ne, rem,
+                                          idx(jb, 0)));
+                scf::IfOp::create(jb, jl, any, [&](OpBuilder &tb, Location tl) {
+                  epilogue->tile(tb, tl, tileBuf, full, rem, j);
+                  scf::YieldOp::create(tb, tl);
+                });
+              }
               scf::YieldOp::create(jb, jl);
             });
-      });
-  // The last m mod kRows rows: one block of that many rows per panel,
-  // panels in parallel.
-  scf::ParallelOp::create(
-      b, loc, ValueRange{idx(b, 0)}, ValueRange{n}, ValueRange{idx(b, cols)},
-      [&](OpBuilder &jb, Location l, ValueRange ivs) {
-        for (int64_t rows = 1; rows < kRows; ++rows) {
-          Value these = arith::CmpIOp::create(jb, l, arith::CmpIPredicate::eq,
-                                              rem, idx(jb, rows));
-          scf::IfOp::create(jb, l, these, [&](OpBuilder &ib, Location il) {
-            block(ib, full, rows, ivs[0]);
-            scf::YieldOp::create(ib, il);
-          });
-        }
+        if (epilogue)
+          eachRow(epilogue->end);
       });
 }
 
@@ -411,8 +748,14 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
           biasAdd ? dyn_cast_or_null<ReluOp>(onlyUser(biasAdd)) : nullptr;
       if (biasAdd)
         root = relu ? relu.getOperation() : biasAdd.getOperation();
+      // A top-k (without a score) that takes the chain's end as its only
+      // use keeps its selection in the product's epilogue instead: the
+      // [B, n] matrix is never written.
+      auto topk = dyn_cast_or_null<TopKOp>(onlyUser(root));
+      if (topk && topk.getScore())
+        topk = nullptr;
       // The bias may be defined after the product: build at the end.
-      rewriter.setInsertionPoint(root);
+      rewriter.setInsertionPoint(topk ? topk.getOperation() : root);
       Value a = toBuffer(rewriter, loc, op.getInput());
       Value w = toBuffer(rewriter, loc, op.getWeight());
       Value bias =
@@ -421,17 +764,22 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
       SmallVector<Value> dyn;
       if (outType.isDynamicDim(0))
         dyn.push_back(m);
-      Value out = allocLike(rewriter, loc, outType, dyn);
       // The inner dimension is dynamic in weight gradients (xᵀ · dy).
       Value k = ShapedType::isDynamic(kDim)
                     ? tensor::DimOp::create(rewriter, loc, op.getInput(), 1)
                           .getResult()
                     : arith::ConstantIndexOp::create(rewriter, loc, kDim)
                           .getResult();
-      emitPanelGemm(rewriter, loc, a, w, out, m, k,
-                    arith::ConstantIndexOp::create(rewriter, loc, nDim), lanes,
-                    vecs, bias, bool(relu));
-      rewriter.replaceOp(root, asTensor(rewriter, loc, outType, out));
+      Value n = arith::ConstantIndexOp::create(rewriter, loc, nDim);
+      if (topk) {
+        emitTopKGemm(rewriter, topk, a, w, m, k, n, vecs, bias, bool(relu));
+        rewriter.eraseOp(root);
+      } else {
+        Value out = allocLike(rewriter, loc, outType, dyn);
+        emitPanelGemm(rewriter, loc, a, w, out, m, k, n, lanes, vecs, bias,
+                      bool(relu));
+        rewriter.replaceOp(root, asTensor(rewriter, loc, outType, out));
+      }
       if (relu)
         rewriter.eraseOp(biasAdd);
       if (root != op)
@@ -454,6 +802,80 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
         });
     rewriter.replaceOp(op, result);
     return success();
+  }
+
+  /// The product a · w (plus bias, clamped) streamed through `topk`'s
+  /// selection (RowTopK), tile by tile: a vector of a row's results that
+  /// has none beating the row's worst kept rank costs one comparison.
+  /// The codes are the ones TopKLowering selects from the written matrix.
+  void emitTopKGemm(PatternRewriter &rewriter, TopKOp topk, Value a, Value w,
+                    Value m, Value k, Value n, int64_t vecs, Value bias,
+                    bool relu) const {
+    Location loc = topk.getLoc();
+    CodesType codes = topk.getType();
+    bool byMagnitude = topk.getByMagnitude();
+    SmallVector<Value> dyn;
+    if (codes.getValuesType().isDynamicDim(0))
+      dyn.push_back(m);
+    Value vals = allocLike(rewriter, loc, codes.getValuesType(), dyn);
+    Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), dyn);
+    Value ranks = byMagnitude
+                      ? allocLike(rewriter, loc, codes.getValuesType(), dyn)
+                      : vals;
+    RowTopK select(loc, codes.getK(), ranks, idxs,
+                   byMagnitude ? vals : Value());
+    auto begin = [&](OpBuilder &b, Location, Value row) {
+      select.init(b, row);
+    };
+    auto end = [&](OpBuilder &b, Location, Value row) {
+      select.finish(b, row);
+    };
+    // Per row of the tile, blocks of `lanes` columns screened against the
+    // worst kept rank.
+    auto tile = [&](OpBuilder &b, Location l, Value buf, Value r0, Value rows,
+                    Value col) {
+      Value c0 = arith::ConstantIndexOp::create(b, l, 0);
+      Value c1 = arith::ConstantIndexOp::create(b, l, 1);
+      auto vecType = VectorType::get({lanes}, b.getF32Type());
+      scf::ForOp::create(
+          b, l, c0, rows, c1, ValueRange{},
+          [&](OpBuilder &rb, Location rl, Value r, ValueRange) {
+            Value row = arith::AddIOp::create(rb, rl, r0, r);
+            Value worst = select.worst(rb, row);
+            scf::ForOp::create(
+                rb, rl, c0,
+                arith::ConstantIndexOp::create(rb, rl, vecs * lanes),
+                arith::ConstantIndexOp::create(rb, rl, lanes),
+                ValueRange{worst},
+                [&](OpBuilder &vb, Location vl, Value v, ValueRange w) {
+                  Value vec = vector::LoadOp::create(vb, vl, vecType, buf,
+                                                     ValueRange{r, v});
+                  Value rank =
+                      byMagnitude
+                          ? math::AbsFOp::create(vb, vl, vec).getResult()
+                          : vec;
+                  Value next = select.screened(
+                      vb, row, arith::AddIOp::create(vb, vl, col, v), rank,
+                      w[0], [&](OpBuilder &cb, Location cl, Value t) {
+                        Value x = memref::LoadOp::create(
+                            cb, cl, buf,
+                            ValueRange{r,
+                                       arith::SubIOp::create(cb, cl, t, col)});
+                        Value i = arith::IndexCastOp::create(
+                            cb, cl, cb.getI32Type(), t);
+                        if (!byMagnitude)
+                          return Candidate{x, i, Value()};
+                        return Candidate{math::AbsFOp::create(cb, cl, x), i, x};
+                      });
+                  scf::YieldOp::create(vb, vl, ValueRange{next});
+                });
+            scf::YieldOp::create(rb, rl);
+          });
+    };
+    PanelEpilogue epilogue{begin, end, tile};
+    emitPanelGemm(rewriter, loc, a, w, Value(), m, k, n, lanes, vecs, bias,
+                  relu, &epilogue);
+    replaceWithCodes(rewriter, topk, codes, vals, idxs);
   }
 };
 
@@ -1059,202 +1481,6 @@ struct FvuLowering : OpRewritePattern<FvuOp> {
 //===----------------------------------------------------------------------===//
 // Sparse codes
 //===----------------------------------------------------------------------===//
-
-/// One candidate of a row selection: its rank, its latent index (i32) and
-/// its value (null when the rank is the value).
-struct Candidate {
-  Value rank, index, value;
-};
-using CandidateFn = function_ref<Candidate(OpBuilder &, Location, Value)>;
-/// The ranks of candidates [t, t + kScreenLanes) as one vector.
-using ScreenFn = function_ref<Value(OpBuilder &, Location, Value)>;
-constexpr int64_t kScreenLanes = 16;
-
-/// Selects, in row `row`, the k best of `count` candidates (candidate t
-/// from `candidate`, visited with increasing latent index) into
-/// ranks/idxs/vals[row, 0..k) (vals null: the ranks are the values),
-/// ordered by decreasing rank, ties by increasing index; NaN ranks are never
-/// selected, and slots left over hold rank -inf, index 0 and value 0.
-/// The slots form a bounded min-heap keyed by (rank, -index) while the
-/// candidates go by, so a candidate costs one comparison with the worst
-/// kept entry, and entering costs O(log k); a heapsort orders the slots at
-/// the end. With `screen`, the candidates go by in blocks of kScreenLanes
-/// whose ranks are compared with the worst kept rank in one vector
-/// comparison: once the heap is full of good entries, almost every block
-/// has none that enters and is skipped; a block with one goes by one
-/// candidate at a time as before.
-void emitRowTopK(OpBuilder &b, Location loc, Value row, Value count, int64_t k,
-                 CandidateFn candidate, Value ranks, Value idxs, Value vals,
-                 ScreenFn screen = nullptr) {
-  Type f32 = cast<MemRefType>(ranks.getType()).getElementType();
-  auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
-    return arith::ConstantIndexOp::create(ob, loc, v);
-  };
-  Value cK = idx(b, k);
-  // (rank, index) a is worse than b: lower rank, or equal rank and a
-  // higher index.
-  auto worse = [&](OpBuilder &ob, Value ar, Value ai, Value br,
-                   Value bi) -> Value {
-    Value lower =
-        arith::CmpFOp::create(ob, loc, arith::CmpFPredicate::OLT, ar, br);
-    Value equal =
-        arith::CmpFOp::create(ob, loc, arith::CmpFPredicate::OEQ, ar, br);
-    Value later =
-        arith::CmpIOp::create(ob, loc, arith::CmpIPredicate::sgt, ai, bi);
-    return arith::OrIOp::create(
-        ob, loc, lower, arith::AndIOp::create(ob, loc, equal, later));
-  };
-  auto load = [&](OpBuilder &ob, Value buf, Value t) -> Value {
-    return memref::LoadOp::create(ob, loc, buf, ValueRange{row, t});
-  };
-  auto store = [&](OpBuilder &ob, Value v, Value buf, Value t) {
-    memref::StoreOp::create(ob, loc, v, buf, ValueRange{row, t});
-  };
-  // Sifts `item` down from slot 0 of the heap of `size` slots.
-  auto siftDown = [&](OpBuilder &ob, Candidate item, Value size) {
-    Value c1 = idx(ob, 1), c2 = idx(ob, 2);
-    Type indexType = ob.getIndexType();
-    auto loop = scf::WhileOp::create(
-        ob, loc, TypeRange{indexType, indexType}, ValueRange{idx(ob, 0), idx(ob, 0)},
-        [&](OpBuilder &wb, Location wl, ValueRange args) {
-          Value p = args[0];
-          Value left = arith::AddIOp::create(
-              wb, wl, arith::MulIOp::create(wb, wl, p, c2), c1);
-          Value hasLeft = arith::CmpIOp::create(
-              wb, wl, arith::CmpIPredicate::ult, left, size);
-          auto pick = scf::IfOp::create(
-              wb, wl, hasLeft,
-              [&](OpBuilder &tb, Location tl) {
-                Value right = arith::AddIOp::create(tb, tl, left, c1);
-                Value hasRight = arith::CmpIOp::create(
-                    tb, tl, arith::CmpIPredicate::ult, right, size);
-                auto child = scf::IfOp::create(
-                    tb, tl, hasRight,
-                    [&](OpBuilder &rb, Location rl) {
-                      Value rightWorse =
-                          worse(rb, load(rb, ranks, right), load(rb, idxs, right),
-                                load(rb, ranks, left), load(rb, idxs, left));
-                      scf::YieldOp::create(
-                          rb, rl,
-                          ValueRange{arith::SelectOp::create(rb, rl, rightWorse,
-                                                             right, left)});
-                    },
-                    [&](OpBuilder &rb, Location rl) {
-                      scf::YieldOp::create(rb, rl, ValueRange{left});
-                    });
-                Value c = child.getResult(0);
-                Value move = worse(tb, load(tb, ranks, c), load(tb, idxs, c),
-                                   item.rank, item.index);
-                scf::YieldOp::create(tb, tl, ValueRange{move, c});
-              },
-              [&](OpBuilder &tb, Location tl) {
-                Value no = arith::ConstantOp::create(tb, tl, tb.getBoolAttr(false));
-                scf::YieldOp::create(tb, tl, ValueRange{no, p});
-              });
-          scf::ConditionOp::create(
-              wb, wl, pick.getResult(0),
-              SmallVector<Value>{p, pick.getResult(1)});
-        },
-        [&](OpBuilder &wb, Location wl, ValueRange args) {
-          Value p = args[0], c = args[1];
-          store(wb, load(wb, ranks, c), ranks, p);
-          store(wb, load(wb, idxs, c), idxs, p);
-          if (vals)
-            store(wb, load(wb, vals, c), vals, p);
-          scf::YieldOp::create(wb, wl, ValueRange{c, c});
-        });
-    Value p = loop.getResult(0);
-    store(ob, item.rank, ranks, p);
-    store(ob, item.index, idxs, p);
-    if (vals)
-      store(ob, item.value, vals, p);
-  };
-
-  Value negInf = negInfOf(b, loc, f32);
-  Value zeroF = floatConst(b, loc, f32, 0.0);
-  Value zeroI = arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(0));
-  scf::ForOp::create(b, loc, idx(b, 0), cK, idx(b, 1), ValueRange{},
-                     [&](OpBuilder &nb, Location nl, Value t, ValueRange) {
-                       store(nb, negInf, ranks, t);
-                       store(nb, zeroI, idxs, t);
-                       if (vals)
-                         store(nb, zeroF, vals, t);
-                       scf::YieldOp::create(nb, nl);
-                     });
-  // The candidates come with increasing indices, so one beats the worst
-  // kept entry exactly when its rank is higher: the loops carry that rank.
-  auto visit = [&](OpBuilder &ob, Value from, Value to, Value worst) {
-    return scf::ForOp::create(
-               ob, loc, from, to, idx(ob, 1), ValueRange{worst},
-               [&](OpBuilder &nb, Location nl, Value t, ValueRange w) {
-                 Candidate item = candidate(nb, nl, t);
-                 Value enters = arith::CmpFOp::create(
-                     nb, nl, arith::CmpFPredicate::OGT, item.rank, w[0]);
-                 auto next = scf::IfOp::create(
-                     nb, nl, enters,
-                     [&](OpBuilder &ib, Location il) {
-                       siftDown(ib, item, cK);
-                       scf::YieldOp::create(
-                           ib, il, ValueRange{load(ib, ranks, idx(ib, 0))});
-                     },
-                     [&](OpBuilder &ib, Location il) {
-                       scf::YieldOp::create(ib, il, w);
-                     });
-                 scf::YieldOp::create(nb, nl, next.getResults());
-               })
-        .getResult(0);
-  };
-  Value worst = negInf, from = idx(b, 0);
-  if (screen) {
-    // Whole blocks, screened; the count mod kScreenLanes left go by one
-    // at a time below.
-    Value blocked = arith::SubIOp::create(
-        b, loc, count,
-        arith::RemUIOp::create(b, loc, count, idx(b, kScreenLanes)));
-    auto vecType = VectorType::get({kScreenLanes}, f32);
-    worst =
-        scf::ForOp::create(
-            b, loc, idx(b, 0), blocked, idx(b, kScreenLanes),
-            ValueRange{negInf},
-            [&](OpBuilder &sb, Location sl, Value t, ValueRange w) {
-              Value beats = arith::CmpFOp::create(
-                  sb, sl, arith::CmpFPredicate::OGT, screen(sb, sl, t),
-                  vector::BroadcastOp::create(sb, sl, vecType, w[0]));
-              Value any = vector::ReductionOp::create(
-                  sb, sl, vector::CombiningKind::OR, beats);
-              auto next = scf::IfOp::create(
-                  sb, sl, any,
-                  [&](OpBuilder &ib, Location il) {
-                    Value end =
-                        arith::AddIOp::create(ib, il, t, idx(ib, kScreenLanes));
-                    scf::YieldOp::create(ib, il,
-                                         ValueRange{visit(ib, t, end, w[0])});
-                  },
-                  [&](OpBuilder &ib, Location il) {
-                    scf::YieldOp::create(ib, il, w);
-                  });
-              scf::YieldOp::create(sb, sl, next.getResults());
-            })
-            .getResult(0);
-    from = blocked;
-  }
-  visit(b, from, count, worst);
-  // Heapsort: move the worst slot to the end, k - 1 times.
-  scf::ForOp::create(
-      b, loc, idx(b, 1), cK, idx(b, 1), ValueRange{},
-      [&](OpBuilder &nb, Location nl, Value j, ValueRange) {
-        Value end = arith::SubIOp::create(nb, nl, cK, j);
-        Value c0 = idx(nb, 0);
-        Candidate item{load(nb, ranks, end), load(nb, idxs, end),
-                       vals ? load(nb, vals, end) : Value()};
-        store(nb, load(nb, ranks, c0), ranks, end);
-        store(nb, load(nb, idxs, c0), idxs, end);
-        if (vals)
-          store(nb, load(nb, vals, c0), vals, end);
-        siftDown(nb, item, end);
-        scf::YieldOp::create(nb, nl);
-      });
-}
 
 /// Rows one after the other in parallel (each row's selection is written by
 /// one thread, so results do not depend on the threads).

@@ -448,6 +448,28 @@ LogicalResult ColumnSumOp::verify() {
                        getResult().getType().getDimSize(0), "column count");
 }
 
+OpFoldResult GatherOp::fold(FoldAdaptor) {
+  // Back to the codes whose entries these are: through sddmm (sampled at
+  // its codes' entries) and codes rebuilt from another's indices.
+  Value entries = getCodes();
+  while (true) {
+    if (auto sddmm = entries.getDefiningOp<SddmmOp>()) {
+      entries = sddmm.getCodes();
+      continue;
+    }
+    auto make = entries.getDefiningOp<MakeCodesOp>();
+    auto indices =
+        make ? make.getIndices().getDefiningOp<CodesIndicesOp>() : nullptr;
+    if (!indices || make.getRows())
+      break;
+    entries = indices.getCodes();
+  }
+  auto topk = entries.getDefiningOp<TopKOp>();
+  if (topk && topk.getInput() == getSource() && topk.getType() == getType())
+    return topk.getResult();
+  return {};
+}
+
 LogicalResult GatherOp::verify() {
   CodesType codes = getCodes().getType();
   auto source = getSource().getType();

@@ -929,6 +929,9 @@ def Sae_GatherOp : Sae_Op<"gather", [AllTypesMatch<["codes", "result"]>]> {
     $codes `,` $source attr-dict `:` type($codes) `,` type($source)
   }];
   let hasVerifier = 1;
+  // Folds to `sae.topk %source` when `codes` has that selection's entries
+  // (it, or codes made from its indices): its values are the source's.
+  let hasFolder = 1;
 }
 
 def Sae_SddmmOp : Sae_Op<"sddmm", [AllTypesMatch<["codes", "result"]>]> {
