@@ -22,8 +22,10 @@ func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x20xf32>) -> tensor<?x20xf3
 
 // Tests the register-blocked kernel for a width that is a multiple of two
 // vectors (8 lanes here): the weight is packed into panels of 16 columns
-// (ranges of panels in parallel), then the work items (blocks of 96 rows ×
-// ranges of panels; 4 panels here, so 4 ranges of one) run in parallel, and
+// (ranges of panels in parallel), then the work items (blocks of about 96
+// rows × ranges of panels; 4 panels here, so 4 ranges of one) run in
+// parallel, block b taking the groups of 6 rows [b·G / blocks,
+// (b+1)·G / blocks) of the G = B div 6, and
 // within them groups of 6 rows keep 6 × 2 vector accumulators over k (one
 // broadcast of x[i, k] and two FMAs per row); the B mod 6 leftover rows form
 // one smaller block per panel (1 to 5 rows), in the items of the last row
@@ -33,11 +35,14 @@ func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x20xf32>) -> tensor<?x20xf3
 // CHECK: scf.parallel
 // CHECK: vector.load {{.*}} : memref<16x64xf32>, vector<8xf32>
 // CHECK: vector.store {{.*}}, %[[PACKED]]
+// CHECK: %[[GROUPS:.*]] = arith.divui %{{.*}}, %c6
 // CHECK: %[[BLOCKS:.*]] = arith.ceildivui %{{.*}}, %c96
 // CHECK: %[[ITEMS:.*]] = arith.muli %[[BLOCKS]], %c4
 // CHECK: scf.parallel (%[[ITEM:.*]]) = (%{{.*}}) to (%[[ITEMS]]) step (%c1)
 // CHECK: %[[BLOCK:.*]] = arith.divui %[[ITEM]], %c4
 // CHECK: arith.remui %[[ITEM]], %c4
+// CHECK: %[[G0:.*]] = arith.muli %[[BLOCK]], %[[GROUPS]]
+// CHECK: arith.divui %[[G0]], %[[BLOCKS]]
 // CHECK: %[[LASTNO:.*]] = arith.subi %[[BLOCKS]], %c1
 // CHECK: %[[LAST:.*]] = arith.cmpi eq, %[[BLOCK]], %[[LASTNO]]
 // CHECK: scf.for %[[J:.*]] = %{{.*}} to %{{.*}} step %c16

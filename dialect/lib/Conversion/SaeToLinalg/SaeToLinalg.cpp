@@ -608,9 +608,12 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
               scf::YieldOp::create(kb, l);
             });
       });
-  // Row blocks of kRows·kBlocks rows (their A rows stay in L2 while every
-  // panel goes by); the last block also takes the m mod kRows rows left
-  // over, one smaller block per panel.
+  // Row blocks of about kRows·kBlocks rows (their A rows stay in L2 while
+  // every panel goes by): the m div kRows groups of rows shared out evenly
+  // (block b takes groups [b·G / blocks, (b+1)·G / blocks)), so that
+  // contiguous runs of blocks, as threads take them, are as even as can be.
+  // The last block also takes the m mod kRows rows left over, one smaller
+  // block per panel.
   // The row blocks write disjoint rows of C: they run in parallel
   // (scf.parallel, OpenMP threads on the CPU), each output still computed
   // by one thread in one order, so results do not depend on the threads.
@@ -628,6 +631,7 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                                          idx(b, cols));
   Value rem = arith::RemUIOp::create(b, loc, m, idx(b, kRows));
   Value full = arith::SubIOp::create(b, loc, m, rem);
+  Value groups = arith::DivUIOp::create(b, loc, m, idx(b, kRows));
   Value rowBlocks = ceilDiv(b, m, idx(b, kRows * kBlocks));
   Value items = arith::MulIOp::create(b, loc, rowBlocks, panelParts);
   // The epilogue's tiles, one per work item.
@@ -641,11 +645,14 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
       [&](OpBuilder &ob, Location l, ValueRange ivs) {
         Value blockNo = arith::DivUIOp::create(ob, l, ivs[0], panelParts);
         Value part = arith::RemUIOp::create(ob, l, ivs[0], panelParts);
-        Value i0 =
-            arith::MulIOp::create(ob, l, blockNo, idx(ob, kRows * kBlocks));
-        Value i1 = arith::MinUIOp::create(
-            ob, l, arith::AddIOp::create(ob, l, i0, idx(ob, kRows * kBlocks)),
-            full);
+        auto groupStart = [&](Value block) -> Value {
+          Value g = arith::DivUIOp::create(
+              ob, l, arith::MulIOp::create(ob, l, block, groups), rowBlocks);
+          return arith::MulIOp::create(ob, l, g, idx(ob, kRows));
+        };
+        Value i0 = groupStart(blockNo);
+        Value i1 =
+            groupStart(arith::AddIOp::create(ob, l, blockNo, idx(ob, 1)));
         Value last = arith::CmpIOp::create(
             ob, l, arith::CmpIPredicate::eq, blockNo,
             arith::SubIOp::create(ob, l, rowBlocks, idx(ob, 1)));
