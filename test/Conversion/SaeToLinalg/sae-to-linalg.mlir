@@ -110,6 +110,34 @@ func.func @linear_topk(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: tensor<6
 
 // -----
 
+// Tests that a top-k whose input has other uses (AuxK's selection of dead
+// latents) still selects in the epilogue: the product is also written, the
+// tile's vectors going to both. A shape query of the input before the top-k
+// is answered from the product's input.
+// CHECK-LABEL: func.func @linear_topk_shared
+// CHECK-SAME: (%[[X:.*]]: tensor<?x16xf32>,
+// CHECK: %[[ROWS:.*]] = tensor.dim %[[X]], %c0
+// CHECK: %[[OUT:.*]] = memref.alloc(%{{.*}}) : memref<?x64xf32>
+// CHECK: %[[TILES:.*]] = memref.alloc(%{{.*}}) : memref<?x6x16xf32>
+// CHECK: %[[SUB:.*]] = memref.subview %[[TILES]]
+// CHECK: %[[TILE:.*]] = memref.collapse_shape %[[SUB]]
+// CHECK: vector.store %[[V:.*]], %[[TILE]][%c0, %c0]
+// CHECK-NEXT: vector.store %[[V]], %[[OUT]]
+// CHECK: %[[T:.*]] = bufferization.to_tensor %[[OUT]] restrict
+// CHECK: return %[[ROWS]], %{{.*}}, %[[T]]
+func.func @linear_topk_shared(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: tensor<64xf32>) -> (index, tensor<?x4xf32>, tensor<?x64xf32>) {
+  %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
+  %1 = sae.bias_add %0, %b : tensor<?x64xf32>, tensor<64xf32>
+  %2 = sae.relu %1 : tensor<?x64xf32>
+  %c0 = arith.constant 0 : index
+  %rows = tensor.dim %2, %c0 : tensor<?x64xf32>
+  %z = sae.topk %2 : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  %v = sae.codes_values %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x4xf32>
+  return %rows, %v, %2 : index, tensor<?x4xf32>, tensor<?x64xf32>
+}
+
+// -----
+
 // Tests that a bias is broadcast over rows and relu is maximumf with zero.
 // CHECK-DAG: #[[ROW:.*]] = affine_map<(d0, d1) -> (d1)>
 // CHECK-LABEL: func.func @bias_relu

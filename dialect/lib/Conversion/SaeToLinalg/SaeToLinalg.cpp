@@ -453,10 +453,10 @@ constexpr int64_t kRows = 6;
 /// product about 10% faster than no prefetch.
 constexpr int64_t kPrefetch = 8;
 
-/// Where emitPanelGemm's results go instead of C. `tile` takes rows
-/// [r0, r0 + rows) of the columns [col, col + vecs·lanes) (bias and clamp
-/// applied) from the [kRows, vecs·lanes] buffer `buf`; `begin` runs for
-/// each row before its first tile and `end` after its last. With an
+/// Where emitPanelGemm's results go besides C (when C is given). `tile`
+/// takes rows [r0, r0 + rows) of the columns [col, col + vecs·lanes) (bias
+/// and clamp applied) from the [kRows, vecs·lanes] buffer `buf`; `begin`
+/// runs for each row before its first tile and `end` after its last. With an
 /// epilogue, one work item takes all the columns of its rows, and the tiles
 /// of a row come with increasing columns. `tile` is emitted twice (full
 /// groups of rows, and the rows left over), not once per kernel shape.
@@ -571,7 +571,7 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
         if (epilogue)
           vector::StoreOp::create(ob, loc, out, tileBuf,
                                   ValueRange{idx(ob, r), idx(ob, v * lanes)});
-        else
+        if (c)
           vector::StoreOp::create(ob, loc, out, c, ValueRange{row, colOf[v]});
       }
     }
@@ -755,12 +755,42 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
           biasAdd ? dyn_cast_or_null<ReluOp>(onlyUser(biasAdd)) : nullptr;
       if (biasAdd)
         root = relu ? relu.getOperation() : biasAdd.getOperation();
-      // A top-k (without a score) that takes the chain's end as its only
-      // use keeps its selection in the product's epilogue instead: the
-      // [B, n] matrix is never written.
-      auto topk = dyn_cast_or_null<TopKOp>(onlyUser(root));
-      if (topk && topk.getScore())
-        topk = nullptr;
+      // A top-k (without a score) of the chain's end keeps its selection
+      // in the product's epilogue instead. As the only use, the [B, n]
+      // matrix is then never written; with other uses (AuxK's selection
+      // of dead latents), it is written but not read back for the top-k.
+      // Those uses must come after the top-k, where the product is built.
+      // Shape queries of the chain's end are answered from the product's
+      // input and width, wherever they are.
+      for (Operation *user : llvm::make_early_inc_range(root->getUsers())) {
+        auto dim = dyn_cast<tensor::DimOp>(user);
+        std::optional<int64_t> which =
+            dim ? dim.getConstantIndex() : std::nullopt;
+        if (!which)
+          continue;
+        rewriter.setInsertionPoint(dim);
+        if (*which == 0)
+          rewriter.replaceOpWithNewOp<tensor::DimOp>(dim, op.getInput(), 0);
+        else
+          rewriter.replaceOpWithNewOp<arith::ConstantIndexOp>(dim, nDim);
+      }
+      TopKOp topk;
+      for (Operation *user : root->getUsers()) {
+        auto candidate = dyn_cast<TopKOp>(user);
+        if (candidate && !candidate.getScore()) {
+          topk = candidate;
+          break;
+        }
+      }
+      bool written = false;
+      for (Operation *user : root->getUsers()) {
+        if (!topk || user == topk)
+          continue;
+        written = true;
+        if (user->getBlock() != topk->getBlock() ||
+            !topk->isBeforeInBlock(user))
+          topk = nullptr;
+      }
       // The bias may be defined after the product: build at the end.
       rewriter.setInsertionPoint(topk ? topk.getOperation() : root);
       Value a = toBuffer(rewriter, loc, op.getInput());
@@ -779,8 +809,13 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
                           .getResult();
       Value n = arith::ConstantIndexOp::create(rewriter, loc, nDim);
       if (topk) {
-        emitTopKGemm(rewriter, topk, a, w, m, k, n, vecs, bias, bool(relu));
-        rewriter.eraseOp(root);
+        Value out = written ? allocLike(rewriter, loc, outType, dyn) : Value();
+        emitTopKGemm(rewriter, topk, a, w, out, m, k, n, vecs, bias,
+                     bool(relu));
+        if (written)
+          rewriter.replaceOp(root, asTensor(rewriter, loc, outType, out));
+        else
+          rewriter.eraseOp(root);
       } else {
         Value out = allocLike(rewriter, loc, outType, dyn);
         emitPanelGemm(rewriter, loc, a, w, out, m, k, n, lanes, vecs, bias,
@@ -815,9 +850,10 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
   /// selection (RowTopK), tile by tile: a vector of a row's results that
   /// has none beating the row's worst kept rank costs one comparison.
   /// The codes are the ones TopKLowering selects from the written matrix.
+  /// `out` (when given) receives the product as well.
   void emitTopKGemm(PatternRewriter &rewriter, TopKOp topk, Value a, Value w,
-                    Value m, Value k, Value n, int64_t vecs, Value bias,
-                    bool relu) const {
+                    Value out, Value m, Value k, Value n, int64_t vecs,
+                    Value bias, bool relu) const {
     Location loc = topk.getLoc();
     CodesType codes = topk.getType();
     bool byMagnitude = topk.getByMagnitude();
@@ -880,8 +916,8 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
           });
     };
     PanelEpilogue epilogue{begin, end, tile};
-    emitPanelGemm(rewriter, loc, a, w, Value(), m, k, n, lanes, vecs, bias,
-                  relu, &epilogue);
+    emitPanelGemm(rewriter, loc, a, w, out, m, k, n, lanes, vecs, bias, relu,
+                  &epilogue);
     replaceWithCodes(rewriter, topk, codes, vals, idxs);
   }
 };
