@@ -265,8 +265,9 @@ public:
         .getResult(0);
   }
 
-  /// visit() over [t, t + lanes) when any of `ranks` (their ranks as one
-  /// vector) beats `worst`; otherwise nothing.
+  /// The candidates [t, t + L), whose ranks are the L-lane vector
+  /// `blockRanks`: visit() when one of them beats `worst`, otherwise
+  /// nothing (one vector comparison).
   Value screened(OpBuilder &b, Value row, Value t, Value blockRanks,
                  Value worst, CandidateFn candidate) const {
     auto vecType = cast<VectorType>(blockRanks.getType());
