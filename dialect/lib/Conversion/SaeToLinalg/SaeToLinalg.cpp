@@ -497,7 +497,7 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                       f32),
       packedSizes);
   // Rows [r0, r0 + rows) of the block of columns [j, j + cols), into C
-  // or (with an epilogue) into rows [0, rows) of `tileBuf`.
+  // (when given) and, with an epilogue, into rows [0, rows) of `tileBuf`.
   Value tileBuf;
   auto block = [&](OpBuilder &ob, Value r0, int64_t rows, Value j) {
     Value p = arith::DivUIOp::create(ob, loc, j, idx(ob, cols));
