@@ -10,7 +10,8 @@ using namespace mlir;
 namespace sae {
 
 llvm::StringRef getCpuPipelineText() {
-  // One stage per line; see docs/pipeline.md for why each is where it is.
+  // One stage per line; docs/design.md ("The CPU pipeline") says why each
+  // is where it is.
   return "sae-differentiate{drop-untrainable=true},"
          "sae-emit-c-abi,"
          "convert-sae-to-linalg,"
@@ -20,12 +21,14 @@ llvm::StringRef getCpuPipelineText() {
          "buffer-deallocation-pipeline,"
          "func.func(sae-parallelize-linalg),"
          "convert-linalg-to-loops,"
+         "scf-forall-to-parallel,"
          "convert-scf-to-openmp,"
          "expand-strided-metadata,"
          "lower-affine,"
          "finalize-memref-to-llvm,"
          "convert-scf-to-cf,"
          "convert-math-to-llvm,"
+         "convert-vector-to-llvm,"
          "convert-to-llvm,"
          "reconcile-unrealized-casts,"
          "canonicalize";

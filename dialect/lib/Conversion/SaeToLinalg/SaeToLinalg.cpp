@@ -4219,6 +4219,198 @@ struct AdamLowering : OpRewritePattern<AdamOp> {
   }
 };
 
+/// The decoder's update under the unit-norm rule, in one pass over its rows:
+/// normalize_rows(adam(W, scale(project_rows(G, W), c), M, V, ...)) (the
+/// scale and the projection each optional). Separately these are a pass
+/// for the rows' dot products G·W, Adam's pass, one for the new rows' norms
+/// and one to scale them; here each row (d floats, in L1) is read once from
+/// memory: its dot product, then its Adam update (with the sum of squares
+/// of the new row on the way), then the scaling. Rows are shared out in
+/// blocks among threads (scf.forall), each row computed by one thread in
+/// one order. W, M and V are the forall's shared outputs, which
+/// bufferization updates in place, as it does Adam's linalg outputs.
+constexpr int64_t kUpdateRows = 64;
+struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
+  UnitNormAdamLowering(MLIRContext *ctx, int64_t lanes)
+      : OpRewritePattern(ctx, /*benefit=*/2), lanes(lanes) {}
+  int64_t lanes;
+  LogicalResult matchAndRewrite(NormalizeRowsOp op,
+                                PatternRewriter &rewriter) const override {
+    auto adam = op.getInput().getDefiningOp<AdamOp>();
+    if (!adam || !adam.getNewParam().hasOneUse())
+      return rewriter.notifyMatchFailure(op, "not the update of an Adam step");
+    auto type = cast<RankedTensorType>(op.getType());
+    int64_t d = type.getDimSize(1);
+    if (!type.getElementType().isF32() || type.isDynamicDim(0) ||
+        ShapedType::isDynamic(d) || d % lanes != 0)
+      return rewriter.notifyMatchFailure(op, "not f32 rows of whole vectors");
+    Value w = adam.getParam(), g = adam.getGrad(), clip;
+    if (auto scale = g.getDefiningOp<ScaleOp>()) {
+      clip = scale.getScale();
+      g = scale.getInput();
+    }
+    Value projectOnto;
+    if (auto project = g.getDefiningOp<ProjectRowsOp>();
+        project && project.getWeight() == w) {
+      projectOnto = w;
+      g = project.getGrad();
+    }
+    Location loc = op.getLoc();
+    Type f32 = rewriter.getF32Type();
+    auto vecType = VectorType::get({lanes}, f32);
+    auto idx = [&](OpBuilder &b, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(b, loc, v);
+    };
+    auto splat = [&](OpBuilder &b, Value s) -> Value {
+      return vector::BroadcastOp::create(b, loc, vecType, s);
+    };
+    // Adam's scalars, as AdamLowering computes them.
+    Value one = floatConst(rewriter, loc, f32, 1.0);
+    Value step =
+        arith::DivFOp::create(rewriter, loc, adam.getLr(), adam.getBc1());
+    Value sqrtBc2 = math::SqrtOp::create(rewriter, loc, adam.getBc2());
+    Value c1 = arith::SubFOp::create(rewriter, loc, one, adam.getBeta1());
+    Value c2 = arith::SubFOp::create(rewriter, loc, one, adam.getBeta2());
+    int64_t n = type.getDimSize(0);
+    int64_t blocks = (n + kUpdateRows - 1) / kUpdateRows;
+    Value zeroF = floatConst(rewriter, loc, f32, 0.0);
+    auto forall = scf::ForallOp::create(
+        rewriter, loc, ArrayRef<OpFoldResult>{rewriter.getIndexAttr(blocks)},
+        ValueRange{w, adam.getM(), adam.getV()}, std::nullopt,
+        [&](OpBuilder &b, Location l, ValueRange args) {
+          Value blk = args[0];
+          Value r0 = arith::MulIOp::create(b, l, blk, idx(b, kUpdateRows));
+          Value rows = arith::MinUIOp::create(
+              b, l, idx(b, kUpdateRows),
+              arith::SubIOp::create(b, l, idx(b, n), r0));
+          SmallVector<OpFoldResult> offsets = {r0, b.getIndexAttr(0)};
+          SmallVector<OpFoldResult> sizes = {rows, b.getIndexAttr(d)};
+          SmallVector<OpFoldResult> strides(2, b.getIndexAttr(1));
+          SmallVector<Value> slices;
+          for (Value out : args.drop_front())
+            slices.push_back(tensor::ExtractSliceOp::create(b, l, out, offsets,
+                                                            sizes, strides));
+          Value vb1 = splat(b, adam.getBeta1()),
+                vb2 = splat(b, adam.getBeta2());
+          Value vc1 = splat(b, c1), vc2 = splat(b, c2);
+          Value vStep = splat(b, step), vSqrtBc2 = splat(b, sqrtBc2);
+          Value vEps = splat(b, adam.getEps());
+          Value vZero = splat(b, zeroF);
+          Value vClip = clip ? splat(b, clip) : Value();
+          auto read = [&](OpBuilder &ob, Value t, Value r, Value c) -> Value {
+            return vector::TransferReadOp::create(ob, l, vecType, t,
+                                                  ValueRange{r, c}, zeroF,
+                                                  ArrayRef<bool>{true});
+          };
+          auto write = [&](OpBuilder &ob, Value v, Value t, Value r,
+                           Value c) -> Value {
+            return vector::TransferWriteOp::create(
+                       ob, l, v, t, ValueRange{r, c}, ArrayRef<bool>{true})
+                .getResult();
+          };
+          auto sumOf = [&](OpBuilder &ob, Value v) -> Value {
+            return vector::ReductionOp::create(ob, l,
+                                               vector::CombiningKind::ADD, v);
+          };
+          auto eachRow = scf::ForOp::create(
+              b, l, idx(b, 0), rows, idx(b, 1), slices,
+              [&](OpBuilder &rb, Location, Value i, ValueRange rowArgs) {
+                Value row = arith::AddIOp::create(rb, l, r0, i);
+                Value pS = rowArgs[0], mS = rowArgs[1], vS = rowArgs[2];
+                // g · w, for the projection.
+                Value dot;
+                if (projectOnto) {
+                  auto dots = scf::ForOp::create(
+                      rb, l, idx(rb, 0), idx(rb, d), idx(rb, lanes),
+                      ValueRange{vZero},
+                      [&](OpBuilder &cb, Location, Value c, ValueRange acc) {
+                        Value prod = arith::MulFOp::create(
+                            cb, l, read(cb, g, row, c), read(cb, pS, i, c));
+                        scf::YieldOp::create(cb, l,
+                                             ValueRange{arith::AddFOp::create(
+                                                 cb, l, acc[0], prod)});
+                      });
+                  dot = splat(rb, sumOf(rb, dots.getResult(0)));
+                }
+                // Adam, and the new row's sum of squares.
+                auto update = scf::ForOp::create(
+                    rb, l, idx(rb, 0), idx(rb, d), idx(rb, lanes),
+                    ValueRange{pS, mS, vS, vZero},
+                    [&](OpBuilder &cb, Location, Value c, ValueRange acc) {
+                      Value gv = read(cb, g, row, c);
+                      Value pv = read(cb, acc[0], i, c);
+                      if (dot)
+                        gv = arith::SubFOp::create(
+                            cb, l, gv, arith::MulFOp::create(cb, l, dot, pv));
+                      if (vClip)
+                        gv = arith::MulFOp::create(cb, l, gv, vClip);
+                      Value m2 = arith::AddFOp::create(
+                          cb, l,
+                          arith::MulFOp::create(cb, l, vb1,
+                                                read(cb, acc[1], i, c)),
+                          arith::MulFOp::create(cb, l, vc1, gv));
+                      Value gg = arith::MulFOp::create(cb, l, gv, gv);
+                      Value v2 = arith::AddFOp::create(
+                          cb, l,
+                          arith::MulFOp::create(cb, l, vb2,
+                                                read(cb, acc[2], i, c)),
+                          arith::MulFOp::create(cb, l, vc2, gg));
+                      Value denom = arith::AddFOp::create(
+                          cb, l,
+                          arith::DivFOp::create(
+                              cb, l, math::SqrtOp::create(cb, l, v2), vSqrtBc2),
+                          vEps);
+                      Value p2 = arith::SubFOp::create(
+                          cb, l, pv,
+                          arith::MulFOp::create(
+                              cb, l, vStep,
+                              arith::DivFOp::create(cb, l, m2, denom)));
+                      Value ss = arith::AddFOp::create(
+                          cb, l, acc[3], arith::MulFOp::create(cb, l, p2, p2));
+                      scf::YieldOp::create(
+                          cb, l,
+                          ValueRange{write(cb, p2, acc[0], i, c),
+                                     write(cb, m2, acc[1], i, c),
+                                     write(cb, v2, acc[2], i, c), ss});
+                    });
+                // The row scaled to unit norm (a zero row stays zero: its
+                // sum of squares is 0 only when every element is).
+                Value ss = sumOf(rb, update.getResult(3));
+                Value isZero = arith::CmpFOp::create(
+                    rb, l, arith::CmpFPredicate::OLE, ss, zeroF);
+                Value inv = splat(rb, arith::SelectOp::create(
+                                          rb, l, isZero, zeroF,
+                                          math::RsqrtOp::create(rb, l, ss)));
+                auto scaled = scf::ForOp::create(
+                    rb, l, idx(rb, 0), idx(rb, d), idx(rb, lanes),
+                    ValueRange{update.getResult(0)},
+                    [&](OpBuilder &cb, Location, Value c, ValueRange acc) {
+                      Value pv = arith::MulFOp::create(
+                          cb, l, read(cb, acc[0], i, c), inv);
+                      scf::YieldOp::create(
+                          cb, l, ValueRange{write(cb, pv, acc[0], i, c)});
+                    });
+                scf::YieldOp::create(rb, l,
+                                     ValueRange{scaled.getResult(0),
+                                                update.getResult(1),
+                                                update.getResult(2)});
+              });
+          auto inParallel = scf::InParallelOp::create(b, l);
+          OpBuilder::InsertionGuard guard(b);
+          b.setInsertionPointToStart(inParallel.getBody());
+          for (auto [res, out] :
+               llvm::zip(eachRow.getResults(), args.drop_front()))
+            tensor::ParallelInsertSliceOp::create(b, l, res, out, offsets,
+                                                  sizes, strides);
+        });
+    rewriter.replaceAllUsesWith(adam.getNewM(), forall.getResult(1));
+    rewriter.replaceAllUsesWith(adam.getNewV(), forall.getResult(2));
+    rewriter.replaceOp(op, forall.getResult(0));
+    rewriter.eraseOp(adam);
+    return success();
+  }
+};
+
 struct SinceFiredLowering : OpRewritePattern<SinceFiredOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(SinceFiredOp op,
@@ -4665,7 +4857,8 @@ struct ConvertSaeToLinalgPass
     // epilogue computes are lowered on their own.
     {
       RewritePatternSet products(&getContext());
-      products.add<LinearLowering, DeadTopKLowering>(&getContext(), lanes);
+      products.add<LinearLowering, DeadTopKLowering, UnitNormAdamLowering>(
+          &getContext(), lanes);
       if (failed(applyPatternsGreedily(getOperation(), std::move(products))))
         return signalPassFailure();
     }

@@ -6,12 +6,17 @@
 # Adam moment with torchref.py's torch autograd + torch.optim.Adam step
 # (1e-4 relative; see torchref.py for the allowance of entries whose
 # gradient is at float32 rounding level).
+# ARCH+clip trains with --clip 0.001, a bound that the gradient's norm
+# exceeds there, so that the step scales the gradient before Adam.
 set -euo pipefail
 bin=$1 python=$2 inputs=$3 out=$4
 shift 4
 examples=$(cd "$inputs/../../../../examples" && pwd)
-for arch in "$@"; do
-  t="$out/$arch"
+for token in "$@"; do
+  arch=${token%+clip}
+  clip=()
+  [ "$arch" != "$token" ] && clip=(--clip 0.001)
+  t="$out/$token"
   rm -rf "$t" && mkdir -p "$t"
   "$bin/saec" "$examples/$arch.sae" -D d=256 -D n=4096 -o "$t/lib.so"
   "$bin/sae" init "$t/lib.so" --seed 1 --out "$t/init" > /dev/null
@@ -23,7 +28,7 @@ for arch in "$@"; do
     ref=(--grad "$t/g.npy")
   fi
   "$bin/sae" train "$t/lib.so" --init "$t/ckpt" --data "$t/x.npy" --steps 1 \
-    --batch 64 --no-shuffle --lr 1e-3 --eps 1e-8 --out "$t/out" "${extra[@]}" \
+    --batch 64 --no-shuffle --lr 1e-3 --eps 1e-8 --out "$t/out" "${extra[@]}" "${clip[@]}" \
     > "$t/summary.json" 2> "$t/progress.txt"
-  echo "$arch: $("$python" "$inputs/torchref.py" check-step "$arch" "$t/ckpt" "$t/x.npy" 64 "$t/out" --noise-allowance 10 "${ref[@]}" | tail -1)"
+  echo "$token: $("$python" "$inputs/torchref.py" check-step "$arch" "$t/ckpt" "$t/x.npy" 64 "$t/out" --noise-allowance 10 "${ref[@]}" | tail -1)"
 done
