@@ -438,6 +438,36 @@ func.func @outer_into(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %init: tensor<64
 
 // -----
 
+// Tests a transposed outer product ([d, n] = the encoder's gradient layout)
+// written without an [n, d] intermediate: blocks of 16 latents in parallel,
+// their rows summed into a 16 × d tile on the stack, then stored into the
+// result's columns by 8 × 8 blocks (eight row loads, shuffles, eight
+// streaming stores), two blocks per 8 rows of the result.
+// CHECK-LABEL: func.func @outer_transposed
+// CHECK: %[[OUT:.*]] = memref.alloc() {alignment = 64 : i64} : memref<32x64xf32>
+// CHECK: scf.parallel (%[[J0:.*]]) = (%c0) to (%c64) step (%c16)
+// CHECK: %[[TILE:.*]] = memref.alloca() : memref<16x32xf32>
+// CHECK: scf.for
+// CHECK: scf.for
+// CHECK: arith.mulf
+// CHECK: arith.addf
+// CHECK: vector.store %{{.*}}, %[[TILE]]
+// CHECK-COUNT-8: vector.load %[[TILE]]
+// CHECK: vector.shuffle
+// CHECK: vector.store %{{.*}}, %[[OUT]][%{{.*}}, %[[J0]]] {alignment = 32 : i64, nontemporal = true}
+// CHECK-COUNT-8: vector.load %[[TILE]]
+// CHECK-NOT: vector.store %{{.*}}, %[[OUT]][%{{.*}}, %[[J0]]]
+// CHECK: vector.store %{{.*}}, %[[OUT]][%{{.*}}, %{{.*}}] {alignment = 32 : i64, nontemporal = true}
+// CHECK-NOT: sae.transpose
+// CHECK: bufferization.to_tensor %[[OUT]]
+func.func @outer_transposed(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %x: tensor<?x32xf32>) -> tensor<32x64xf32> {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  %0 = sae.outer %z, %x {transposed} : !sae.codes<?x64xf32, k = 4>, tensor<?x32xf32> -> tensor<32x64xf32>
+  return %0 : tensor<32x64xf32>
+}
+
+// -----
+
 // Tests the entries of two codes side by side (tensor.concat of [B, k]
 // values): one generic whose slot j reads the first source below its width
 // and the second above it, with indices clamped in range.

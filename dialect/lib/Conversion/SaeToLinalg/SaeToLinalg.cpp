@@ -1012,12 +1012,15 @@ struct ReluLowering : OpRewritePattern<ReluOp> {
 
 /// Tiles of 32 × 32, so that both the reads and the writes stay within a
 /// few cache lines per tile (a plain generic reads a column per row).
-/// Stores the transpose of the 8 × 8 block in[j0 + r, i0 + c] at
-/// out[i0 + c, j0 + r]: eight row loads, three rounds of shuffles (pairs
-/// of floats, pairs of pairs, halves; the x86 backend makes them unpack,
-/// shufps and vperm2f128) and eight row stores.
+/// Stores the transpose of the 8 × 8 block in[inRow + r, inCol + c] at
+/// out[outRow + c, outCol + r]: eight row loads, three rounds of shuffles
+/// (pairs of floats, pairs of pairs, halves; the x86 backend makes them
+/// unpack, shufps and vperm2f128) and eight row stores (`streaming`:
+/// non-temporal, 32-byte aligned, which write whole cache lines without
+/// reading them first when a caller writes a line's halves in turn).
 void emitTransposeBlock8(OpBuilder &b, Location loc, Value in, Value out,
-                         Value i0, Value j0) {
+                         Value inRow, Value inCol, Value outRow, Value outCol,
+                         bool streaming = false) {
   auto vecType = VectorType::get({8}, b.getF32Type());
   auto at = [&](Value base, int64_t off) -> Value {
     return arith::AddIOp::create(b, loc, base,
@@ -1025,8 +1028,8 @@ void emitTransposeBlock8(OpBuilder &b, Location loc, Value in, Value out,
   };
   SmallVector<Value> v;
   for (int64_t r = 0; r < 8; ++r)
-    v.push_back(
-        vector::LoadOp::create(b, loc, vecType, in, ValueRange{at(j0, r), i0}));
+    v.push_back(vector::LoadOp::create(b, loc, vecType, in,
+                                       ValueRange{at(inRow, r), inCol}));
   // Each round combines vectors `stride` apart with two masks.
   auto round = [&](int64_t stride, ArrayRef<int64_t> lo, ArrayRef<int64_t> hi) {
     SmallVector<Value> next(8);
@@ -1046,7 +1049,9 @@ void emitTransposeBlock8(OpBuilder &b, Location loc, Value in, Value out,
   // rounds 1 and 2 swapped the roles of bits 0 and 1.
   for (int64_t r = 0; r < 8; ++r) {
     int64_t c = ((r & 1) << 1) | ((r & 2) >> 1) | (r & 4);
-    vector::StoreOp::create(b, loc, v[r], out, ValueRange{at(i0, c), j0});
+    vector::StoreOp::create(
+        b, loc, v[r], out, ValueRange{at(outRow, c), outCol}, streaming,
+        streaming ? b.getI64IntegerAttr(32) : IntegerAttr());
   }
 }
 
@@ -1100,11 +1105,11 @@ void emitTranspose(OpBuilder &b, Location loc, Value in, Value out, Value rows,
               arith::AndIOp::create(b2, loc, whole(i0, rows), whole(j0, cols)),
               [&](OpBuilder &tb, Location tl) {
                 for (int64_t bi = 0; bi < tile; bi += 8)
-                  for (int64_t bj = 0; bj < tile; bj += 8)
-                    emitTransposeBlock8(
-                        tb, tl, in, out,
-                        arith::AddIOp::create(tb, tl, i0, idx(tb, bi)),
-                        arith::AddIOp::create(tb, tl, j0, idx(tb, bj)));
+                  for (int64_t bj = 0; bj < tile; bj += 8) {
+                    Value i = arith::AddIOp::create(tb, tl, i0, idx(tb, bi));
+                    Value j = arith::AddIOp::create(tb, tl, j0, idx(tb, bj));
+                    emitTransposeBlock8(tb, tl, in, out, j, i, i, j);
+                  }
                 scf::YieldOp::create(tb, tl);
               },
               [&](OpBuilder &eb, Location el) {
@@ -3752,7 +3757,15 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
       return rewriter.notifyMatchFailure(op, "the gradient's shape is dynamic");
     Location loc = op.getLoc();
     auto type = op.getType();
-    if (op.getTransposed()) {
+    // The transposed result [d, n] is written through tiles of 16 rows
+    // when its shapes suit them (a tile, 64·d bytes on the stack, up to
+    // 256 KiB); otherwise as rows [n, d], then transposed.
+    bool transposedOut = op.getTransposed() && !op.getInit() &&
+                         type.getElementType().isF32() &&
+                         type.getDimSize(1) % 16 == 0 &&
+                         type.getDimSize(0) % (lanes * kOuterVecs) == 0 &&
+                         type.getDimSize(0) <= 4096;
+    if (op.getTransposed() && !transposedOut) {
       auto rowsType = RankedTensorType::get(
           {type.getDimSize(1), type.getDimSize(0)}, type.getElementType());
       Value rows = OuterOp::create(rewriter, loc, rowsType, op.getCodes(),
@@ -3774,7 +3787,8 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
                            scf::YieldOp::create(fb, fl);
                          });
     };
-    int64_t n = type.getDimSize(0), d = type.getDimSize(1);
+    int64_t n = type.getDimSize(transposedOut ? 1 : 0),
+            d = type.getDimSize(transposedOut ? 0 : 1);
     // The entries sorted by latent, stably (a counting sort into rowOf
     // and valOf): first start[j + 1] counts latent j's entries.
     Value start = memref::AllocOp::create(
@@ -3835,81 +3849,135 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
                      memref::StoreOp::create(ib, bl, v, valOf, p);
                    });
                  });
-    // Latents in parallel; a row of `out` is summed in registers, `vecs`
-    // vectors of `width` lanes at a time (width 1: scalars), from the
-    // accumulator's row (or 0) through the latent's entries in order:
-    // the same multiply-adds in the same order as adding each entry's
-    // row to `out` in turn.
+    // A row of the result is summed in registers, `vecs` vectors of
+    // `width` lanes at a time (width 1: scalars), from the accumulator's
+    // row (or 0) through the latent's entries in order: the same
+    // multiply-adds in the same order as adding each entry's row to `out`
+    // in turn.
     Value rhs = toBuffer(rewriter, l, op.getRhs());
     Value init = op.getInit() ? toBuffer(rewriter, l, op.getInit()) : Value();
-    Value out = allocLike(rewriter, l, type, {});
+    // Transposed, 64-byte aligned: the tiles' streaming stores need 32.
+    Value out = transposedOut
+                    ? memref::AllocOp::create(
+                          rewriter, l, MemRefType::get(type.getShape(), f32),
+                          ValueRange{}, rewriter.getI64IntegerAttr(64))
+                          .getResult()
+                    : allocLike(rewriter, l, type, {});
+    // Latent j's columns [c, c + width·vecs), as `vecs` values.
+    auto latentChunk = [&](OpBuilder &pb, Value j, Value c, int64_t width,
+                           int64_t vecs) -> SmallVector<Value> {
+      // Latent j's entries: [start[j - 1], start[j]) (from 0 for j = 0).
+      Value first =
+          arith::CmpIOp::create(pb, l, arith::CmpIPredicate::eq, j, idx(pb, 0));
+      Value below = arith::SelectOp::create(
+          pb, l, first, j, arith::SubIOp::create(pb, l, j, idx(pb, 1)));
+      Value s0 =
+          arith::SelectOp::create(pb, l, first, idx(pb, 0),
+                                  memref::LoadOp::create(pb, l, start, below));
+      Value s1 = memref::LoadOp::create(pb, l, start, j);
+      Type t = width == 1 ? f32 : Type(VectorType::get({width}, f32));
+      auto load = [&](OpBuilder &ob, Value buf, Value r, Value col) {
+        return width == 1
+                   ? memref::LoadOp::create(ob, l, buf, ValueRange{r, col})
+                         .getResult()
+                   : vector::LoadOp::create(ob, l, t, buf, ValueRange{r, col})
+                         .getResult();
+      };
+      SmallVector<Value> col, acc;
+      for (int64_t u = 0; u < vecs; ++u) {
+        col.push_back(arith::AddIOp::create(pb, l, c, idx(pb, u * width)));
+        acc.push_back(init ? load(pb, init, j, col[u])
+                           : arith::ConstantOp::create(
+                                 pb, l, cast<TypedAttr>(pb.getZeroAttr(t)))
+                                 .getResult());
+      }
+      auto sum = scf::ForOp::create(
+          pb, l, s0, s1, idx(pb, 1), acc,
+          [&](OpBuilder &eb, Location, Value e, ValueRange a) {
+            Value r = memref::LoadOp::create(eb, l, rowOf, e);
+            Value v = memref::LoadOp::create(eb, l, valOf, e);
+            if (width > 1)
+              v = vector::BroadcastOp::create(eb, l, t, v);
+            SmallVector<Value> next;
+            for (int64_t u = 0; u < vecs; ++u)
+              next.push_back(arith::AddFOp::create(
+                  eb, l, a[u],
+                  arith::MulFOp::create(eb, l, v, load(eb, rhs, r, col[u]))));
+            scf::YieldOp::create(eb, l, next);
+          });
+      return sum.getResults();
+    };
     int64_t wide = lanes * kOuterVecs;
+    if (transposedOut) {
+      // out[:, j0 : j0 + 16] for blocks of 16 latents in parallel: their
+      // rows go to a tile (16 × d, in L2), then to the result's columns by
+      // 8 × 8 blocks in registers, each 64-byte line of a row of `out`
+      // written whole by two streaming stores (rows of `out` are 4·n bytes
+      // apart, all in one cache set: lines written by halves would be
+      // read and evicted twice). No [n, d] intermediate is written and
+      // transposed.
+      scf::ParallelOp::create(
+          rewriter, l, ValueRange{idx(rewriter, 0)},
+          ValueRange{idx(rewriter, n)}, ValueRange{idx(rewriter, 16)},
+          [&](OpBuilder &pb, Location, ValueRange ivs) {
+            Value j0 = ivs[0];
+            Value tile =
+                memref::AllocaOp::create(pb, l, MemRefType::get({16, d}, f32));
+            forRange(pb, idx(pb, 0), idx(pb, 16), [&](OpBuilder &rb, Value r) {
+              Value j = arith::AddIOp::create(rb, l, j0, r);
+              forRange(
+                  rb, idx(rb, 0), idx(rb, d / wide),
+                  [&](OpBuilder &cb, Value ci) {
+                    Value c = arith::MulIOp::create(cb, l, ci, idx(cb, wide));
+                    SmallVector<Value> sums =
+                        latentChunk(cb, j, c, lanes, kOuterVecs);
+                    for (int64_t u = 0; u < kOuterVecs; ++u)
+                      vector::StoreOp::create(
+                          cb, l, sums[u], tile,
+                          ValueRange{r, arith::AddIOp::create(
+                                            cb, l, c, idx(cb, u * lanes))});
+                  });
+            });
+            forRange(pb, idx(pb, 0), idx(pb, d / 8),
+                     [&](OpBuilder &gb, Value gi) {
+                       Value g = arith::MulIOp::create(gb, l, gi, idx(gb, 8));
+                       for (int64_t half = 0; half < 16; half += 8)
+                         emitTransposeBlock8(
+                             gb, l, tile, out, idx(gb, half), g, g,
+                             arith::AddIOp::create(gb, l, j0, idx(gb, half)),
+                             /*streaming=*/true);
+                     });
+          });
+      rewriter.replaceOp(op, asTensor(rewriter, l, type, out));
+      return success();
+    }
+    // Latents in parallel, each row written once, chunk by chunk.
     int64_t wideEnd = d - d % wide, laneEnd = d - d % lanes;
     scf::ParallelOp::create(
         rewriter, l, ValueRange{idx(rewriter, 0)}, ValueRange{idx(rewriter, n)},
         ValueRange{idx(rewriter, 1)},
         [&](OpBuilder &pb, Location, ValueRange ivs) {
           Value j = ivs[0];
-          // Latent j's entries: [start[j - 1], start[j]) (from 0 for j = 0).
-          Value first = arith::CmpIOp::create(pb, l, arith::CmpIPredicate::eq,
-                                              j, idx(pb, 0));
-          Value below = arith::SelectOp::create(
-              pb, l, first, j, arith::SubIOp::create(pb, l, j, idx(pb, 1)));
-          Value s0 = arith::SelectOp::create(
-              pb, l, first, idx(pb, 0),
-              memref::LoadOp::create(pb, l, start, below));
-          Value s1 = memref::LoadOp::create(pb, l, start, j);
           auto chunks = [&](int64_t from, int64_t to, int64_t width,
                             int64_t vecs) {
             if (from >= to)
               return;
-            Type t = width == 1 ? f32 : Type(VectorType::get({width}, f32));
-            auto load = [&](OpBuilder &ob, Value buf, Value r, Value c) {
-              return width == 1
-                         ? memref::LoadOp::create(ob, l, buf, ValueRange{r, c})
-                               .getResult()
-                         : vector::LoadOp::create(ob, l, t, buf,
-                                                  ValueRange{r, c})
-                               .getResult();
-            };
-            scf::ForOp::create(
-                pb, l, idx(pb, from), idx(pb, to), idx(pb, width * vecs),
-                ValueRange{},
-                [&](OpBuilder &cb, Location, Value c, ValueRange) {
-                  SmallVector<Value> col, acc;
+            forRange(
+                pb, idx(pb, from / (width * vecs)),
+                idx(pb, to / (width * vecs)), [&](OpBuilder &cb, Value ci) {
+                  Value c =
+                      arith::MulIOp::create(cb, l, ci, idx(cb, width * vecs));
+                  SmallVector<Value> sums = latentChunk(cb, j, c, width, vecs);
                   for (int64_t u = 0; u < vecs; ++u) {
-                    col.push_back(
-                        arith::AddIOp::create(cb, l, c, idx(cb, u * width)));
-                    acc.push_back(
-                        init ? load(cb, init, j, col[u])
-                             : arith::ConstantOp::create(
-                                   cb, l, cast<TypedAttr>(cb.getZeroAttr(t)))
-                                   .getResult());
-                  }
-                  auto sum = scf::ForOp::create(
-                      cb, l, s0, s1, idx(cb, 1), acc,
-                      [&](OpBuilder &eb, Location, Value e, ValueRange a) {
-                        Value r = memref::LoadOp::create(eb, l, rowOf, e);
-                        Value v = memref::LoadOp::create(eb, l, valOf, e);
-                        if (width > 1)
-                          v = vector::BroadcastOp::create(eb, l, t, v);
-                        SmallVector<Value> next;
-                        for (int64_t u = 0; u < vecs; ++u)
-                          next.push_back(arith::AddFOp::create(
-                              eb, l, a[u],
-                              arith::MulFOp::create(eb, l, v,
-                                                    load(eb, rhs, r, col[u]))));
-                        scf::YieldOp::create(eb, l, next);
-                      });
-                  for (int64_t u = 0; u < vecs; ++u) {
+                    Value col =
+                        arith::AddIOp::create(cb, l, c, idx(cb, u * width));
                     if (width == 1)
-                      memref::StoreOp::create(cb, l, sum.getResult(u), out,
-                                              ValueRange{j, col[u]});
+                      memref::StoreOp::create(cb, l, sums[u], out,
+                                              ValueRange{j, col});
                     else
-                      vector::StoreOp::create(cb, l, sum.getResult(u), out,
-                                              ValueRange{j, col[u]});
+                      vector::StoreOp::create(cb, l, sums[u], out,
+                                              ValueRange{j, col});
                   }
-                  scf::YieldOp::create(cb, l);
                 });
           };
           chunks(0, wideEnd, lanes, kOuterVecs);
