@@ -7,18 +7,19 @@
 # (1e-4 relative; see torchref.py for the allowance of entries whose
 # gradient is at float32 rounding level).
 # ARCH+clip trains with --clip 0.001, a bound that the gradient's norm
-# exceeds there, so that the step scales the gradient before Adam.
+# exceeds there, so that the step scales the gradient before Adam, and at
+# d = 192 (the outer products' chunks of 12 vectors, with AVX2 and AVX-512).
 set -euo pipefail
 bin=$1 python=$2 inputs=$3 out=$4
 shift 4
 examples=$(cd "$inputs/../../../../examples" && pwd)
 for token in "$@"; do
   arch=${token%+clip}
-  clip=()
-  [ "$arch" != "$token" ] && clip=(--clip 0.001)
+  clip=() d=256
+  if [ "$arch" != "$token" ]; then clip=(--clip 0.001) d=192; fi
   t="$out/$token"
   rm -rf "$t" && mkdir -p "$t"
-  "$bin/saec" "$examples/$arch.sae" -D d=256 -D n=4096 -o "$t/lib.so"
+  "$bin/saec" "$examples/$arch.sae" -D d=$d -D n=4096 -o "$t/lib.so"
   "$bin/sae" init "$t/lib.so" --seed 1 --out "$t/init" > /dev/null
   "$python" "$inputs/saeref.py" randomize "$t/init" "$t/ckpt" "$t/x.npy" 64 7
   extra=() ref=()
