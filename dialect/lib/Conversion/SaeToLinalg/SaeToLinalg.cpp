@@ -4321,7 +4321,8 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
         ShapedType::isDynamic(d) || d % lanes != 0)
       return rewriter.notifyMatchFailure(op, "not f32 rows of whole vectors");
     Value w = adam.getParam(), g = adam.getGrad(), clip;
-    if (auto scale = g.getDefiningOp<ScaleOp>()) {
+    if (auto scale = g.getDefiningOp<ScaleOp>();
+        scale && scale.getScale().getType().isF32()) {
       clip = scale.getScale();
       g = scale.getInput();
     }
