@@ -3915,7 +3915,7 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
           });
       return sum.getResults();
     };
-    int64_t vecs = outerVecs(d, lanes), wide = lanes * vecs;
+    int64_t wideVecs = outerVecs(d, lanes), wide = lanes * wideVecs;
     if (transposedOut) {
       // out[:, j0 : j0 + 16] for blocks of 16 latents in parallel: their
       // rows go to a tile (16 × d, in L2), then to the result's columns by
@@ -3938,8 +3938,8 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
                   [&](OpBuilder &cb, Value ci) {
                     Value c = arith::MulIOp::create(cb, l, ci, idx(cb, wide));
                     SmallVector<Value> sums =
-                        latentChunk(cb, j, c, lanes, vecs);
-                    for (int64_t u = 0; u < vecs; ++u)
+                        latentChunk(cb, j, c, lanes, wideVecs);
+                    for (int64_t u = 0; u < wideVecs; ++u)
                       vector::StoreOp::create(
                           cb, l, sums[u], tile,
                           ValueRange{r, arith::AddIOp::create(
@@ -3988,7 +3988,7 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
                   }
                 });
           };
-          chunks(0, wideEnd, lanes, vecs);
+          chunks(0, wideEnd, lanes, wideVecs);
           chunks(wideEnd, laneEnd, lanes, 1);
           chunks(laneEnd, d, 1, 1);
         });
@@ -4249,6 +4249,43 @@ struct ProjectRowsLowering : OpRewritePattern<ProjectRowsOp> {
   }
 };
 
+/// Adam's per-step coefficients (scalars, or splatted into vectors by
+/// `map`): β1, β2, 1 − β1, 1 − β2, lr / bc1, √bc2 and ε.
+struct AdamTerms {
+  Value b1, b2, c1, c2, step, sqrtBc2, eps;
+  AdamTerms map(function_ref<Value(Value)> f) const {
+    return {f(b1), f(b2), f(c1), f(c2), f(step), f(sqrtBc2), f(eps)};
+  }
+};
+
+AdamTerms adamTerms(OpBuilder &b, Location loc, AdamOp op) {
+  Value one = floatConst(b, loc, op.getLr().getType(), 1.0);
+  return {op.getBeta1(),
+          op.getBeta2(),
+          arith::SubFOp::create(b, loc, one, op.getBeta1()),
+          arith::SubFOp::create(b, loc, one, op.getBeta2()),
+          arith::DivFOp::create(b, loc, op.getLr(), op.getBc1()),
+          math::SqrtOp::create(b, loc, op.getBc2()),
+          op.getEps()};
+}
+
+/// One element's (or vector's) Adam update: the new parameter, m and v.
+std::array<Value, 3> adamUpdate(OpBuilder &b, Location l, const AdamTerms &t,
+                                Value g, Value p, Value m, Value v) {
+  Value m2 = arith::AddFOp::create(b, l, arith::MulFOp::create(b, l, t.b1, m),
+                                   arith::MulFOp::create(b, l, t.c1, g));
+  Value gg = arith::MulFOp::create(b, l, g, g);
+  Value v2 = arith::AddFOp::create(b, l, arith::MulFOp::create(b, l, t.b2, v),
+                                   arith::MulFOp::create(b, l, t.c2, gg));
+  Value denom = arith::AddFOp::create(
+      b, l,
+      arith::DivFOp::create(b, l, math::SqrtOp::create(b, l, v2), t.sqrtBc2),
+      t.eps);
+  Value upd = arith::MulFOp::create(b, l, t.step,
+                                    arith::DivFOp::create(b, l, m2, denom));
+  return {arith::SubFOp::create(b, l, p, upd), m2, v2};
+}
+
 /// One generic over the parameter, updating p, m and v.
 struct AdamLowering : OpRewritePattern<AdamOp> {
   using OpRewritePattern::OpRewritePattern;
@@ -4258,14 +4295,7 @@ struct AdamLowering : OpRewritePattern<AdamOp> {
     auto type = cast<RankedTensorType>(op.getParam().getType());
     unsigned rank = type.getRank();
     AffineMap id = rewriter.getMultiDimIdentityMap(rank);
-    Value lr = op.getLr(), b1 = op.getBeta1(), b2 = op.getBeta2(),
-          eps = op.getEps();
-    Type elt = type.getElementType();
-    Value one = floatConst(rewriter, loc, elt, 1.0);
-    Value step = arith::DivFOp::create(rewriter, loc, lr, op.getBc1());
-    Value sqrtBc2 = math::SqrtOp::create(rewriter, loc, op.getBc2());
-    Value c1 = arith::SubFOp::create(rewriter, loc, one, b1);
-    Value c2 = arith::SubFOp::create(rewriter, loc, one, b2);
+    AdamTerms terms = adamTerms(rewriter, loc, op);
     // The parameter and moments are the outputs themselves (read, then
     // overwritten), so that bufferization can update them in place.
     auto generic = linalg::GenericOp::create(
@@ -4274,21 +4304,8 @@ struct AdamLowering : OpRewritePattern<AdamOp> {
         SmallVector<AffineMap>(4, id),
         SmallVector<utils::IteratorType>(rank, utils::IteratorType::parallel),
         [&](OpBuilder &b, Location l, ValueRange a) {
-          Value g = a[0], p = a[1], m = a[2], v = a[3];
-          Value m2 = arith::AddFOp::create(b, l, arith::MulFOp::create(b, l, b1, m),
-                                           arith::MulFOp::create(b, l, c1, g));
-          Value gg = arith::MulFOp::create(b, l, g, g);
-          Value v2 = arith::AddFOp::create(b, l, arith::MulFOp::create(b, l, b2, v),
-                                           arith::MulFOp::create(b, l, c2, gg));
-          Value denom = arith::AddFOp::create(
-              b, l,
-              arith::DivFOp::create(b, l, math::SqrtOp::create(b, l, v2),
-                                    sqrtBc2),
-              eps);
-          Value upd = arith::MulFOp::create(
-              b, l, step, arith::DivFOp::create(b, l, m2, denom));
-          Value p2 = arith::SubFOp::create(b, l, p, upd);
-          linalg::YieldOp::create(b, l, ValueRange{p2, m2, v2});
+          linalg::YieldOp::create(
+              b, l, adamUpdate(b, l, terms, a[0], a[1], a[2], a[3]));
         });
     rewriter.replaceOp(op, generic.getResults());
     return success();
@@ -4341,13 +4358,7 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
     auto splat = [&](OpBuilder &b, Value s) -> Value {
       return vector::BroadcastOp::create(b, loc, vecType, s);
     };
-    // Adam's scalars, as AdamLowering computes them.
-    Value one = floatConst(rewriter, loc, f32, 1.0);
-    Value step =
-        arith::DivFOp::create(rewriter, loc, adam.getLr(), adam.getBc1());
-    Value sqrtBc2 = math::SqrtOp::create(rewriter, loc, adam.getBc2());
-    Value c1 = arith::SubFOp::create(rewriter, loc, one, adam.getBeta1());
-    Value c2 = arith::SubFOp::create(rewriter, loc, one, adam.getBeta2());
+    AdamTerms terms = adamTerms(rewriter, loc, adam);
     int64_t n = type.getDimSize(0);
     int64_t blocks = (n + kUpdateRows - 1) / kUpdateRows;
     Value zeroF = floatConst(rewriter, loc, f32, 0.0);
@@ -4367,11 +4378,8 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
           for (Value out : args.drop_front())
             slices.push_back(tensor::ExtractSliceOp::create(b, l, out, offsets,
                                                             sizes, strides));
-          Value vb1 = splat(b, adam.getBeta1()),
-                vb2 = splat(b, adam.getBeta2());
-          Value vc1 = splat(b, c1), vc2 = splat(b, c2);
-          Value vStep = splat(b, step), vSqrtBc2 = splat(b, sqrtBc2);
-          Value vEps = splat(b, adam.getEps());
+          AdamTerms vTerms =
+              terms.map([&](Value t) -> Value { return splat(b, t); });
           Value vZero = splat(b, zeroF);
           Value vClip = clip ? splat(b, clip) : Value();
           auto read = [&](OpBuilder &ob, Value t, Value r, Value c) -> Value {
@@ -4421,27 +4429,9 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
                             cb, l, gv, arith::MulFOp::create(cb, l, dot, pv));
                       if (vClip)
                         gv = arith::MulFOp::create(cb, l, gv, vClip);
-                      Value m2 = arith::AddFOp::create(
-                          cb, l,
-                          arith::MulFOp::create(cb, l, vb1,
-                                                read(cb, acc[1], i, c)),
-                          arith::MulFOp::create(cb, l, vc1, gv));
-                      Value gg = arith::MulFOp::create(cb, l, gv, gv);
-                      Value v2 = arith::AddFOp::create(
-                          cb, l,
-                          arith::MulFOp::create(cb, l, vb2,
-                                                read(cb, acc[2], i, c)),
-                          arith::MulFOp::create(cb, l, vc2, gg));
-                      Value denom = arith::AddFOp::create(
-                          cb, l,
-                          arith::DivFOp::create(
-                              cb, l, math::SqrtOp::create(cb, l, v2), vSqrtBc2),
-                          vEps);
-                      Value p2 = arith::SubFOp::create(
-                          cb, l, pv,
-                          arith::MulFOp::create(
-                              cb, l, vStep,
-                              arith::DivFOp::create(cb, l, m2, denom)));
+                      auto [p2, m2, v2] = adamUpdate(cb, l, vTerms, gv, pv,
+                                                     read(cb, acc[1], i, c),
+                                                     read(cb, acc[2], i, c));
                       Value ss = arith::AddFOp::create(
                           cb, l, acc[3], arith::MulFOp::create(cb, l, p2, p2));
                       scf::YieldOp::create(
