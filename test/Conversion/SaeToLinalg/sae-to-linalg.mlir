@@ -483,3 +483,77 @@ func.func @concat(%a: tensor<?x4xf32>, %b: tensor<?x2xf32>) -> tensor<?x6xf32> {
   %0 = tensor.concat dim(1) %a, %b : (tensor<?x4xf32>, tensor<?x2xf32>) -> tensor<?x6xf32>
   return %0 : tensor<?x6xf32>
 }
+
+// -----
+
+// Tests Adam on a weight whose gradient is a scaled transposed outer
+// product (the encoder's, clipped): the product itself is computed only in
+// the branch that takes its norm (scf.if, clipping on); Adam's pass sums
+// the gradient from the codes' entries block by block (16 rows × 256
+// columns: a tile, its 8 × 8 transposes, Adam along the block's rows) and
+// updates W, M and V, the forall's shared outputs, without storing it.
+// CHECK-LABEL: func.func @adam_outer_transposed
+// CHECK: scf.if
+// CHECK: memref.alloc() : memref<16x512xf32>
+// CHECK: } else {
+// CHECK-NOT: memref.alloc() : memref<16x512xf32>
+// CHECK: scf.forall (%{{.*}}) in (2) shared_outs(%{{.*}} = %arg3, %{{.*}} = %arg4, %{{.*}} = %arg5)
+// CHECK: %[[TILE:.*]] = memref.alloca() : memref<256x16xf32>
+// CHECK: scf.for
+// CHECK: arith.mulf
+// CHECK: arith.addf
+// CHECK: vector.store %{{.*}}, %[[TILE]]
+// CHECK: %[[BLOCK:.*]] = memref.alloca() : memref<16x256xf32>
+// CHECK: vector.load %[[TILE]]
+// CHECK: vector.shuffle
+// CHECK: vector.store %{{.*}}, %[[BLOCK]]
+// CHECK: %[[G:.*]] = vector.load %[[BLOCK]]
+// CHECK: arith.mulf %[[G]], %{{.*}} : vector<8xf32>
+// CHECK: math.sqrt
+// CHECK-COUNT-3: vector.transfer_write
+// CHECK-COUNT-3: tensor.parallel_insert_slice
+// CHECK-NOT: memref.alloc() : memref<16x512xf32>
+// CHECK-NOT: sae.
+func.func @adam_outer_transposed(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %x: tensor<?x16xf32>, %w: tensor<16x512xf32>, %m: tensor<16x512xf32>, %s: tensor<16x512xf32>, %c: f32, %h: f32, %clipOn: i1) -> (tensor<16x512xf32>, tensor<16x512xf32>, tensor<16x512xf32>, f32) {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x512xf32, k = 4>
+  %g = sae.outer %z, %x {transposed} : !sae.codes<?x512xf32, k = 4>, tensor<?x16xf32> -> tensor<16x512xf32>
+  %norm = scf.if %clipOn -> (f32) {
+    %ss = sae.sum %g {squares} : tensor<16x512xf32> -> f32
+    scf.yield %ss : f32
+  } else {
+    scf.yield %c : f32
+  }
+  %gs = sae.scale %g, %c : tensor<16x512xf32>, f32
+  %p2, %m2, %v2 = sae.adam %w, %gs, %m, %s, %h, %h, %h, %h, %h, %h : tensor<16x512xf32>
+  return %p2, %m2, %v2, %norm : tensor<16x512xf32>, tensor<16x512xf32>, tensor<16x512xf32>, f32
+}
+
+// -----
+
+// Tests the decoder's update under the unit-norm rule with a gradient that
+// is an outer product of codes: each row of the gradient is summed from
+// its latent's entries into a row on the stack, which the projection and
+// Adam read; the [64, 16] gradient is never stored.
+// CHECK-LABEL: func.func @unit_norm_adam_outer
+// CHECK-NOT: memref.alloc() : memref<64x16xf32>
+// CHECK: scf.forall
+// CHECK: %[[ROW:.*]] = memref.alloca() : memref<16xf32>
+// CHECK: scf.for
+// CHECK: arith.mulf
+// CHECK: arith.addf
+// CHECK: vector.store %{{.*}}, %[[ROW]]
+// CHECK: vector.load %[[ROW]]
+// CHECK: vector.reduction <add>
+// CHECK: vector.load %[[ROW]]
+// CHECK: math.sqrt
+// CHECK: math.rsqrt
+// CHECK-NOT: memref.alloc() : memref<64x16xf32>
+// CHECK-NOT: sae.
+func.func @unit_norm_adam_outer(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %r: tensor<?x16xf32>, %w: tensor<64x16xf32>, %m: tensor<64x16xf32>, %s: tensor<64x16xf32>, %h: f32) -> (tensor<64x16xf32>, tensor<64x16xf32>, tensor<64x16xf32>) {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  %g = sae.outer %z, %r : !sae.codes<?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<64x16xf32>
+  %pg = sae.project_rows %g, %w : tensor<64x16xf32>
+  %p2, %m2, %v2 = sae.adam %w, %pg, %m, %s, %h, %h, %h, %h, %h, %h : tensor<64x16xf32>
+  %n = sae.normalize_rows %p2 : tensor<64x16xf32>
+  return %n, %m2, %v2 : tensor<64x16xf32>, tensor<64x16xf32>, tensor<64x16xf32>
+}

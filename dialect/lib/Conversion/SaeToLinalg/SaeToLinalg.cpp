@@ -18,7 +18,9 @@
 #include "mlir/Dialect/Vector/IR/VectorOps.h"
 #include "mlir/IR/Dominance.h"
 #include "mlir/IR/PatternMatch.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
 #include "mlir/Transforms/CSE.h"
+#include "mlir/Transforms/ControlFlowSinkUtils.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 #include "llvm/TargetParser/Host.h"
 
@@ -3753,6 +3755,139 @@ int64_t outerVecs(int64_t d, int64_t lanes) {
       return vecs;
   return 4;
 }
+
+/// for (i = lo; i < hi; ++i) fn(i).
+void forRange(OpBuilder &b, Location loc, Value lo, Value hi,
+              function_ref<void(OpBuilder &, Value)> fn) {
+  scf::ForOp::create(b, loc, lo, hi, arith::ConstantIndexOp::create(b, loc, 1),
+                     ValueRange{},
+                     [&](OpBuilder &fb, Location fl, Value i, ValueRange) {
+                       fn(fb, i);
+                       scf::YieldOp::create(fb, fl);
+                     });
+}
+
+/// The entries of codes over n latents, sorted by latent, stably (a
+/// counting sort): latent j's entries are [start[j - 1], start[j]) (from 0
+/// for j = 0) of rowOf (their rows) and valOf (their values). Entries whose
+/// value is 0 add nothing and are left out: gradients through a ReLU that
+/// did not fire, AuxK's slots left over. What the outer product Σ value ·
+/// rhs[row] is summed from, latent by latent, wherever it is needed.
+struct LatentEntries {
+  Value start, rowOf, valOf;
+
+  LatentEntries(OpBuilder &b, Location l, MakeCodesOp make, int64_t n) {
+    Type f32 = make.getValues().getType().getElementType();
+    Type indexType = b.getIndexType();
+    auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(ob, l, v);
+    };
+    // First start[j + 1] counts latent j's entries.
+    start = memref::AllocOp::create(b, l, MemRefType::get({n + 1}, indexType));
+    linalg::FillOp::create(b, l, ValueRange{idx(b, 0)}, ValueRange{start});
+    auto ifNonZero = [&](OpBuilder &ob, Location bl, Value v,
+                         function_ref<void(OpBuilder &)> fn) {
+      Value nonZero = arith::CmpFOp::create(ob, bl, arith::CmpFPredicate::UNE,
+                                            v, floatConst(ob, bl, f32, 0.0));
+      scf::IfOp::create(ob, bl, nonZero, [&](OpBuilder &ib, Location il) {
+        fn(ib);
+        scf::YieldOp::create(ib, il);
+      });
+    };
+    forEachEntry(b, l, make,
+                 [&](OpBuilder &eb, Location bl, ValueRange, Value v,
+                     Value latent, Value) {
+                   ifNonZero(eb, bl, v, [&](OpBuilder &ib) {
+                     Value at =
+                         arith::AddIOp::create(ib, bl, latent, idx(ib, 1));
+                     Value c = memref::LoadOp::create(ib, bl, start, at);
+                     memref::StoreOp::create(
+                         ib, bl, arith::AddIOp::create(ib, bl, c, idx(ib, 1)),
+                         start, at);
+                   });
+                 });
+    // start[j] = Σ counts below j (the prefix sums, in place).
+    forRange(b, l, idx(b, 0), idx(b, n), [&](OpBuilder &fb, Value j) {
+      Value next = arith::AddIOp::create(fb, l, j, idx(fb, 1));
+      memref::StoreOp::create(
+          fb, l,
+          arith::AddIOp::create(fb, l, memref::LoadOp::create(fb, l, start, j),
+                                memref::LoadOp::create(fb, l, start, next)),
+          start, next);
+    });
+    Value total = memref::LoadOp::create(b, l, start, idx(b, n));
+    rowOf = memref::AllocOp::create(
+        b, l, MemRefType::get({ShapedType::kDynamic}, indexType),
+        ValueRange{total});
+    valOf = memref::AllocOp::create(
+        b, l, MemRefType::get({ShapedType::kDynamic}, f32), ValueRange{total});
+    forEachEntry(b, l, make,
+                 [&](OpBuilder &eb, Location bl, ValueRange, Value v,
+                     Value latent, Value row) {
+                   // start[latent] moves up as its entries are placed:
+                   // at the end it is where latent + 1's entries start.
+                   ifNonZero(eb, bl, v, [&](OpBuilder &ib) {
+                     Value p = memref::LoadOp::create(ib, bl, start, latent);
+                     memref::StoreOp::create(
+                         ib, bl, arith::AddIOp::create(ib, bl, p, idx(ib, 1)),
+                         start, latent);
+                     memref::StoreOp::create(ib, bl, row, rowOf, p);
+                     memref::StoreOp::create(ib, bl, v, valOf, p);
+                   });
+                 });
+  }
+
+  /// Latent j's sums over columns [c, c + width·vecs) of rhs, as `vecs`
+  /// values of `width` lanes (width 1: scalars): from init's row j (or 0)
+  /// through the latent's entries in order, the same multiply-adds in the
+  /// same order as adding each entry's row to the result in turn.
+  SmallVector<Value> sum(OpBuilder &b, Location l, Value rhs, Value init,
+                         Value j, Value c, int64_t width, int64_t vecs) const {
+    auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(ob, l, v);
+    };
+    Type f32 = cast<MemRefType>(valOf.getType()).getElementType();
+    Value first =
+        arith::CmpIOp::create(b, l, arith::CmpIPredicate::eq, j, idx(b, 0));
+    Value below = arith::SelectOp::create(
+        b, l, first, j, arith::SubIOp::create(b, l, j, idx(b, 1)));
+    Value s0 = arith::SelectOp::create(
+        b, l, first, idx(b, 0), memref::LoadOp::create(b, l, start, below));
+    Value s1 = memref::LoadOp::create(b, l, start, j);
+    Type t = width == 1 ? f32 : Type(VectorType::get({width}, f32));
+    auto load = [&](OpBuilder &ob, Value buf, Value r, Value col) {
+      return width == 1
+                 ? memref::LoadOp::create(ob, l, buf, ValueRange{r, col})
+                       .getResult()
+                 : vector::LoadOp::create(ob, l, t, buf, ValueRange{r, col})
+                       .getResult();
+    };
+    SmallVector<Value> col, acc;
+    for (int64_t u = 0; u < vecs; ++u) {
+      col.push_back(arith::AddIOp::create(b, l, c, idx(b, u * width)));
+      acc.push_back(init ? load(b, init, j, col[u])
+                         : arith::ConstantOp::create(
+                               b, l, cast<TypedAttr>(b.getZeroAttr(t)))
+                               .getResult());
+    }
+    auto loop = scf::ForOp::create(
+        b, l, s0, s1, idx(b, 1), acc,
+        [&](OpBuilder &eb, Location, Value e, ValueRange a) {
+          Value r = memref::LoadOp::create(eb, l, rowOf, e);
+          Value v = memref::LoadOp::create(eb, l, valOf, e);
+          if (width > 1)
+            v = vector::BroadcastOp::create(eb, l, t, v);
+          SmallVector<Value> next;
+          for (int64_t u = 0; u < vecs; ++u)
+            next.push_back(arith::AddFOp::create(
+                eb, l, a[u],
+                arith::MulFOp::create(eb, l, v, load(eb, rhs, r, col[u]))));
+          scf::YieldOp::create(eb, l, next);
+        });
+    return loop.getResults();
+  }
+};
+
 struct OuterLowering : OpRewritePattern<OuterOp> {
   OuterLowering(MLIRContext *ctx, int64_t lanes)
       : OpRewritePattern(ctx), lanes(lanes) {}
@@ -3783,85 +3918,12 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
     }
     Location l = loc;
     Type f32 = type.getElementType();
-    Type indexType = rewriter.getIndexType();
     auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
       return arith::ConstantIndexOp::create(ob, l, v);
     };
-    auto forRange = [&](OpBuilder &ob, Value lo, Value hi,
-                        function_ref<void(OpBuilder &, Value)> fn) {
-      scf::ForOp::create(ob, l, lo, hi, idx(ob, 1), ValueRange{},
-                         [&](OpBuilder &fb, Location fl, Value i, ValueRange) {
-                           fn(fb, i);
-                           scf::YieldOp::create(fb, fl);
-                         });
-    };
     int64_t n = type.getDimSize(transposedOut ? 1 : 0),
             d = type.getDimSize(transposedOut ? 0 : 1);
-    // The entries sorted by latent, stably (a counting sort into rowOf
-    // and valOf): first start[j + 1] counts latent j's entries.
-    Value start = memref::AllocOp::create(
-        rewriter, l, MemRefType::get({n + 1}, indexType));
-    linalg::FillOp::create(rewriter, l, ValueRange{idx(rewriter, 0)},
-                           ValueRange{start});
-    // Entries whose value is 0 add nothing and are left out: gradients
-    // through a ReLU that did not fire, AuxK's slots left over.
-    auto ifNonZero = [&](OpBuilder &b, Location bl, Value v,
-                         function_ref<void(OpBuilder &)> fn) {
-      Value nonZero = arith::CmpFOp::create(b, bl, arith::CmpFPredicate::UNE, v,
-                                            floatConst(b, bl, f32, 0.0));
-      scf::IfOp::create(b, bl, nonZero, [&](OpBuilder &ib, Location il) {
-        fn(ib);
-        scf::YieldOp::create(ib, il);
-      });
-    };
-    forEachEntry(rewriter, l, make,
-                 [&](OpBuilder &b, Location bl, ValueRange, Value v,
-                     Value latent, Value) {
-                   ifNonZero(b, bl, v, [&](OpBuilder &ib) {
-                     Value at = arith::AddIOp::create(ib, bl, latent, idx(ib, 1));
-                     Value c = memref::LoadOp::create(ib, bl, start, at);
-                     memref::StoreOp::create(
-                         ib, bl, arith::AddIOp::create(ib, bl, c, idx(ib, 1)),
-                         start, at);
-                   });
-                 });
-    // start[j] = Σ counts below j (the prefix sums, in place).
-    forRange(rewriter, idx(rewriter, 0), idx(rewriter, n),
-             [&](OpBuilder &b, Value j) {
-               Value next = arith::AddIOp::create(b, l, j, idx(b, 1));
-               memref::StoreOp::create(
-                   b, l,
-                   arith::AddIOp::create(
-                       b, l, memref::LoadOp::create(b, l, start, j),
-                       memref::LoadOp::create(b, l, start, next)),
-                   start, next);
-             });
-    Value total = memref::LoadOp::create(rewriter, l, start, idx(rewriter, n));
-    Value rowOf = memref::AllocOp::create(
-        rewriter, l, MemRefType::get({ShapedType::kDynamic}, indexType),
-        ValueRange{total});
-    Value valOf = memref::AllocOp::create(
-        rewriter, l, MemRefType::get({ShapedType::kDynamic}, f32),
-        ValueRange{total});
-    forEachEntry(rewriter, l, make,
-                 [&](OpBuilder &b, Location bl, ValueRange, Value v,
-                     Value latent, Value row) {
-                   // start[latent] moves up as its entries are placed:
-                   // at the end it is where latent + 1's entries start.
-                   ifNonZero(b, bl, v, [&](OpBuilder &ib) {
-                     Value p = memref::LoadOp::create(ib, bl, start, latent);
-                     memref::StoreOp::create(
-                         ib, bl, arith::AddIOp::create(ib, bl, p, idx(ib, 1)),
-                         start, latent);
-                     memref::StoreOp::create(ib, bl, row, rowOf, p);
-                     memref::StoreOp::create(ib, bl, v, valOf, p);
-                   });
-                 });
-    // A row of the result is summed in registers, `vecs` vectors of
-    // `width` lanes at a time (width 1: scalars), from the accumulator's
-    // row (or 0) through the latent's entries in order: the same
-    // multiply-adds in the same order as adding each entry's row to `out`
-    // in turn.
+    LatentEntries entries(rewriter, l, make, n);
     Value rhs = toBuffer(rewriter, l, op.getRhs());
     Value init = op.getInit() ? toBuffer(rewriter, l, op.getInit()) : Value();
     // Transposed, 64-byte aligned: the tiles' streaming stores need 32.
@@ -3871,49 +3933,9 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
                           ValueRange{}, rewriter.getI64IntegerAttr(64))
                           .getResult()
                     : allocLike(rewriter, l, type, {});
-    // Latent j's columns [c, c + width·vecs), as `vecs` values.
     auto latentChunk = [&](OpBuilder &pb, Value j, Value c, int64_t width,
-                           int64_t vecs) -> SmallVector<Value> {
-      // Latent j's entries: [start[j - 1], start[j]) (from 0 for j = 0).
-      Value first =
-          arith::CmpIOp::create(pb, l, arith::CmpIPredicate::eq, j, idx(pb, 0));
-      Value below = arith::SelectOp::create(
-          pb, l, first, j, arith::SubIOp::create(pb, l, j, idx(pb, 1)));
-      Value s0 =
-          arith::SelectOp::create(pb, l, first, idx(pb, 0),
-                                  memref::LoadOp::create(pb, l, start, below));
-      Value s1 = memref::LoadOp::create(pb, l, start, j);
-      Type t = width == 1 ? f32 : Type(VectorType::get({width}, f32));
-      auto load = [&](OpBuilder &ob, Value buf, Value r, Value col) {
-        return width == 1
-                   ? memref::LoadOp::create(ob, l, buf, ValueRange{r, col})
-                         .getResult()
-                   : vector::LoadOp::create(ob, l, t, buf, ValueRange{r, col})
-                         .getResult();
-      };
-      SmallVector<Value> col, acc;
-      for (int64_t u = 0; u < vecs; ++u) {
-        col.push_back(arith::AddIOp::create(pb, l, c, idx(pb, u * width)));
-        acc.push_back(init ? load(pb, init, j, col[u])
-                           : arith::ConstantOp::create(
-                                 pb, l, cast<TypedAttr>(pb.getZeroAttr(t)))
-                                 .getResult());
-      }
-      auto sum = scf::ForOp::create(
-          pb, l, s0, s1, idx(pb, 1), acc,
-          [&](OpBuilder &eb, Location, Value e, ValueRange a) {
-            Value r = memref::LoadOp::create(eb, l, rowOf, e);
-            Value v = memref::LoadOp::create(eb, l, valOf, e);
-            if (width > 1)
-              v = vector::BroadcastOp::create(eb, l, t, v);
-            SmallVector<Value> next;
-            for (int64_t u = 0; u < vecs; ++u)
-              next.push_back(arith::AddFOp::create(
-                  eb, l, a[u],
-                  arith::MulFOp::create(eb, l, v, load(eb, rhs, r, col[u]))));
-            scf::YieldOp::create(eb, l, next);
-          });
-      return sum.getResults();
+                           int64_t vecs) {
+      return entries.sum(pb, l, rhs, init, j, c, width, vecs);
     };
     int64_t wideVecs = outerVecs(d, lanes), wide = lanes * wideVecs;
     if (transposedOut) {
@@ -3931,22 +3953,24 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
             Value j0 = ivs[0];
             Value tile =
                 memref::AllocaOp::create(pb, l, MemRefType::get({16, d}, f32));
-            forRange(pb, idx(pb, 0), idx(pb, 16), [&](OpBuilder &rb, Value r) {
-              Value j = arith::AddIOp::create(rb, l, j0, r);
-              forRange(
-                  rb, idx(rb, 0), idx(rb, d / wide),
-                  [&](OpBuilder &cb, Value ci) {
-                    Value c = arith::MulIOp::create(cb, l, ci, idx(cb, wide));
-                    SmallVector<Value> sums =
-                        latentChunk(cb, j, c, lanes, wideVecs);
-                    for (int64_t u = 0; u < wideVecs; ++u)
-                      vector::StoreOp::create(
-                          cb, l, sums[u], tile,
-                          ValueRange{r, arith::AddIOp::create(
-                                            cb, l, c, idx(cb, u * lanes))});
-                  });
-            });
-            forRange(pb, idx(pb, 0), idx(pb, d / 8),
+            forRange(
+                pb, l, idx(pb, 0), idx(pb, 16), [&](OpBuilder &rb, Value r) {
+                  Value j = arith::AddIOp::create(rb, l, j0, r);
+                  forRange(
+                      rb, l, idx(rb, 0), idx(rb, d / wide),
+                      [&](OpBuilder &cb, Value ci) {
+                        Value c =
+                            arith::MulIOp::create(cb, l, ci, idx(cb, wide));
+                        SmallVector<Value> sums =
+                            latentChunk(cb, j, c, lanes, wideVecs);
+                        for (int64_t u = 0; u < wideVecs; ++u)
+                          vector::StoreOp::create(
+                              cb, l, sums[u], tile,
+                              ValueRange{r, arith::AddIOp::create(
+                                                cb, l, c, idx(cb, u * lanes))});
+                      });
+                });
+            forRange(pb, l, idx(pb, 0), idx(pb, d / 8),
                      [&](OpBuilder &gb, Value gi) {
                        Value g = arith::MulIOp::create(gb, l, gi, idx(gb, 8));
                        for (int64_t half = 0; half < 16; half += 8)
@@ -3971,7 +3995,7 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
             if (from >= to)
               return;
             forRange(
-                pb, idx(pb, from / (width * vecs)),
+                pb, l, idx(pb, from / (width * vecs)),
                 idx(pb, to / (width * vecs)), [&](OpBuilder &cb, Value ci) {
                   Value c =
                       arith::MulIOp::create(cb, l, ci, idx(cb, width * vecs));
@@ -4312,6 +4336,44 @@ struct AdamLowering : OpRewritePattern<AdamOp> {
   }
 };
 
+/// Clipping's factor when the gradient g is scaled by an f32 (g becomes
+/// what it scales), else null.
+Value peelClipFactor(Value &g) {
+  auto scale = g.getDefiningOp<ScaleOp>();
+  if (!scale || !scale.getScale().getType().isF32())
+    return Value();
+  g = scale.getInput();
+  return scale.getScale();
+}
+
+/// A block of an scf.forall's shared outputs (matrices): their slices,
+/// taken at the start of an item's body, and their new values put back at
+/// its end (tensor.parallel_insert_slice), which bufferization turns into
+/// updates in place.
+struct SharedBlock {
+  SmallVector<OpFoldResult> offsets, sizes, strides;
+  SharedBlock(OpBuilder &b, OpFoldResult row, OpFoldResult col,
+              OpFoldResult rows, OpFoldResult cols)
+      : offsets{row, col}, sizes{rows, cols},
+        strides(2, b.getIndexAttr(1)) {}
+  SmallVector<Value> extract(OpBuilder &b, Location l, ValueRange outs) const {
+    SmallVector<Value> slices;
+    for (Value out : outs)
+      slices.push_back(tensor::ExtractSliceOp::create(b, l, out, offsets,
+                                                      sizes, strides));
+    return slices;
+  }
+  void insert(OpBuilder &b, Location l, ValueRange results,
+              ValueRange outs) const {
+    auto inParallel = scf::InParallelOp::create(b, l);
+    OpBuilder::InsertionGuard guard(b);
+    b.setInsertionPointToStart(inParallel.getBody());
+    for (auto [res, out] : llvm::zip(results, outs))
+      tensor::ParallelInsertSliceOp::create(b, l, res, out, offsets, sizes,
+                                            strides);
+  }
+};
+
 /// The decoder's update under the unit-norm rule, in one pass over its rows:
 /// normalize_rows(adam(W, scale(project_rows(G, W), c), M, V, ...)) (the
 /// scale and the projection each optional). Separately these are a pass
@@ -4322,6 +4384,10 @@ struct AdamLowering : OpRewritePattern<AdamOp> {
 /// blocks among threads (scf.forall), each row computed by one thread in
 /// one order. W, M and V are the forall's shared outputs, which
 /// bufferization updates in place, as it does Adam's linalg outputs.
+/// When G is an outer product of codes (dzᵀ · r: the decoder's gradient
+/// under TopK), each row of G is summed from its latent's entries into a
+/// row on the stack as the row's update begins: the [n, d] gradient is
+/// never stored, and it is not read back from memory.
 constexpr int64_t kUpdateRows = 64;
 struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
   UnitNormAdamLowering(MLIRContext *ctx, int64_t lanes)
@@ -4337,12 +4403,8 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
     if (!type.getElementType().isF32() || type.isDynamicDim(0) ||
         ShapedType::isDynamic(d) || d % lanes != 0)
       return rewriter.notifyMatchFailure(op, "not f32 rows of whole vectors");
-    Value w = adam.getParam(), g = adam.getGrad(), clip;
-    if (auto scale = g.getDefiningOp<ScaleOp>();
-        scale && scale.getScale().getType().isF32()) {
-      clip = scale.getScale();
-      g = scale.getInput();
-    }
+    Value w = adam.getParam(), g = adam.getGrad();
+    Value clip = peelClipFactor(g);
     Value projectOnto;
     if (auto project = g.getDefiningOp<ProjectRowsOp>();
         project && project.getWeight() == w) {
@@ -4350,6 +4412,16 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
       g = project.getGrad();
     }
     Location loc = op.getLoc();
+    std::optional<LatentEntries> entries;
+    Value outerRhs, outerInit;
+    if (auto outer = g.getDefiningOp<OuterOp>();
+        outer && !outer.getTransposed())
+      if (auto make = outer.getCodes().getDefiningOp<MakeCodesOp>()) {
+        entries.emplace(rewriter, loc, make, type.getDimSize(0));
+        outerRhs = toBuffer(rewriter, loc, outer.getRhs());
+        if (outer.getInit())
+          outerInit = toBuffer(rewriter, loc, outer.getInit());
+      }
     Type f32 = rewriter.getF32Type();
     auto vecType = VectorType::get({lanes}, f32);
     auto idx = [&](OpBuilder &b, int64_t v) -> Value {
@@ -4371,13 +4443,8 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
           Value rows = arith::MinUIOp::create(
               b, l, idx(b, kUpdateRows),
               arith::SubIOp::create(b, l, idx(b, n), r0));
-          SmallVector<OpFoldResult> offsets = {r0, b.getIndexAttr(0)};
-          SmallVector<OpFoldResult> sizes = {rows, b.getIndexAttr(d)};
-          SmallVector<OpFoldResult> strides(2, b.getIndexAttr(1));
-          SmallVector<Value> slices;
-          for (Value out : args.drop_front())
-            slices.push_back(tensor::ExtractSliceOp::create(b, l, out, offsets,
-                                                            sizes, strides));
+          SharedBlock block(b, r0, b.getIndexAttr(0), rows, b.getIndexAttr(d));
+          SmallVector<Value> slices = block.extract(b, l, args.drop_front());
           AdamTerms vTerms =
               terms.map([&](Value t) -> Value { return splat(b, t); });
           Value vZero = splat(b, zeroF);
@@ -4397,11 +4464,49 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
             return vector::ReductionOp::create(ob, l,
                                                vector::CombiningKind::ADD, v);
           };
+          // The gradient's row, summed from the entries (wide chunks of
+          // outerVecs vectors, then single vectors).
+          Value gRow =
+              entries
+                  ? memref::AllocaOp::create(b, l, MemRefType::get({d}, f32))
+                        .getResult()
+                  : Value();
+          int64_t vecs = outerVecs(d, lanes), wideEnd = d - d % (vecs * lanes);
+          auto sumRow = [&](OpBuilder &rb, Value row) {
+            auto chunks = [&](int64_t from, int64_t to, int64_t chunkVecs) {
+              if (from >= to)
+                return;
+              int64_t width = chunkVecs * lanes;
+              forRange(rb, l, idx(rb, from / width), idx(rb, to / width),
+                       [&](OpBuilder &cb, Value ci) {
+                         Value c =
+                             arith::MulIOp::create(cb, l, ci, idx(cb, width));
+                         SmallVector<Value> sums =
+                             entries->sum(cb, l, outerRhs, outerInit, row, c,
+                                          lanes, chunkVecs);
+                         for (int64_t u = 0; u < chunkVecs; ++u)
+                           vector::StoreOp::create(
+                               cb, l, sums[u], gRow,
+                               ValueRange{arith::AddIOp::create(
+                                   cb, l, c, idx(cb, u * lanes))});
+                       });
+            };
+            chunks(0, wideEnd, vecs);
+            chunks(wideEnd, d, 1);
+          };
+          auto readG = [&](OpBuilder &ob, Value row, Value c) -> Value {
+            return gRow ? vector::LoadOp::create(ob, l, vecType, gRow,
+                                                 ValueRange{c})
+                              .getResult()
+                        : read(ob, g, row, c);
+          };
           auto eachRow = scf::ForOp::create(
               b, l, idx(b, 0), rows, idx(b, 1), slices,
               [&](OpBuilder &rb, Location, Value i, ValueRange rowArgs) {
                 Value row = arith::AddIOp::create(rb, l, r0, i);
                 Value pS = rowArgs[0], mS = rowArgs[1], vS = rowArgs[2];
+                if (gRow)
+                  sumRow(rb, row);
                 // g · w, for the projection.
                 Value dot;
                 if (projectOnto) {
@@ -4410,7 +4515,7 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
                       ValueRange{vZero},
                       [&](OpBuilder &cb, Location, Value c, ValueRange acc) {
                         Value prod = arith::MulFOp::create(
-                            cb, l, read(cb, g, row, c), read(cb, pS, i, c));
+                            cb, l, readG(cb, row, c), read(cb, pS, i, c));
                         scf::YieldOp::create(cb, l,
                                              ValueRange{arith::AddFOp::create(
                                                  cb, l, acc[0], prod)});
@@ -4422,7 +4527,7 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
                     rb, l, idx(rb, 0), idx(rb, d), idx(rb, lanes),
                     ValueRange{pS, mS, vS, vZero},
                     [&](OpBuilder &cb, Location, Value c, ValueRange acc) {
-                      Value gv = read(cb, g, row, c);
+                      Value gv = readG(cb, row, c);
                       Value pv = read(cb, acc[0], i, c);
                       if (dot)
                         gv = arith::SubFOp::create(
@@ -4462,18 +4567,144 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
                                                 update.getResult(1),
                                                 update.getResult(2)});
               });
-          auto inParallel = scf::InParallelOp::create(b, l);
-          OpBuilder::InsertionGuard guard(b);
-          b.setInsertionPointToStart(inParallel.getBody());
-          for (auto [res, out] :
-               llvm::zip(eachRow.getResults(), args.drop_front()))
-            tensor::ParallelInsertSliceOp::create(b, l, res, out, offsets,
-                                                  sizes, strides);
+          block.insert(b, l, eachRow.getResults(), args.drop_front());
         });
     rewriter.replaceAllUsesWith(adam.getNewM(), forall.getResult(1));
     rewriter.replaceAllUsesWith(adam.getNewV(), forall.getResult(2));
     rewriter.replaceOp(op, forall.getResult(0));
     rewriter.eraseOp(adam);
+    return success();
+  }
+};
+
+/// Adam on a [d, n] weight whose gradient is a transposed outer product of
+/// codes (the encoder's: Xᵀ · dz, dz k-sparse), optionally scaled by an
+/// f32 (gradient clipping): adam(W, scale(outer(dz, X){transposed}, c), M,
+/// V). Separately, the product writes d·n floats that Adam reads back; here
+/// the gradient is never stored. Blocks of R rows × C columns of W go in
+/// parallel (scf.forall; W, M and V are its shared outputs, updated in
+/// place), each in three steps on the stack: its C latents' gradient rows,
+/// cut to its R rows, summed from their entries into a C × R tile (the
+/// same multiply-adds in the same order as the product's lowering); the
+/// tile transposed into an R × C block by 8 × 8 blocks in registers; Adam
+/// along the block's R rows, C contiguous floats each.
+struct OuterAdamLowering : OpRewritePattern<AdamOp> {
+  OuterAdamLowering(MLIRContext *ctx, int64_t lanes)
+      : OpRewritePattern(ctx, /*benefit=*/2), lanes(lanes) {}
+  int64_t lanes;
+  LogicalResult matchAndRewrite(AdamOp adam,
+                                PatternRewriter &rewriter) const override {
+    auto type = dyn_cast<RankedTensorType>(adam.getParam().getType());
+    if (!type || type.getRank() != 2 || !type.hasStaticShape() ||
+        !type.getElementType().isF32())
+      return rewriter.notifyMatchFailure(adam, "not a static f32 matrix");
+    Value g = adam.getGrad();
+    Value clip = peelClipFactor(g);
+    auto outer = g.getDefiningOp<OuterOp>();
+    if (!outer || !outer.getTransposed() || outer.getInit())
+      return rewriter.notifyMatchFailure(
+          adam, "the gradient is not a transposed outer product");
+    auto make = outer.getCodes().getDefiningOp<MakeCodesOp>();
+    if (!make)
+      return rewriter.notifyMatchFailure(adam, "codes not built by make_codes");
+    int64_t d = type.getDimSize(0), n = type.getDimSize(1);
+    auto largestDividing = [](int64_t x, ArrayRef<int64_t> sizes) -> int64_t {
+      for (int64_t size : sizes)
+        if (x % size == 0)
+          return size;
+      return 0;
+    };
+    // A tile and a block of 32 KiB each at most.
+    int64_t R = largestDividing(d, {32, 16, 8});
+    int64_t C = largestDividing(n, {256, 128, 64, 32, 16, 8});
+    if (!R || !C)
+      return rewriter.notifyMatchFailure(adam, "not blocks of 8 × 8");
+    Location l = adam.getLoc();
+    Type f32 = rewriter.getF32Type();
+    auto idx = [&](OpBuilder &b, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(b, l, v);
+    };
+    LatentEntries entries(rewriter, l, make, n);
+    Value rhs = toBuffer(rewriter, l, outer.getRhs());
+    AdamTerms terms = adamTerms(rewriter, l, adam);
+    int64_t rowWidth = std::min(lanes, R), colWidth = std::min(lanes, C);
+    auto colType = VectorType::get({colWidth}, f32);
+    Value zeroF = floatConst(rewriter, l, f32, 0.0);
+    int64_t colBlocks = n / C;
+    auto forall = scf::ForallOp::create(
+        rewriter, l,
+        ArrayRef<OpFoldResult>{rewriter.getIndexAttr(d / R * colBlocks)},
+        ValueRange{adam.getParam(), adam.getM(), adam.getV()}, std::nullopt,
+        [&](OpBuilder &b, Location, ValueRange args) {
+          Value item = args[0];
+          Value r0 = arith::MulIOp::create(
+              b, l, arith::DivUIOp::create(b, l, item, idx(b, colBlocks)),
+              idx(b, R));
+          Value c0 = arith::MulIOp::create(
+              b, l, arith::RemUIOp::create(b, l, item, idx(b, colBlocks)),
+              idx(b, C));
+          // 1. tile[jj, :] = latent c0 + jj's gradient, rows [r0, r0 + R).
+          Value tile =
+              memref::AllocaOp::create(b, l, MemRefType::get({C, R}, f32));
+          forRange(b, l, idx(b, 0), idx(b, C), [&](OpBuilder &jb, Value jj) {
+            SmallVector<Value> sums = entries.sum(
+                jb, l, rhs, Value(), arith::AddIOp::create(jb, l, c0, jj), r0,
+                rowWidth, R / rowWidth);
+            for (auto [u, sum] : llvm::enumerate(sums))
+              vector::StoreOp::create(
+                  jb, l, sum, tile,
+                  ValueRange{jj, idx(jb, int64_t(u) * rowWidth)});
+          });
+          // 2. block = tileᵀ.
+          Value block =
+              memref::AllocaOp::create(b, l, MemRefType::get({R, C}, f32));
+          forRange(b, l, idx(b, 0), idx(b, C / 8),
+                   [&](OpBuilder &tb, Value jb) {
+                     Value j = arith::MulIOp::create(tb, l, jb, idx(tb, 8));
+                     for (int64_t r = 0; r < R; r += 8)
+                       emitTransposeBlock8(tb, l, tile, block, j, idx(tb, r),
+                                           idx(tb, r), j);
+                   });
+          // 3. Adam along the block's rows.
+          SharedBlock shared(b, r0, c0, b.getIndexAttr(R), b.getIndexAttr(C));
+          SmallVector<Value> slices = shared.extract(b, l, args.drop_front());
+          AdamTerms vTerms = terms.map([&](Value t) -> Value {
+            return vector::BroadcastOp::create(b, l, colType, t);
+          });
+          Value vClip =
+              clip
+                  ? vector::BroadcastOp::create(b, l, colType, clip).getResult()
+                  : Value();
+          auto eachRow = scf::ForOp::create(
+              b, l, idx(b, 0), idx(b, R), idx(b, 1), slices,
+              [&](OpBuilder &rb, Location, Value i, ValueRange rowArgs) {
+                auto eachCol = scf::ForOp::create(
+                    rb, l, idx(rb, 0), idx(rb, C), idx(rb, colWidth), rowArgs,
+                    [&](OpBuilder &cb, Location, Value c, ValueRange acc) {
+                      auto read = [&](Value t) -> Value {
+                        return vector::TransferReadOp::create(
+                            cb, l, colType, t, ValueRange{i, c}, zeroF,
+                            ArrayRef<bool>{true});
+                      };
+                      Value gv = vector::LoadOp::create(cb, l, colType, block,
+                                                        ValueRange{i, c});
+                      if (vClip)
+                        gv = arith::MulFOp::create(cb, l, gv, vClip);
+                      auto updated = adamUpdate(cb, l, vTerms, gv, read(acc[0]),
+                                                read(acc[1]), read(acc[2]));
+                      SmallVector<Value> next;
+                      for (auto [v, t] : llvm::zip(updated, acc))
+                        next.push_back(vector::TransferWriteOp::create(
+                                           cb, l, v, t, ValueRange{i, c},
+                                           ArrayRef<bool>{true})
+                                           .getResult());
+                      scf::YieldOp::create(cb, l, next);
+                    });
+                scf::YieldOp::create(rb, l, eachCol.getResults());
+              });
+          shared.insert(b, l, eachRow.getResults(), args.drop_front());
+        });
+    rewriter.replaceOp(adam, forall.getResults());
     return success();
   }
 };
@@ -4924,10 +5155,32 @@ struct ConvertSaeToLinalgPass
     // epilogue computes are lowered on their own.
     {
       RewritePatternSet products(&getContext());
-      products.add<LinearLowering, DeadTopKLowering, UnitNormAdamLowering>(
-          &getContext(), lanes);
+      products.add<LinearLowering, DeadTopKLowering>(&getContext(), lanes);
       if (failed(applyPatternsGreedily(getOperation(), std::move(products))))
         return signalPassFailure();
+    }
+    // Then the parameter updates, which read a gradient that is an outer
+    // product of codes from the codes' entries (the product's epilogue
+    // selected them: they are make_codes now) instead of from a stored
+    // matrix. Such a product may still be used by the gradient norm, only
+    // when clipping is on: it moves into that branch (scf.if).
+    {
+      RewritePatternSet updates(&getContext());
+      updates.add<UnitNormAdamLowering, OuterAdamLowering>(&getContext(),
+                                                           lanes);
+      if (failed(applyPatternsGreedily(getOperation(), std::move(updates))))
+        return signalPassFailure();
+      DominanceInfo dominance;
+      getOperation()->walk([&](RegionBranchOpInterface branch) {
+        SmallVector<Region *> regions;
+        getSinglyExecutedRegionsToSink(branch, regions);
+        controlFlowSink(
+            regions, dominance,
+            [](Operation *op, Region *) { return isMemoryEffectFree(op); },
+            [](Operation *op, Region *region) {
+              op->moveBefore(&region->front(), region->front().begin());
+            });
+      });
     }
     populateSaeToLinalgPatterns(patterns, lanes);
     if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
