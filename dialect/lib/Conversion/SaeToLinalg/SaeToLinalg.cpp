@@ -5152,17 +5152,18 @@ struct ConvertSaeToLinalgPass
       eliminateCommonSubExpressions(rewriter, dominance, getOperation());
     }
     // Products next, before the bias adds and relus that their kernel's
-    // epilogue computes are lowered on their own.
+    // epilogue computes are lowered on their own; batch_topk with them, so
+    // that its codes too are make_codes for the updates below.
     {
       RewritePatternSet products(&getContext());
       products.add<LinearLowering, DeadTopKLowering>(&getContext(), lanes);
+      products.add<BatchTopKLowering>(&getContext());
       if (failed(applyPatternsGreedily(getOperation(), std::move(products))))
         return signalPassFailure();
     }
     // Then the parameter updates, which read a gradient that is an outer
-    // product of codes from the codes' entries (the product's epilogue
-    // selected them: they are make_codes now) instead of from a stored
-    // matrix. Such a product may still be used by the gradient norm, only
+    // product of codes from the codes' entries (TopK's and BatchTopK's
+    // codes are make_codes by now) instead of from a stored matrix. Such a product may still be used by the gradient norm, only
     // when clipping is on: it moves into that branch (scf.if).
     {
       RewritePatternSet updates(&getContext());
