@@ -2495,6 +2495,25 @@ Value orderedKey(OpBuilder &b, Location l, Value v) {
   return arith::SelectOp::create(b, l, isNan, c64(0), flipped);
 }
 
+/// orderedKey's values for a vector of f32, as i32 in the same order when
+/// compared unsigned (orderedKey's keys are below 2^32).
+Value orderedKeys32(OpBuilder &b, Location l, Value v) {
+  auto keysType = VectorType::get(cast<VectorType>(v.getType()).getShape(),
+                                  b.getI32Type());
+  auto splat = [&](uint32_t x) -> Value {
+    return arith::ConstantOp::create(
+        b, l, DenseElementsAttr::get(keysType, APInt(32, x)));
+  };
+  Value bits = arith::BitcastOp::create(b, l, keysType, v);
+  Value neg =
+      arith::CmpIOp::create(b, l, arith::CmpIPredicate::slt, bits, splat(0));
+  Value flipped = arith::SelectOp::create(
+      b, l, neg, arith::XOrIOp::create(b, l, bits, splat(0xFFFFFFFFu)),
+      arith::XOrIOp::create(b, l, bits, splat(0x80000000u)));
+  Value isNan = arith::CmpFOp::create(b, l, arith::CmpFPredicate::UNO, v, v);
+  return arith::SelectOp::create(b, l, isNan, splat(0), flipped);
+}
+
 /// The dead latents' indices are listed once; then every row, in parallel,
 /// selects among those columns only, so the cost is O(B · n_dead) rather
 /// than O(B · n). k_aux is large (512), so a row does not keep a heap: the
@@ -3175,12 +3194,18 @@ template <typename OpTy> struct BatchCodesLowering : OpRewritePattern<OpTy> {
 /// holds into `vals`, `idxs` and `rowOf` (so they are sorted by row), then
 /// insertion-sorts each row's segment by decreasing value (strict
 /// comparison: column order on ties). `take` threads one i64 of state
-/// through the row-major scan. Returns the number of entries written.
-Value collectRows(OpBuilder &builder, Location loc, Value in, Value rows,
-                  Value cols, Value vals, Value idxs, Value rowOf, Value state,
-                  function_ref<std::pair<Value, Value>(OpBuilder &, Location,
-                                                       Value, Value, Value)>
-                      take) {
+/// through the row-major scan. With `screen` (i1: may block [col, col +
+/// kScreenWidth) of the row hold an entry to take?), blocks it rules out
+/// are skipped whole: the kept entries are a small fraction of the batch.
+/// Returns the number of entries written.
+constexpr int64_t kScreenWidth = 16;
+Value collectRows(
+    OpBuilder &builder, Location loc, Value in, Value rows, Value cols,
+    Value vals, Value idxs, Value rowOf, Value state,
+    function_ref<std::pair<Value, Value>(OpBuilder &, Location, Value, Value,
+                                         Value)>
+        take,
+    function_ref<Value(OpBuilder &, Location, Value, Value)> screen = nullptr) {
   Type i32 = builder.getI32Type();
   Value c0 = arith::ConstantIndexOp::create(builder, loc, 0);
   Value c1 = arith::ConstantIndexOp::create(builder, loc, 1);
@@ -3188,9 +3213,13 @@ Value collectRows(OpBuilder &builder, Location loc, Value in, Value rows,
       builder, loc, c0, rows, c1, ValueRange{c0, state},
       [&](OpBuilder &b, Location l, Value row, ValueRange st) {
         Value rowI = arith::IndexCastOp::create(b, l, i32, row);
-        auto collect = scf::ForOp::create(
-            b, l, c0, cols, c1, ValueRange{st[0], st[1]},
-            [&](OpBuilder &jb, Location jl, Value col, ValueRange pos) {
+        // Columns [from, to), one at a time: the (position, state) after.
+        auto scan = [&](OpBuilder &sb, Value from, Value to,
+                        ValueRange at) -> ValueRange {
+          return scf::ForOp::create(
+                     sb, l, from, to, c1, at,
+                     [&](OpBuilder &jb, Location jl, Value col,
+                         ValueRange pos) {
               auto [keep, next] = take(jb, jl, row, col, pos[1]);
               scf::IfOp::create(jb, jl, keep, [&](OpBuilder &tb, Location tl) {
                 Value v = memref::LoadOp::create(tb, tl, in, {row, col});
@@ -3205,8 +3234,38 @@ Value collectRows(OpBuilder &builder, Location loc, Value in, Value rows,
                   jb, jl, keep, arith::AddIOp::create(jb, jl, pos[0], c1),
                   pos[0]);
               scf::YieldOp::create(jb, jl, ValueRange{at, next});
-            });
-        Value start = st[0], end = collect.getResult(0);
+            })
+              .getResults();
+        };
+        ValueRange collected;
+        if (!screen) {
+          collected = scan(b, c0, cols, st);
+        } else {
+          Value width = arith::ConstantIndexOp::create(b, l, kScreenWidth);
+          Value blocks = arith::DivUIOp::create(b, l, cols, width);
+          auto blocked = scf::ForOp::create(
+              b, l, c0, blocks, c1, st,
+              [&](OpBuilder &kb, Location, Value blk, ValueRange pos) {
+                Value col = arith::MulIOp::create(kb, l, blk, width);
+                auto maybe = scf::IfOp::create(
+                    kb, l, pos.getTypes(), screen(kb, l, row, col),
+                    /*withElseRegion=*/true);
+                OpBuilder::InsertionGuard guard(kb);
+                kb.setInsertionPointToStart(maybe.thenBlock());
+                scf::YieldOp::create(
+                    kb, l,
+                    scan(kb, col, arith::AddIOp::create(kb, l, col, width),
+                         pos));
+                kb.setInsertionPointToStart(maybe.elseBlock());
+                scf::YieldOp::create(kb, l, pos);
+                kb.setInsertionPointAfter(maybe);
+                scf::YieldOp::create(kb, l, maybe.getResults());
+              });
+          collected =
+              scan(b, arith::MulIOp::create(b, l, blocks, width), cols,
+                   blocked.getResults());
+        }
+        Value start = st[0], end = collected[0];
         scf::ForOp::create(
             b, l, start, end, c1, ValueRange{},
             [&](OpBuilder &ib, Location il, Value i, ValueRange) {
@@ -3231,7 +3290,7 @@ Value collectRows(OpBuilder &builder, Location loc, Value in, Value rows,
               memref::StoreOp::create(ib, il, carry.getResult(1), idxs, i);
               scf::YieldOp::create(ib, il);
             });
-        scf::YieldOp::create(b, l, collect.getResults());
+        scf::YieldOp::create(b, l, collected);
       });
   return outer.getResult(0);
 }
@@ -3580,6 +3639,20 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
               arith::SubIOp::create(jb, jl, tiesLeft, c64(jb, jl, 1)),
               tiesLeft);
           return {arith::OrIOp::create(jb, jl, above, tie), left};
+        },
+        // A block holds a candidate only if one of its keys is >= t.
+        [&](OpBuilder &sb, Location sl, Value row, Value col) -> Value {
+          auto vecType = VectorType::get({kScreenWidth}, rewriter.getF32Type());
+          Value keys = orderedKeys32(
+              sb, sl,
+              vector::LoadOp::create(sb, sl, vecType, in, ValueRange{row, col}));
+          Value t32 = vector::BroadcastOp::create(
+              sb, sl, keys.getType(),
+              arith::TruncIOp::create(sb, sl, sb.getI32Type(), t));
+          Value hit = arith::CmpIOp::create(sb, sl, arith::CmpIPredicate::uge,
+                                            keys, t32);
+          return vector::ReductionOp::create(sb, sl, vector::CombiningKind::OR,
+                                             hit);
         });
     replaceWithCodes(rewriter, op, codes, vals, idxs, rowOf);
     return success();
