@@ -252,13 +252,20 @@ func.func @densify(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>) -> tensor<?x64xf32>
 
 // -----
 
-// Tests that mse sums squared differences in f64 and divides by the rows.
+// Tests that mse sums squared differences in f64 and divides by the rows:
+// 64 fixed ranges of rows in parallel, each summed in order in a register,
+// then the 64 partial sums in order (the same result for any thread count).
 // CHECK-LABEL: func.func @mse
-// CHECK: linalg.generic {{.*}}iterator_types = ["reduction", "reduction"]
+// CHECK: %[[PART:.*]] = memref.alloc() : memref<64xf64>
+// CHECK: scf.parallel (%[[C:.*]]) = (%c0) to (%c64) step (%c1)
+// CHECK:   scf.for {{.*}} iter_args({{.*}}) -> (f64)
+// CHECK:   scf.for {{.*}} iter_args({{.*}}) -> (f64)
 // CHECK:   arith.extf %{{.*}} : f32 to f64
 // CHECK:   arith.subf %{{.*}} : f64
 // CHECK:   arith.mulf
-// CHECK: %[[SUM:.*]] = tensor.extract
+// CHECK:   memref.store %{{.*}}, %[[PART]][%[[C]]]
+// CHECK: %[[SUM:.*]] = scf.for %{{.*}} = %c0 to %c64 step
+// CHECK:   memref.load %[[PART]]
 // CHECK: %[[ROWS:.*]] = arith.sitofp %{{.*}} : i64 to f64
 // CHECK: %[[MEAN:.*]] = arith.divf %[[SUM]], %[[ROWS]] : f64
 // CHECK: arith.truncf %[[MEAN]] : f64 to f32
@@ -273,9 +280,13 @@ func.func @mse(%a: tensor<?x16xf32>, %b: tensor<?x16xf32>) -> f32 {
 // error sum, then their ratio.
 // CHECK-LABEL: func.func @fvu
 // CHECK: %[[COLSUM:.*]] = linalg.generic {{.*}}iterator_types = ["reduction", "parallel"]
-// CHECK: %[[DEN:.*]] = linalg.generic {{.*}}ins(%{{.*}}, %[[COLSUM]] : tensor<?x16xf32>, tensor<16xf64>)
-// CHECK: linalg.generic {{.*}}iterator_types = ["reduction", "reduction"]
-// CHECK: %[[R:.*]] = arith.divf %{{.*}}, %{{.*}} : f64
+// CHECK: %[[COLBUF:.*]] = bufferization.to_buffer %[[COLSUM]]
+// CHECK: scf.parallel
+// CHECK:   memref.load %[[COLBUF]]
+// CHECK: %[[DEN:.*]] = scf.for %{{.*}} = %c0 to %c64 step
+// CHECK: scf.parallel
+// CHECK: %[[NUM:.*]] = scf.for %{{.*}} = %c0 to %c64 step
+// CHECK: %[[R:.*]] = arith.divf %[[NUM]], %[[DEN]] : f64
 // CHECK: arith.truncf %[[R]] : f64 to f32
 func.func @fvu(%a: tensor<?x16xf32>, %b: tensor<?x16xf32>) -> f32 {
   %0 = sae.fvu %a, %b : tensor<?x16xf32> -> f32

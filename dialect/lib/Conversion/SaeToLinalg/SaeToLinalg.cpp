@@ -25,6 +25,7 @@
 #include "llvm/TargetParser/Host.h"
 
 #include <cmath>
+#include <functional>
 #include <limits>
 
 namespace mlir::sae {
@@ -112,6 +113,85 @@ Value sumToScalar(OpBuilder &b, Location loc, ValueRange ins,
         return arith::AddFOp::create(nb, nloc, args.back(), t).getResult();
       });
   return tensor::ExtractOp::create(b, loc, sum, ValueRange{});
+}
+
+/// sumToScalar for a `term` of the loaded elements alone (no linalg.index):
+/// the inputs' maps project the loops (each result a loop dimension). The
+/// first loop is cut into kSumChunks fixed ranges
+/// summed in parallel (scf.parallel), each in order into a register; the
+/// partial sums are then added in order, so the result does not depend on
+/// the thread count. (sumToScalar's reduction into a rank-0 buffer runs on
+/// one thread, storing and reloading its accumulator for every element.)
+constexpr int64_t kSumChunks = 64;
+Value toBuffer(OpBuilder &b, Location loc, Value tensor);
+Value sumInChunks(OpBuilder &b, Location loc, ValueRange ins,
+                  ArrayRef<AffineMap> inMaps, unsigned numLoops,
+                  function_ref<Value(OpBuilder &, Location, ValueRange)> term) {
+  Type f64 = b.getF64Type();
+  auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
+    return arith::ConstantIndexOp::create(ob, loc, v);
+  };
+  // Each loop's extent: a dimension of the first input that it indexes.
+  SmallVector<Value> extents(numLoops), bufs;
+  for (auto [in, map] : llvm::zip(ins, inMaps)) {
+    bufs.push_back(toBuffer(b, loc, in));
+    for (auto [pos, expr] : llvm::enumerate(map.getResults())) {
+      unsigned dim = cast<AffineDimExpr>(expr).getPosition();
+      if (!extents[dim])
+        extents[dim] = tensor::DimOp::create(b, loc, in, pos);
+    }
+  }
+  Value zero = arith::ConstantOp::create(b, loc, b.getF64FloatAttr(0.0));
+  assert(llvm::all_of(extents, [](Value e) { return bool(e); }) &&
+         "every loop indexes an input");
+  Value partial =
+      memref::AllocOp::create(b, loc, MemRefType::get({kSumChunks}, f64));
+  Value chunk = arith::CeilDivUIOp::create(b, loc, extents[0],
+                                           idx(b, kSumChunks));
+  scf::ParallelOp::create(
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{idx(b, kSumChunks)},
+      ValueRange{idx(b, 1)}, [&](OpBuilder &pb, Location, ValueRange ivs) {
+        Value lo = arith::MinUIOp::create(
+            pb, loc, arith::MulIOp::create(pb, loc, ivs[0], chunk),
+            extents[0]);
+        Value hi = arith::MinUIOp::create(
+            pb, loc, arith::AddIOp::create(pb, loc, lo, chunk), extents[0]);
+        // Loops 0 .. numLoops - 1 nested, the sum carried through them.
+        SmallVector<Value> at(numLoops);
+        std::function<Value(OpBuilder &, unsigned, Value)> nest =
+            [&](OpBuilder &nb, unsigned dim, Value acc) -> Value {
+          if (dim == numLoops) {
+            SmallVector<Value> args;
+            for (auto [buf, map] : llvm::zip(bufs, inMaps)) {
+              SmallVector<Value> indices;
+              for (AffineExpr expr : map.getResults())
+                indices.push_back(
+                    at[cast<AffineDimExpr>(expr).getPosition()]);
+              args.push_back(memref::LoadOp::create(nb, loc, buf, indices));
+            }
+            return arith::AddFOp::create(nb, loc, acc, term(nb, loc, args));
+          }
+          auto loop = scf::ForOp::create(
+              nb, loc, dim == 0 ? lo : idx(nb, 0),
+              dim == 0 ? hi : extents[dim], idx(nb, 1), ValueRange{acc},
+              [&](OpBuilder &fb, Location, Value iv, ValueRange a) {
+                at[dim] = iv;
+                scf::YieldOp::create(fb, loc,
+                                     ValueRange{nest(fb, dim + 1, a[0])});
+              });
+          return loop.getResult(0);
+        };
+        memref::StoreOp::create(pb, loc, nest(pb, 0, zero), partial, ivs[0]);
+      });
+  auto total = scf::ForOp::create(
+      b, loc, idx(b, 0), idx(b, kSumChunks), idx(b, 1), ValueRange{zero},
+      [&](OpBuilder &fb, Location, Value c, ValueRange a) {
+        scf::YieldOp::create(
+            fb, loc,
+            ValueRange{arith::AddFOp::create(
+                fb, loc, a[0], memref::LoadOp::create(fb, loc, partial, c))});
+      });
+  return total.getResult(0);
 }
 
 /// (a - b)^2 in f64.
@@ -1469,7 +1549,7 @@ struct MseLowering : OpRewritePattern<MseOp> {
     Location loc = op.getLoc();
     AffineMap id = rewriter.getMultiDimIdentityMap(2);
     Value sum =
-        sumToScalar(rewriter, loc, {op.getInput(), op.getTarget()}, {id, id}, 2,
+        sumInChunks(rewriter, loc, {op.getInput(), op.getTarget()}, {id, id}, 2,
                     [](OpBuilder &b, Location l, ValueRange a) {
                       return squaredDiffF64(b, l, a[0], a[1]);
                     });
@@ -1512,13 +1592,13 @@ struct FvuLowering : OpRewritePattern<FvuOp> {
           return arith::AddFOp::create(b, l, a[1], x).getResult();
         });
     Value rows = rowCount(rewriter, loc, target, f64);
-    Value denom = sumToScalar(rewriter, loc, {target, colSum}, {id, col}, 2,
+    Value denom = sumInChunks(rewriter, loc, {target, colSum}, {id, col}, 2,
                               [&](OpBuilder &b, Location l, ValueRange a) {
                                 Value mean =
                                     arith::DivFOp::create(b, l, a[1], rows);
                                 return squaredDiffF64(b, l, a[0], mean);
                               });
-    Value num = sumToScalar(rewriter, loc, {op.getInput(), target}, {id, id}, 2,
+    Value num = sumInChunks(rewriter, loc, {op.getInput(), target}, {id, id}, 2,
                             [](OpBuilder &b, Location l, ValueRange a) {
                               return squaredDiffF64(b, l, a[0], a[1]);
                             });
@@ -3049,21 +3129,21 @@ struct AuxKLowering : OpRewritePattern<AuxKOp> {
       recon = BiasAddOp::create(rewriter, loc, resType, recon, op.getBias());
     AffineMap id = rewriter.getMultiDimIdentityMap(2);
     // Σ‖recon − e‖² (f64).
-    Value err = sumToScalar(rewriter, loc, {recon, op.getResidual()}, {id, id},
+    Value err = sumInChunks(rewriter, loc, {recon, op.getResidual()}, {id, id},
                             2, [](OpBuilder &b, Location l, ValueRange a) {
                               return squaredDiffF64(b, l, a[0], a[1]);
                             });
     // norm: Σ_b ‖v − mean_b v‖², v = target or residual.
     Value v = op.getTarget() ? op.getTarget() : op.getResidual();
     Value mean = columnMeanF64(rewriter, loc, v);
-    Value norm = sumToScalar(
+    Value norm = sumInChunks(
         rewriter, loc, {v, mean},
         {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)}, 2,
         [](OpBuilder &b, Location l, ValueRange a) {
           return squaredDiffF64(b, l, a[0], a[1]);
         });
     // scale = min(n_dead / k_aux, 1).
-    Value nDead = sumToScalar(rewriter, loc, {mask},
+    Value nDead = sumInChunks(rewriter, loc, {mask},
                               {rewriter.getMultiDimIdentityMap(1)}, 1,
                               [&](OpBuilder &b, Location l, ValueRange a) {
                                 return toF64(b, l, a[0]);
@@ -4189,7 +4269,7 @@ struct SumLowering : OpRewritePattern<SumOp> {
                                 PatternRewriter &rewriter) const override {
     unsigned rank = op.getInput().getType().getRank();
     bool squares = op.getSquares();
-    Value sum = sumToScalar(
+    Value sum = sumInChunks(
         rewriter, op.getLoc(), {op.getInput()},
         {rewriter.getMultiDimIdentityMap(rank)}, rank,
         [&](OpBuilder &b, Location l, ValueRange a) {
