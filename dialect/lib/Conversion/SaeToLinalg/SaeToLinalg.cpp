@@ -115,15 +115,65 @@ Value sumToScalar(OpBuilder &b, Location loc, ValueRange ins,
   return tensor::ExtractOp::create(b, loc, sum, ValueRange{});
 }
 
-/// sumToScalar for a `term` of the loaded elements alone (no linalg.index):
-/// the inputs' maps project the loops (each result a loop dimension). The
-/// first loop is cut into kSumChunks fixed ranges
-/// summed in parallel (scf.parallel), each in order into a register; the
-/// partial sums are then added in order, so the result does not depend on
-/// the thread count. (sumToScalar's reduction into a rank-0 buffer runs on
-/// one thread, storing and reloading its accumulator for every element.)
+/// (a - b)^2 in f64.
+Value squaredDiffF64(OpBuilder &b, Location loc, Value x, Value y) {
+  Type f64 = b.getF64Type();
+  if (x.getType() != f64)
+    x = arith::ExtFOp::create(b, loc, f64, x);
+  if (y.getType() != f64)
+    y = arith::ExtFOp::create(b, loc, f64, y);
+  Value d = arith::SubFOp::create(b, loc, x, y);
+  return arith::MulFOp::create(b, loc, d, d);
+}
+
+Value floatConst(OpBuilder &b, Location l, Type t, double v) {
+  return arith::ConstantOp::create(b, l, b.getFloatAttr(t, v));
+}
+
+Value rowNorms(OpBuilder &b, Location loc, Value w);
+Value rowDots(OpBuilder &b, Location loc, Value x, Value y,
+              AffineMap yMap = AffineMap());
+Value batchRows(OpBuilder &b, Location l, Value values, int64_t k);
+Value zeroBuffer(OpBuilder &b, Location loc, RankedTensorType type,
+                 ValueRange dyn);
+void addScaledRow(OpBuilder &b, Location l, Value dst, Value dstRow, Value src,
+                  Value srcRow, Value v, int64_t width);
+
+Value toF64(OpBuilder &b, Location l, Value v) {
+  return v.getType().isF64()
+             ? v
+             : arith::ExtFOp::create(b, l, b.getF64Type(), v).getResult();
+}
+
+/// A read-only memref view of a tensor, for hand-written loops.
+Value toBuffer(OpBuilder &b, Location loc, Value tensor) {
+  auto type = cast<RankedTensorType>(tensor.getType());
+  auto memrefType = MemRefType::get(type.getShape(), type.getElementType());
+  return bufferization::ToBufferOp::create(b, loc, memrefType, tensor,
+                                           /*read_only=*/true);
+}
+
+/// A fresh buffer whose tensor view is returned by `asTensor`.
+Value allocLike(OpBuilder &b, Location loc, RankedTensorType type,
+                ValueRange dynSizes) {
+  auto memrefType = MemRefType::get(type.getShape(), type.getElementType());
+  return memref::AllocOp::create(b, loc, memrefType, dynSizes);
+}
+
+Value asTensor(OpBuilder &b, Location loc, RankedTensorType type, Value buf) {
+  return bufferization::ToTensorOp::create(b, loc, type, buf,
+                                           /*restrict=*/true,
+                                           /*writable=*/true);
+}
+
+/// sumToScalar for a `term` of the loaded elements alone (no linalg.index;
+/// each input's map projects the loops). The first loop is cut into
+/// kSumChunks fixed ranges, summed in parallel (scf.parallel), each in
+/// order in a register; the partial sums are then added in order, so the
+/// result does not depend on the thread count. (sumToScalar's reduction
+/// into a rank-0 buffer runs on one thread, storing and reloading its
+/// accumulator for every element.)
 constexpr int64_t kSumChunks = 64;
-Value toBuffer(OpBuilder &b, Location loc, Value tensor);
 Value sumInChunks(OpBuilder &b, Location loc, ValueRange ins,
                   ArrayRef<AffineMap> inMaps, unsigned numLoops,
                   function_ref<Value(OpBuilder &, Location, ValueRange)> term) {
@@ -192,57 +242,6 @@ Value sumInChunks(OpBuilder &b, Location loc, ValueRange ins,
                 fb, loc, a[0], memref::LoadOp::create(fb, loc, partial, c))});
       });
   return total.getResult(0);
-}
-
-/// (a - b)^2 in f64.
-Value squaredDiffF64(OpBuilder &b, Location loc, Value x, Value y) {
-  Type f64 = b.getF64Type();
-  if (x.getType() != f64)
-    x = arith::ExtFOp::create(b, loc, f64, x);
-  if (y.getType() != f64)
-    y = arith::ExtFOp::create(b, loc, f64, y);
-  Value d = arith::SubFOp::create(b, loc, x, y);
-  return arith::MulFOp::create(b, loc, d, d);
-}
-
-Value floatConst(OpBuilder &b, Location l, Type t, double v) {
-  return arith::ConstantOp::create(b, l, b.getFloatAttr(t, v));
-}
-
-Value rowNorms(OpBuilder &b, Location loc, Value w);
-Value rowDots(OpBuilder &b, Location loc, Value x, Value y,
-              AffineMap yMap = AffineMap());
-Value batchRows(OpBuilder &b, Location l, Value values, int64_t k);
-Value zeroBuffer(OpBuilder &b, Location loc, RankedTensorType type,
-                 ValueRange dyn);
-void addScaledRow(OpBuilder &b, Location l, Value dst, Value dstRow, Value src,
-                  Value srcRow, Value v, int64_t width);
-
-Value toF64(OpBuilder &b, Location l, Value v) {
-  return v.getType().isF64()
-             ? v
-             : arith::ExtFOp::create(b, l, b.getF64Type(), v).getResult();
-}
-
-/// A read-only memref view of a tensor, for hand-written loops.
-Value toBuffer(OpBuilder &b, Location loc, Value tensor) {
-  auto type = cast<RankedTensorType>(tensor.getType());
-  auto memrefType = MemRefType::get(type.getShape(), type.getElementType());
-  return bufferization::ToBufferOp::create(b, loc, memrefType, tensor,
-                                           /*read_only=*/true);
-}
-
-/// A fresh buffer whose tensor view is returned by `asTensor`.
-Value allocLike(OpBuilder &b, Location loc, RankedTensorType type,
-                ValueRange dynSizes) {
-  auto memrefType = MemRefType::get(type.getShape(), type.getElementType());
-  return memref::AllocOp::create(b, loc, memrefType, dynSizes);
-}
-
-Value asTensor(OpBuilder &b, Location loc, RankedTensorType type, Value buf) {
-  return bufferization::ToTensorOp::create(b, loc, type, buf,
-                                           /*restrict=*/true,
-                                           /*writable=*/true);
 }
 
 /// Replaces a selection op by codes built from the buffers it filled.
