@@ -6,12 +6,19 @@
 // [B, n_dead] matrix (rounded up to panels of 64) and its transpose, the
 // decoder's dead rows [n_dead, 64] and their transpose, then three packed
 // panel products: the decode (K = n_dead), the sddmm (N = n_dead, so a
-// dynamic number of panels) and the outer (M = n_dead, K = B), whose rows
-// are added into the dead latents' rows of a zeroed [n, d] gradient.
-// Each is used while n_dead <= 8 k (here 64); with more dead latents the
-// sparse product (the op itself, lowered in the else branch) is cheaper.
+// dynamic number of panels) and the outer (M = n_dead, K = B). Each is
+// used while n_dead <= 8 k (here 64); with more dead latents the sparse
+// product (lowered in the else branch) is cheaper. The outer's rows, in
+// either branch, are the dead latents' rows only ([?, 64]: the sparse
+// product's codes index the dead list); sae.place_rows puts them at their
+// latents through slot[j] (latent j's place in the dead list, -1 when
+// alive), which the selection writes, and zeroes the other rows.
 // CHECK-LABEL: func.func @aux_dense
 // CHECK: memref.alloc(%{{.*}}) : memref<?x8xi32>
+// CHECK: %[[SLOT:.*]] = memref.alloc() : memref<128xi32>
+// CHECK: scf.for
+// CHECK: arith.select %{{.*}}, %{{.*}}, %c-1_i32 : i32
+// CHECK: memref.store %{{.*}}, %[[SLOT]][%{{.*}}] : memref<128xi32>
 // CHECK: scf.parallel
 // CHECK: memref.alloc(%{{.*}}) : memref<?xi32>
 // CHECK: %[[DENSE:.*]] = arith.cmpi ule, %{{.*}}, %c64 : index
@@ -31,11 +38,21 @@
 // CHECK: memref.alloc(%{{.*}}, %c64) : memref<?x?x64xf32>
 // CHECK: vector.fma
 // CHECK: } else {
-// CHECK: scf.if %[[DENSE]] -> (tensor<128x64xf32>) {
+// CHECK: %[[ROWS:.*]] = scf.if %[[DENSE]] -> (tensor<?x64xf32>) {
+// CHECK: memref.alloc(%[[PAD]]) : memref<?x64xf32>
 // CHECK: memref.alloc(%{{.*}}) : memref<1x?x64xf32>
 // CHECK: vector.fma
+// CHECK: } else {
+// CHECK: memref.alloc() : memref<129xindex>
+// CHECK: tensor.cast %{{.*}} : tensor<128x64xf32> to tensor<?x64xf32>
+// CHECK: %[[ROWBUF:.*]] = bufferization.to_buffer %[[ROWS]]
 // CHECK: %[[GRAD:.*]] = memref.alloc() : memref<128x64xf32>
-// CHECK: linalg.fill ins(%{{.*}} : f32) outs(%[[GRAD]] : memref<128x64xf32>)
+// CHECK: scf.parallel
+// CHECK: %[[S:.*]] = memref.load %[[SLOT]][%{{.*}}] : memref<128xi32>
+// CHECK: %[[PLACED:.*]] = arith.cmpi sge, %[[S]], %c0_i32 : i32
+// CHECK: scf.if %[[PLACED]] {
+// CHECK: memref.load %[[ROWBUF]]
+// CHECK: memref.store %{{.*}}, %[[GRAD]]
 // CHECK: } else {
 // CHECK: return
 func.func @aux_dense(%pre: tensor<?x128xf32>, %mask: tensor<128xf32>, %w: tensor<128x64xf32>, %g: tensor<?x64xf32>) -> (tensor<?x64xf32>, tensor<?x8xf32>, tensor<128x64xf32>) {

@@ -568,3 +568,33 @@ func.func @unit_norm_adam_outer(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %r: te
   %n = sae.normalize_rows %p2 : tensor<64x16xf32>
   return %n, %m2, %v2 : tensor<64x16xf32>, tensor<64x16xf32>, tensor<64x16xf32>
 }
+
+// -----
+
+// Tests the same update when the outer product accumulates into placed
+// rows (AuxK's decoder gradient over the dead latents): each row's sums
+// start from the row its slot names, or from zero where the slot is
+// negative, read in the update itself; no [64, 16] matrix is written for
+// the placed rows either.
+// CHECK-LABEL: func.func @unit_norm_adam_outer_into_placed
+// CHECK-NOT: memref.alloc() : memref<64x16xf32>
+// CHECK: scf.forall
+// CHECK: %[[S:.*]] = memref.load %{{.*}}[%{{.*}}] : memref<64xi32>
+// CHECK: %[[PLACED:.*]] = arith.cmpi sge, %[[S]], %{{.*}} : i32
+// CHECK: scf.if %[[PLACED]] -> (vector<8xf32>)
+// CHECK: %[[AT:.*]] = arith.index_cast %[[S]] : i32 to index
+// CHECK: vector.load %{{.*}}[%[[AT]], %{{.*}}] : memref<?x16xf32>, vector<8xf32>
+// CHECK: } else {
+// CHECK: arith.mulf
+// CHECK: arith.addf
+// CHECK: math.rsqrt
+// CHECK-NOT: memref.alloc() : memref<64x16xf32>
+// CHECK-NOT: sae.
+func.func @unit_norm_adam_outer_into_placed(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %r: tensor<?x16xf32>, %rows: tensor<?x16xf32>, %slot: tensor<64xi32>, %w: tensor<64x16xf32>, %m: tensor<64x16xf32>, %s: tensor<64x16xf32>, %h: f32) -> (tensor<64x16xf32>, tensor<64x16xf32>, tensor<64x16xf32>) {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  %placed = sae.place_rows %rows, %slot : tensor<?x16xf32>, tensor<64xi32> -> tensor<64x16xf32>
+  %g = sae.outer %z, %r into %placed : !sae.codes<?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<64x16xf32>
+  %p2, %m2, %v2 = sae.adam %w, %g, %m, %s, %h, %h, %h, %h, %h, %h : tensor<64x16xf32>
+  %n = sae.normalize_rows %p2 : tensor<64x16xf32>
+  return %n, %m2, %v2 : tensor<64x16xf32>, tensor<64x16xf32>, tensor<64x16xf32>
+}

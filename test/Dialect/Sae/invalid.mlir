@@ -274,3 +274,21 @@ func.func @outer_into_transposed(%z: !sae.codes<?x64xf32, k = 4>, %x: tensor<?x1
   %0 = sae.outer %z, %x into %init {transposed} : !sae.codes<?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<16x64xf32>
   return
 }
+
+// -----
+
+// Tests that place_rows has a slot per result row.
+func.func @place_rows_count(%rows: tensor<?x16xf32>, %slot: tensor<32xi32>) {
+  // expected-error@+1 {{'sae.place_rows' op row count mismatch: 32 vs 64}}
+  %0 = sae.place_rows %rows, %slot : tensor<?x16xf32>, tensor<32xi32> -> tensor<64x16xf32>
+  return
+}
+
+// -----
+
+// Tests that place_rows keeps the rows' width.
+func.func @place_rows_width(%rows: tensor<?x8xf32>, %slot: tensor<64xi32>) {
+  // expected-error@+1 {{'sae.place_rows' op width mismatch: 8 vs 16}}
+  %0 = sae.place_rows %rows, %slot : tensor<?x8xf32>, tensor<64xi32> -> tensor<64x16xf32>
+  return
+}

@@ -144,3 +144,10 @@ func.func @products(%z: !sae.codes<?x64xf32, k = 4>, %a: !sae.codes<?x64xf32, k 
   %m = sae.matvec %w, %v : tensor<16x64xf32>, tensor<64xf32> -> tensor<16xf32>
   return %o2, %m : tensor<64x16xf32>, tensor<16xf32>
 }
+
+// CHECK-LABEL: func.func @place_rows
+func.func @place_rows(%rows: tensor<?x16xf32>, %slot: tensor<64xi32>) -> tensor<64x16xf32> {
+  // CHECK: sae.place_rows %{{.*}}, %{{.*}} : tensor<?x16xf32>, tensor<64xi32> -> tensor<64x16xf32>
+  %p = sae.place_rows %rows, %slot : tensor<?x16xf32>, tensor<64xi32> -> tensor<64x16xf32>
+  return %p : tensor<64x16xf32>
+}

@@ -1612,6 +1612,17 @@ struct FvuLowering : OpRewritePattern<FvuOp> {
 // Sparse codes
 //===----------------------------------------------------------------------===//
 
+/// for (i = lo; i < hi; ++i) fn(i).
+void forRange(OpBuilder &b, Location loc, Value lo, Value hi,
+              function_ref<void(OpBuilder &, Value)> fn) {
+  scf::ForOp::create(b, loc, lo, hi, arith::ConstantIndexOp::create(b, loc, 1),
+                     ValueRange{},
+                     [&](OpBuilder &fb, Location fl, Value i, ValueRange) {
+                       fn(fb, i);
+                       scf::YieldOp::create(fb, fl);
+                     });
+}
+
 /// Rows one after the other in parallel (each row's selection is written by
 /// one thread, so results do not depend on the threads).
 void forEachRowParallel(OpBuilder &b, Location loc, Value rows,
@@ -2642,6 +2653,38 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
     auto cI32 = [&](OpBuilder &b, int64_t v) -> Value {
       return arith::ConstantOp::create(b, loc, b.getI32IntegerAttr(v));
     };
+    // The users whose products go dense, and what they need.
+    int64_t d = 0;
+    SmallVector<Operation *> dense;
+    if (elt.isF32())
+      for (Operation *user : op->getUsers()) {
+        Value w;
+        if (auto decode = dyn_cast<DecodeOp>(user))
+          w = decode.getWeight();
+        else if (auto sddmm = dyn_cast<SddmmOp>(user))
+          w = sddmm.getWeight();
+        else if (auto outer = dyn_cast<OuterOp>(user);
+                 outer && !outer.getTransposed())
+          w = outer.getRhs();
+        if (!w || user->getBlock() != op->getBlock())
+          continue;
+        int64_t width = cast<RankedTensorType>(w.getType()).getDimSize(1);
+        if (ShapedType::isDynamic(width) || width % (2 * lanes) != 0 ||
+            (d && width != d))
+          continue;
+        // Decoder rows are gathered where the selection is: the weight
+        // must be there already (a parameter).
+        if (!isa<OuterOp>(user) && !definedBefore(w, op))
+          continue;
+        d = width;
+        dense.push_back(user);
+      }
+    // slotOf[j]: latent j's place in the dead list (-1: alive), for the
+    // outer products, which are placed at their latents by it.
+    Value slotOf;
+    if (llvm::any_of(dense, [](Operation *user) { return isa<OuterOp>(user); }))
+      slotOf =
+          memref::AllocOp::create(rewriter, loc, MemRefType::get({n}, i32));
     // dead[0, count) = the latents whose mask is positive, in order.
     Value dead =
         memref::AllocOp::create(rewriter, loc, MemRefType::get({n}, indexType));
@@ -2659,6 +2702,13 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
               arith::IndexCastUIOp::create(b, l, indexType, isDead));
           // Written at every j; only a dead latent's write is kept.
           memref::StoreOp::create(b, l, j, dead, ValueRange{acc[0]});
+          if (slotOf)
+            memref::StoreOp::create(
+                b, l,
+                arith::SelectOp::create(
+                    b, l, isDead, arith::IndexCastOp::create(b, l, i32, acc[0]),
+                    cI32(b, -1)),
+                slotOf, ValueRange{j});
           Value firstAlive = arith::AndIOp::create(
               b, l,
               arith::CmpIOp::create(b, l, arith::CmpIPredicate::eq, acc[1],
@@ -2686,32 +2736,6 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
             idx(rewriter, 0), list.getResult(1)));
     Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
 
-    // The users whose products go dense, and what they need.
-    int64_t d = 0;
-    SmallVector<Operation *> dense;
-    if (elt.isF32())
-      for (Operation *user : op->getUsers()) {
-        Value w;
-        if (auto decode = dyn_cast<DecodeOp>(user))
-          w = decode.getWeight();
-        else if (auto sddmm = dyn_cast<SddmmOp>(user))
-          w = sddmm.getWeight();
-        else if (auto outer = dyn_cast<OuterOp>(user);
-                 outer && !outer.getTransposed())
-          w = outer.getRhs();
-        if (!w || user->getBlock() != op->getBlock())
-          continue;
-        int64_t width = cast<RankedTensorType>(w.getType()).getDimSize(1);
-        if (ShapedType::isDynamic(width) || width % (2 * lanes) != 0 ||
-            (d && width != d))
-          continue;
-        // Decoder rows are gathered where the selection is: the weight
-        // must be there already (a parameter).
-        if (!isa<OuterOp>(user) && !definedBefore(w, op))
-          continue;
-        d = width;
-        dense.push_back(user);
-      }
     // pos[row, slot]: the slot's place in the dead list (-1: unfilled).
     Value pos;
     if (!dense.empty())
@@ -2794,7 +2818,15 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
           threshold = arith::MaxUIOp::create(b, l, threshold, cI32(b, 1));
           Value ties = arith::SubIOp::create(
               b, l, cK, countKeys(b, threshold, arith::CmpIPredicate::ugt));
-          // Keep the keys above the threshold and the first `ties` equal to it.
+          // Keep the keys above the threshold and the first `ties` equal to
+          // it. Without a branch (about a third of the keys are kept, at no
+          // pattern): every entry is written at the next free place of a
+          // row of k + 1 on the stack, and only a kept one moves it on.
+          auto scratchOf = [&](Type t) -> Value {
+            return memref::AllocaOp::create(b, l, MemRefType::get({k + 1}, t));
+          };
+          Value keptVals = scratchOf(elt), keptIdxs = scratchOf(i32);
+          Value keptPos = pos ? scratchOf(i32) : Value();
           Value filled = forDead(
               b, {idx(b, 0), cI32(b, 0)},
               [&](OpBuilder &fb, Location fl, Value t, ValueRange acc) {
@@ -2808,20 +2840,15 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                     arith::CmpIOp::create(fb, fl, arith::CmpIPredicate::ult,
                                           acc[1], ties));
                 Value keep = arith::OrIOp::create(fb, fl, above, tie);
-                scf::IfOp::create(
-                    fb, fl, keep, [&](OpBuilder &ib, Location il) {
-                      auto [v, col] = valueAt(ib, il, t);
-                      ValueRange at{row, acc[0]};
-                      memref::StoreOp::create(ib, il, v, vals, at);
-                      memref::StoreOp::create(
-                          ib, il, arith::IndexCastOp::create(ib, il, i32, col),
-                          idxs, at);
-                      if (pos)
-                        memref::StoreOp::create(
-                            ib, il, arith::IndexCastOp::create(ib, il, i32, t),
-                            pos, at);
-                      scf::YieldOp::create(ib, il);
-                    });
+                auto [v, col] = valueAt(fb, fl, t);
+                memref::StoreOp::create(fb, fl, v, keptVals, acc[0]);
+                memref::StoreOp::create(
+                    fb, fl, arith::IndexCastOp::create(fb, fl, i32, col),
+                    keptIdxs, acc[0]);
+                if (keptPos)
+                  memref::StoreOp::create(
+                      fb, fl, arith::IndexCastOp::create(fb, fl, i32, t),
+                      keptPos, acc[0]);
                 return SmallVector<Value>{
                     arith::AddIOp::create(
                         fb, fl, acc[0],
@@ -2830,6 +2857,16 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                         fb, fl, acc[1],
                         arith::ExtUIOp::create(fb, fl, i32, tie))};
               })[0];
+          forRange(b, l, idx(b, 0), filled, [&](OpBuilder &fb, Value s) {
+            ValueRange at{row, s};
+            memref::StoreOp::create(
+                fb, l, memref::LoadOp::create(fb, l, keptVals, s), vals, at);
+            memref::StoreOp::create(
+                fb, l, memref::LoadOp::create(fb, l, keptIdxs, s), idxs, at);
+            if (pos)
+              memref::StoreOp::create(
+                  fb, l, memref::LoadOp::create(fb, l, keptPos, s), pos, at);
+          });
           scf::ForOp::create(
               b, l, filled, idx(b, k), idx(b, 1), ValueRange{},
               [&](OpBuilder &fb, Location fl, Value s, ValueRange) {
@@ -2843,7 +2880,8 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
               });
         });
     if (!dense.empty())
-      denseProducts(rewriter, op, dense, d, dead, count, rows, vals, idxs, pos);
+      denseProducts(rewriter, op, dense, d, dead, count, rows, vals, idxs, pos,
+                    slotOf);
     rewriter.setInsertionPoint(op);
     replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
@@ -2861,8 +2899,8 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
   /// dense products over the `count` dead latents listed in `dead`.
   void denseProducts(PatternRewriter &rewriter, DeadTopKOp op,
                      ArrayRef<Operation *> users, int64_t d, Value dead,
-                     Value count, Value rows, Value vals, Value idxs,
-                     Value pos) const {
+                     Value count, Value rows, Value vals, Value idxs, Value pos,
+                     Value slotOf) const {
     Location loc = op.getLoc();
     CodesType codes = op.getType();
     Type f32 = rewriter.getF32Type();
@@ -3068,34 +3106,45 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
             user, codes, values,
             asTensor(rewriter, l, codes.getIndicesType(), idxs), Value());
       } else {
-        // out[dead[s]] += (Zaᵀ · rhs)[s].
+        // Only the dead latents' rows are nonzero: they are computed as
+        // rows [count, d] and placed at their latents by sae.place_rows
+        // (an update reads them through it; nothing writes [n, d] for
+        // them). Dense: the panel product Zaᵀ · rhs. Sparse: the outer
+        // product of the codes with each entry at its slot's place in the
+        // dead list instead of its latent.
         auto outer = cast<OuterOp>(user);
         transposedCodes();
         auto type = outer.getType();
-        rewriter.replaceOp(
-            user,
-            choose(
-                [&](OpBuilder &tb) {
-                  Value g = matrix(tb, padded, d);
-                  emitPanelGemm(tb, l, zaT, toBuffer(tb, l, outer.getRhs()), g,
-                                padded, rows, idx(tb, d), lanes, vecsFor(d),
-                                Value(), false);
-                  Value out = allocLike(tb, l, type, {});
-                  if (outer.getInit())
-                    linalg::CopyOp::create(
-                        tb, l, toBuffer(tb, l, outer.getInit()), out);
-                  else
-                    fillZero(tb, out);
-                  forEachRowParallel(
-                      tb, l, count, [&](OpBuilder &b, Location bl, Value s) {
-                        Value latent =
-                            memref::LoadOp::create(b, bl, dead, ValueRange{s});
-                        addScaledRow(b, bl, out, latent, g, s,
-                                     floatConst(b, bl, f32, 1.0), d);
-                      });
-                  return asTensor(tb, l, type, out);
-                },
-                itself));
+        auto deadRowsType =
+            RankedTensorType::get({ShapedType::kDynamic, d}, f32);
+        auto deadRows = scf::IfOp::create(
+            rewriter, l, useDense,
+            [&](OpBuilder &tb, Location tl) {
+              Value g = matrix(tb, padded, d);
+              emitPanelGemm(tb, l, zaT, toBuffer(tb, l, outer.getRhs()), g,
+                            padded, rows, idx(tb, d), lanes, vecsFor(d),
+                            Value(), false);
+              scf::YieldOp::create(tb, tl, asTensor(tb, l, deadRowsType, g));
+            },
+            [&](OpBuilder &eb, Location el) {
+              Value bySlot = MakeCodesOp::create(
+                  eb, l, codes, asTensor(eb, l, codes.getValuesType(), vals),
+                  asTensor(eb, l, codes.getIndicesType(), pos), Value());
+              Value all = OuterOp::create(eb, l, type, bySlot, outer.getRhs());
+              // Rows [count, n) are zero: no entry is there.
+              scf::YieldOp::create(
+                  eb, el,
+                  tensor::CastOp::create(eb, l, deadRowsType, all).getResult());
+            });
+        Value placed = PlaceRowsOp::create(
+            rewriter, l, type, deadRows.getResult(0),
+            asTensor(rewriter, l,
+                     RankedTensorType::get({codes.getNumLatents()},
+                                           rewriter.getI32Type()),
+                     slotOf));
+        if (outer.getInit())
+          placed = AddOp::create(rewriter, l, outer.getInit(), placed);
+        rewriter.replaceOp(user, placed);
       }
     }
   }
@@ -3908,23 +3957,30 @@ int64_t outerVecs(int64_t d, int64_t lanes) {
   return 4;
 }
 
-/// for (i = lo; i < hi; ++i) fn(i).
-void forRange(OpBuilder &b, Location loc, Value lo, Value hi,
-              function_ref<void(OpBuilder &, Value)> fn) {
-  scf::ForOp::create(b, loc, lo, hi, arith::ConstantIndexOp::create(b, loc, 1),
-                     ValueRange{},
-                     [&](OpBuilder &fb, Location fl, Value i, ValueRange) {
-                       fn(fb, i);
-                       scf::YieldOp::create(fb, fl);
-                     });
-}
-
 /// The entries of codes over n latents, sorted by latent, stably (a
 /// counting sort): latent j's entries are [start[j - 1], start[j]) (from 0
 /// for j = 0) of rowOf (their rows) and valOf (their values). Entries whose
 /// value is 0 add nothing and are left out: gradients through a ReLU that
 /// did not fire, AuxK's slots left over. What the outer product Σ value ·
 /// rhs[row] is summed from, latent by latent, wherever it is needed.
+/// The rows a latent's sums start from: none (zero), row j of `buf`, or,
+/// with `slot` (a sae.place_rows), row slot[j] of `buf`, zero where
+/// slot[j] < 0.
+struct StartRows {
+  Value buf, slot;
+  StartRows() = default;
+  StartRows(OpBuilder &b, Location l, Value init) {
+    if (!init)
+      return;
+    if (auto place = init.getDefiningOp<PlaceRowsOp>()) {
+      buf = toBuffer(b, l, place.getRows());
+      slot = toBuffer(b, l, place.getSlot());
+      return;
+    }
+    buf = toBuffer(b, l, init);
+  }
+};
+
 struct LatentEntries {
   Value start, rowOf, valOf;
 
@@ -3990,11 +4046,12 @@ struct LatentEntries {
   }
 
   /// Latent j's sums over columns [c, c + width·vecs) of rhs, as `vecs`
-  /// values of `width` lanes (width 1: scalars): from init's row j (or 0)
+  /// values of `width` lanes (width 1: scalars): from init's row for j
   /// through the latent's entries in order, the same multiply-adds in the
   /// same order as adding each entry's row to the result in turn.
-  SmallVector<Value> sum(OpBuilder &b, Location l, Value rhs, Value init,
-                         Value j, Value c, int64_t width, int64_t vecs) const {
+  SmallVector<Value> sum(OpBuilder &b, Location l, Value rhs,
+                         const StartRows &init, Value j, Value c, int64_t width,
+                         int64_t vecs) const {
     auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
       return arith::ConstantIndexOp::create(ob, l, v);
     };
@@ -4014,13 +4071,39 @@ struct LatentEntries {
                  : vector::LoadOp::create(ob, l, t, buf, ValueRange{r, col})
                        .getResult();
     };
-    SmallVector<Value> col, acc;
+    SmallVector<Value> col, zeros, acc;
     for (int64_t u = 0; u < vecs; ++u) {
       col.push_back(arith::AddIOp::create(b, l, c, idx(b, u * width)));
-      acc.push_back(init ? load(b, init, j, col[u])
-                         : arith::ConstantOp::create(
-                               b, l, cast<TypedAttr>(b.getZeroAttr(t)))
-                               .getResult());
+      zeros.push_back(
+          arith::ConstantOp::create(b, l, cast<TypedAttr>(b.getZeroAttr(t))));
+    }
+    auto rowOfInit = [&](OpBuilder &ob, Value r) {
+      SmallVector<Value> rowSums;
+      for (int64_t u = 0; u < vecs; ++u)
+        rowSums.push_back(load(ob, init.buf, r, col[u]));
+      return rowSums;
+    };
+    if (!init.buf) {
+      acc = zeros;
+    } else if (!init.slot) {
+      acc = rowOfInit(b, j);
+    } else {
+      Value s = memref::LoadOp::create(b, l, init.slot, j);
+      Value placed = arith::CmpIOp::create(
+          b, l, arith::CmpIPredicate::sge, s,
+          arith::ConstantOp::create(b, l, b.getI32IntegerAttr(0)));
+      acc = scf::IfOp::create(
+                b, l, placed,
+                [&](OpBuilder &tb, Location tl) {
+                  scf::YieldOp::create(
+                      tb, tl,
+                      rowOfInit(tb, arith::IndexCastOp::create(
+                                        tb, tl, tb.getIndexType(), s)));
+                },
+                [&](OpBuilder &eb, Location el) {
+                  scf::YieldOp::create(eb, el, zeros);
+                })
+                .getResults();
     }
     auto loop = scf::ForOp::create(
         b, l, s0, s1, idx(b, 1), acc,
@@ -4077,7 +4160,7 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
             d = type.getDimSize(transposedOut ? 0 : 1);
     LatentEntries entries(rewriter, l, make, n);
     Value rhs = toBuffer(rewriter, l, op.getRhs());
-    Value init = op.getInit() ? toBuffer(rewriter, l, op.getInit()) : Value();
+    StartRows init(rewriter, l, op.getInit());
     // Transposed, 64-byte aligned: the tiles' streaming stores need 32.
     Value out = transposedOut
                     ? memref::AllocOp::create(
@@ -4425,6 +4508,56 @@ struct ProjectRowsLowering : OpRewritePattern<ProjectRowsOp> {
   }
 };
 
+/// The [n, d] matrix written whole, a row per latent in parallel: its
+/// slot's row, or zeros.
+struct PlaceRowsLowering : OpRewritePattern<PlaceRowsOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(PlaceRowsOp op,
+                                PatternRewriter &rewriter) const override {
+    auto type = op.getType();
+    if (!type.hasStaticShape())
+      return rewriter.notifyMatchFailure(op, "the result's shape is dynamic");
+    Location l = op.getLoc();
+    Value rows = toBuffer(rewriter, l, op.getRows());
+    Value slot = toBuffer(rewriter, l, op.getSlot());
+    Value out = allocLike(rewriter, l, type, {});
+    Type elt = type.getElementType();
+    Value zero = floatConst(rewriter, l, elt, 0.0);
+    Value c0 = arith::ConstantIndexOp::create(rewriter, l, 0);
+    Value width =
+        arith::ConstantIndexOp::create(rewriter, l, type.getDimSize(1));
+    forEachRowParallel(
+        rewriter, l,
+        arith::ConstantIndexOp::create(rewriter, l, type.getDimSize(0)),
+        [&](OpBuilder &b, Location, Value j) {
+          Value s = memref::LoadOp::create(b, l, slot, j);
+          Value placed = arith::CmpIOp::create(
+              b, l, arith::CmpIPredicate::sge, s,
+              arith::ConstantOp::create(b, l, b.getI32IntegerAttr(0)));
+          Value src = arith::IndexCastOp::create(b, l, b.getIndexType(), s);
+          scf::IfOp::create(
+              b, l, placed,
+              [&](OpBuilder &tb, Location) {
+                forRange(tb, l, c0, width, [&](OpBuilder &fb, Value c) {
+                  memref::StoreOp::create(
+                      fb, l,
+                      memref::LoadOp::create(fb, l, rows, ValueRange{src, c}),
+                      out, ValueRange{j, c});
+                });
+                scf::YieldOp::create(tb, l);
+              },
+              [&](OpBuilder &eb, Location) {
+                forRange(eb, l, c0, width, [&](OpBuilder &fb, Value c) {
+                  memref::StoreOp::create(fb, l, zero, out, ValueRange{j, c});
+                });
+                scf::YieldOp::create(eb, l);
+              });
+        });
+    rewriter.replaceOp(op, asTensor(rewriter, l, type, out));
+    return success();
+  }
+};
+
 /// Adam's per-step coefficients (scalars, or splatted into vectors by
 /// `map`): β1, β2, 1 − β1, 1 − β2, lr / bc1, √bc2 and ε.
 struct AdamTerms {
@@ -4565,14 +4698,14 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
     }
     Location loc = op.getLoc();
     std::optional<LatentEntries> entries;
-    Value outerRhs, outerInit;
+    Value outerRhs;
+    StartRows outerInit;
     if (auto outer = g.getDefiningOp<OuterOp>();
         outer && !outer.getTransposed())
       if (auto make = outer.getCodes().getDefiningOp<MakeCodesOp>()) {
         entries.emplace(rewriter, loc, make, type.getDimSize(0));
         outerRhs = toBuffer(rewriter, loc, outer.getRhs());
-        if (outer.getInit())
-          outerInit = toBuffer(rewriter, loc, outer.getInit());
+        outerInit = StartRows(rewriter, loc, outer.getInit());
       }
     Type f32 = rewriter.getF32Type();
     auto vecType = VectorType::get({lanes}, f32);
@@ -4800,8 +4933,8 @@ struct OuterAdamLowering : OpRewritePattern<AdamOp> {
               memref::AllocaOp::create(b, l, MemRefType::get({C, R}, f32));
           forRange(b, l, idx(b, 0), idx(b, C), [&](OpBuilder &jb, Value jj) {
             SmallVector<Value> sums = entries.sum(
-                jb, l, rhs, Value(), arith::AddIOp::create(jb, l, c0, jj), r0,
-                rowWidth, R / rowWidth);
+                jb, l, rhs, StartRows(), arith::AddIOp::create(jb, l, c0, jj),
+                r0, rowWidth, R / rowWidth);
             for (auto [u, sum] : llvm::enumerate(sums))
               vector::StoreOp::create(
                   jb, l, sum, tile,
@@ -5375,12 +5508,12 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       JumpReluLowering, L1Lowering, TanhPenaltyLowering, L0Lowering,
       AfaLowering, KlStdNormalLowering, RandomNormalLowering,
       GaussianNoiseLowering, ColumnMeanLowering, GeometricMedianLowering,
-      GatherLowering, SddmmLowering, ColumnSumLowering,
-      MatVecLowering, ConcatLowering, NumRowsLowering, SumLowering,
-      RowNormsLowering, ScaleRowsLowering, JumpReluGradLowering, L0GradLowering,
-      ProjectRowsLowering, AdamLowering, SinceFiredLowering, DeadMaskLowering,
-      PrefixLowering, ShiftLowering, ThresholdEmaLowering, BiasAdaptLowering,
-      MatchingPursuitGradLowering>(patterns.getContext());
+      GatherLowering, SddmmLowering, ColumnSumLowering, MatVecLowering,
+      ConcatLowering, NumRowsLowering, SumLowering, RowNormsLowering,
+      ScaleRowsLowering, JumpReluGradLowering, L0GradLowering,
+      ProjectRowsLowering, PlaceRowsLowering, AdamLowering, SinceFiredLowering,
+      DeadMaskLowering, PrefixLowering, ShiftLowering, ThresholdEmaLowering,
+      BiasAdaptLowering, MatchingPursuitGradLowering>(patterns.getContext());
   MLIRContext *ctx = patterns.getContext();
   patterns.add<UnaryLowering<AbsOp>>(
       ctx, [](OpBuilder &b, Location l, Value x) {

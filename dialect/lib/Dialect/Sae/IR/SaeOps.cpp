@@ -515,6 +515,16 @@ LogicalResult OuterOp::verify() {
                        "width");
 }
 
+LogicalResult PlaceRowsOp::verify() {
+  auto rows = getRows().getType(), out = getResult().getType();
+  if (failed(verifySameElementType(*this, rows.getElementType(),
+                                   out.getElementType())) ||
+      failed(verifySameDim(*this, getSlot().getType().getDimSize(0),
+                           out.getDimSize(0), "row count")))
+    return failure();
+  return verifySameDim(*this, rows.getDimSize(1), out.getDimSize(1), "width");
+}
+
 LogicalResult RowNormsOp::verify() {
   return verifySameDim(*this, getInput().getType().getDimSize(0),
                        getResult().getType().getDimSize(0), "row count");

@@ -1278,6 +1278,29 @@ def Sae_DeadTopKOp : Sae_Op<"dead_topk"> {
   }];
 }
 
+def Sae_PlaceRowsOp : Sae_Op<"place_rows"> {
+  let summary = "a few rows placed among zero rows";
+  let description = [{
+    `result[j, :] = rows[slot[j], :]` where `slot[j] >= 0`, else 0, for
+    `rows : [m, d]` and `slot : [n]` (i32), giving `[n, d]`. A gradient
+    that is zero outside a few rows (AuxK's decoder gradient, over the dead
+    latents) kept as those rows: an update that reads the gradient row by
+    row reads `rows` through `slot`, and the `[n, d]` matrix is only
+    written where something needs it whole.
+
+    Example:
+    ```mlir
+    %g = sae.place_rows %rows, %slot : tensor<?x768xf32>, tensor<16384xi32> -> tensor<16384x768xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$rows, 1DTensorOf<[I32]>:$slot);
+  let results = (outs Sae_Matrix:$result);
+  let assemblyFormat = [{
+    $rows `,` $slot attr-dict `:` type($rows) `,` type($slot) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
 def Sae_PrefixOp : Sae_Op<"prefix", [AllTypesMatch<["input", "result"]>]> {
   let summary = "zero every code of a latent at or above a width";
   let description = [{
