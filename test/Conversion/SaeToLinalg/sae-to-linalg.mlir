@@ -64,6 +64,34 @@ func.func @linear_kernel(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>) -> tensor<
 
 // -----
 
+// Tests that a long K (2048 > 2 · 512) is cut into chunks of 512, each run
+// over every panel of a work item before the next: a chunk's sums start
+// from the result's (but the first chunk's, which start from zero) and are
+// stored back; only the last chunk adds the fused bias.
+// CHECK-LABEL: func.func @linear_long_k
+// CHECK: scf.for %[[K0:.*]] = %c0 to %c1536 step %c512 {
+// CHECK: %[[K1:.*]] = arith.addi %[[K0]], %c512 : index
+// CHECK: scf.for
+// CHECK: scf.for
+// CHECK: %[[FROMC:.*]] = arith.cmpi ne, %[[K0]], %c0 : index
+// CHECK: scf.if %[[FROMC]] -> (vector<8xf32>
+// CHECK: vector.load %[[C:.*]][%{{.*}}, %{{.*}}] : memref<?x16xf32>, vector<8xf32>
+// CHECK: scf.for %{{.*}} = %[[K0]] to %[[K1]] step %c1 iter_args
+// CHECK-COUNT-12: vector.fma
+// CHECK-NOT: arith.addf
+// CHECK: vector.store %{{.*}}, %[[C]]
+// CHECK: scf.for %{{.*}} = %c1536 to %c2048 step %c1 iter_args
+// CHECK-COUNT-12: vector.fma
+// CHECK: arith.addf
+// CHECK: vector.store %{{.*}}, %[[C]]
+func.func @linear_long_k(%x: tensor<?x2048xf32>, %w: tensor<2048x16xf32>, %b: tensor<16xf32>) -> tensor<?x16xf32> {
+  %0 = sae.linear %x, %w : tensor<?x2048xf32>, tensor<2048x16xf32> -> tensor<?x16xf32>
+  %1 = sae.bias_add %0, %b : tensor<?x16xf32>, tensor<16xf32>
+  return %1 : tensor<?x16xf32>
+}
+
+// -----
+
 // Tests that a top-k taking the encoder chain (product, bias, relu) as its
 // only use selects in the product's epilogue: no [B, 64] pre-activation is
 // allocated. The work items are blocks of 48 rows with all 4 panels (one

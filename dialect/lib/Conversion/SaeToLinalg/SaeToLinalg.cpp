@@ -534,6 +534,14 @@ constexpr int64_t kRows = 6;
 /// on a Xeon with AVX-512, one thread: 4, 8 and 16 rows each made the
 /// product about 10% faster than no prefetch.
 constexpr int64_t kPrefetch = 8;
+/// A long K (a static K above 2·kDepth, without an epilogue) is cut into
+/// chunks of about kDepth, each run over every panel before the next, the
+/// partial sums stored in C and read back: a chunk of a panel (kDepth · 64
+/// floats, 128 KiB) and of a row block's A (96 · kDepth floats) stay in
+/// L2 (512 KiB on a Zen 3) while the row block's groups of rows take
+/// turns with them. Uncut, the decode of dense codes (K = n = 16384) reads
+/// a 4 MiB panel from L3 for every group of kRows rows.
+constexpr int64_t kDepth = 512;
 
 /// Where emitPanelGemm's results go besides C (when C is given). `tile`
 /// takes rows [r0, r0 + rows) of the columns [col, col + vecs·lanes) (bias
@@ -577,14 +585,45 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                        ShapedType::kDynamic, cols},
                       f32),
       packedSizes);
-  // Rows [r0, r0 + rows) of the block of columns [j, j + cols), into C
-  // (when given) and, with an epilogue, into rows [0, rows) of `tileBuf`.
+  std::optional<int64_t> staticK = getConstantIntValue(k);
+  int64_t chunks = staticK && c && !epilogue && *staticK > 2 * kDepth
+                       ? (*staticK + kDepth - 1) / kDepth
+                       : 1;
+  // Rows [r0, r0 + rows) of the block of columns [j, j + cols) over
+  // [k0, k1) of K, into C (when given) and, with an epilogue, into rows
+  // [0, rows) of `tileBuf`. With chunks of K, the sums start from C's
+  // (but the first chunk's), and only the last chunk's (`final`) get the
+  // bias and the clamp.
   Value tileBuf;
-  auto block = [&](OpBuilder &ob, Value r0, int64_t rows, Value j) {
+  auto block = [&](OpBuilder &ob, Value r0, int64_t rows, Value j, Value k0,
+                   Value k1, bool final) {
     Value p = arith::DivUIOp::create(ob, loc, j, idx(ob, cols));
     Value zero = arith::ConstantOp::create(
         ob, loc, DenseElementsAttr::get(vecType, ob.getF32FloatAttr(0.0)));
+    SmallVector<Value> colOf;
+    for (int64_t v = 0; v < vecs; ++v)
+      colOf.push_back(arith::AddIOp::create(ob, loc, j, idx(ob, v * lanes)));
     SmallVector<Value> init(rows * vecs, zero);
+    if (chunks > 1) {
+      Value fromC = arith::CmpIOp::create(ob, loc, arith::CmpIPredicate::ne, k0,
+                                          idx(ob, 0));
+      init = scf::IfOp::create(
+                 ob, loc, fromC,
+                 [&](OpBuilder &tb, Location tl) {
+                   SmallVector<Value> sums;
+                   for (int64_t r = 0; r < rows; ++r) {
+                     Value row = arith::AddIOp::create(tb, tl, r0, idx(tb, r));
+                     for (int64_t v = 0; v < vecs; ++v)
+                       sums.push_back(vector::LoadOp::create(
+                           tb, tl, vecType, c, ValueRange{row, colOf[v]}));
+                   }
+                   scf::YieldOp::create(tb, tl, sums);
+                 },
+                 [&](OpBuilder &eb, Location el) {
+                   scf::YieldOp::create(eb, el, init);
+                 })
+                 .getResults();
+    }
     // The next panel comes from memory (or L3) while this one is in use:
     // each group of rows asks for 1/linesPerRow of its cache lines, group g
     // for lines [g·K, (g+1)·K), one per k, into L2.
@@ -594,9 +633,10 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
     Value group = arith::RemUIOp::create(
         ob, loc, arith::DivUIOp::create(ob, loc, r0, idx(ob, kRows)),
         idx(ob, linesPerRow));
-    Value lineBase = arith::MulIOp::create(ob, loc, group, k);
+    Value lineBase = arith::MulIOp::create(
+        ob, loc, group, arith::SubIOp::create(ob, loc, k1, k0));
     auto loop = scf::ForOp::create(
-        ob, loc, idx(ob, 0), k, idx(ob, 1), init,
+        ob, loc, k0, k1, idx(ob, 1), init,
         [&](OpBuilder &kb, Location l, Value kk, ValueRange acc) {
           SmallVector<Value> bv;
           for (int64_t v = 0; v < vecs; ++v)
@@ -614,9 +654,11 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                                        ValueRange{p, kp, idx(kb, v * lanes)},
                                        /*isWrite=*/false, /*locality=*/3,
                                        /*isDataCache=*/true);
-          Value line = arith::AddIOp::create(kb, l, lineBase, kk);
-          Value nrow =
-              arith::DivUIOp::create(kb, l, line, idx(kb, linesPerRow));
+          Value line = arith::AddIOp::create(
+              kb, l, lineBase, arith::SubIOp::create(kb, l, kk, k0));
+          Value nrow = arith::AddIOp::create(
+              kb, l, k0,
+              arith::DivUIOp::create(kb, l, line, idx(kb, linesPerRow)));
           Value ncol = arith::MulIOp::create(
               kb, l, arith::RemUIOp::create(kb, l, line, idx(kb, linesPerRow)),
               idx(kb, 16));
@@ -635,20 +677,18 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
           }
           scf::YieldOp::create(kb, l, next);
         });
-    SmallVector<Value> colOf, biasOf;
-    for (int64_t v = 0; v < vecs; ++v) {
-      colOf.push_back(arith::AddIOp::create(ob, loc, j, idx(ob, v * lanes)));
-      if (bias)
+    SmallVector<Value> biasOf;
+    for (int64_t v = 0; v < vecs; ++v)
+      if (bias && final)
         biasOf.push_back(vector::LoadOp::create(ob, loc, vecType, bias,
                                                 ValueRange{colOf[v]}));
-    }
     for (int64_t r = 0; r < rows; ++r) {
       Value row = arith::AddIOp::create(ob, loc, r0, idx(ob, r));
       for (int64_t v = 0; v < vecs; ++v) {
         Value out = loop.getResult(vecs * r + v);
-        if (bias)
+        if (!biasOf.empty())
           out = arith::AddFOp::create(ob, loc, out, biasOf[v]);
-        if (relu)
+        if (relu && final)
           out = arith::MaximumFOp::create(ob, loc, out, zero);
         if (epilogue)
           vector::StoreOp::create(ob, loc, out, tileBuf,
@@ -763,40 +803,58 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
         }
         Value j0 = arith::MulIOp::create(ob, l, part, spanCols);
         Value j1 = minU(ob, arith::AddIOp::create(ob, l, j0, spanCols), n);
-        scf::ForOp::create(
-            ob, l, j0, j1, idx(ob, cols), ValueRange{},
-            [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
-              scf::ForOp::create(
-                  jb, jl, i0, i1, idx(jb, kRows), ValueRange{},
-                  [&](OpBuilder &ib, Location il, Value i, ValueRange) {
-                    block(ib, i, kRows, j);
-                    if (epilogue)
-                      epilogue->tile(ib, il, tileBuf, i, idx(ib, kRows), j);
-                    scf::YieldOp::create(ib, il);
-                  });
-              for (int64_t rows = 1; rows < kRows; ++rows) {
-                Value these = arith::AndIOp::create(
-                    jb, jl, last,
-                    arith::CmpIOp::create(jb, jl, arith::CmpIPredicate::eq, rem,
-                                          idx(jb, rows)));
-                scf::IfOp::create(jb, jl, these,
-                                  [&](OpBuilder &tb, Location tl) {
-                                    block(tb, full, rows, j);
-                                    scf::YieldOp::create(tb, tl);
-                                  });
-              }
-              if (epilogue) {
-                Value any = arith::AndIOp::create(
-                    jb, jl, last,
-                    arith::CmpIOp::create(jb, jl, arith::CmpIPredicate::ne, rem,
-                                          idx(jb, 0)));
-                scf::IfOp::create(jb, jl, any, [&](OpBuilder &tb, Location tl) {
-                  epilogue->tile(tb, tl, tileBuf, full, rem, j);
-                  scf::YieldOp::create(tb, tl);
-                });
-              }
-              scf::YieldOp::create(jb, jl);
-            });
+        // The item's panels over [k0, k1) of K.
+        auto panelsOver = [&](OpBuilder &kb, Value k0, Value k1, bool final) {
+          scf::ForOp::create(
+              kb, l, j0, j1, idx(kb, cols), ValueRange{},
+              [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
+                scf::ForOp::create(
+                    jb, jl, i0, i1, idx(jb, kRows), ValueRange{},
+                    [&](OpBuilder &ib, Location il, Value i, ValueRange) {
+                      block(ib, i, kRows, j, k0, k1, final);
+                      if (epilogue)
+                        epilogue->tile(ib, il, tileBuf, i, idx(ib, kRows), j);
+                      scf::YieldOp::create(ib, il);
+                    });
+                for (int64_t rows = 1; rows < kRows; ++rows) {
+                  Value these = arith::AndIOp::create(
+                      jb, jl, last,
+                      arith::CmpIOp::create(jb, jl, arith::CmpIPredicate::eq,
+                                            rem, idx(jb, rows)));
+                  scf::IfOp::create(jb, jl, these,
+                                    [&](OpBuilder &tb, Location tl) {
+                                      block(tb, full, rows, j, k0, k1, final);
+                                      scf::YieldOp::create(tb, tl);
+                                    });
+                }
+                if (epilogue) {
+                  Value any = arith::AndIOp::create(
+                      jb, jl, last,
+                      arith::CmpIOp::create(jb, jl, arith::CmpIPredicate::ne,
+                                            rem, idx(jb, 0)));
+                  scf::IfOp::create(
+                      jb, jl, any, [&](OpBuilder &tb, Location tl) {
+                        epilogue->tile(tb, tl, tileBuf, full, rem, j);
+                        scf::YieldOp::create(tb, tl);
+                      });
+                }
+                scf::YieldOp::create(jb, jl);
+              });
+        };
+        if (chunks == 1) {
+          panelsOver(ob, idx(ob, 0), k, true);
+        } else {
+          int64_t depth = (*staticK + chunks - 1) / chunks;
+          scf::ForOp::create(
+              ob, l, idx(ob, 0), idx(ob, depth * (chunks - 1)), idx(ob, depth),
+              ValueRange{}, [&](OpBuilder &kb, Location, Value k0, ValueRange) {
+                panelsOver(kb, k0,
+                           arith::AddIOp::create(kb, l, k0, idx(kb, depth)),
+                           false);
+                scf::YieldOp::create(kb, l);
+              });
+          panelsOver(ob, idx(ob, depth * (chunks - 1)), k, true);
+        }
         if (epilogue)
           eachRow(epilogue->end);
       });
