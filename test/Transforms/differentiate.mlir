@@ -57,6 +57,34 @@ func.func @pre_bias(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_dec: te
 
 // -----
 
+// Tests that the gradients of b_dec through two selections of the same
+// pre-activation (TopK's codes and AuxK's) share one pass over W_enc: their
+// column sums are added, then one sae.matvec, not one per selection.
+// CHECK-LABEL: func.func @pre_bias_two_selections
+// CHECK-NOT: sae.matvec
+// CHECK: %[[SA:.*]] = sae.column_sum %{{.*}} : !sae.codes<?x256xf32, k = 16> -> tensor<256xf32>
+// CHECK: %[[SZ:.*]] = sae.column_sum %{{.*}} : !sae.codes<?x256xf32, k = 8> -> tensor<256xf32>
+// CHECK: %[[S:.*]] = sae.add %[[SA]], %[[SZ]] : tensor<256xf32>
+// CHECK: %[[MV:.*]] = sae.matvec %arg1, %[[S]] : tensor<64x256xf32>, tensor<256xf32> -> tensor<64xf32>
+// CHECK-NOT: sae.matvec
+// CHECK: return
+func.func @pre_bias_two_selections(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_dec: tensor<256x64xf32>, %b_dec: tensor<64xf32>, %since: tensor<256xf32>) -> tensor<64xf32> {
+  %c = sae.bias_sub %x, %b_dec : tensor<?x64xf32>, tensor<64xf32>
+  %l = sae.linear %c, %W_enc : tensor<?x64xf32>, tensor<64x256xf32> -> tensor<?x256xf32>
+  %r = sae.relu %l : tensor<?x256xf32>
+  %z = sae.topk %r : tensor<?x256xf32> -> !sae.codes<?x256xf32, k = 8>
+  %xhat = sae.decode %z, %W_dec : !sae.codes<?x256xf32, k = 8>, tensor<256x64xf32> -> tensor<?x64xf32>
+  %loss = sae.mse %xhat, %x : tensor<?x64xf32> -> f32
+  %e = sae.sub %x, %xhat : tensor<?x64xf32>
+  %es = sae.stopgrad %e : tensor<?x64xf32>
+  %aux = sae.aux_k %r, %es, %W_dec, %since {dead_after = 1.0e+03 : f64, k_aux = 16 : i64} : tensor<?x256xf32>, tensor<?x64xf32>, tensor<256x64xf32>, tensor<256xf32> -> f32
+  %total = arith.addf %loss, %aux : f32
+  %g = sae.gradient %total wrt %b_dec : f32, tensor<64xf32> -> tensor<64xf32>
+  return %g : tensor<64xf32>
+}
+
+// -----
+
 // Tests that sparse gradients of one weight from two selections are merged
 // before any dense matrix is formed: the encoder weight's two transposed
 // outer products (same input x) become one over the entries of both codes

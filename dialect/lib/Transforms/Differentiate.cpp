@@ -22,6 +22,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Builders.h"
+#include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/JSON.h"
@@ -80,28 +81,41 @@ private:
       return DensifyOp::create(b, l, denseType, g);
     return g;
   }
-  /// Σ over the rows of a contribution (a bias's gradient). A product
+  /// Σ over the rows of contributions `gs` (a bias's gradient). A product
   /// through a transposed weight (the input's gradient of `sae.linear`) is
   /// summed first: Σ_b (g_b · Wᵀ) = W · Σ_b g_b, one pass over W instead of
-  /// a transpose of W and a [B, d] product.
-  Value columnSum(Location l, Type type, Value g) {
-    Value rows, weight;
-    if (auto dec = g.getDefiningOp<DecodeOp>()) {
-      rows = dec.getCodes();
-      weight = dec.getWeight();
-    } else if (auto lin = g.getDefiningOp<LinearOp>()) {
-      rows = lin.getInput();
-      weight = lin.getWeight();
-    }
-    if (auto t = weight ? weight.getDefiningOp<TransposeOp>() : TransposeOp()) {
+  /// a transpose of W and a [B, d] product; the products through the same
+  /// weight (TopK's codes and AuxK's) share that pass, W · (Σ_b g_b + ...).
+  Value columnSum(Location l, Type type, ArrayRef<Value> gs) {
+    auto plus = [&](Value sum, Value v) -> Value {
+      return sum ? AddOp::create(b, l, sum, v).getResult() : v;
+    };
+    Value sum;
+    llvm::MapVector<Value, Value> byWeight; // W -> Σ_b g_b
+    for (Value g : gs) {
+      Value rows, weight;
+      if (auto dec = g.getDefiningOp<DecodeOp>()) {
+        rows = dec.getCodes();
+        weight = dec.getWeight();
+      } else if (auto lin = g.getDefiningOp<LinearOp>()) {
+        rows = lin.getInput();
+        weight = lin.getWeight();
+      }
+      auto t = weight ? weight.getDefiningOp<TransposeOp>() : TransposeOp();
+      if (!t) {
+        sum = plus(sum, ColumnSumOp::create(b, l, type, g));
+        continue;
+      }
       Value w = t.getInput();
       auto wt = cast<RankedTensorType>(w.getType());
       Value s = ColumnSumOp::create(
           b, l, RankedTensorType::get({wt.getDimSize(1)}, wt.getElementType()),
           rows);
-      return MatVecOp::create(b, l, type, w, s);
+      byWeight[w] = plus(byWeight.lookup(w), s);
     }
-    return ColumnSumOp::create(b, l, type, g);
+    for (auto [w, s] : byWeight)
+      sum = plus(sum, MatVecOp::create(b, l, type, w, s));
+    return sum;
   }
   /// H(x): 1 where x > 0.
   Value stepOf(Location l, Value x) { return StepOp::create(b, l, x); }
@@ -215,9 +229,11 @@ private:
         concat(valuesOf(l, x), valuesOf(l, y), type.getValuesType()),
         concat(indicesOf(x), indicesOf(y), type.getIndicesType()), Value());
   }
-  ArrayRef<Value> contributions(Value v) {
+  /// A copy: accumulating while going through them may grow `grads`,
+  /// which moves its lists.
+  SmallVector<Value, 2> contributions(Value v) {
     auto it = grads.find(v);
-    return it == grads.end() ? ArrayRef<Value>() : ArrayRef(it->second);
+    return it == grads.end() ? SmallVector<Value, 2>() : it->second;
   }
 
   LogicalResult backward(Operation *o);
@@ -352,12 +368,12 @@ LogicalResult Differentiator::backward(Operation *o) {
       })
       .Case<BiasAddOp, BiasSubOp>([&](auto bias) {
         bool sub = isa<BiasSubOp>(bias.getOperation());
-        for (Value g : contributions(bias.getResult())) {
+        SmallVector<Value, 2> gs = contributions(bias.getResult());
+        for (Value g : gs)
           accumulate(bias.getInput(), g);
-          if (active.contains(bias.getBias())) {
-            Value s = columnSum(l, bias.getBias().getType(), g);
-            accumulate(bias.getBias(), sub ? scale(l, s, scalar(l, -1.0)) : s);
-          }
+        if (!gs.empty() && active.contains(bias.getBias())) {
+          Value s = columnSum(l, bias.getBias().getType(), gs);
+          accumulate(bias.getBias(), sub ? scale(l, s, scalar(l, -1.0)) : s);
         }
         return success();
       })
