@@ -4730,7 +4730,9 @@ struct SharedBlock {
 /// When G is an outer product of codes (dzᵀ · r: the decoder's gradient
 /// under TopK), each row of G is summed from its latent's entries into a
 /// row on the stack as the row's update begins: the [n, d] gradient is
-/// never stored, and it is not read back from memory.
+/// never stored, and it is not read back from memory. An outer product
+/// `into` placed rows (AuxK's dead latents, sae.place_rows) starts each
+/// row from its slot's row, or from zero (StartRows).
 constexpr int64_t kUpdateRows = 64;
 struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
   UnitNormAdamLowering(MLIRContext *ctx, int64_t lanes)
