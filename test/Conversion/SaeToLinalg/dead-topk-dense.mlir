@@ -76,3 +76,47 @@ func.func @aux_sparse(%pre: tensor<?x128xf32>, %mask: tensor<128xf32>, %w: tenso
   %o = sae.outer %c, %g : !sae.codes<?x128xf32, k = 8>, tensor<?x24xf32> -> tensor<128x24xf32>
   return %r, %o : tensor<?x24xf32>, tensor<128x24xf32>
 }
+
+// Tests the encoder's gradient (a transposed outer product) of codes that
+// put the dead latents' entries beside others' (tensor.concat, as the
+// differentiator merges products): the dead part is a dense product too,
+// dzᵀ · X over the dead latents, from dz's transpose [padded, B] written
+// directly from the entries; the sparse branch masks the unfilled slots
+// and indexes the dead list. Its rows are placed at their latents
+// (slot), and the other part's product (k = 4 entries, no concat)
+// accumulates into them, then is transposed.
+// CHECK-LABEL: func.func @aux_encoder_grad
+// CHECK: %[[SLOT:.*]] = memref.alloc() : memref<128xi32>
+// CHECK: %[[DENSE:.*]] = arith.cmpi ule, %{{.*}}, %c64 : index
+// CHECK: scf.if %[[DENSE]] -> (tensor<?x8xf32>) {
+// CHECK: } else {
+// CHECK: %[[ROWS:.*]] = scf.if %[[DENSE]] -> (tensor<?x64xf32>) {
+// CHECK: %[[DZT:.*]] = memref.alloc(%[[PAD:.*]], %[[B:.*]]) : memref<?x?xf32>
+// CHECK: linalg.fill ins(%{{.*}} : f32) outs(%[[DZT]] : memref<?x?xf32>)
+// CHECK: scf.parallel (%[[ROW:.*]]) =
+// CHECK: memref.store %{{.*}}, %[[DZT]][%{{.*}}, %[[ROW]]] : memref<?x?xf32>
+// CHECK: memref.alloc(%[[PAD]]) : memref<?x64xf32>
+// CHECK: vector.fma
+// CHECK: } else {
+// CHECK: arith.cmpi sge, %{{.*}}, %c0_i32 : i32
+// CHECK: arith.select
+// CHECK: tensor.cast %{{.*}} : tensor<128x64xf32> to tensor<?x64xf32>
+// CHECK: memref.alloc() : memref<8x129xindex>
+// CHECK-NOT: tensor.concat
+// CHECK: %[[ROWBUF:.*]] = bufferization.to_buffer %[[ROWS]]
+// CHECK: scf.parallel
+// CHECK: memref.load %[[SLOT]]
+// CHECK: vector.load %[[ROWBUF]]
+// CHECK: return
+func.func @aux_encoder_grad(%pre: tensor<?x128xf32>, %mask: tensor<128xf32>, %w: tensor<128x64xf32>, %g: tensor<?x64xf32>, %x: tensor<?x64xf32>, %ov: tensor<?x4xf32>, %oi: tensor<?x4xi32>) -> (tensor<?x64xf32>, tensor<64x128xf32>) {
+  %c = sae.dead_topk %pre, %mask : tensor<?x128xf32>, tensor<128xf32> -> !sae.codes<?x128xf32, k = 8>
+  %r = sae.decode %c, %w : !sae.codes<?x128xf32, k = 8>, tensor<128x64xf32> -> tensor<?x64xf32>
+  %s = sae.sddmm %c, %g, %w : !sae.codes<?x128xf32, k = 8>, tensor<?x64xf32>, tensor<128x64xf32>
+  %sv = sae.codes_values %s : !sae.codes<?x128xf32, k = 8> -> tensor<?x8xf32>
+  %si = sae.codes_indices %s : !sae.codes<?x128xf32, k = 8> -> tensor<?x8xi32>
+  %v = tensor.concat dim(1) %sv, %ov : (tensor<?x8xf32>, tensor<?x4xf32>) -> tensor<?x12xf32>
+  %i = tensor.concat dim(1) %si, %oi : (tensor<?x8xi32>, tensor<?x4xi32>) -> tensor<?x12xi32>
+  %both = sae.make_codes %v, %i : tensor<?x12xf32>, tensor<?x12xi32> -> !sae.codes<?x128xf32, k = 12>
+  %o = sae.outer %both, %x {transposed} : !sae.codes<?x128xf32, k = 12>, tensor<?x64xf32> -> tensor<64x128xf32>
+  return %r, %o : tensor<?x64xf32>, tensor<64x128xf32>
+}

@@ -445,18 +445,38 @@ func.func @matvec(%w: tensor<16x64xf32>, %v: tensor<64xf32>) -> tensor<16xf32> {
 // -----
 
 // Tests an outer product that accumulates into an init: the entries
-// counted per latent and sorted by latent (a counting sort), then latents in
-// parallel, each row summed in registers from the init's row through the
-// latent's entries and stored once (no copy of the init, no zero fill).
-// Entries whose value is 0 are left out of the sort.
+// sorted by latent (a counting sort, without a branch) in 8 parts of the
+// rows, in parallel: each part counts its nonzero entries per latent, the
+// counts become places latent by latent and part by part, and each part
+// moves its entries there (its zero entries all to one place of its own,
+// 16 apart, after the nonzero ones). Then latents in parallel, each row summed in registers from the
+// init's row through the latent's entries and stored once (no copy of the
+// init, no zero fill).
 // CHECK-LABEL: func.func @outer_into
-// CHECK: %[[START:.*]] = memref.alloc() : memref<65xindex>
-// CHECK: linalg.fill ins(%c0 : index) outs(%[[START]] : memref<65xindex>)
+// CHECK: %[[AT:.*]] = memref.alloc() : memref<8x65xindex>
+// CHECK: linalg.fill ins(%c0 : index) outs(%[[AT]] : memref<8x65xindex>)
+// CHECK: scf.parallel
 // CHECK: %[[NZ:.*]] = arith.cmpf une, %{{.*}}, %{{.*}} : f32
-// CHECK: scf.if %[[NZ]]
-// CHECK: %[[TOTAL:.*]] = memref.load %[[START]][%c64]
+// CHECK: %[[BUCKET:.*]] = arith.select %[[NZ]], %{{.*}}, %c64 : index
+// CHECK: memref.load %[[AT]][%{{.*}}, %[[BUCKET]]]
+// CHECK-NOT: scf.if
+// CHECK: %[[START:.*]] = memref.alloc() : memref<65xindex>
+// CHECK: %[[NONZERO:.*]] = scf.for
+// CHECK: scf.for
+// CHECK: memref.store %{{.*}}, %[[AT]]
+// CHECK: memref.store %[[NONZERO]], %[[START]][%c64]
+// CHECK: scf.for
+// CHECK: arith.muli %{{.*}}, %c16
+// CHECK: memref.store %{{.*}}, %[[AT]][%{{.*}}, %c64]
+// CHECK: %[[TOTAL:.*]] = arith.addi %[[NONZERO]], %c128
 // CHECK: %[[ROWS:.*]] = memref.alloc(%[[TOTAL]]) : memref<?xindex>
 // CHECK: %[[VALS:.*]] = memref.alloc(%[[TOTAL]]) : memref<?xf32>
+// CHECK: scf.parallel
+// CHECK-NOT: scf.if
+// CHECK: %[[P:.*]] = memref.load %[[AT]]
+// CHECK-NOT: scf.if
+// CHECK: memref.store %{{.*}}, %[[ROWS]][%[[P]]]
+// CHECK: memref.store %{{.*}}, %[[VALS]][%[[P]]]
 // CHECK: %[[INIT:.*]] = bufferization.to_buffer %arg2 read_only
 // CHECK: %[[OUT:.*]] = memref.alloc() : memref<64x16xf32>
 // CHECK-NOT: linalg.copy
@@ -473,6 +493,26 @@ func.func @outer_into(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %init: tensor<64
   %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
   %0 = sae.outer %z, %x into %init : !sae.codes<?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<64x16xf32>
   return %0 : tensor<64x16xf32>
+}
+
+// -----
+
+// Tests the column sums of codes: 8 parts of the rows in parallel, each
+// adding its entries into its own row of an [8, n] buffer, then the rows
+// added in order (parts, then latents: the same sums whatever the threads).
+// CHECK-LABEL: func.func @column_sum_codes
+// CHECK: %[[PARTS:.*]] = memref.alloc() : memref<8x64xf32>
+// CHECK: linalg.fill ins(%{{.*}} : f32) outs(%[[PARTS]] : memref<8x64xf32>)
+// CHECK: scf.parallel (%[[PART:.*]]) = (%c0) to (%c8) step (%c1)
+// CHECK: %[[OLD:.*]] = memref.load %[[PARTS]][%[[PART]], %[[LATENT:.*]]] : memref<8x64xf32>
+// CHECK: %[[NEW:.*]] = arith.addf %[[OLD]], %{{.*}} : f32
+// CHECK: memref.store %[[NEW]], %[[PARTS]][%[[PART]], %[[LATENT]]]
+// CHECK: %[[T:.*]] = bufferization.to_tensor %[[PARTS]]
+// CHECK: linalg.generic {{.*}} iterator_types = ["reduction", "parallel"]} ins(%[[T]] : tensor<8x64xf32>)
+func.func @column_sum_codes(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>) -> tensor<64xf32> {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  %0 = sae.column_sum %z : !sae.codes<?x64xf32, k = 4> -> tensor<64xf32>
+  return %0 : tensor<64xf32>
 }
 
 // -----
@@ -565,6 +605,60 @@ func.func @adam_outer_transposed(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %x: t
   %gs = sae.scale %g, %c : tensor<16x512xf32>, f32
   %p2, %m2, %v2 = sae.adam %w, %gs, %m, %s, %h, %h, %h, %h, %h, %h : tensor<16x512xf32>
   return %p2, %m2, %v2, %norm : tensor<16x512xf32>, tensor<16x512xf32>, tensor<16x512xf32>, f32
+}
+
+// -----
+
+// Tests the same update when the transposed product accumulates into the
+// transpose of placed rows (AuxK's part of the encoder's gradient, over the
+// dead latents): a latent's tile row starts from the row its slot names,
+// or from zero where the slot is negative; neither the [16, 512] gradient
+// nor a [512, 16] matrix of the placed rows is written.
+// CHECK-LABEL: func.func @adam_outer_transposed_into_placed
+// CHECK-NOT: memref.alloc() : memref<16x512xf32>
+// CHECK-NOT: memref.alloc() : memref<512x16xf32>
+// CHECK: scf.forall
+// CHECK: %[[TILE:.*]] = memref.alloca() : memref<256x16xf32>
+// CHECK: %[[S:.*]] = memref.load %{{.*}}[%{{.*}}] : memref<512xi32>
+// CHECK: %[[PLACED:.*]] = arith.cmpi sge, %[[S]], %{{.*}} : i32
+// CHECK: scf.if %[[PLACED]] -> (vector<8xf32>, vector<8xf32>)
+// CHECK: %[[AT:.*]] = arith.index_cast %[[S]] : i32 to index
+// CHECK: vector.load %{{.*}}[%[[AT]], %{{.*}}] : memref<?x16xf32>, vector<8xf32>
+// CHECK: } else {
+// CHECK: arith.mulf
+// CHECK: arith.addf
+// CHECK: vector.store %{{.*}}, %[[TILE]]
+// CHECK: math.sqrt
+// CHECK-NOT: memref.alloc() : memref<16x512xf32>
+// CHECK-NOT: memref.alloc() : memref<512x16xf32>
+// CHECK-NOT: sae.
+func.func @adam_outer_transposed_into_placed(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %x: tensor<?x16xf32>, %rows: tensor<?x16xf32>, %slot: tensor<512xi32>, %w: tensor<16x512xf32>, %m: tensor<16x512xf32>, %s: tensor<16x512xf32>, %h: f32) -> (tensor<16x512xf32>, tensor<16x512xf32>, tensor<16x512xf32>) {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x512xf32, k = 4>
+  %placed = sae.place_rows %rows, %slot : tensor<?x16xf32>, tensor<512xi32> -> tensor<512x16xf32>
+  %init = sae.transpose %placed : tensor<512x16xf32> -> tensor<16x512xf32>
+  %g = sae.outer %z, %x into %init {transposed} : !sae.codes<?x512xf32, k = 4>, tensor<?x16xf32> -> tensor<16x512xf32>
+  %p2, %m2, %v2 = sae.adam %w, %g, %m, %s, %h, %h, %h, %h, %h, %h : tensor<16x512xf32>
+  return %p2, %m2, %v2 : tensor<16x512xf32>, tensor<16x512xf32>, tensor<16x512xf32>
+}
+
+// -----
+
+// Tests a transposed outer product into an init where nothing fuses it:
+// the rows-layout product into the init's transpose (a transpose of a
+// transpose: the rows themselves), then transposed.
+// CHECK-LABEL: func.func @outer_transposed_into
+// CHECK-SAME: %[[INIT:[^:]*]]: tensor<64x16xf32>
+// CHECK: %[[IB:.*]] = bufferization.to_buffer %[[INIT]]
+// CHECK: scf.parallel
+// CHECK: vector.load %[[IB]]
+// CHECK: arith.mulf
+// CHECK: memref.alloc() : memref<16x64xf32>
+// CHECK-NOT: sae.
+func.func @outer_transposed_into(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %x: tensor<?x16xf32>, %rows: tensor<64x16xf32>) -> tensor<16x64xf32> {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  %init = sae.transpose %rows : tensor<64x16xf32> -> tensor<16x64xf32>
+  %g = sae.outer %z, %x into %init {transposed} : !sae.codes<?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<16x64xf32>
+  return %g : tensor<16x64xf32>
 }
 
 // -----

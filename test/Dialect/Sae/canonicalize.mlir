@@ -58,3 +58,16 @@ func.func @gather_other(%x: tensor<?x64xf32>, %y: tensor<?x64xf32>) -> (!sae.cod
   %g1 = sae.gather %z2, %x : !sae.codes<?x64xf32, k = 4>, tensor<?x64xf32>
   return %g0, %g1 : !sae.codes<?x64xf32, k = 4>, !sae.codes<?x64xf32, k = 4>
 }
+
+// -----
+
+// Tests that a transpose of a transpose folds to the matrix itself.
+// CHECK-LABEL: func.func @transpose_twice
+// CHECK-SAME: (%[[W:.*]]: tensor<16x64xf32>)
+// CHECK-NOT: sae.transpose
+// CHECK: return %[[W]]
+func.func @transpose_twice(%w: tensor<16x64xf32>) -> tensor<16x64xf32> {
+  %t = sae.transpose %w : tensor<16x64xf32> -> tensor<64x16xf32>
+  %tt = sae.transpose %t : tensor<64x16xf32> -> tensor<16x64xf32>
+  return %tt : tensor<16x64xf32>
+}

@@ -267,11 +267,11 @@ func.func @matvec_result(%w: tensor<16x64xf32>, %v: tensor<64xf32>) {
 
 // -----
 
-// Tests that an outer product accumulates into an init only in the rows
-// layout.
-func.func @outer_into_transposed(%z: !sae.codes<?x64xf32, k = 4>, %x: tensor<?x16xf32>, %init: tensor<16x64xf32>) {
-  // expected-error@+1 {{'sae.outer' op accumulates 'into' an init only in the rows layout, not with 'transposed'}}
-  %0 = sae.outer %z, %x into %init {transposed} : !sae.codes<?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<16x64xf32>
+// Tests that a transposed outer product accumulates into an init of its
+// own [d, n] layout, not the rows layout.
+func.func @outer_into_transposed(%z: !sae.codes<?x64xf32, k = 4>, %x: tensor<?x16xf32>, %init: tensor<64x16xf32>) {
+  // expected-error@+1 {{'sae.outer' op failed to verify that init has the result's type}}
+  %0 = "sae.outer"(%z, %x, %init) {transposed} : (!sae.codes<?x64xf32, k = 4>, tensor<?x16xf32>, tensor<64x16xf32>) -> tensor<16x64xf32>
   return
 }
 

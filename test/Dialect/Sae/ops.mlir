@@ -140,6 +140,8 @@ func.func @products(%z: !sae.codes<?x64xf32, k = 4>, %a: !sae.codes<?x64xf32, k 
   %o = sae.outer %z, %x : !sae.codes<?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<64x16xf32>
   // CHECK: sae.outer %{{.*}}, %{{.*}} into %[[O]] : <?x64xf32, k = 8>, tensor<?x16xf32> -> tensor<64x16xf32>
   %o2 = sae.outer %a, %x into %o : !sae.codes<?x64xf32, k = 8>, tensor<?x16xf32> -> tensor<64x16xf32>
+  // CHECK: sae.outer %{{.*}}, %{{.*}} into %{{.*}} {transposed} : <?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<16x64xf32>
+  %o3 = sae.outer %z, %x into %w {transposed} : !sae.codes<?x64xf32, k = 4>, tensor<?x16xf32> -> tensor<16x64xf32>
   // CHECK: sae.matvec %{{.*}}, %{{.*}} : tensor<16x64xf32>, tensor<64xf32> -> tensor<16xf32>
   %m = sae.matvec %w, %v : tensor<16x64xf32>, tensor<64xf32> -> tensor<16xf32>
   return %o2, %m : tensor<64x16xf32>, tensor<16xf32>

@@ -2737,10 +2737,21 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
         d = width;
         dense.push_back(user);
       }
+    // Transposed outer products (the encoder's gradient, Xᵀ · dz) of codes
+    // with these entries, alone or beside others': that part goes dense
+    // too.
+    SmallVector<std::pair<OuterOp, int64_t>> encoderGrads;
+    if (!dense.empty())
+      for (Operation &o : *op->getBlock())
+        if (auto outer = dyn_cast<OuterOp>(&o))
+          if (std::optional<int64_t> part = deadPart(op, outer);
+              part && outer.getRhs().getType().getDimSize(1) % (2 * lanes) == 0)
+            encoderGrads.push_back({outer, *part});
     // slotOf[j]: latent j's place in the dead list (-1: alive), for the
     // outer products, which are placed at their latents by it.
     Value slotOf;
-    if (llvm::any_of(dense, [](Operation *user) { return isa<OuterOp>(user); }))
+    if (!encoderGrads.empty() ||
+        llvm::any_of(dense, [](Operation *user) { return isa<OuterOp>(user); }))
       slotOf =
           memref::AllocOp::create(rewriter, loc, MemRefType::get({n}, i32));
     // dead[0, count) = the latents whose mask is positive, in order.
@@ -2938,11 +2949,40 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
               });
         });
     if (!dense.empty())
-      denseProducts(rewriter, op, dense, d, dead, count, rows, vals, idxs, pos,
-                    slotOf);
+      denseProducts(rewriter, op, dense, encoderGrads, d, dead, count, rows,
+                    vals, idxs, pos, slotOf);
     rewriter.setInsertionPoint(op);
     replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
+  }
+
+  /// When `outer` is a transposed outer product without an init of codes
+  /// with `selection`'s entries, or of codes that put them beside others
+  /// (a tensor.concat of values and of indices along the entries, as the
+  /// differentiator merges products): -1 in the first case, else the
+  /// place of `selection`'s part among the concat's operands.
+  static std::optional<int64_t> deadPart(DeadTopKOp selection, OuterOp outer) {
+    if (!outer.getTransposed() || outer.getInit())
+      return std::nullopt;
+    if (entriesSource(outer.getCodes()) == selection.getResult())
+      return -1;
+    auto make = outer.getCodes().getDefiningOp<MakeCodesOp>();
+    if (!make || make.getRows())
+      return std::nullopt;
+    auto vals = make.getValues().getDefiningOp<tensor::ConcatOp>();
+    auto idxs = make.getIndices().getDefiningOp<tensor::ConcatOp>();
+    if (!vals || !idxs || vals.getDim() != 1 || idxs.getDim() != 1 ||
+        vals.getInputs().size() != idxs.getInputs().size())
+      return std::nullopt;
+    int64_t k = selection.getType().getK();
+    for (auto [i, in] : llvm::enumerate(idxs.getInputs())) {
+      auto parts = in.getDefiningOp<CodesIndicesOp>();
+      if (parts && entriesSource(parts.getCodes()) == selection.getResult() &&
+          cast<RankedTensorType>(vals.getInputs()[i].getType()).getDimSize(1) ==
+              k)
+        return int64_t(i);
+    }
+    return std::nullopt;
   }
 
   /// `v` is defined before `op` in its block (or is an argument of it).
@@ -2956,9 +2996,10 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
   /// Rewrites `users` (decode, sddmm and outer of op's codes, width d) as
   /// dense products over the `count` dead latents listed in `dead`.
   void denseProducts(PatternRewriter &rewriter, DeadTopKOp op,
-                     ArrayRef<Operation *> users, int64_t d, Value dead,
-                     Value count, Value rows, Value vals, Value idxs, Value pos,
-                     Value slotOf) const {
+                     ArrayRef<Operation *> users,
+                     ArrayRef<std::pair<OuterOp, int64_t>> encoderGrads,
+                     int64_t d, Value dead, Value count, Value rows, Value vals,
+                     Value idxs, Value pos, Value slotOf) const {
     Location loc = op.getLoc();
     CodesType codes = op.getType();
     Type f32 = rewriter.getF32Type();
@@ -3204,6 +3245,121 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
           placed = AddOp::create(rewriter, l, outer.getInit(), placed);
         rewriter.replaceOp(user, placed);
       }
+    }
+
+    // The encoder's gradient: the dead latents' part, dz_deadᵀ · X, is
+    // computed as rows [count, w] and placed at their latents by slotOf,
+    // and the product of the other parts accumulates into its transpose
+    // (the update reads the rows through it). Dense: dz_dead as a
+    // [padded, B] matrix (its transpose, written directly), then a panel
+    // product. Sparse: the outer product of the part with each entry at
+    // its place in the dead list.
+    for (auto [outer, part] : encoderGrads) {
+      rewriter.setInsertionPoint(outer);
+      Location l = outer.getLoc();
+      auto type = outer.getType();
+      auto make = outer.getCodes().getDefiningOp<MakeCodesOp>();
+      auto valsType = codes.getValuesType();
+      Value deadVals = part < 0 ? CodesValuesOp::create(rewriter, l, valsType,
+                                                        outer.getCodes())
+                                      .getResult()
+                                : make.getValues()
+                                      .getDefiningOp<tensor::ConcatOp>()
+                                      .getInputs()[part];
+      Value x = outer.getRhs();
+      int64_t w = type.getDimSize(0);
+      auto deadRowsType = RankedTensorType::get({ShapedType::kDynamic, w}, f32);
+      auto deadRows = scf::IfOp::create(
+          rewriter, l, useDense,
+          [&](OpBuilder &tb, Location tl) {
+            Value dzT = dynMatrix(tb, padded, rows);
+            fillZero(tb, dzT);
+            Value dz = toBuffer(tb, l, deadVals);
+            forEachRowParallel(
+                tb, l, rows, [&](OpBuilder &b, Location bl, Value row) {
+                  forFilled(b, bl, row,
+                            [&](OpBuilder &fb, Location fl, Value s, Value p) {
+                              Value v = memref::LoadOp::create(
+                                  fb, fl, dz, ValueRange{row, s});
+                              memref::StoreOp::create(fb, fl, v, dzT,
+                                                      ValueRange{p, row});
+                            });
+                });
+            Value g = matrix(tb, padded, w);
+            emitPanelGemm(tb, l, dzT, toBuffer(tb, l, x), g, padded, rows,
+                          idx(tb, w), lanes, vecsFor(w), Value(), false);
+            scf::YieldOp::create(tb, tl, asTensor(tb, l, deadRowsType, g));
+          },
+          [&](OpBuilder &eb, Location el) {
+            // Unfilled slots (place -1) count for nothing, whatever their
+            // value.
+            Value posT = asTensor(eb, l, codes.getIndicesType(), pos);
+            AffineMap id = eb.getMultiDimIdentityMap(2);
+            Value kept = buildGeneric(
+                eb, l, {deadVals, posT},
+                tensor::EmptyOp::create(
+                    eb, l, valsType, dynamicSizes(eb, l, valsType, deadVals)),
+                {id, id, id},
+                {utils::IteratorType::parallel, utils::IteratorType::parallel},
+                [&](OpBuilder &bb, Location bl, ValueRange a) {
+                  Value filled = arith::CmpIOp::create(
+                      bb, bl, arith::CmpIPredicate::sge, a[1],
+                      arith::ConstantOp::create(bb, bl,
+                                                bb.getI32IntegerAttr(0)));
+                  return arith::SelectOp::create(bb, bl, filled, a[0],
+                                                 floatConst(bb, bl, f32, 0.0))
+                      .getResult();
+                });
+            Value bySlot =
+                MakeCodesOp::create(eb, l, codes, kept, posT, Value());
+            Value all = OuterOp::create(
+                eb, l, RankedTensorType::get({codes.getNumLatents(), w}, f32),
+                bySlot, x);
+            // Rows [count, n) are zero: no entry is there.
+            scf::YieldOp::create(
+                eb, el,
+                tensor::CastOp::create(eb, l, deadRowsType, all).getResult());
+          });
+      auto rowsType = RankedTensorType::get({codes.getNumLatents(), w}, f32);
+      Value placed = PlaceRowsOp::create(
+          rewriter, l, rowsType, deadRows.getResult(0),
+          asTensor(rewriter, l,
+                   RankedTensorType::get({codes.getNumLatents()},
+                                         rewriter.getI32Type()),
+                   slotOf));
+      Value init = TransposeOp::create(rewriter, l, type, placed);
+      // The other parts, side by side as before.
+      SmallVector<Value> restVals, restIdxs;
+      if (part >= 0) {
+        auto vals = make.getValues().getDefiningOp<tensor::ConcatOp>();
+        auto idxsIn = make.getIndices().getDefiningOp<tensor::ConcatOp>();
+        for (auto [i, v] : llvm::enumerate(vals.getInputs()))
+          if (int64_t(i) != part) {
+            restVals.push_back(v);
+            restIdxs.push_back(idxsIn.getInputs()[i]);
+          }
+      }
+      if (restVals.empty()) {
+        rewriter.replaceOp(outer, init);
+        continue;
+      }
+      int64_t restK = 0;
+      for (Value v : restVals)
+        restK += cast<RankedTensorType>(v.getType()).getDimSize(1);
+      auto outerCodes = cast<CodesType>(outer.getCodes().getType());
+      auto restType = CodesType::get(
+          rewriter.getContext(), outerCodes.getBatch(),
+          outerCodes.getNumLatents(), outerCodes.getElementType(), restK);
+      auto side = [&](ArrayRef<Value> in, RankedTensorType t) -> Value {
+        if (in.size() == 1)
+          return in.front();
+        return tensor::ConcatOp::create(rewriter, l, t, /*dim=*/1, in);
+      };
+      Value rest = MakeCodesOp::create(
+          rewriter, l, restType, side(restVals, restType.getValuesType()),
+          side(restIdxs, restType.getIndicesType()), Value());
+      rewriter.replaceOpWithNewOp<OuterOp>(outer, type, rest, x, init,
+                                           /*transposed=*/true);
     }
   }
 };
@@ -3853,58 +4009,90 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
 using EntryFn = function_ref<void(OpBuilder &, Location, ValueRange pos,
                                   Value value, Value latent, Value row)>;
 
-/// Calls `body` for every stored entry of codes built by `make`, in scf
-/// loops over their buffers: `pos` indexes the values buffer ({row, slot}
-/// per row, {entry} in the batch layout), `latent` and `row` are indices.
-void forEachEntry(OpBuilder &b, Location loc, MakeCodesOp make, EntryFn body,
-                  bool parallel = false) {
-  Value vals = toBuffer(b, loc, make.getValues());
-  Value idxs = toBuffer(b, loc, make.getIndices());
-  Value rows = make.getRows() ? toBuffer(b, loc, make.getRows()) : Value();
-  Value c0 = arith::ConstantIndexOp::create(b, loc, 0);
-  Value c1 = arith::ConstantIndexOp::create(b, loc, 1);
-  auto visit = [&](OpBuilder &nb, Location l, ValueRange pos, Value row) {
-    Value v = memref::LoadOp::create(nb, l, vals, pos);
-    Value i = arith::IndexCastOp::create(
-        nb, l, nb.getIndexType(),
-        memref::LoadOp::create(nb, l, idxs, pos).getResult());
-    if (!row)
-      row = arith::IndexCastOp::create(
+/// The buffers of codes built by `make`, and their outer range: rows of k
+/// entries, or entries (the batch layout, with a row per entry).
+struct EntryBuffers {
+  Value vals, idxs, rows, outer;
+  EntryBuffers(OpBuilder &b, Location loc, MakeCodesOp make)
+      : vals(toBuffer(b, loc, make.getValues())),
+        idxs(toBuffer(b, loc, make.getIndices())),
+        rows(make.getRows() ? toBuffer(b, loc, make.getRows()) : Value()),
+        outer(tensor::DimOp::create(b, loc, make.getValues(), 0)) {}
+
+  /// Calls `body` for the entries at outer index `r`: `pos` indexes the
+  /// values buffer ({row, slot} per row, {entry} in the batch layout),
+  /// `latent` and `row` are indices.
+  void visit(OpBuilder &b, Location loc, Value r, EntryFn body) const {
+    auto at = [&](OpBuilder &nb, Location l, ValueRange pos, Value row) {
+      Value v = memref::LoadOp::create(nb, l, vals, pos);
+      Value i = arith::IndexCastOp::create(
           nb, l, nb.getIndexType(),
-          memref::LoadOp::create(nb, l, rows, pos).getResult());
-    body(nb, l, pos, v, i, row);
-  };
-  Value n0 = tensor::DimOp::create(b, loc, make.getValues(), 0);
-  // The outer loop (entries, or rows of k entries): scf.parallel when the
-  // caller's bodies touch disjoint memory.
-  auto outer = [&](function_ref<void(OpBuilder &, Location, Value)> fn) {
-    if (parallel) {
-      scf::ParallelOp::create(b, loc, ValueRange{c0}, ValueRange{n0},
-                              ValueRange{c1},
-                              [&](OpBuilder &pb, Location pl, ValueRange ivs) {
-                                fn(pb, pl, ivs[0]);
-                              });
+          memref::LoadOp::create(nb, l, idxs, pos).getResult());
+      if (!row)
+        row = arith::IndexCastOp::create(
+            nb, l, nb.getIndexType(),
+            memref::LoadOp::create(nb, l, rows, pos).getResult());
+      body(nb, l, pos, v, i, row);
+    };
+    if (rows) {
+      at(b, loc, r, Value());
       return;
     }
-    scf::ForOp::create(b, loc, c0, n0, c1, ValueRange{},
-                       [&](OpBuilder &nb, Location l, Value iv, ValueRange) {
-                         fn(nb, l, iv);
-                         scf::YieldOp::create(nb, l);
+    Value k = memref::DimOp::create(b, loc, vals, 1);
+    forRange(b, loc, arith::ConstantIndexOp::create(b, loc, 0), k,
+             [&](OpBuilder &nb, Value t) {
+               at(nb, loc, ValueRange{r, t}, r);
+             });
+  }
+};
+
+/// Calls `body` for every stored entry of codes built by `make` (see
+/// EntryBuffers::visit), in order; with `parallel`, the outer range runs
+/// as an scf.parallel (the bodies must touch disjoint memory).
+void forEachEntry(OpBuilder &b, Location loc, MakeCodesOp make, EntryFn body,
+                  bool parallel = false) {
+  EntryBuffers entries(b, loc, make);
+  Value c0 = arith::ConstantIndexOp::create(b, loc, 0);
+  if (parallel) {
+    forEachRowParallel(b, loc, entries.outer,
+                       [&](OpBuilder &pb, Location pl, Value r) {
+                         entries.visit(pb, pl, r, body);
                        });
-  };
-  if (rows) {
-    outer(
-        [&](OpBuilder &nb, Location l, Value e) { visit(nb, l, e, Value()); });
     return;
   }
-  Value k = tensor::DimOp::create(b, loc, make.getValues(), 1);
-  outer([&](OpBuilder &rb, Location rl, Value r) {
-    scf::ForOp::create(rb, rl, c0, k, c1, ValueRange{},
-                       [&](OpBuilder &nb, Location l, Value t, ValueRange) {
-                         visit(nb, l, ValueRange{r, t}, r);
-                         scf::YieldOp::create(nb, l);
-                       });
-  });
+  forRange(b, loc, c0, entries.outer,
+           [&](OpBuilder &nb, Value r) { entries.visit(nb, loc, r, body); });
+}
+
+/// Entries are also visited in kEntryParts parts of the outer range, the
+/// parts in parallel and each in order. Sums that a part keeps in its own
+/// buffer and that are then combined in part order do not depend on the
+/// number of threads.
+constexpr int64_t kEntryParts = 8;
+
+/// forEachEntry by parts: `body` also gets its entry's part (an index).
+void forEachEntryByPart(OpBuilder &b, Location loc, MakeCodesOp make,
+                        function_ref<void(OpBuilder &, Location, Value part,
+                                          Value value, Value latent, Value row)>
+                            body) {
+  EntryBuffers entries(b, loc, make);
+  Value per = arith::CeilDivUIOp::create(
+      b, loc, entries.outer,
+      arith::ConstantIndexOp::create(b, loc, kEntryParts));
+  forEachRowParallel(
+      b, loc, arith::ConstantIndexOp::create(b, loc, kEntryParts),
+      [&](OpBuilder &pb, Location pl, Value part) {
+        Value lo = arith::MinUIOp::create(
+            pb, pl, arith::MulIOp::create(pb, pl, part, per), entries.outer);
+        Value hi = arith::MinUIOp::create(
+            pb, pl, arith::AddIOp::create(pb, pl, lo, per), entries.outer);
+        forRange(pb, pl, lo, hi, [&](OpBuilder &nb, Value r) {
+          entries.visit(nb, pl, r,
+                        [&](OpBuilder &eb, Location el, ValueRange, Value v,
+                            Value latent,
+                            Value row) { body(eb, el, part, v, latent, row); });
+        });
+      });
 }
 
 /// A zero-filled fresh buffer of `type` (dynamic sizes given).
@@ -4021,9 +4209,6 @@ int64_t outerVecs(int64_t d, int64_t lanes) {
 /// value is 0 add nothing and are left out: gradients through a ReLU that
 /// did not fire, AuxK's slots left over. What the outer product Σ value ·
 /// rhs[row] is summed from, latent by latent, wherever it is needed.
-/// The rows a latent's sums start from: none (zero), row j of `buf`, or,
-/// with `slot` (a sae.place_rows), row slot[j] of `buf`, zero where
-/// slot[j] < 0.
 struct StartRows {
   Value buf, slot;
   StartRows() = default;
@@ -4042,65 +4227,96 @@ struct StartRows {
 struct LatentEntries {
   Value start, rowOf, valOf;
 
+  /// The sort runs by parts of the entries (forEachEntryByPart), without
+  /// a branch: a part counts its entries per latent, the counts become
+  /// places (latent by latent, part by part, so the order is the serial
+  /// one), and each part moves its entries to their places. A part's zero
+  /// entries all go to one place of its own, after every latent's.
   LatentEntries(OpBuilder &b, Location l, MakeCodesOp make, int64_t n) {
     Type f32 = make.getValues().getType().getElementType();
     Type indexType = b.getIndexType();
     auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
       return arith::ConstantIndexOp::create(ob, l, v);
     };
-    // First start[j + 1] counts latent j's entries.
-    start = memref::AllocOp::create(b, l, MemRefType::get({n + 1}, indexType));
-    linalg::FillOp::create(b, l, ValueRange{idx(b, 0)}, ValueRange{start});
-    auto ifNonZero = [&](OpBuilder &ob, Location bl, Value v,
-                         function_ref<void(OpBuilder &)> fn) {
+    // at[part, j]: first the part's number of entries of latent j, then
+    // where its next one goes (j = n: where its zero entries go).
+    Value at = memref::AllocOp::create(
+        b, l, MemRefType::get({kEntryParts, n + 1}, indexType));
+    linalg::FillOp::create(b, l, ValueRange{idx(b, 0)}, ValueRange{at});
+    // Returns at[part, j] for the entry's latent (n for a zero entry), and
+    // moves it on by one for a nonzero entry.
+    auto bump = [&](OpBuilder &ob, Location bl, Value part, Value v,
+                    Value latent) {
       Value nonZero = arith::CmpFOp::create(ob, bl, arith::CmpFPredicate::UNE,
                                             v, floatConst(ob, bl, f32, 0.0));
-      scf::IfOp::create(ob, bl, nonZero, [&](OpBuilder &ib, Location il) {
-        fn(ib);
-        scf::YieldOp::create(ib, il);
-      });
-    };
-    forEachEntry(b, l, make,
-                 [&](OpBuilder &eb, Location bl, ValueRange, Value v,
-                     Value latent, Value) {
-                   ifNonZero(eb, bl, v, [&](OpBuilder &ib) {
-                     Value at =
-                         arith::AddIOp::create(ib, bl, latent, idx(ib, 1));
-                     Value c = memref::LoadOp::create(ib, bl, start, at);
-                     memref::StoreOp::create(
-                         ib, bl, arith::AddIOp::create(ib, bl, c, idx(ib, 1)),
-                         start, at);
-                   });
-                 });
-    // start[j] = Σ counts below j (the prefix sums, in place).
-    forRange(b, l, idx(b, 0), idx(b, n), [&](OpBuilder &fb, Value j) {
-      Value next = arith::AddIOp::create(fb, l, j, idx(fb, 1));
+      ValueRange pj{part,
+                    arith::SelectOp::create(ob, bl, nonZero, latent, idx(ob, n))
+                        .getResult()};
+      Value old = memref::LoadOp::create(ob, bl, at, pj);
       memref::StoreOp::create(
-          fb, l,
-          arith::AddIOp::create(fb, l, memref::LoadOp::create(fb, l, start, j),
-                                memref::LoadOp::create(fb, l, start, next)),
-          start, next);
-    });
-    Value total = memref::LoadOp::create(b, l, start, idx(b, n));
+          ob, bl,
+          arith::AddIOp::create(
+              ob, bl, old,
+              arith::IndexCastUIOp::create(ob, bl, indexType, nonZero)),
+          at, pj);
+      return old;
+    };
+    forEachEntryByPart(b, l, make,
+                       [&](OpBuilder &eb, Location bl, Value part, Value v,
+                           Value latent,
+                           Value) { bump(eb, bl, part, v, latent); });
+    // Latent j's entries begin where j - 1's end; the parts' follow each
+    // other. start[j] = the end of latent j's; start[n] = the number of
+    // nonzero entries.
+    start = memref::AllocOp::create(b, l, MemRefType::get({n + 1}, indexType));
+    Value nonZeros =
+        scf::ForOp::create(
+            b, l, idx(b, 0), idx(b, n), idx(b, 1), ValueRange{idx(b, 0)},
+            [&](OpBuilder &fb, Location fl, Value j, ValueRange acc) {
+              Value end =
+                  scf::ForOp::create(
+                      fb, fl, idx(fb, 0), idx(fb, kEntryParts), idx(fb, 1), acc,
+                      [&](OpBuilder &pb, Location pl, Value part,
+                          ValueRange from) {
+                        ValueRange pj{part, j};
+                        Value count = memref::LoadOp::create(pb, pl, at, pj);
+                        memref::StoreOp::create(pb, pl, from[0], at, pj);
+                        scf::YieldOp::create(pb, pl,
+                                             ValueRange{arith::AddIOp::create(
+                                                 pb, pl, from[0], count)});
+                      })
+                      .getResult(0);
+              memref::StoreOp::create(fb, fl, end, start, j);
+              scf::YieldOp::create(fb, fl, ValueRange{end});
+            })
+            .getResult(0);
+    memref::StoreOp::create(b, l, nonZeros, start, idx(b, n));
+    // The parts' places for zero entries are 128 bytes apart: threads that
+    // write to one cache line would take it from each other at every entry.
+    constexpr int64_t kApart = 16;
+    forRange(b, l, idx(b, 0), idx(b, kEntryParts),
+             [&](OpBuilder &fb, Value part) {
+               memref::StoreOp::create(
+                   fb, l,
+                   arith::AddIOp::create(
+                       fb, l, nonZeros,
+                       arith::MulIOp::create(fb, l, part, idx(fb, kApart))),
+                   at, ValueRange{part, idx(fb, n)});
+             });
+    Value all =
+        arith::AddIOp::create(b, l, nonZeros, idx(b, kApart * kEntryParts));
     rowOf = memref::AllocOp::create(
         b, l, MemRefType::get({ShapedType::kDynamic}, indexType),
-        ValueRange{total});
+        ValueRange{all});
     valOf = memref::AllocOp::create(
-        b, l, MemRefType::get({ShapedType::kDynamic}, f32), ValueRange{total});
-    forEachEntry(b, l, make,
-                 [&](OpBuilder &eb, Location bl, ValueRange, Value v,
-                     Value latent, Value row) {
-                   // start[latent] moves up as its entries are placed:
-                   // at the end it is where latent + 1's entries start.
-                   ifNonZero(eb, bl, v, [&](OpBuilder &ib) {
-                     Value p = memref::LoadOp::create(ib, bl, start, latent);
-                     memref::StoreOp::create(
-                         ib, bl, arith::AddIOp::create(ib, bl, p, idx(ib, 1)),
-                         start, latent);
-                     memref::StoreOp::create(ib, bl, row, rowOf, p);
-                     memref::StoreOp::create(ib, bl, v, valOf, p);
-                   });
-                 });
+        b, l, MemRefType::get({ShapedType::kDynamic}, f32), ValueRange{all});
+    forEachEntryByPart(b, l, make,
+                       [&](OpBuilder &eb, Location bl, Value part, Value v,
+                           Value latent, Value row) {
+                         Value p = bump(eb, bl, part, v, latent);
+                         memref::StoreOp::create(eb, bl, row, rowOf, p);
+                         memref::StoreOp::create(eb, bl, v, valOf, p);
+                       });
   }
 
   /// Latent j's sums over columns [c, c + width·vecs) of rhs, as `vecs`
@@ -4204,8 +4420,12 @@ struct OuterLowering : OpRewritePattern<OuterOp> {
     if (op.getTransposed() && !transposedOut) {
       auto rowsType = RankedTensorType::get(
           {type.getDimSize(1), type.getDimSize(0)}, type.getElementType());
+      Value init =
+          op.getInit()
+              ? rewriter.createOrFold<TransposeOp>(loc, rowsType, op.getInit())
+              : Value();
       Value rows = OuterOp::create(rewriter, loc, rowsType, op.getCodes(),
-                                   op.getRhs());
+                                   op.getRhs(), init, /*transposed=*/false);
       rewriter.replaceOpWithNewOp<TransposeOp>(op, type, rows);
       return success();
     }
@@ -4364,16 +4584,32 @@ struct ColumnSumLowering : OpRewritePattern<ColumnSumOp> {
     auto make = op.getInput().getDefiningOp<MakeCodesOp>();
     if (!make)
       return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
-    Value out = zeroBuffer(rewriter, loc, type, {});
-    forEachEntry(rewriter, loc, make,
-                 [&](OpBuilder &b, Location l, ValueRange, Value v,
-                     Value latent, Value) {
-                   Value old = memref::LoadOp::create(b, l, out, latent);
-                   memref::StoreOp::create(
-                       b, l, arith::AddFOp::create(b, l, old, term(b, l, v)),
-                       out, latent);
-                 });
-    rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
+    // Each part of the entries sums into its own row of `parts`; the rows
+    // are then added in order.
+    int64_t n = type.getDimSize(0);
+    auto partsType = RankedTensorType::get({kEntryParts, n}, elt);
+    Value parts = zeroBuffer(rewriter, loc, partsType, {});
+    forEachEntryByPart(
+        rewriter, loc, make,
+        [&](OpBuilder &b, Location l, Value part, Value v, Value latent,
+            Value) {
+          ValueRange at{part, latent};
+          Value old = memref::LoadOp::create(b, l, parts, at);
+          memref::StoreOp::create(
+              b, l, arith::AddFOp::create(b, l, old, term(b, l, v)), parts, at);
+        });
+    MLIRContext *ctx = op.getContext();
+    AffineExpr p, j;
+    bindDims(ctx, p, j);
+    Value sum = buildGeneric(
+        rewriter, loc, {asTensor(rewriter, loc, partsType, parts)},
+        filledTensor(rewriter, loc, type, Value(), 0.0),
+        {AffineMap::get(2, 0, {p, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
+        {utils::IteratorType::reduction, utils::IteratorType::parallel},
+        [](OpBuilder &b, Location l, ValueRange a) {
+          return arith::AddFOp::create(b, l, a[1], a[0]).getResult();
+        });
+    rewriter.replaceOp(op, sum);
     return success();
   }
 };
@@ -4930,7 +5166,9 @@ struct UnitNormAdamLowering : OpRewritePattern<NormalizeRowsOp> {
 /// parallel (scf.forall; W, M and V are its shared outputs, updated in
 /// place), each in three steps on the stack: its C latents' gradient rows,
 /// cut to its R rows, summed from their entries into a C × R tile (the
-/// same multiply-adds in the same order as the product's lowering); the
+/// same multiply-adds in the same order as the product's lowering), from
+/// the init's rows when the product has one (`into transpose(P)`, P [n, d]
+/// or a sae.place_rows: AuxK's dead latents' rows); the
 /// tile transposed into an R × C block by 8 × 8 blocks in registers; Adam
 /// along the block's R rows, C contiguous floats each.
 struct OuterAdamLowering : OpRewritePattern<AdamOp> {
@@ -4946,9 +5184,15 @@ struct OuterAdamLowering : OpRewritePattern<AdamOp> {
     Value g = adam.getGrad();
     Value clip = peelClipFactor(g);
     auto outer = g.getDefiningOp<OuterOp>();
-    if (!outer || !outer.getTransposed() || outer.getInit())
+    if (!outer || !outer.getTransposed())
       return rewriter.notifyMatchFailure(
           adam, "the gradient is not a transposed outer product");
+    // An init is read by rows of its transpose (the rows layout).
+    auto initT = outer.getInit() ? outer.getInit().getDefiningOp<TransposeOp>()
+                                 : TransposeOp();
+    if (outer.getInit() && !initT)
+      return rewriter.notifyMatchFailure(
+          adam, "the init is not the transpose of an [n, d] matrix");
     auto make = outer.getCodes().getDefiningOp<MakeCodesOp>();
     if (!make)
       return rewriter.notifyMatchFailure(adam, "codes not built by make_codes");
@@ -4971,6 +5215,7 @@ struct OuterAdamLowering : OpRewritePattern<AdamOp> {
     };
     LatentEntries entries(rewriter, l, make, n);
     Value rhs = toBuffer(rewriter, l, outer.getRhs());
+    StartRows init(rewriter, l, initT ? initT.getInput() : Value());
     AdamTerms terms = adamTerms(rewriter, l, adam);
     int64_t rowWidth = std::min(lanes, R), colWidth = std::min(lanes, C);
     auto colType = VectorType::get({colWidth}, f32);
@@ -4993,8 +5238,8 @@ struct OuterAdamLowering : OpRewritePattern<AdamOp> {
               memref::AllocaOp::create(b, l, MemRefType::get({C, R}, f32));
           forRange(b, l, idx(b, 0), idx(b, C), [&](OpBuilder &jb, Value jj) {
             SmallVector<Value> sums = entries.sum(
-                jb, l, rhs, StartRows(), arith::AddIOp::create(jb, l, c0, jj),
-                r0, rowWidth, R / rowWidth);
+                jb, l, rhs, init, arith::AddIOp::create(jb, l, c0, jj), r0,
+                rowWidth, R / rowWidth);
             for (auto [u, sum] : llvm::enumerate(sums))
               vector::StoreOp::create(
                   jb, l, sum, tile,

@@ -187,6 +187,13 @@ LogicalResult ScaleOp::verify() {
                                getScale().getType());
 }
 
+OpFoldResult TransposeOp::fold(FoldAdaptor) {
+  if (auto inner = getInput().getDefiningOp<TransposeOp>())
+    if (inner.getInput().getType() == getType())
+      return inner.getInput();
+  return {};
+}
+
 LogicalResult TransposeOp::verify() {
   auto in = getInput().getType(), out = getResult().getType();
   if (in.getDimSize(0) != out.getDimSize(1) ||
@@ -448,23 +455,23 @@ LogicalResult ColumnSumOp::verify() {
                        getResult().getType().getDimSize(0), "column count");
 }
 
-OpFoldResult GatherOp::fold(FoldAdaptor) {
-  // Back to the codes whose entries these are: through sddmm (sampled at
-  // its codes' entries) and codes rebuilt from another's indices.
-  Value entries = getCodes();
+Value mlir::sae::entriesSource(Value codes) {
   while (true) {
-    if (auto sddmm = entries.getDefiningOp<SddmmOp>()) {
-      entries = sddmm.getCodes();
+    if (auto sddmm = codes.getDefiningOp<SddmmOp>()) {
+      codes = sddmm.getCodes();
       continue;
     }
-    auto make = entries.getDefiningOp<MakeCodesOp>();
+    auto make = codes.getDefiningOp<MakeCodesOp>();
     auto indices =
         make ? make.getIndices().getDefiningOp<CodesIndicesOp>() : nullptr;
     if (!indices || make.getRows())
-      break;
-    entries = indices.getCodes();
+      return codes;
+    codes = indices.getCodes();
   }
-  auto topk = entries.getDefiningOp<TopKOp>();
+}
+
+OpFoldResult GatherOp::fold(FoldAdaptor) {
+  auto topk = entriesSource(getCodes()).getDefiningOp<TopKOp>();
   if (topk && topk.getInput() == getSource() && topk.getType() == getType())
     return topk.getResult();
   return {};
@@ -502,11 +509,6 @@ LogicalResult OuterOp::verify() {
   if (failed(verifySameDim(*this, codes.getBatch(), rhs.getDimSize(0),
                            "batch size")))
     return failure();
-  if (getInit()) {
-    if (getTransposed())
-      return emitOpError() << "accumulates 'into' an init only in the rows "
-                              "layout, not with 'transposed'";
-  }
   unsigned latentDim = getTransposed() ? 1 : 0;
   if (failed(verifySameDim(*this, codes.getNumLatents(),
                            out.getDimSize(latentDim), "latent count")))

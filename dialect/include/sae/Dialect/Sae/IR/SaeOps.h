@@ -14,4 +14,11 @@
 #define GET_OP_CLASSES
 #include "sae/Dialect/Sae/IR/SaeOps.h.inc"
 
+namespace mlir::sae {
+/// The codes whose entries (rows and latents) `codes` has: back through
+/// sae.sddmm (sampled at its codes' entries) and sae.make_codes built from
+/// another's indices; `codes` itself when neither.
+Value entriesSource(Value codes);
+} // namespace mlir::sae
+
 #endif // SAE_DIALECT_SAE_IR_SAEOPS_H

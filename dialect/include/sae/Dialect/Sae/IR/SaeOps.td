@@ -202,6 +202,7 @@ def Sae_TransposeOp : Sae_Op<"transpose"> {
   let results = (outs Sae_Matrix:$result);
   let assemblyFormat = "$input attr-dict `:` type($input) `->` type($result)";
   let hasVerifier = 1;
+  let hasFolder = 1;
 }
 
 def Sae_NormalizeRowsOp : Sae_Op<"normalize_rows", [SameOperandsAndResultType]> {
@@ -966,9 +967,9 @@ def Sae_OuterOp : Sae_Op<"outer", [
     only the entries' rows (columns) receive. The gradient of `sae.decode`
     with respect to the decoder (and of `sae.linear` with respect to its
     weight when the output gradient is sparse): work B·k·d. With `into
-    %init` (rows layout only), the products are added to `init` instead of
-    zeros: a sum of several sparse gradients of one weight (TopK's and
-    AuxK's) forms one dense matrix, not one per term.
+    %init` (of the result's type, in either layout), the products are added
+    to `init` instead of zeros: a sum of several sparse gradients of one
+    weight (TopK's and AuxK's) forms one dense matrix, not one per term.
 
     Example:
     ```mlir
