@@ -19,8 +19,7 @@ turn (speed does not depend on the values).
 
 AuxK variants add `loss auxk = 0.03125 * aux_k(relu(pre), stopgrad(x - xhat),
 W_dec, since_fired, k_aux = 512)` with a `since_fired` state in which a
-fixed 10% of the latents are dead, so the auxiliary top-k does its full work
-(with no dead latent it costs nothing).
+fixed 10% of the latents are dead, so the auxiliary top-k does its full work.
 
 "aux cost" is the AuxK variant's extra step time, measured apart from the
 rows' figures: the steps of the model with and without AuxK are timed in
@@ -29,7 +28,8 @@ spell of a shared machine then slows both sides alike; separate runs
 minutes apart can disagree by 30% here). It is measured with 10% of the
 latents dead, as in the rows, and with 1% dead: the auxiliary products'
 work grows with the number of dead latents, and a run that AuxK keeps
-healthy has few.
+healthy has few. Each ratio is the median of at least PAIR_STEPS pairs
+(more with --steps), after the warm-up.
 
 The roofline: sgemm GFLOP/s of OpenBLAS (torch.mm, all threads) on the
 encoder's shape [B, d] x [d, n], and memory bandwidth (a large NumPy copy),
@@ -65,6 +65,7 @@ sys.path.insert(0, os.path.join(ROOT, "test", "Integration", "CPU", "Inputs"))
 
 DEAD_FRACTION = 0.1
 AUX_COST_DEAD = (0.1, 0.01)  # the dead fractions "aux cost" is measured at
+PAIR_STEPS = 20  # the fewest pairs of steps an aux cost is the median of
 AUX_LINE = ("  loss auxk = 0.03125 * aux_k(relu(pre), stopgrad(x - xhat), W_dec, since_fired,\n"
             "                              k_aux = 512);\n")
 
@@ -312,7 +313,8 @@ def main_tables(args):
                     for fraction in AUX_COST_DEAD:
                         pair = child_json([PY, __file__, "--child", "pair", "--lib", plain,
                                            "--lib2", lib, "--batch", str(args.batch),
-                                           "--steps", str(args.steps), "--threads",
+                                           "--steps", str(max(args.steps, PAIR_STEPS)),
+                                           "--threads",
                                            str(args.threads), "--dead-fraction", str(fraction)])
                         row["aux cost %g%% dead" % (100 * fraction)] = \
                             "%+.0f%%" % (100 * (pair["ratio"] - 1))
