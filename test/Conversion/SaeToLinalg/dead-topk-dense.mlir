@@ -120,3 +120,30 @@ func.func @aux_encoder_grad(%pre: tensor<?x128xf32>, %mask: tensor<128xf32>, %w:
   %o = sae.outer %both, %x {transposed} : !sae.codes<?x128xf32, k = 12>, tensor<?x64xf32> -> tensor<64x128xf32>
   return %r, %o : tensor<?x64xf32>, tensor<64x128xf32>
 }
+
+// Tests a gather of the selection's input at entries that are the
+// selection's (ReLU's gradient, through an sddmm): each slot takes the
+// value the selection kept, and the input is read at the filler's column
+// only (once a row), where a slot was left over; not at every entry.
+// CHECK-LABEL: func.func @aux_input_gather
+// CHECK-SAME: (%[[PRE:[^:]*]]: tensor<?x128xf32>
+// CHECK: %[[IN:.*]] = bufferization.to_buffer %[[PRE]]
+// CHECK: %[[VALS:.*]] = memref.alloc(%{{.*}}) : memref<?x8xf32>
+// CHECK: %[[IDXS:.*]] = memref.alloc(%{{.*}}) : memref<?x8xi32>
+// CHECK: %[[FILLER:.*]] = arith.index_cast %{{.*}} : i32 to index
+// CHECK: scf.parallel (%[[ROW:.*]]) =
+// CHECK: %[[AT:.*]] = memref.load %[[IN]][%[[ROW]], %[[FILLER]]]
+// CHECK: scf.for
+// CHECK: %[[I:.*]] = memref.load %[[IDXS]]
+// CHECK: %[[F:.*]] = arith.cmpi eq, %[[I]], %{{.*}} : i32
+// CHECK: %[[V:.*]] = memref.load %[[VALS]]
+// CHECK: arith.select %[[F]], %[[AT]], %[[V]] : f32
+// CHECK-NOT: memref.load %[[IN]]
+// CHECK: return
+func.func @aux_input_gather(%pre: tensor<?x128xf32>, %mask: tensor<128xf32>, %w: tensor<128x24xf32>, %g: tensor<?x24xf32>) -> tensor<?x8xf32> {
+  %c = sae.dead_topk %pre, %mask : tensor<?x128xf32>, tensor<128xf32> -> !sae.codes<?x128xf32, k = 8>
+  %s = sae.sddmm %c, %g, %w : !sae.codes<?x128xf32, k = 8>, tensor<?x24xf32>, tensor<128x24xf32>
+  %r = sae.gather %s, %pre : !sae.codes<?x128xf32, k = 8>, tensor<?x128xf32>
+  %v = sae.codes_values %r : !sae.codes<?x128xf32, k = 8> -> tensor<?x8xf32>
+  return %v : tensor<?x8xf32>
+}

@@ -2747,6 +2747,17 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
           if (std::optional<int64_t> part = deadPart(op, outer);
               part && outer.getRhs().getType().getDimSize(1) % (2 * lanes) == 0)
             encoderGrads.push_back({outer, *part});
+    // Gathers of the input at these entries (ReLU's gradient, through
+    // later codes with the same entries): a slot's value is the input at
+    // its latent, kept by the selection, except where the slot was left
+    // over (the filler's index). Only those read the input, in one column,
+    // instead of B·k random reads of the [B, n] matrix.
+    SmallVector<GatherOp> inputGathers;
+    for (Operation &o : *op->getBlock())
+      if (auto gather = dyn_cast<GatherOp>(&o);
+          gather && gather.getSource() == input && gather.getType() == codes &&
+          entriesSource(gather.getCodes()) == op.getResult())
+        inputGathers.push_back(gather);
     // slotOf[j]: latent j's place in the dead list (-1: alive), for the
     // outer products, which are placed at their latents by it.
     Value slotOf;
@@ -2951,6 +2962,35 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
     if (!dense.empty())
       denseProducts(rewriter, op, dense, encoderGrads, d, dead, count, rows,
                     vals, idxs, pos, slotOf);
+    for (GatherOp gather : inputGathers) {
+      rewriter.setInsertionPoint(gather);
+      Location l = gather.getLoc();
+      Value out = allocLike(rewriter, l, codes.getValuesType(), dyn);
+      Value fillerAt =
+          arith::IndexCastOp::create(rewriter, l, indexType, filler);
+      forEachRowParallel(
+          rewriter, l, rows, [&](OpBuilder &b, Location bl, Value row) {
+            Value atFiller =
+                memref::LoadOp::create(b, bl, in, ValueRange{row, fillerAt});
+            forRange(b, bl, idx(b, 0), idx(b, k), [&](OpBuilder &fb, Value s) {
+              ValueRange at{row, s};
+              Value isFiller = arith::CmpIOp::create(
+                  fb, bl, arith::CmpIPredicate::eq,
+                  memref::LoadOp::create(fb, bl, idxs, at), filler);
+              memref::StoreOp::create(
+                  fb, bl,
+                  arith::SelectOp::create(
+                      fb, bl, isFiller, atFiller,
+                      memref::LoadOp::create(fb, bl, vals, at)),
+                  out, at);
+            });
+          });
+      Value indices = CodesIndicesOp::create(
+          rewriter, l, codes.getIndicesType(), gather.getCodes());
+      rewriter.replaceOpWithNewOp<MakeCodesOp>(
+          gather, codes, asTensor(rewriter, l, codes.getValuesType(), out),
+          indices, Value());
+    }
     rewriter.setInsertionPoint(op);
     replaceWithCodes(rewriter, op, codes, vals, idxs);
     return success();
