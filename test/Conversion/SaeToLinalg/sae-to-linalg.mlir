@@ -281,17 +281,21 @@ func.func @densify(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>) -> tensor<?x64xf32>
 // -----
 
 // Tests that mse sums squared differences in f64 and divides by the rows:
-// 64 fixed ranges of rows in parallel, each summed in order in a register,
-// then the 64 partial sums in order (the same result for any thread count).
+// 64 fixed ranges of rows in parallel, each summed in order in a register
+// of 8 f64 lanes (the columns by vectors of 8; each lane its own sum), its
+// lanes added in order at the end; then the 64 partial sums in order (the
+// same result for any thread count).
 // CHECK-LABEL: func.func @mse
 // CHECK: %[[PART:.*]] = memref.alloc() : memref<64xf64>
 // CHECK: scf.parallel (%[[C:.*]]) = (%c0) to (%c64) step (%c1)
-// CHECK:   scf.for {{.*}} iter_args({{.*}}) -> (f64)
-// CHECK:   scf.for {{.*}} iter_args({{.*}}) -> (f64)
-// CHECK:   arith.extf %{{.*}} : f32 to f64
-// CHECK:   arith.subf %{{.*}} : f64
+// CHECK:   scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf64>)
+// CHECK:   scf.for {{.*}} step %c8 iter_args({{.*}}) -> (vector<8xf64>)
+// CHECK:   vector.load %{{.*}} : memref<?x16xf32>, vector<8xf32>
+// CHECK:   arith.extf %{{.*}} : vector<8xf32> to vector<8xf64>
+// CHECK:   arith.subf %{{.*}} : vector<8xf64>
 // CHECK:   arith.mulf
-// CHECK:   memref.store %{{.*}}, %[[PART]][%[[C]]]
+// CHECK:   %[[LANES:.*]] = vector.reduction <add>, %{{.*}} : vector<8xf64> into f64
+// CHECK:   memref.store %[[LANES]], %[[PART]][%[[C]]]
 // CHECK: %[[SUM:.*]] = scf.for %{{.*}} = %c0 to %c64 step
 // CHECK:   memref.load %[[PART]]
 // CHECK: %[[ROWS:.*]] = arith.sitofp %{{.*}} : i64 to f64
@@ -304,13 +308,28 @@ func.func @mse(%a: tensor<?x16xf32>, %b: tensor<?x16xf32>) -> f32 {
 
 // -----
 
+// Tests that a sum whose rows are not whole vectors of 8 stays a scalar f64
+// sum, element by element.
+// CHECK-LABEL: func.func @sum_narrow
+// CHECK: scf.parallel
+// CHECK:   scf.for {{.*}} iter_args({{.*}}) -> (f64)
+// CHECK:   scf.for {{.*}} step %c1 iter_args({{.*}}) -> (f64)
+// CHECK-NOT: vector.
+// CHECK: return
+func.func @sum_narrow(%a: tensor<?x12xf32>) -> f32 {
+  %0 = sae.sum %a {squares} : tensor<?x12xf32> -> f32
+  return %0 : f32
+}
+
+// -----
+
 // Tests that fvu computes column means, the centred sum of squares and the
 // error sum, then their ratio.
 // CHECK-LABEL: func.func @fvu
 // CHECK: %[[COLSUM:.*]] = linalg.generic {{.*}}iterator_types = ["reduction", "parallel"]
 // CHECK: %[[COLBUF:.*]] = bufferization.to_buffer %[[COLSUM]]
 // CHECK: scf.parallel
-// CHECK:   memref.load %[[COLBUF]]
+// CHECK:   vector.load %[[COLBUF]]
 // CHECK: %[[DEN:.*]] = scf.for %{{.*}} = %c0 to %c64 step
 // CHECK: scf.parallel
 // CHECK: %[[NUM:.*]] = scf.for %{{.*}} = %c0 to %c64 step

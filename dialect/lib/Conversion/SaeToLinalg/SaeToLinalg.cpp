@@ -116,12 +116,32 @@ Value sumToScalar(OpBuilder &b, Location loc, ValueRange ins,
 }
 
 /// (a - b)^2 in f64.
-Value squaredDiffF64(OpBuilder &b, Location loc, Value x, Value y) {
+/// `scalar` broadcast to a vector of `like`'s shape when `like` is a
+/// vector (terms of sumInChunks see vectors of elements or scalars).
+Value splatLike(OpBuilder &b, Location loc, Value scalar, Value like) {
+  auto vt = dyn_cast<VectorType>(like.getType());
+  if (!vt || isa<VectorType>(scalar.getType()))
+    return scalar;
+  return vector::BroadcastOp::create(
+      b, loc, VectorType::get(vt.getShape(), scalar.getType()), scalar);
+}
+
+/// `v` (a float or a vector of floats) in f64.
+Value toF64(OpBuilder &b, Location l, Value v) {
   Type f64 = b.getF64Type();
-  if (x.getType() != f64)
-    x = arith::ExtFOp::create(b, loc, f64, x);
-  if (y.getType() != f64)
-    y = arith::ExtFOp::create(b, loc, f64, y);
+  if (getElementTypeOrSelf(v.getType()) == f64)
+    return v;
+  Type to = f64;
+  if (auto vt = dyn_cast<VectorType>(v.getType()))
+    to = VectorType::get(vt.getShape(), f64);
+  return arith::ExtFOp::create(b, l, to, v).getResult();
+}
+
+Value squaredDiffF64(OpBuilder &b, Location loc, Value x, Value y) {
+  x = toF64(b, loc, x);
+  y = toF64(b, loc, y);
+  x = splatLike(b, loc, x, y);
+  y = splatLike(b, loc, y, x);
   Value d = arith::SubFOp::create(b, loc, x, y);
   return arith::MulFOp::create(b, loc, d, d);
 }
@@ -138,12 +158,6 @@ Value zeroBuffer(OpBuilder &b, Location loc, RankedTensorType type,
                  ValueRange dyn);
 void addScaledRow(OpBuilder &b, Location l, Value dst, Value dstRow, Value src,
                   Value srcRow, Value v, int64_t width);
-
-Value toF64(OpBuilder &b, Location l, Value v) {
-  return v.getType().isF64()
-             ? v
-             : arith::ExtFOp::create(b, l, b.getF64Type(), v).getResult();
-}
 
 /// A read-only memref view of a tensor, for hand-written loops.
 Value toBuffer(OpBuilder &b, Location loc, Value tensor) {
@@ -172,8 +186,15 @@ Value asTensor(OpBuilder &b, Location loc, RankedTensorType type, Value buf) {
 /// order in a register; the partial sums are then added in order, so the
 /// result does not depend on the thread count. (sumToScalar's reduction
 /// into a rank-0 buffer runs on one thread, storing and reloading its
-/// accumulator for every element.)
+/// accumulator for every element.) With two loops or more, an innermost
+/// extent that is a static multiple of kSumLanes, and every input reading
+/// the innermost loop's index last (contiguously) or not at all, the
+/// innermost loop goes by vectors of kSumLanes: `term` gets vectors (an
+/// input that does not read it, broadcast), each lane keeps its own sum,
+/// and a range's lanes are added in order at its end. (One f64 register
+/// carried through every element waited out the add's latency each time.)
 constexpr int64_t kSumChunks = 64;
+constexpr int64_t kSumLanes = 8;
 Value sumInChunks(OpBuilder &b, Location loc, ValueRange ins,
                   ArrayRef<AffineMap> inMaps, unsigned numLoops,
                   function_ref<Value(OpBuilder &, Location, ValueRange)> term) {
@@ -194,6 +215,25 @@ Value sumInChunks(OpBuilder &b, Location loc, ValueRange ins,
   Value zero = arith::ConstantOp::create(b, loc, b.getF64FloatAttr(0.0));
   assert(llvm::all_of(extents, [](Value e) { return bool(e); }) &&
          "every loop indexes an input");
+  unsigned last = numLoops - 1;
+  std::optional<int64_t> lastExtent;
+  for (auto [in, map] : llvm::zip(ins, inMaps))
+    if (std::optional<unsigned> at =
+            map.getResultPosition(getAffineDimExpr(last, map.getContext())))
+      if (int64_t size = cast<ShapedType>(in.getType()).getDimSize(*at);
+          !ShapedType::isDynamic(size))
+        lastExtent = size;
+  bool vectorize =
+      numLoops >= 2 && lastExtent && *lastExtent % kSumLanes == 0 &&
+      llvm::all_of(inMaps, [&](AffineMap map) {
+        std::optional<unsigned> at =
+            map.getResultPosition(getAffineDimExpr(last, map.getContext()));
+        return !at || *at + 1 == map.getNumResults();
+      });
+  auto accType = VectorType::get({kSumLanes}, f64);
+  Value accZero =
+      vectorize ? vector::BroadcastOp::create(b, loc, accType, zero).getResult()
+                : zero;
   Value partial =
       memref::AllocOp::create(b, loc, MemRefType::get({kSumChunks}, f64));
   Value chunk = arith::CeilDivUIOp::create(b, loc, extents[0],
@@ -214,16 +254,30 @@ Value sumInChunks(OpBuilder &b, Location loc, ValueRange ins,
             SmallVector<Value> args;
             for (auto [buf, map] : llvm::zip(bufs, inMaps)) {
               SmallVector<Value> indices;
-              for (AffineExpr expr : map.getResults())
-                indices.push_back(
-                    at[cast<AffineDimExpr>(expr).getPosition()]);
-              args.push_back(memref::LoadOp::create(nb, loc, buf, indices));
+              bool readsLast = false;
+              for (AffineExpr expr : map.getResults()) {
+                unsigned d = cast<AffineDimExpr>(expr).getPosition();
+                readsLast |= d == last;
+                indices.push_back(at[d]);
+              }
+              Type elt = cast<MemRefType>(buf.getType()).getElementType();
+              Value arg;
+              if (vectorize && readsLast)
+                arg = vector::LoadOp::create(
+                    nb, loc, VectorType::get({kSumLanes}, elt), buf, indices);
+              else
+                arg = memref::LoadOp::create(nb, loc, buf, indices);
+              if (vectorize && !readsLast)
+                arg = vector::BroadcastOp::create(
+                    nb, loc, VectorType::get({kSumLanes}, elt), arg);
+              args.push_back(arg);
             }
             return arith::AddFOp::create(nb, loc, acc, term(nb, loc, args));
           }
+          int64_t step = vectorize && dim == last ? kSumLanes : 1;
           auto loop = scf::ForOp::create(
-              nb, loc, dim == 0 ? lo : idx(nb, 0),
-              dim == 0 ? hi : extents[dim], idx(nb, 1), ValueRange{acc},
+              nb, loc, dim == 0 ? lo : idx(nb, 0), dim == 0 ? hi : extents[dim],
+              idx(nb, step), ValueRange{acc},
               [&](OpBuilder &fb, Location, Value iv, ValueRange a) {
                 at[dim] = iv;
                 scf::YieldOp::create(fb, loc,
@@ -231,7 +285,11 @@ Value sumInChunks(OpBuilder &b, Location loc, ValueRange ins,
               });
           return loop.getResult(0);
         };
-        memref::StoreOp::create(pb, loc, nest(pb, 0, zero), partial, ivs[0]);
+        Value sum = nest(pb, 0, accZero);
+        if (vectorize)
+          sum = vector::ReductionOp::create(pb, loc, vector::CombiningKind::ADD,
+                                            sum);
+        memref::StoreOp::create(pb, loc, sum, partial, ivs[0]);
       });
   auto total = scf::ForOp::create(
       b, loc, idx(b, 0), idx(b, kSumChunks), idx(b, 1), ValueRange{zero},
@@ -1651,8 +1709,8 @@ struct FvuLowering : OpRewritePattern<FvuOp> {
     Value rows = rowCount(rewriter, loc, target, f64);
     Value denom = sumInChunks(rewriter, loc, {target, colSum}, {id, col}, 2,
                               [&](OpBuilder &b, Location l, ValueRange a) {
-                                Value mean =
-                                    arith::DivFOp::create(b, l, a[1], rows);
+                                Value mean = arith::DivFOp::create(
+                                    b, l, a[1], splatLike(b, l, rows, a[1]));
                                 return squaredDiffF64(b, l, a[0], mean);
                               });
     Value num = sumInChunks(rewriter, loc, {op.getInput(), target}, {id, id}, 2,
