@@ -3234,6 +3234,15 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       return gathered[w] = {wd, wdT};
     };
 
+    // Rows [count, w] of the dead latents placed at their latents: [n, w].
+    auto placeAtSlots = [&](Location l, Value deadRows, int64_t w) -> Value {
+      int64_t n = codes.getNumLatents();
+      return PlaceRowsOp::create(
+          rewriter, l, RankedTensorType::get({n, w}, f32), deadRows,
+          asTensor(rewriter, l,
+                   RankedTensorType::get({n}, rewriter.getI32Type()), slotOf));
+    };
+
     for (Operation *user : users) {
       rewriter.setInsertionPoint(user);
       Location l = user->getLoc();
@@ -3333,12 +3342,7 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                   eb, el,
                   tensor::CastOp::create(eb, l, deadRowsType, all).getResult());
             });
-        Value placed = PlaceRowsOp::create(
-            rewriter, l, type, deadRows.getResult(0),
-            asTensor(rewriter, l,
-                     RankedTensorType::get({codes.getNumLatents()},
-                                           rewriter.getI32Type()),
-                     slotOf));
+        Value placed = placeAtSlots(l, deadRows.getResult(0), d);
         if (outer.getInit())
           placed = AddOp::create(rewriter, l, outer.getInit(), placed);
         rewriter.replaceOp(user, placed);
@@ -3418,13 +3422,7 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                 eb, el,
                 tensor::CastOp::create(eb, l, deadRowsType, all).getResult());
           });
-      auto rowsType = RankedTensorType::get({codes.getNumLatents(), w}, f32);
-      Value placed = PlaceRowsOp::create(
-          rewriter, l, rowsType, deadRows.getResult(0),
-          asTensor(rewriter, l,
-                   RankedTensorType::get({codes.getNumLatents()},
-                                         rewriter.getI32Type()),
-                   slotOf));
+      Value placed = placeAtSlots(l, deadRows.getResult(0), w);
       Value init = TransposeOp::create(rewriter, l, type, placed);
       // The other parts, side by side as before.
       SmallVector<Value> restVals, restIdxs;
