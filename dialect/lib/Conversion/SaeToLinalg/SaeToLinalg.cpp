@@ -4299,12 +4299,9 @@ int64_t outerVecs(int64_t d, int64_t lanes) {
   return 4;
 }
 
-/// The entries of codes over n latents, sorted by latent, stably (a
-/// counting sort): latent j's entries are [start[j - 1], start[j]) (from 0
-/// for j = 0) of rowOf (their rows) and valOf (their values). Entries whose
-/// value is 0 add nothing and are left out: gradients through a ReLU that
-/// did not fire, AuxK's slots left over. What the outer product Σ value ·
-/// rhs[row] is summed from, latent by latent, wherever it is needed.
+/// The rows a latent's sums start from: none (zero), row j of `buf`, or,
+/// with `slot` (a sae.place_rows), row slot[j] of `buf`, zero where
+/// slot[j] < 0.
 struct StartRows {
   Value buf, slot;
   StartRows() = default;
@@ -4320,6 +4317,12 @@ struct StartRows {
   }
 };
 
+/// The entries of codes over n latents, sorted by latent, stably (a
+/// counting sort): latent j's entries are [start[j - 1], start[j]) (from 0
+/// for j = 0) of rowOf (their rows) and valOf (their values). Entries whose
+/// value is 0 add nothing and are left out: gradients through a ReLU that
+/// did not fire, AuxK's slots left over. What the outer product Σ value ·
+/// rhs[row] is summed from, latent by latent, wherever it is needed.
 struct LatentEntries {
   Value start, rowOf, valOf;
 
