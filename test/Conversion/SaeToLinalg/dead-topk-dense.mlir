@@ -13,14 +13,30 @@
 // product's codes index the dead list); sae.place_rows puts them at their
 // latents through slot[j] (latent j's place in the dead list, -1 when
 // alive), which the selection writes, and zeroes the other rows.
+// The dead list is built where the mask is (here, first): the selection
+// reads the dead columns side by side, sae.take_columns with the slots
+// of the dead list and then the filler's column (the first live latent,
+// at slot n_dead), which an encoder product's epilogue would write
+// (sae-to-linalg.mlir, @linear_topk_take); here it is taken on its own.
 // CHECK-LABEL: func.func @aux_dense
-// CHECK: memref.alloc(%{{.*}}) : memref<?x8xi32>
 // CHECK: %[[SLOT:.*]] = memref.alloc() : memref<128xi32>
-// CHECK: scf.for
+// CHECK: memref.alloc() : memref<128xindex>
+// CHECK: %[[LIST:.*]]:2 = scf.for
 // CHECK: arith.select %{{.*}}, %{{.*}}, %c-1_i32 : i32
 // CHECK: memref.store %{{.*}}, %[[SLOT]][%{{.*}}] : memref<128xi32>
+// CHECK: %[[COLS:.*]] = memref.alloc() : memref<128xi32>
+// CHECK: memref.copy %[[SLOT]], %[[COLS]]
+// CHECK: scf.if
+// CHECK:   %[[N:.*]] = arith.index_cast %[[LIST]]#0 : index to i32
+// CHECK:   memref.store %[[N]], %[[COLS]][%[[LIST]]#1]
+// CHECK: %[[WIDTH:.*]] = arith.addi %[[LIST]]#0, %{{.*}} : index
+// CHECK: memref.alloc(%{{.*}}) : memref<?x8xi32>
+// CHECK: memref.load %[[COLS]]
+// CHECK: %[[TAKEN:.*]] = memref.alloc(%{{.*}}, %[[WIDTH]]) : memref<?x?xf32>
 // CHECK: scf.parallel
-// CHECK: memref.alloc(%{{.*}}) : memref<?xi32>
+// CHECK: memref.alloc(%[[LIST]]#0) : memref<?xi32>
+// CHECK: scf.for %[[T:.*]] = %c0 to %[[LIST]]#0
+// CHECK: memref.load %[[TAKEN]][%{{.*}}, %[[T]]] : memref<?x?xf32>
 // CHECK: %[[DENSE:.*]] = arith.cmpi ule, %{{.*}}, %c64 : index
 // CHECK: %[[ZA:.*]] = memref.alloc(%[[B:.*]], %[[PAD:.*]]) : memref<?x?xf32>
 // CHECK: scf.if %[[DENSE]] {
@@ -65,9 +81,11 @@ func.func @aux_dense(%pre: tensor<?x128xf32>, %mask: tensor<128xf32>, %w: tensor
 }
 
 // Tests that a width that is not a multiple of two vectors keeps the
-// sparse products (no dense codes, no kernel).
+// sparse products (no dense codes, no kernel; the one [?, ?] matrix is
+// the taken columns).
 // CHECK-LABEL: func.func @aux_sparse
-// CHECK-NOT: memref<?x?xf32>
+// CHECK: memref.alloc(%{{.*}}, %{{.*}}) : memref<?x?xf32>
+// CHECK-NOT: memref.alloc({{.*}}) : memref<?x?xf32>
 // CHECK-NOT: vector.fma
 // CHECK: return
 func.func @aux_sparse(%pre: tensor<?x128xf32>, %mask: tensor<128xf32>, %w: tensor<128x24xf32>, %g: tensor<?x24xf32>) -> (tensor<?x24xf32>, tensor<128x24xf32>) {
@@ -124,15 +142,18 @@ func.func @aux_encoder_grad(%pre: tensor<?x128xf32>, %mask: tensor<128xf32>, %w:
 // Tests a gather of the selection's input at entries that are the
 // selection's (ReLU's gradient, through an sddmm): each slot takes the
 // value the selection kept, and the input is read at the filler's column
-// only (once a row), where a slot was left over; not at every entry.
+// only (once a row), where a slot was left over; not at every entry. That
+// column is the taken matrix's column n_dead (0 when every latent is dead
+// and the filler is latent 0).
 // CHECK-LABEL: func.func @aux_input_gather
-// CHECK-SAME: (%[[PRE:[^:]*]]: tensor<?x128xf32>
-// CHECK: %[[IN:.*]] = bufferization.to_buffer %[[PRE]]
+// CHECK: %[[LIST:.*]]:2 = scf.for
+// CHECK: %[[ALL:.*]] = arith.cmpi eq, %[[LIST]]#1, %c128 : index
+// CHECK: %[[FILLERCOL:.*]] = arith.select %[[ALL]], %c0, %[[LIST]]#0 : index
 // CHECK: %[[VALS:.*]] = memref.alloc(%{{.*}}) : memref<?x8xf32>
 // CHECK: %[[IDXS:.*]] = memref.alloc(%{{.*}}) : memref<?x8xi32>
-// CHECK: %[[FILLER:.*]] = arith.index_cast %{{.*}} : i32 to index
+// CHECK: %[[IN:.*]] = memref.alloc(%{{.*}}, %{{.*}}) : memref<?x?xf32>
 // CHECK: scf.parallel (%[[ROW:.*]]) =
-// CHECK: %[[AT:.*]] = memref.load %[[IN]][%[[ROW]], %[[FILLER]]]
+// CHECK: %[[AT:.*]] = memref.load %[[IN]][%[[ROW]], %[[FILLERCOL]]]
 // CHECK: scf.for
 // CHECK: %[[I:.*]] = memref.load %[[IDXS]]
 // CHECK: %[[F:.*]] = arith.cmpi eq, %[[I]], %{{.*}} : i32

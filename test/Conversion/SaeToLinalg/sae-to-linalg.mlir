@@ -166,6 +166,99 @@ func.func @linear_topk_shared(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: t
 
 // -----
 
+// Tests that a top-k's input whose other use takes a few of its columns
+// (AuxK's dead columns, sae.take_columns with slots known before the top-k)
+// is not written: each row of the taken matrix is zeroed before its first
+// tile, and each vector of a tile's columns that has a slot in range
+// scatters its rows' values there (one test per vector and tile).
+// CHECK-LABEL: func.func @linear_topk_take
+// CHECK-SAME: %[[SLOT:[^:]*]]: tensor<64xi32>, %[[WIDTH:[^:]*]]: index
+// CHECK-NOT: memref.alloc({{.*}}) : memref<?x64xf32>
+// CHECK: %[[SLOTS:.*]] = bufferization.to_buffer %[[SLOT]]
+// CHECK: %[[TAKEN:.*]] = memref.alloc(%{{.*}}, %[[WIDTH]]) : memref<?x?xf32>
+// CHECK: scf.parallel
+// CHECK: scf.for %[[C:.*]] = %c0 to %[[WIDTH]] step %c1
+// CHECK:   memref.store %{{.*}}, %[[TAKEN]][%{{.*}}, %[[C]]] : memref<?x?xf32>
+// CHECK: vector.fma
+// CHECK: %[[W:.*]] = arith.index_cast %[[WIDTH]] : index to i32
+// CHECK: %[[WV:.*]] = vector.broadcast %[[W]] : i32 to vector<8xi32>
+// CHECK: %[[S:.*]] = vector.load %[[SLOTS]][%{{.*}}] : memref<64xi32>, vector<8xi32>
+// CHECK: %[[IN:.*]] = arith.cmpi ult, %[[S]], %[[WV]] : vector<8xi32>
+// CHECK: %[[ANY:.*]] = vector.reduction <or>, %[[IN]] : vector<8xi1> into i1
+// CHECK: scf.if %[[ANY]] {
+// CHECK:   scf.for
+// CHECK:     %[[V:.*]] = vector.load
+// CHECK:     vector.scatter %[[TAKEN]][%{{.*}}, %c0] [%[[S]]], %[[IN]], %[[V]]
+// CHECK-NOT: vector.store {{.*}} : memref<?x64xf32>
+// CHECK: %[[T:.*]] = bufferization.to_tensor %[[TAKEN]]
+// CHECK: return %{{.*}}, %[[T]]
+func.func @linear_topk_take(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: tensor<64xf32>, %slot: tensor<64xi32>, %width: index) -> (tensor<?x4xf32>, tensor<?x?xf32>) {
+  %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
+  %1 = sae.bias_add %0, %b : tensor<?x64xf32>, tensor<64xf32>
+  %2 = sae.relu %1 : tensor<?x64xf32>
+  %z = sae.topk %2 : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  %v = sae.codes_values %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x4xf32>
+  %t = sae.take_columns %2, %slot, %width : tensor<?x64xf32>, tensor<64xi32> -> tensor<?x?xf32>
+  return %v, %t : tensor<?x4xf32>, tensor<?x?xf32>
+}
+
+// -----
+
+// Tests that slots computed after the top-k leave the product written and
+// the columns taken from it on their own (below).
+// CHECK-LABEL: func.func @linear_topk_take_late
+// CHECK: %[[OUT:.*]] = memref.alloc(%{{.*}}) : memref<?x64xf32>
+// CHECK-NOT: vector.scatter
+// CHECK: memref.load %{{.*}}[%{{.*}}, %{{.*}}] : memref<?x64xf32>
+// CHECK: return
+func.func @linear_topk_take_late(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: tensor<64xf32>, %s: tensor<64xi32>, %width: index) -> (tensor<?x4xf32>, tensor<?x?xf32>) {
+  %0 = sae.linear %x, %w : tensor<?x16xf32>, tensor<16x64xf32> -> tensor<?x64xf32>
+  %1 = sae.bias_add %0, %b : tensor<?x64xf32>, tensor<64xf32>
+  %2 = sae.relu %1 : tensor<?x64xf32>
+  %z = sae.topk %2 : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  %v = sae.codes_values %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x4xf32>
+  %slot = arith.addi %s, %s : tensor<64xi32>
+  %t = sae.take_columns %2, %slot, %width : tensor<?x64xf32>, tensor<64xi32> -> tensor<?x?xf32>
+  return %v, %t : tensor<?x4xf32>, tensor<?x?xf32>
+}
+
+// -----
+
+// Tests take_columns on its own: each result column's source first (the
+// last column with that slot, -1 for none; unsigned, a slot of -1 is out
+// of range), then rows in parallel, each result column read from its
+// source without a branch (0 where there is none).
+// CHECK-LABEL: func.func @take_columns
+// CHECK-SAME: (%[[X:[^:]*]]: tensor<?x64xf32>, %[[SLOT:[^:]*]]: tensor<64xi32>, %[[WIDTH:[^:]*]]: index)
+// CHECK-DAG: %[[IN:.*]] = bufferization.to_buffer %[[X]]
+// CHECK-DAG: %[[SLOTS:.*]] = bufferization.to_buffer %[[SLOT]]
+// CHECK: %[[SRC:.*]] = memref.alloc(%[[WIDTH]]) : memref<?xi32>
+// CHECK: linalg.fill ins(%c-1_i32 : i32) outs(%[[SRC]] : memref<?xi32>)
+// CHECK: %[[W:.*]] = arith.index_cast %[[WIDTH]] : index to i32
+// CHECK: scf.for %[[J:.*]] = %c0 to %c64
+// CHECK:   %[[S:.*]] = memref.load %[[SLOTS]][%[[J]]]
+// CHECK:   %[[OK:.*]] = arith.cmpi ult, %[[S]], %[[W]] : i32
+// CHECK:   scf.if %[[OK]] {
+// CHECK:     %[[AT:.*]] = arith.index_castui %[[S]] : i32 to index
+// CHECK:     %[[J32:.*]] = arith.index_cast %[[J]] : index to i32
+// CHECK:     memref.store %[[J32]], %[[SRC]][%[[AT]]]
+// CHECK: %[[OUT:.*]] = memref.alloc(%{{.*}}, %[[WIDTH]]) : memref<?x?xf32>
+// CHECK: scf.parallel (%[[ROW:.*]]) =
+// CHECK:   scf.for %[[T:.*]] = %c0 to %[[WIDTH]]
+// CHECK:     %[[FROM:.*]] = memref.load %[[SRC]][%[[T]]]
+// CHECK:     %[[NAMED:.*]] = arith.cmpi sge, %[[FROM]], %c0_i32
+// CHECK:     %[[C:.*]] = arith.maxsi %[[FROM]], %c0_i32
+// CHECK:     %[[CI:.*]] = arith.index_cast %[[C]] : i32 to index
+// CHECK:     %[[V:.*]] = memref.load %[[IN]][%[[ROW]], %[[CI]]]
+// CHECK:     %[[R:.*]] = arith.select %[[NAMED]], %[[V]], %cst
+// CHECK:     memref.store %[[R]], %[[OUT]][%[[ROW]], %[[T]]]
+func.func @take_columns(%x: tensor<?x64xf32>, %slot: tensor<64xi32>, %width: index) -> tensor<?x?xf32> {
+  %t = sae.take_columns %x, %slot, %width : tensor<?x64xf32>, tensor<64xi32> -> tensor<?x?xf32>
+  return %t : tensor<?x?xf32>
+}
+
+// -----
+
 // Tests that a bias is broadcast over rows and relu is maximumf with zero.
 // CHECK-DAG: #[[ROW:.*]] = affine_map<(d0, d1) -> (d1)>
 // CHECK-LABEL: func.func @bias_relu

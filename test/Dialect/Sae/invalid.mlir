@@ -292,3 +292,21 @@ func.func @place_rows_width(%rows: tensor<?x8xf32>, %slot: tensor<64xi32>) {
   %0 = sae.place_rows %rows, %slot : tensor<?x8xf32>, tensor<64xi32> -> tensor<64x16xf32>
   return
 }
+
+// -----
+
+// Tests that take_columns has a slot per column of its input.
+func.func @take_columns_slots(%x: tensor<?x64xf32>, %slot: tensor<32xi32>, %width: index) {
+  // expected-error@+1 {{'sae.take_columns' op column count mismatch: 32 vs 64}}
+  %0 = sae.take_columns %x, %slot, %width : tensor<?x64xf32>, tensor<32xi32> -> tensor<?x?xf32>
+  return
+}
+
+// -----
+
+// Tests that take_columns keeps the input's rows.
+func.func @take_columns_rows(%x: tensor<8x64xf32>, %slot: tensor<64xi32>, %width: index) {
+  // expected-error@+1 {{'sae.take_columns' op row count mismatch: 8 vs 4}}
+  %0 = sae.take_columns %x, %slot, %width : tensor<8x64xf32>, tensor<64xi32> -> tensor<4x?xf32>
+  return
+}

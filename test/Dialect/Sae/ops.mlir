@@ -147,6 +147,13 @@ func.func @products(%z: !sae.codes<?x64xf32, k = 4>, %a: !sae.codes<?x64xf32, k 
   return %o2, %m : tensor<64x16xf32>, tensor<16xf32>
 }
 
+// CHECK-LABEL: func.func @take_columns
+func.func @take_columns(%x: tensor<?x64xf32>, %slot: tensor<64xi32>, %width: index) -> tensor<?x?xf32> {
+  // CHECK: sae.take_columns %{{.*}}, %{{.*}}, %{{.*}} : tensor<?x64xf32>, tensor<64xi32> -> tensor<?x?xf32>
+  %t = sae.take_columns %x, %slot, %width : tensor<?x64xf32>, tensor<64xi32> -> tensor<?x?xf32>
+  return %t : tensor<?x?xf32>
+}
+
 // CHECK-LABEL: func.func @place_rows
 func.func @place_rows(%rows: tensor<?x16xf32>, %slot: tensor<64xi32>) -> tensor<64x16xf32> {
   // CHECK: sae.place_rows %{{.*}}, %{{.*}} : tensor<?x16xf32>, tensor<64xi32> -> tensor<64x16xf32>

@@ -158,6 +158,16 @@ Value zeroBuffer(OpBuilder &b, Location loc, RankedTensorType type,
                  ValueRange dyn);
 void addScaledRow(OpBuilder &b, Location l, Value dst, Value dstRow, Value src,
                   Value srcRow, Value v, int64_t width);
+void forRange(OpBuilder &b, Location loc, Value lo, Value hi,
+              function_ref<void(OpBuilder &, Value)> fn);
+
+/// `v` is defined before `op` in its block (or is an argument of it).
+bool definedBefore(Value v, Operation *op) {
+  if (auto arg = dyn_cast<BlockArgument>(v))
+    return arg.getOwner() == op->getBlock();
+  Operation *def = v.getDefiningOp();
+  return def->getBlock() == op->getBlock() && def->isBeforeInBlock(op);
+}
 
 /// A read-only memref view of a tensor, for hand-written loops.
 Value toBuffer(OpBuilder &b, Location loc, Value tensor) {
@@ -980,15 +990,27 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
           break;
         }
       }
+      // AuxK's selection reads the dead columns side by side
+      // (sae.take_columns): the epilogue writes them there too, when the
+      // slots are known before the top-k.
+      TakeColumnsOp take;
       bool written = false;
       for (Operation *user : root->getUsers()) {
         if (!topk || user == topk)
           continue;
-        written = true;
+        auto candidate = dyn_cast<TakeColumnsOp>(user);
+        if (!take && candidate && candidate.getInput() == root->getResult(0) &&
+            definedBefore(candidate.getSlot(), topk) &&
+            definedBefore(candidate.getWidth(), topk))
+          take = candidate;
+        else
+          written = true;
         if (user->getBlock() != topk->getBlock() ||
             !topk->isBeforeInBlock(user))
           topk = nullptr;
       }
+      if (!topk)
+        take = nullptr;
       // The bias may be defined after the product: build at the end.
       rewriter.setInsertionPoint(topk ? topk.getOperation() : root);
       Value a = toBuffer(rewriter, loc, op.getInput());
@@ -1008,7 +1030,7 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
       Value n = arith::ConstantIndexOp::create(rewriter, loc, nDim);
       if (topk) {
         Value out = written ? allocLike(rewriter, loc, outType, dyn) : Value();
-        emitTopKGemm(rewriter, topk, a, w, out, m, k, n, vecs, bias,
+        emitTopKGemm(rewriter, topk, take, a, w, out, m, k, n, vecs, bias,
                      bool(relu));
         if (written)
           rewriter.replaceOp(root, asTensor(rewriter, loc, outType, out));
@@ -1048,10 +1070,14 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
   /// selection (RowTopK), tile by tile: a vector of a row's results that
   /// has none beating the row's worst kept rank costs one comparison.
   /// The codes are the ones TopKLowering selects from the written matrix.
-  /// `out` (when given) receives the product as well.
-  void emitTopKGemm(PatternRewriter &rewriter, TopKOp topk, Value a, Value w,
-                    Value out, Value m, Value k, Value n, int64_t vecs,
-                    Value bias, bool relu) const {
+  /// `out` (when given) receives the product as well, and `take` (when
+  /// given) its columns: a row's are zeroed before its first tile, then
+  /// each vector of a tile with a column in range scatters its row's
+  /// values to their slots (at 10% of the latents taken, 4 in 5 vectors
+  /// of 16 have one; the others cost a test per tile).
+  void emitTopKGemm(PatternRewriter &rewriter, TopKOp topk, TakeColumnsOp take,
+                    Value a, Value w, Value out, Value m, Value k, Value n,
+                    int64_t vecs, Value bias, bool relu) const {
     Location loc = topk.getLoc();
     CodesType codes = topk.getType();
     bool byMagnitude = topk.getByMagnitude();
@@ -1065,8 +1091,25 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
                       : vals;
     RowTopK select(loc, codes.getK(), ranks, idxs,
                    byMagnitude ? vals : Value());
-    auto begin = [&](OpBuilder &b, Location, Value row) {
+    Value taken, slots, width;
+    if (take) {
+      width = take.getWidth();
+      slots = toBuffer(rewriter, loc, take.getSlot());
+      taken = memref::AllocOp::create(
+          rewriter, loc,
+          MemRefType::get({ShapedType::kDynamic, ShapedType::kDynamic},
+                          rewriter.getF32Type()),
+          ValueRange{m, width});
+    }
+    auto begin = [&](OpBuilder &b, Location l, Value row) {
       select.init(b, row);
+      if (taken)
+        forRange(b, l, arith::ConstantIndexOp::create(b, l, 0), width,
+                 [&](OpBuilder &fb, Value c) {
+                   memref::StoreOp::create(
+                       fb, l, floatConst(fb, l, fb.getF32Type(), 0), taken,
+                       ValueRange{row, c});
+                 });
     };
     auto end = [&](OpBuilder &b, Location, Value row) {
       select.finish(b, row);
@@ -1078,6 +1121,34 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
       Value c0 = arith::ConstantIndexOp::create(b, l, 0);
       Value c1 = arith::ConstantIndexOp::create(b, l, 1);
       auto vecType = VectorType::get({lanes}, b.getF32Type());
+      if (taken) {
+        auto slotType = VectorType::get({lanes}, b.getI32Type());
+        Value widthVec = vector::BroadcastOp::create(
+            b, l, slotType,
+            arith::IndexCastOp::create(b, l, b.getI32Type(), width));
+        for (int64_t v = 0; v < vecs; ++v) {
+          Value at = arith::ConstantIndexOp::create(b, l, v * lanes);
+          Value slot = vector::LoadOp::create(
+              b, l, slotType, slots,
+              ValueRange{arith::AddIOp::create(b, l, col, at)});
+          // Slots below 0 are huge unsigned.
+          Value inRange = arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult,
+                                                slot, widthVec);
+          Value any = vector::ReductionOp::create(
+              b, l, vector::CombiningKind::OR, inRange);
+          scf::IfOp::create(b, l, any, [&](OpBuilder &tb, Location tl) {
+            forRange(tb, tl, c0, rows, [&](OpBuilder &fb, Value r) {
+              Value vec = vector::LoadOp::create(fb, tl, vecType, buf,
+                                                 ValueRange{r, at});
+              vector::ScatterOp::create(
+                  fb, tl, Type(), taken,
+                  ValueRange{arith::AddIOp::create(fb, tl, r0, r), c0}, slot,
+                  inRange, vec, IntegerAttr());
+            });
+            scf::YieldOp::create(tb, tl);
+          });
+        }
+      }
       scf::ForOp::create(
           b, l, c0, rows, c1, ValueRange{},
           [&](OpBuilder &rb, Location rl, Value r, ValueRange) {
@@ -1117,6 +1188,8 @@ struct LinearLowering : OpRewritePattern<LinearOp> {
     emitPanelGemm(rewriter, loc, a, w, out, m, k, n, lanes, vecs, bias, relu,
                   &epilogue);
     replaceWithCodes(rewriter, topk, codes, vals, idxs);
+    if (take)
+      rewriter.replaceOp(take, asTensor(rewriter, loc, take.getType(), taken));
   }
 };
 
@@ -2720,9 +2793,12 @@ Value orderedKeys32(OpBuilder &b, Location l, Value v) {
   return arith::SelectOp::create(b, l, isNan, splat(0), flipped);
 }
 
-/// The dead latents' indices are listed once; then every row, in parallel,
-/// selects among those columns only, so the cost is O(B · n_dead) rather
-/// than O(B · n). k_aux is large (512), so a row does not keep a heap: the
+/// The dead latents' indices are listed once, where the mask is; their
+/// columns are taken side by side (sae.take_columns, which an encoder
+/// product's epilogue writes when it comes before the selection); then
+/// every row, in parallel, selects among those columns only, so the cost
+/// is O(B · n_dead) rather than O(B · n), read contiguously. k_aux is
+/// large (512), so a row does not keep a heap: the
 /// keys of its dead columns are copied out, the k-th largest key is found
 /// bit by bit from the top (32 counting passes over the copy, which LLVM
 /// vectorises), and one last pass keeps, in increasing latent order, the
@@ -2758,8 +2834,6 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
     Value input = op.getInput();
     SmallVector<Value> dyn =
         dynamicSizes(rewriter, loc, codes.getValuesType(), input);
-    Value in = toBuffer(rewriter, loc, input);
-    Value mask = toBuffer(rewriter, loc, op.getMask());
     Value vals = allocLike(rewriter, loc, codes.getValuesType(), dyn);
     Value idxs = allocLike(rewriter, loc, codes.getIndicesType(), dyn);
     int64_t n = codes.getNumLatents(), k = codes.getK();
@@ -2816,62 +2890,98 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
           gather && gather.getSource() == input && gather.getType() == codes &&
           entriesSource(gather.getCodes()) == op.getResult())
         inputGathers.push_back(gather);
-    // slotOf[j]: latent j's place in the dead list (-1: alive), for the
-    // outer products, which are placed at their latents by it.
-    Value slotOf;
-    if (!encoderGrads.empty() ||
-        llvm::any_of(dense, [](Operation *user) { return isa<OuterOp>(user); }))
+    // The dead list, built where the mask is: an encoder product before
+    // the selection can then write the dead columns side by side as it
+    // goes (sae.take_columns) instead of its whole [B, n] result.
+    // dead[0, count) = the latents whose mask is positive, in order;
+    // slotOf[j] = latent j's place in that list (-1: alive), by which the
+    // outer products are placed at their latents.
+    Value dead, slotOf, count, filler, colSlot, width, fillerCol;
+    {
+      OpBuilder::InsertionGuard guard(rewriter);
+      rewriter.setInsertionPointAfterValue(op.getMask());
+      Value mask = toBuffer(rewriter, loc, op.getMask());
       slotOf =
           memref::AllocOp::create(rewriter, loc, MemRefType::get({n}, i32));
-    // dead[0, count) = the latents whose mask is positive, in order.
-    Value dead =
-        memref::AllocOp::create(rewriter, loc, MemRefType::get({n}, indexType));
-    Value zero = floatConst(rewriter, loc, elt, 0.0);
-    // alive: the first latent that is not dead (n when all are).
-    auto list = scf::ForOp::create(
-        rewriter, loc, idx(rewriter, 0), idx(rewriter, n), idx(rewriter, 1),
-        ValueRange{idx(rewriter, 0), idx(rewriter, n)},
-        [&](OpBuilder &b, Location l, Value j, ValueRange acc) {
-          Value m = memref::LoadOp::create(b, l, mask, ValueRange{j});
-          Value isDead =
-              arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, m, zero);
-          Value next = arith::AddIOp::create(
-              b, l, acc[0],
-              arith::IndexCastUIOp::create(b, l, indexType, isDead));
-          // Written at every j; only a dead latent's write is kept.
-          memref::StoreOp::create(b, l, j, dead, ValueRange{acc[0]});
-          if (slotOf)
+      dead = memref::AllocOp::create(rewriter, loc,
+                                     MemRefType::get({n}, indexType));
+      Value zero = floatConst(rewriter, loc, elt, 0.0);
+      // alive: the first latent that is not dead (n when all are).
+      auto list = scf::ForOp::create(
+          rewriter, loc, idx(rewriter, 0), idx(rewriter, n), idx(rewriter, 1),
+          ValueRange{idx(rewriter, 0), idx(rewriter, n)},
+          [&](OpBuilder &b, Location l, Value j, ValueRange acc) {
+            Value m = memref::LoadOp::create(b, l, mask, ValueRange{j});
+            Value isDead =
+                arith::CmpFOp::create(b, l, arith::CmpFPredicate::OGT, m, zero);
+            Value next = arith::AddIOp::create(
+                b, l, acc[0],
+                arith::IndexCastUIOp::create(b, l, indexType, isDead));
+            // Written at every j; only a dead latent's write is kept.
+            memref::StoreOp::create(b, l, j, dead, ValueRange{acc[0]});
             memref::StoreOp::create(
                 b, l,
                 arith::SelectOp::create(
                     b, l, isDead, arith::IndexCastOp::create(b, l, i32, acc[0]),
                     cI32(b, -1)),
                 slotOf, ValueRange{j});
-          Value firstAlive = arith::AndIOp::create(
-              b, l,
-              arith::CmpIOp::create(b, l, arith::CmpIPredicate::eq, acc[1],
-                                    idx(b, n)),
-              arith::XOrIOp::create(
-                  b, l, isDead,
-                  arith::ConstantOp::create(b, l, b.getBoolAttr(true))));
-          scf::YieldOp::create(
-              b, l,
-              ValueRange{next,
-                         arith::SelectOp::create(b, l, firstAlive, j, acc[1])});
-        });
-    Value count = list.getResult(0);
-    // Slots left over (a row has fewer valid dead entries than k) point at
-    // a live latent with value 0: the gradient that flows back to the
-    // input through them is masked off with the live latent (a dead one
-    // would receive it a second time). With every latent dead, no row has
-    // fewer than k dead entries unless some are NaN or -inf.
-    Value filler = arith::IndexCastOp::create(
-        rewriter, loc, i32,
-        arith::SelectOp::create(
-            rewriter, loc,
-            arith::CmpIOp::create(rewriter, loc, arith::CmpIPredicate::eq,
-                                  list.getResult(1), idx(rewriter, n)),
-            idx(rewriter, 0), list.getResult(1)));
+            Value firstAlive = arith::AndIOp::create(
+                b, l,
+                arith::CmpIOp::create(b, l, arith::CmpIPredicate::eq, acc[1],
+                                      idx(b, n)),
+                arith::XOrIOp::create(
+                    b, l, isDead,
+                    arith::ConstantOp::create(b, l, b.getBoolAttr(true))));
+            scf::YieldOp::create(
+                b, l,
+                ValueRange{next, arith::SelectOp::create(b, l, firstAlive, j,
+                                                         acc[1])});
+          });
+      count = list.getResult(0);
+      Value alive = list.getResult(1);
+      Value allDead = arith::CmpIOp::create(
+          rewriter, loc, arith::CmpIPredicate::eq, alive, idx(rewriter, n));
+      // Slots left over (a row has fewer valid dead entries than k) point
+      // at a live latent with value 0: the gradient that flows back to the
+      // input through them is masked off with the live latent (a dead one
+      // would receive it a second time). With every latent dead, no row
+      // has fewer than k dead entries unless some are NaN or -inf.
+      filler = arith::IndexCastOp::create(
+          rewriter, loc, i32,
+          arith::SelectOp::create(rewriter, loc, allDead, idx(rewriter, 0),
+                                  alive));
+      // The columns the selection reads: the dead ones in list order, then
+      // the filler's (which ReLU's gradient reads at slots left over);
+      // with every latent dead, the filler is latent 0, column 0.
+      colSlot =
+          memref::AllocOp::create(rewriter, loc, MemRefType::get({n}, i32));
+      memref::CopyOp::create(rewriter, loc, slotOf, colSlot);
+      Value anyAlive = arith::XOrIOp::create(
+          rewriter, loc, allDead,
+          arith::ConstantOp::create(rewriter, loc, rewriter.getBoolAttr(true)));
+      scf::IfOp::create(
+          rewriter, loc, anyAlive, [&](OpBuilder &tb, Location tl) {
+            memref::StoreOp::create(
+                tb, tl, arith::IndexCastOp::create(tb, tl, i32, count), colSlot,
+                ValueRange{alive});
+            scf::YieldOp::create(tb, tl);
+          });
+      fillerCol = arith::SelectOp::create(rewriter, loc, allDead,
+                                          idx(rewriter, 0), count);
+      width = arith::AddIOp::create(
+          rewriter, loc, count,
+          arith::IndexCastUIOp::create(rewriter, loc, indexType, anyAlive));
+      colSlot =
+          asTensor(rewriter, loc, RankedTensorType::get({n}, i32), colSlot);
+    }
+    auto inType = cast<RankedTensorType>(input.getType());
+    Value in =
+        toBuffer(rewriter, loc,
+                 TakeColumnsOp::create(
+                     rewriter, loc,
+                     RankedTensorType::get(
+                         {inType.getDimSize(0), ShapedType::kDynamic}, elt),
+                     input, colSlot, width));
     Value rows = tensor::DimOp::create(rewriter, loc, input, 0);
 
     // pos[row, slot]: the slot's place in the dead list (-1: unfilled).
@@ -2900,15 +3010,12 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                 .getResults();
           };
           auto valueAt = [&](OpBuilder &ob, Location ol, Value t) {
-            Value col = memref::LoadOp::create(ob, ol, dead, ValueRange{t});
-            return std::make_pair(
-                memref::LoadOp::create(ob, ol, in, ValueRange{row, col})
-                    .getResult(),
-                col);
+            return memref::LoadOp::create(ob, ol, in, ValueRange{row, t})
+                .getResult();
           };
           // keys[t]: the key of dead column t, 0 for NaN and -inf.
           forDead(b, {}, [&](OpBuilder &fb, Location fl, Value t, ValueRange) {
-            Value v = valueAt(fb, fl, t).first;
+            Value v = valueAt(fb, fl, t);
             Value isNegInf = arith::CmpFOp::create(
                 fb, fl, arith::CmpFPredicate::OEQ, v, negInf);
             Value key =
@@ -2978,7 +3085,8 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                     arith::CmpIOp::create(fb, fl, arith::CmpIPredicate::ult,
                                           acc[1], ties));
                 Value keep = arith::OrIOp::create(fb, fl, above, tie);
-                auto [v, col] = valueAt(fb, fl, t);
+                Value v = valueAt(fb, fl, t);
+                Value col = memref::LoadOp::create(fb, fl, dead, ValueRange{t});
                 memref::StoreOp::create(fb, fl, v, keptVals, acc[0]);
                 memref::StoreOp::create(
                     fb, fl, arith::IndexCastOp::create(fb, fl, i32, col),
@@ -3024,12 +3132,10 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       rewriter.setInsertionPoint(gather);
       Location l = gather.getLoc();
       Value out = allocLike(rewriter, l, codes.getValuesType(), dyn);
-      Value fillerAt =
-          arith::IndexCastOp::create(rewriter, l, indexType, filler);
       forEachRowParallel(
           rewriter, l, rows, [&](OpBuilder &b, Location bl, Value row) {
             Value atFiller =
-                memref::LoadOp::create(b, bl, in, ValueRange{row, fillerAt});
+                memref::LoadOp::create(b, bl, in, ValueRange{row, fillerCol});
             forRange(b, bl, idx(b, 0), idx(b, k), [&](OpBuilder &fb, Value s) {
               ValueRange at{row, s};
               Value isFiller = arith::CmpIOp::create(
@@ -3081,14 +3187,6 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
         return int64_t(i);
     }
     return std::nullopt;
-  }
-
-  /// `v` is defined before `op` in its block (or is an argument of it).
-  static bool definedBefore(Value v, Operation *op) {
-    if (auto arg = dyn_cast<BlockArgument>(v))
-      return arg.getOwner() == op->getBlock();
-    Operation *def = v.getDefiningOp();
-    return def->getBlock() == op->getBlock() && def->isBeforeInBlock(op);
   }
 
   /// Rewrites `users` (decode, sddmm and outer of op's codes, width d) as
@@ -3474,9 +3572,17 @@ struct AuxKLowering : OpRewritePattern<AuxKOp> {
     int64_t kAux = op.getKAux();
     AffineExpr i, j;
     bindDims(ctx, i, j);
-    Value mask = DeadMaskOp::create(rewriter, loc, op.getSinceFired().getType(),
-                                    op.getSinceFired(), op.getDeadAfterAttr(),
-                                    op.getZipfAlphaAttr(), op.getZipfKAttr());
+    // The mask as early as its state allows (CSE keeps this one for the
+    // backward pass's too): the dead list is built there, and an encoder
+    // product before the selection writes the dead columns through it.
+    Value mask;
+    {
+      OpBuilder::InsertionGuard guard(rewriter);
+      rewriter.setInsertionPointAfterValue(op.getSinceFired());
+      mask = DeadMaskOp::create(rewriter, loc, op.getSinceFired().getType(),
+                                op.getSinceFired(), op.getDeadAfterAttr(),
+                                op.getZipfAlphaAttr(), op.getZipfKAttr());
+    }
     auto codesType = CodesType::get(ctx, inType.getDimSize(0),
                                     inType.getDimSize(1), elt, kAux);
     Value kept = DeadTopKOp::create(rewriter, loc, codesType, op.getInput(), mask);
@@ -4951,6 +5057,72 @@ struct PlaceRowsLowering : OpRewritePattern<PlaceRowsOp> {
   }
 };
 
+/// The source of each result column first (src[t]: the last column with
+/// slot t, -1 for none), in column order; then rows in parallel, each
+/// result column read from its source without a branch.
+struct TakeColumnsLowering : OpRewritePattern<TakeColumnsOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(TakeColumnsOp op,
+                                PatternRewriter &rewriter) const override {
+    Location l = op.getLoc();
+    auto type = op.getType();
+    Type i32 = rewriter.getI32Type();
+    Value in = toBuffer(rewriter, l, op.getInput());
+    Value slot = toBuffer(rewriter, l, op.getSlot());
+    Value rows = tensor::DimOp::create(rewriter, l, op.getInput(), 0);
+    Value width = op.getWidth();
+    Value c0 = arith::ConstantIndexOp::create(rewriter, l, 0);
+    Value none =
+        arith::ConstantOp::create(rewriter, l, rewriter.getI32IntegerAttr(-1));
+    Value src = memref::AllocOp::create(
+        rewriter, l, MemRefType::get({ShapedType::kDynamic}, i32), width);
+    linalg::FillOp::create(rewriter, l, ValueRange{none}, ValueRange{src});
+    Value widthI32 = arith::IndexCastOp::create(rewriter, l, i32, width);
+    Value n = arith::ConstantIndexOp::create(
+        rewriter, l, op.getSlot().getType().getDimSize(0));
+    forRange(rewriter, l, c0, n, [&](OpBuilder &b, Value j) {
+      Value s = memref::LoadOp::create(b, l, slot, j);
+      // Slots below 0 are huge unsigned.
+      Value inRange =
+          arith::CmpIOp::create(b, l, arith::CmpIPredicate::ult, s, widthI32);
+      scf::IfOp::create(b, l, inRange, [&](OpBuilder &tb, Location) {
+        memref::StoreOp::create(tb, l,
+                                arith::IndexCastOp::create(tb, l, i32, j), src,
+                                ValueRange{arith::IndexCastUIOp::create(
+                                    tb, l, tb.getIndexType(), s)});
+        scf::YieldOp::create(tb, l);
+      });
+    });
+    SmallVector<Value> dyn;
+    if (type.isDynamicDim(0))
+      dyn.push_back(rows);
+    if (type.isDynamicDim(1))
+      dyn.push_back(width);
+    Value out = allocLike(rewriter, l, type, dyn);
+    Value zero = floatConst(rewriter, l, type.getElementType(), 0.0);
+    forEachRowParallel(
+        rewriter, l, rows, [&](OpBuilder &b, Location, Value row) {
+          forRange(b, l, c0, width, [&](OpBuilder &fb, Value t) {
+            Value j = memref::LoadOp::create(fb, l, src, t);
+            Value named = arith::CmpIOp::create(
+                fb, l, arith::CmpIPredicate::sge, j,
+                arith::ConstantOp::create(fb, l, fb.getI32IntegerAttr(0)));
+            Value at = arith::IndexCastOp::create(
+                fb, l, fb.getIndexType(),
+                arith::MaxSIOp::create(
+                    fb, l, j,
+                    arith::ConstantOp::create(fb, l, fb.getI32IntegerAttr(0))));
+            Value v = memref::LoadOp::create(fb, l, in, ValueRange{row, at});
+            memref::StoreOp::create(
+                fb, l, arith::SelectOp::create(fb, l, named, v, zero), out,
+                ValueRange{row, t});
+          });
+        });
+    rewriter.replaceOp(op, asTensor(rewriter, l, type, out));
+    return success();
+  }
+};
+
 /// Adam's per-step coefficients (scalars, or splatted into vectors by
 /// `map`): β1, β2, 1 − β1, 1 − β2, lr / bc1, √bc2 and ε.
 struct AdamTerms {
@@ -5840,12 +6012,21 @@ struct ConvertSaeToLinalgPass
       DominanceInfo dominance;
       eliminateCommonSubExpressions(rewriter, dominance, getOperation());
     }
+    // AuxK's selections next: each reads the dead columns side by side
+    // (sae.take_columns), which the encoder product below then writes from
+    // its epilogue instead of its [B, n] result.
+    {
+      RewritePatternSet selections(&getContext());
+      selections.add<DeadTopKLowering>(&getContext(), lanes);
+      if (failed(applyPatternsGreedily(getOperation(), std::move(selections))))
+        return signalPassFailure();
+    }
     // Products next, before the bias adds and relus that their kernel's
     // epilogue computes are lowered on their own; batch_topk with them, so
     // that its codes too are make_codes for the updates below.
     {
       RewritePatternSet products(&getContext());
-      products.add<LinearLowering, DeadTopKLowering>(&getContext(), lanes);
+      products.add<LinearLowering>(&getContext(), lanes);
       products.add<BatchTopKLowering>(&getContext());
       if (failed(applyPatternsGreedily(getOperation(), std::move(products))))
         return signalPassFailure();
@@ -5915,9 +6096,10 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       GatherLowering, SddmmLowering, ColumnSumLowering, MatVecLowering,
       ConcatLowering, NumRowsLowering, SumLowering, RowNormsLowering,
       ScaleRowsLowering, JumpReluGradLowering, L0GradLowering,
-      ProjectRowsLowering, PlaceRowsLowering, AdamLowering, SinceFiredLowering,
-      DeadMaskLowering, PrefixLowering, ShiftLowering, ThresholdEmaLowering,
-      BiasAdaptLowering, MatchingPursuitGradLowering>(patterns.getContext());
+      ProjectRowsLowering, PlaceRowsLowering, TakeColumnsLowering, AdamLowering,
+      SinceFiredLowering, DeadMaskLowering, PrefixLowering, ShiftLowering,
+      ThresholdEmaLowering, BiasAdaptLowering, MatchingPursuitGradLowering>(
+      patterns.getContext());
   MLIRContext *ctx = patterns.getContext();
   patterns.add<UnaryLowering<AbsOp>>(
       ctx, [](OpBuilder &b, Location l, Value x) {

@@ -527,6 +527,17 @@ LogicalResult PlaceRowsOp::verify() {
   return verifySameDim(*this, rows.getDimSize(1), out.getDimSize(1), "width");
 }
 
+LogicalResult TakeColumnsOp::verify() {
+  auto in = getInput().getType(), out = getResult().getType();
+  if (failed(verifySameElementType(*this, in.getElementType(),
+                                   out.getElementType())) ||
+      failed(verifySameDim(*this, in.getDimSize(0), out.getDimSize(0),
+                           "row count")))
+    return failure();
+  return verifySameDim(*this, getSlot().getType().getDimSize(0),
+                       in.getDimSize(1), "column count");
+}
+
 LogicalResult RowNormsOp::verify() {
   return verifySameDim(*this, getInput().getType().getDimSize(0),
                        getResult().getType().getDimSize(0), "row count");

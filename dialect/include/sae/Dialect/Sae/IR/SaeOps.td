@@ -1302,6 +1302,33 @@ def Sae_PlaceRowsOp : Sae_Op<"place_rows"> {
   let hasVerifier = 1;
 }
 
+def Sae_TakeColumnsOp : Sae_Op<"take_columns"> {
+  let summary = "a few columns of a matrix, side by side";
+  let description = [{
+    Column `j` of `input : [B, n]` becomes column `slot[j]` of the
+    `[B, width]` result, for every `j` with `0 <= slot[j] < width`
+    (`slot : [n]`, i32); where two columns share a slot, the later one is
+    kept; result columns that no slot names are 0. The counterpart of
+    `sae.place_rows` for columns: AuxK's selection reads the dead latents'
+    columns of the pre-activation from it, side by side, and an encoder
+    product whose epilogue writes them there need not write its `[B, n]`
+    result at all.
+
+    Example:
+    ```mlir
+    %c = sae.take_columns %pre, %slot, %width : tensor<?x16384xf32>, tensor<16384xi32> -> tensor<?x?xf32>
+    ```
+  }];
+  let arguments = (ins Sae_Matrix:$input, 1DTensorOf<[I32]>:$slot,
+                       Index:$width);
+  let results = (outs Sae_Matrix:$result);
+  let assemblyFormat = [{
+    $input `,` $slot `,` $width attr-dict `:` type($input) `,` type($slot)
+    `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
 def Sae_PrefixOp : Sae_Op<"prefix", [AllTypesMatch<["input", "result"]>]> {
   let summary = "zero every code of a latent at or above a width";
   let description = [{
