@@ -1586,22 +1586,62 @@ struct GaussianNoiseLowering : OpRewritePattern<GaussianNoiseOp> {
   }
 };
 
-/// Σ_b x[b, :] in f64, then / B.
-Value columnMeanF64(OpBuilder &b, Location loc, Value x) {
+/// Σ_b x[b, :] in f64. As in sumInChunks, kSumChunks fixed ranges of rows
+/// are summed in parallel, each row after row into a row of its own (so
+/// the reads are contiguous), and the ranges' sums are then added in
+/// order: the result does not depend on the thread count. (A reduction
+/// over the rows cut along the columns read every row once for each
+/// slice of a few columns.)
+Value columnSumF64(OpBuilder &b, Location loc, Value x) {
   MLIRContext *ctx = b.getContext();
   auto type = cast<RankedTensorType>(x.getType());
-  AffineExpr i, j;
-  bindDims(ctx, i, j);
-  auto colType = RankedTensorType::get({type.getDimSize(1)}, b.getF64Type());
-  Value acc = filledTensor(b, loc, colType, x, 0.0);
-  Value sum = buildGeneric(
-      b, loc, {x}, acc,
-      {AffineMap::get(2, 0, {i, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
+  Type f64 = b.getF64Type();
+  auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
+    return arith::ConstantIndexOp::create(ob, loc, v);
+  };
+  Value in = toBuffer(b, loc, x);
+  Value rows = tensor::DimOp::create(b, loc, x, 0);
+  Value cols = tensor::DimOp::create(b, loc, x, 1);
+  auto partsType = RankedTensorType::get({kSumChunks, type.getDimSize(1)}, f64);
+  SmallVector<Value> dyn;
+  if (type.isDynamicDim(1))
+    dyn.push_back(cols);
+  Value parts = zeroBuffer(b, loc, partsType, dyn);
+  Value chunk = arith::CeilDivUIOp::create(b, loc, rows, idx(b, kSumChunks));
+  scf::ParallelOp::create(
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{idx(b, kSumChunks)},
+      ValueRange{idx(b, 1)}, [&](OpBuilder &pb, Location, ValueRange ivs) {
+        Value lo = arith::MinUIOp::create(
+            pb, loc, arith::MulIOp::create(pb, loc, ivs[0], chunk), rows);
+        Value hi = arith::MinUIOp::create(
+            pb, loc, arith::AddIOp::create(pb, loc, lo, chunk), rows);
+        forRange(pb, loc, lo, hi, [&](OpBuilder &rb, Value r) {
+          forRange(rb, loc, idx(rb, 0), cols, [&](OpBuilder &cb, Value c) {
+            SmallVector<Value, 2> at{ivs[0], c};
+            Value v = memref::LoadOp::create(cb, loc, in, ValueRange{r, c});
+            Value old = memref::LoadOp::create(cb, loc, parts, at);
+            memref::StoreOp::create(
+                cb, loc, arith::AddFOp::create(cb, loc, old, toF64(cb, loc, v)),
+                parts, at);
+          });
+        });
+      });
+  AffineExpr p, j;
+  bindDims(ctx, p, j);
+  return buildGeneric(
+      b, loc, {asTensor(b, loc, partsType, parts)},
+      filledTensor(b, loc, RankedTensorType::get({type.getDimSize(1)}, f64), x,
+                   0.0),
+      {AffineMap::get(2, 0, {p, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
       {utils::IteratorType::reduction, utils::IteratorType::parallel},
       [](OpBuilder &nb, Location l, ValueRange a) {
-        return arith::AddFOp::create(nb, l, a[1], toF64(nb, l, a[0]))
-            .getResult();
+        return arith::AddFOp::create(nb, l, a[1], a[0]).getResult();
       });
+}
+
+/// Σ_b x[b, :] in f64, then / B.
+Value columnMeanF64(OpBuilder &b, Location loc, Value x) {
+  Value sum = columnSumF64(b, loc, x);
   Value rows = rowCount(b, loc, x, b.getF64Type());
   AffineMap id = b.getMultiDimIdentityMap(1);
   return buildElementwise(
@@ -1762,7 +1802,6 @@ struct FvuLowering : OpRewritePattern<FvuOp> {
     Location loc = op.getLoc();
     MLIRContext *ctx = op.getContext();
     Value target = op.getTarget();
-    auto type = op.getTarget().getType();
     Type f64 = rewriter.getF64Type();
     AffineExpr i, j;
     bindDims(ctx, i, j);
@@ -1770,15 +1809,7 @@ struct FvuLowering : OpRewritePattern<FvuOp> {
     AffineMap col = AffineMap::get(2, 0, {j}, ctx);
 
     // Column sums of the target, then the column means.
-    auto colType = RankedTensorType::get({type.getDimSize(1)}, f64);
-    Value acc = filledTensor(rewriter, loc, colType, target, 0.0);
-    Value colSum = buildGeneric(
-        rewriter, loc, {target}, acc, {id, col},
-        {utils::IteratorType::reduction, utils::IteratorType::parallel},
-        [&](OpBuilder &b, Location l, ValueRange a) {
-          Value x = arith::ExtFOp::create(b, l, f64, a[0]);
-          return arith::AddFOp::create(b, l, a[1], x).getResult();
-        });
+    Value colSum = columnSumF64(rewriter, loc, target);
     Value rows = rowCount(rewriter, loc, target, f64);
     Value denom = sumInChunks(rewriter, loc, {target, colSum}, {id, col}, 2,
                               [&](OpBuilder &b, Location l, ValueRange a) {
@@ -3104,7 +3135,7 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                         arith::ExtUIOp::create(fb, fl, i32, tie))};
               })[0];
           forRange(b, l, idx(b, 0), filled, [&](OpBuilder &fb, Value s) {
-            ValueRange at{row, s};
+            SmallVector<Value, 2> at{row, s};
             memref::StoreOp::create(
                 fb, l, memref::LoadOp::create(fb, l, keptVals, s), vals, at);
             memref::StoreOp::create(
@@ -3116,7 +3147,7 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
           scf::ForOp::create(
               b, l, filled, idx(b, k), idx(b, 1), ValueRange{},
               [&](OpBuilder &fb, Location fl, Value s, ValueRange) {
-                ValueRange at{row, s};
+                SmallVector<Value, 2> at{row, s};
                 memref::StoreOp::create(fb, fl, floatConst(fb, fl, elt, 0.0),
                                         vals, at);
                 memref::StoreOp::create(fb, fl, filler, idxs, at);
@@ -3137,7 +3168,7 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
             Value atFiller =
                 memref::LoadOp::create(b, bl, in, ValueRange{row, fillerCol});
             forRange(b, bl, idx(b, 0), idx(b, k), [&](OpBuilder &fb, Value s) {
-              ValueRange at{row, s};
+              SmallVector<Value, 2> at{row, s};
               Value isFiller = arith::CmpIOp::create(
                   fb, bl, arith::CmpIPredicate::eq,
                   memref::LoadOp::create(fb, bl, idxs, at), filler);
@@ -4454,9 +4485,8 @@ struct LatentEntries {
                     Value latent) {
       Value nonZero = arith::CmpFOp::create(ob, bl, arith::CmpFPredicate::UNE,
                                             v, floatConst(ob, bl, f32, 0.0));
-      ValueRange pj{part,
-                    arith::SelectOp::create(ob, bl, nonZero, latent, idx(ob, n))
-                        .getResult()};
+      SmallVector<Value, 2> pj{
+          part, arith::SelectOp::create(ob, bl, nonZero, latent, idx(ob, n))};
       Value old = memref::LoadOp::create(ob, bl, at, pj);
       memref::StoreOp::create(
           ob, bl,
@@ -4483,7 +4513,7 @@ struct LatentEntries {
                       fb, fl, idx(fb, 0), idx(fb, kEntryParts), idx(fb, 1), acc,
                       [&](OpBuilder &pb, Location pl, Value part,
                           ValueRange from) {
-                        ValueRange pj{part, j};
+                        SmallVector<Value, 2> pj{part, j};
                         Value count = memref::LoadOp::create(pb, pl, at, pj);
                         memref::StoreOp::create(pb, pl, from[0], at, pj);
                         scf::YieldOp::create(pb, pl,
@@ -4790,7 +4820,11 @@ struct ColumnSumLowering : OpRewritePattern<ColumnSumOp> {
     if (!make)
       return rewriter.notifyMatchFailure(op, "codes are not built by make_codes");
     // Each part of the entries sums into its own row of `parts`; the rows
-    // are then added in order.
+    // are then added in order. A zero term is skipped: the sums start at
+    // +0 and never become -0, so adding ±0 changes nothing; and AuxK's
+    // slots left over (value 0, all at one latent, at the end of each row)
+    // would otherwise make a chain of adds to one place, each waiting for
+    // the last (4 ms of a step at n = 4096 with 1% of the latents dead).
     int64_t n = type.getDimSize(0);
     auto partsType = RankedTensorType::get({kEntryParts, n}, elt);
     Value parts = zeroBuffer(rewriter, loc, partsType, {});
@@ -4798,10 +4832,16 @@ struct ColumnSumLowering : OpRewritePattern<ColumnSumOp> {
         rewriter, loc, make,
         [&](OpBuilder &b, Location l, Value part, Value v, Value latent,
             Value) {
-          ValueRange at{part, latent};
-          Value old = memref::LoadOp::create(b, l, parts, at);
-          memref::StoreOp::create(
-              b, l, arith::AddFOp::create(b, l, old, term(b, l, v)), parts, at);
+          SmallVector<Value, 2> at{part, latent};
+          Value t = term(b, l, v);
+          Value nonZero = arith::CmpFOp::create(b, l, arith::CmpFPredicate::UNE,
+                                                t, floatConst(b, l, elt, 0.0));
+          scf::IfOp::create(b, l, nonZero, [&](OpBuilder &tb, Location tl) {
+            Value old = memref::LoadOp::create(tb, tl, parts, at);
+            memref::StoreOp::create(
+                tb, tl, arith::AddFOp::create(tb, tl, old, t), parts, at);
+            scf::YieldOp::create(tb, tl);
+          });
         });
     MLIRContext *ctx = op.getContext();
     AffineExpr p, j;
