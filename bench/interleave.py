@@ -5,11 +5,11 @@ library runs before step s + 1 of any, so a slow spell slows all of them
 alike. Each library gets the same inputs and state as in
 bench/train_step.py (its `stepper`: fresh parameters and Adam moments, 4
 batches of standard normal rows, 10% of the latents dead when the model
-has `since_fired`), in its own parameters.
+has `since_fired`, or --dead-fraction of them), in its own parameters.
 
 Usage:
   /usr/bin/python3 bench/interleave.py LIB.so [LIB.so ...] [--steps 20]
-      [--warmup 2] [--batch 1024] [--threads N]
+      [--warmup 2] [--batch 1024] [--threads N] [--dead-fraction F]
 Prints, per library, the median and the minimum step time after the
 warm-up steps.
 """
@@ -27,6 +27,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--dead-fraction", type=float,
+                    help="fraction of the latents dead (models with "
+                    "since_fired; default that of bench/train_step.py, 0.1)")
     args = ap.parse_args()
     if args.steps <= args.warmup:
         sys.exit("--steps must exceed --warmup")
