@@ -446,6 +446,20 @@ func.func @fvu(%a: tensor<?x16xf32>, %b: tensor<?x16xf32>) -> f32 {
 
 // -----
 
+// Tests that the column sums of a target with a dynamic width have that
+// width (the target's dimension 1), not its row count.
+// CHECK-LABEL: func.func @fvu_dynamic_width
+// CHECK-SAME: %{{[^:]*}}: tensor<?x?xf32>, %[[T:[^:]*]]: tensor<?x?xf32>
+// CHECK: %[[COLS:.*]] = tensor.dim %[[T]], %c1
+// CHECK: memref.alloc(%[[COLS]]) : memref<64x?xf64>
+// CHECK: tensor.empty(%[[COLS]]) : tensor<?xf64>
+func.func @fvu_dynamic_width(%a: tensor<?x?xf32>, %b: tensor<?x?xf32>) -> f32 {
+  %0 = sae.fvu %a, %b : tensor<?x?xf32> -> f32
+  return %0 : f32
+}
+
+// -----
+
 // Tests that random initialisation hashes (seed, stream, linear index).
 // CHECK-LABEL: func.func @random
 // CHECK-DAG: arith.constant -7046029254386353131 : i64

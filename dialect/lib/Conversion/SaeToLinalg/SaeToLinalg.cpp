@@ -1628,10 +1628,17 @@ Value columnSumF64(OpBuilder &b, Location loc, Value x) {
       });
   AffineExpr p, j;
   bindDims(ctx, p, j);
+  // The sums' width is x's dimension 1 (filledTensor would size a dynamic
+  // one from x's dimension 0).
+  Value init =
+      linalg::FillOp::create(
+          b, loc,
+          ValueRange{arith::ConstantOp::create(b, loc, b.getF64FloatAttr(0.0))},
+          ValueRange{tensor::EmptyOp::create(
+              b, loc, RankedTensorType::get({type.getDimSize(1)}, f64), dyn)})
+          .getResult(0);
   return buildGeneric(
-      b, loc, {asTensor(b, loc, partsType, parts)},
-      filledTensor(b, loc, RankedTensorType::get({type.getDimSize(1)}, f64), x,
-                   0.0),
+      b, loc, {asTensor(b, loc, partsType, parts)}, init,
       {AffineMap::get(2, 0, {p, j}, ctx), AffineMap::get(2, 0, {j}, ctx)},
       {utils::IteratorType::reduction, utils::IteratorType::parallel},
       [](OpBuilder &nb, Location l, ValueRange a) {
