@@ -23,6 +23,7 @@ llvm::StringRef getCpuPipelineText() {
          "convert-linalg-to-loops,"
          "scf-forall-to-parallel,"
          "convert-scf-to-openmp,"
+         "sae-guided-schedule,"
          "expand-strided-metadata,"
          "lower-affine,"
          "finalize-memref-to-llvm,"

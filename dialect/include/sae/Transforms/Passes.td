@@ -80,4 +80,20 @@ def ParallelizeLinalg : Pass<"sae-parallelize-linalg", "func::FuncOp"> {
   ];
 }
 
+def GuidedSchedule : Pass<"sae-guided-schedule"> {
+  let summary = "Give OpenMP work-sharing loops a guided schedule";
+  let description = [{
+    Runs after `convert-scf-to-openmp`. Every `omp.wsloop` without a
+    schedule and without reduction clauses gets `schedule(guided)`: a
+    thread that is done takes the next run of iterations, runs shrinking
+    towards single iterations at the end, instead of a share fixed in
+    advance. On a shared machine a core slowed by a neighbour then does
+    not make the others wait at the loop's end. Each iteration of the loops
+    sae emits writes its own outputs in a fixed order, so results do not
+    depend on which thread runs it; a loop with reduction clauses, whose
+    result would, keeps its schedule.
+  }];
+  let dependentDialects = ["::mlir::omp::OpenMPDialect"];
+}
+
 #endif // SAE_TRANSFORMS_PASSES_TD
