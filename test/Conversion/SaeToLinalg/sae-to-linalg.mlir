@@ -31,7 +31,7 @@ func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x20xf32>) -> tensor<?x20xf3
 // one smaller block per panel (1 to 5 rows), in the items of the last row
 // block, after its groups of 6 rows.
 // CHECK-LABEL: func.func @linear_kernel
-// CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<4x?x16xf32>
+// CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<?x16xf32>
 // CHECK: scf.parallel
 // CHECK: vector.load {{.*}} : memref<16x64xf32>, vector<8xf32>
 // CHECK: vector.store {{.*}}, %[[PACKED]]
@@ -104,7 +104,7 @@ func.func @linear_long_k(%x: tensor<?x2048xf32>, %w: tensor<2048x16xf32>, %b: te
 // CHECK-NOT: memref.alloc({{.*}}) : memref<?x64xf32>
 // CHECK: %[[VALS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xf32>
 // CHECK: %[[IDXS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xi32>
-// CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<4x?x16xf32>
+// CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<?x16xf32>
 // CHECK: %[[ITEMS:.*]] = arith.ceildivui %{{.*}}, %c48
 // CHECK: %[[TILES:.*]] = memref.alloc(%[[ITEMS]]) : memref<?x6x16xf32>
 // CHECK: scf.parallel (%[[ITEM:.*]]) = (%{{.*}}) to (%[[ITEMS]]) step (%c1)

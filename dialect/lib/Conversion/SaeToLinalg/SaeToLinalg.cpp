@@ -641,18 +641,18 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   auto ceilDiv = [&](OpBuilder &ob, Value x, Value y) -> Value {
     return arith::CeilDivUIOp::create(ob, loc, x, y);
   };
-  // B packed panel by panel: packed[p, kk, :] = B[kk, p·cols : (p+1)·cols].
+  // B packed panel by panel: packed[p·K + kk, :] = B[kk, p·cols : (p+1)·cols],
+  // and kPrefetch rows more, so that the kernel's prefetch of row
+  // kk + kPrefetch needs no clamp at the end of the last panel.
   Value panels = arith::DivUIOp::create(b, loc, n, idx(b, cols));
-  std::optional<int64_t> staticN = getConstantIntValue(n);
-  SmallVector<Value> packedSizes = {k};
-  if (!staticN)
-    packedSizes.insert(packedSizes.begin(), panels);
+  Value packedRows = arith::AddIOp::create(
+      b, loc, arith::MulIOp::create(b, loc, panels, k), idx(b, kPrefetch));
   Value packed = memref::AllocOp::create(
-      b, loc,
-      MemRefType::get({staticN ? *staticN / cols : ShapedType::kDynamic,
-                       ShapedType::kDynamic, cols},
-                      f32),
-      packedSizes);
+      b, loc, MemRefType::get({ShapedType::kDynamic, cols}, f32),
+      ValueRange{packedRows});
+  // The same buffer as one run of floats, for the next panel's prefetch.
+  Value packedFlat = memref::CollapseShapeOp::create(
+      b, loc, packed, ArrayRef<ReassociationIndices>{{0, 1}});
   std::optional<int64_t> staticK = getConstantIntValue(k);
   int64_t chunks = staticK && c && !epilogue && *staticK > 2 * kDepth
                        ? (*staticK + kDepth - 1) / kDepth
@@ -703,35 +703,40 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
         idx(ob, linesPerRow));
     Value lineBase = arith::MulIOp::create(
         ob, loc, group, arith::SubIOp::create(ob, loc, k1, k0));
+    // Row kk of this panel is packed row rowBase + kk; the group's line
+    // for step kk is at float nextBase + 16·kk of the flat buffer.
+    Value rowBase = arith::MulIOp::create(ob, loc, p, k);
+    // (nextP·K + k0)·cols + 16·(lineBase - k0).
+    Value nextBase = arith::AddIOp::create(
+        ob, loc,
+        arith::MulIOp::create(
+            ob, loc,
+            arith::AddIOp::create(ob, loc,
+                                  arith::MulIOp::create(ob, loc, nextP, k), k0),
+            idx(ob, cols)),
+        arith::MulIOp::create(ob, loc,
+                              arith::SubIOp::create(ob, loc, lineBase, k0),
+                              idx(ob, 16)));
     auto loop = scf::ForOp::create(
         ob, loc, k0, k1, idx(ob, 1), init,
         [&](OpBuilder &kb, Location l, Value kk, ValueRange acc) {
+          Value row = arith::AddIOp::create(kb, l, rowBase, kk);
           SmallVector<Value> bv;
           for (int64_t v = 0; v < vecs; ++v)
             bv.push_back(vector::LoadOp::create(
-                kb, l, vecType, packed, ValueRange{p, kk, idx(kb, v * lanes)}));
+                kb, l, vecType, packed, ValueRange{row, idx(kb, v * lanes)}));
           // The panel (K · cols floats) lives in L2; the hardware does
           // not bring it to L1 early enough, so every row kPrefetch ahead
-          // is asked for (the last row at the end of the panel).
-          Value last = arith::SubIOp::create(kb, l, k, idx(kb, 1));
-          Value kp = arith::MinUIOp::create(
-              kb, l, arith::AddIOp::create(kb, l, kk, idx(kb, kPrefetch)),
-              last);
+          // is asked for (past the last panel, the padding rows).
+          Value ahead = arith::AddIOp::create(kb, l, row, idx(kb, kPrefetch));
           for (int64_t v = 0; v < vecs; ++v)
             memref::PrefetchOp::create(kb, l, packed,
-                                       ValueRange{p, kp, idx(kb, v * lanes)},
+                                       ValueRange{ahead, idx(kb, v * lanes)},
                                        /*isWrite=*/false, /*locality=*/3,
                                        /*isDataCache=*/true);
           Value line = arith::AddIOp::create(
-              kb, l, lineBase, arith::SubIOp::create(kb, l, kk, k0));
-          Value nrow = arith::AddIOp::create(
-              kb, l, k0,
-              arith::DivUIOp::create(kb, l, line, idx(kb, linesPerRow)));
-          Value ncol = arith::MulIOp::create(
-              kb, l, arith::RemUIOp::create(kb, l, line, idx(kb, linesPerRow)),
-              idx(kb, 16));
-          memref::PrefetchOp::create(kb, l, packed,
-                                     ValueRange{nextP, nrow, ncol},
+              kb, l, nextBase, arith::MulIOp::create(kb, l, kk, idx(kb, 16)));
+          memref::PrefetchOp::create(kb, l, packedFlat, ValueRange{line},
                                      /*isWrite=*/false, /*locality=*/2,
                                      /*isDataCache=*/true);
           SmallVector<Value> next;
@@ -784,6 +789,8 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                   kb, l, p0, p1, idx(kb, 1), ValueRange{},
                   [&](OpBuilder &pb, Location pl, Value p, ValueRange) {
                     Value j = arith::MulIOp::create(pb, pl, p, idx(pb, cols));
+                    Value row = arith::AddIOp::create(
+                        pb, pl, arith::MulIOp::create(pb, pl, p, k), kk);
                     for (int64_t v = 0; v < vecs; ++v) {
                       Value col =
                           arith::AddIOp::create(pb, pl, j, idx(pb, v * lanes));
@@ -791,7 +798,7 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                                                        ValueRange{kk, col});
                       vector::StoreOp::create(
                           pb, pl, x, packed,
-                          ValueRange{p, kk, idx(pb, v * lanes)});
+                          ValueRange{row, idx(pb, v * lanes)});
                     }
                     scf::YieldOp::create(pb, pl);
                   });
