@@ -5178,11 +5178,11 @@ struct TakeColumnsLowering : OpRewritePattern<TakeColumnsOp> {
 };
 
 /// Adam's per-step coefficients (scalars, or splatted into vectors by
-/// `map`): β1, β2, 1 − β1, 1 − β2, lr / bc1, √bc2 and ε.
+/// `map`): β1, β2, 1 − β1, 1 − β2, lr / bc1, 1 / √bc2 and ε.
 struct AdamTerms {
-  Value b1, b2, c1, c2, step, sqrtBc2, eps;
+  Value b1, b2, c1, c2, step, invSqrtBc2, eps;
   AdamTerms map(function_ref<Value(Value)> f) const {
-    return {f(b1), f(b2), f(c1), f(c2), f(step), f(sqrtBc2), f(eps)};
+    return {f(b1), f(b2), f(c1), f(c2), f(step), f(invSqrtBc2), f(eps)};
   }
 };
 
@@ -5193,11 +5193,16 @@ AdamTerms adamTerms(OpBuilder &b, Location loc, AdamOp op) {
           arith::SubFOp::create(b, loc, one, op.getBeta1()),
           arith::SubFOp::create(b, loc, one, op.getBeta2()),
           arith::DivFOp::create(b, loc, op.getLr(), op.getBc1()),
-          math::SqrtOp::create(b, loc, op.getBc2()),
+          arith::DivFOp::create(b, loc, one,
+                                math::SqrtOp::create(b, loc, op.getBc2())),
           op.getEps()};
 }
 
 /// One element's (or vector's) Adam update: the new parameter, m and v.
+/// √v' / √bc2 is a product with the reciprocal, computed once: a vector
+/// division or square root occupies the one divider for about 10 cycles,
+/// and with two divisions and a root per vector Adam's pass waited on the
+/// divider. The product is within an ulp of the quotient.
 std::array<Value, 3> adamUpdate(OpBuilder &b, Location l, const AdamTerms &t,
                                 Value g, Value p, Value m, Value v) {
   Value m2 = arith::AddFOp::create(b, l, arith::MulFOp::create(b, l, t.b1, m),
@@ -5207,7 +5212,7 @@ std::array<Value, 3> adamUpdate(OpBuilder &b, Location l, const AdamTerms &t,
                                    arith::MulFOp::create(b, l, t.c2, gg));
   Value denom = arith::AddFOp::create(
       b, l,
-      arith::DivFOp::create(b, l, math::SqrtOp::create(b, l, v2), t.sqrtBc2),
+      arith::MulFOp::create(b, l, math::SqrtOp::create(b, l, v2), t.invSqrtBc2),
       t.eps);
   Value upd = arith::MulFOp::create(b, l, t.step,
                                     arith::DivFOp::create(b, l, m2, denom));
