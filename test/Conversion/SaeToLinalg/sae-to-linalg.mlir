@@ -119,11 +119,15 @@ func.func @linear_long_k(%x: tensor<?x2048xf32>, %w: tensor<2048x16xf32>, %b: te
 // CHECK:         %[[W0:.*]] = memref.load %[[VALS]][%{{.*}}, %c0]
 // CHECK:         scf.for %[[V:.*]] = %c0 to %c16 step %c8 iter_args(%{{.*}} = %[[W0]])
 // CHECK:           vector.load %[[TILE]][%[[R]], %[[V]]]
-// CHECK:           arith.cmpf ogt, {{.*}} : vector<8xf32>
-// CHECK:           vector.reduction <or>
+// CHECK:           %[[BEATS:.*]] = arith.cmpf ogt, {{.*}} : vector<8xf32>
+// CHECK:           vector.reduction <or>, %[[BEATS]]
 // CHECK:           scf.if
+// CHECK:             %[[MASK:.*]] = vector.bitcast %[[BEATS]] : vector<8xi1> to vector<1xi8>
+// CHECK:             scf.while
+// CHECK:             %[[LANE:.*]] = math.cttz
 // CHECK:             memref.load %[[TILE]]
 // CHECK:             scf.while
+// CHECK:             arith.andi
 // CHECK-NOT: vector.store {{.*}} : memref<?x64xf32>
 // CHECK: return
 func.func @linear_topk(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: tensor<64xf32>) -> (tensor<?x4xf32>, tensor<?x4xi32>) {
@@ -282,9 +286,11 @@ func.func @bias_relu(%x: tensor<?x64xf32>, %b: tensor<64xf32>) -> tensor<?x64xf3
 // slots initialised to -inf, a candidate enters only when it beats the worst
 // kept rank (carried by the loops) and is then sifted down, and a heapsort
 // orders the slots at the end. Blocks of 16 candidates are screened with
-// one vector comparison against the worst kept rank and visited one by one
-// only when one of them beats it; the columns left over (none here) go by
-// one at a time.
+// one vector comparison against the worst kept rank; when some beat it,
+// only those lanes are visited, lowest first (the comparison as a bit mask,
+// its trailing zeros counted, its lowest bit cleared each time), each still
+// compared with the worst kept rank of then; the columns left over (none
+// here) go by one at a time.
 // CHECK-LABEL: func.func @topk
 // CHECK-SAME: (%[[X:.*]]: tensor<?x64xf32>)
 // CHECK-DAG: %[[NEGINF:.*]] = arith.constant 0xFF800000 : f32
@@ -301,11 +307,24 @@ func.func @bias_relu(%x: tensor<?x64xf32>, %b: tensor<64xf32>) -> tensor<?x64xf3
 // CHECK:     %[[BEATS:.*]] = arith.cmpf ogt, %[[VV]], %[[BWV]] : vector<16xf32>
 // CHECK:     %[[ANY:.*]] = vector.reduction <or>, %[[BEATS]]
 // CHECK:     scf.if %[[ANY]]
-// CHECK:       scf.for %[[COL:.*]] = %[[BLOCK]] to %{{.*}} iter_args(%[[WORST:.*]] = %[[BW]])
-// CHECK:         %[[V:.*]] = memref.load %[[IN]][%[[ROW]], %[[COL]]]
-// CHECK:         %[[BETTER:.*]] = arith.cmpf ogt, %[[V]], %[[WORST]]
-// CHECK:         scf.if %[[BETTER]]
-// CHECK:           scf.while
+// CHECK:       %[[BITS:.*]] = vector.bitcast %[[BEATS]] : vector<16xi1> to vector<1xi16>
+// CHECK:       %[[B16:.*]] = vector.extract %[[BITS]][0] : i16 from vector<1xi16>
+// CHECK:       %[[MASK:.*]] = arith.extui %[[B16]] : i16 to i32
+// CHECK:       scf.while (%[[LEFT:.*]] = %[[MASK]], %[[W:.*]] = %[[BW]])
+// CHECK:         arith.cmpi ne, %[[LEFT]], %c0_i32
+// CHECK:         scf.condition
+// CHECK:       ^bb0(%[[LEFT2:.*]]: i32, %[[W2:.*]]: f32):
+// CHECK:         %[[LANE:.*]] = math.cttz %[[LEFT2]] : i32
+// CHECK:         %[[LANEI:.*]] = arith.index_castui %[[LANE]] : i32 to index
+// CHECK:         %[[AT:.*]] = arith.addi %[[BLOCK]], %[[LANEI]] : index
+// CHECK:         scf.for %[[COL:.*]] = %[[AT]] to %{{.*}} iter_args(%[[WORST:.*]] = %[[W2]])
+// CHECK:           %[[V:.*]] = memref.load %[[IN]][%[[ROW]], %[[COL]]]
+// CHECK:           %[[BETTER:.*]] = arith.cmpf ogt, %[[V]], %[[WORST]]
+// CHECK:           scf.if %[[BETTER]]
+// CHECK:             scf.while
+// CHECK:         %[[LESS:.*]] = arith.subi %[[LEFT2]], %c1_i32
+// CHECK:         %[[REST:.*]] = arith.andi %[[LEFT2]], %[[LESS]]
+// CHECK:         scf.yield %[[REST]]
 // CHECK:   scf.for %{{.*}} = %[[C64]] to %[[C64]] step %c1 iter_args(%{{.*}} = %[[SCREENED]])
 // CHECK:   scf.for %[[J:.*]] = %{{.*}} to %[[C4]]
 // CHECK:     arith.subi %[[C4]], %[[J]]

@@ -415,8 +415,11 @@ public:
   }
 
   /// The candidates [t, t + L), whose ranks are the L-lane vector
-  /// `blockRanks`: visit() when one of them beats `worst`, otherwise
-  /// nothing (one vector comparison).
+  /// `blockRanks`: when some of them beat `worst` (one vector comparison),
+  /// visit() those, lowest lane first (a bit mask of the comparison, its
+  /// trailing zeros counted); the others cannot enter, since the worst
+  /// kept rank only rises. Usually one lane of a block gets in, and the
+  /// other L - 1 are not read again.
   Value screened(OpBuilder &b, Value row, Value t, Value blockRanks,
                  Value worst, CandidateFn candidate) const {
     auto vecType = cast<VectorType>(blockRanks.getType());
@@ -428,10 +431,40 @@ public:
     auto next = scf::IfOp::create(
         b, loc, any,
         [&](OpBuilder &ib, Location il) {
-          Value end = arith::AddIOp::create(ib, il, t,
-                                            idx(ib, vecType.getNumElements()));
-          scf::YieldOp::create(
-              ib, il, ValueRange{visit(ib, row, t, end, worst, candidate)});
+          int64_t lanes = vecType.getNumElements();
+          Type i32 = ib.getI32Type();
+          Value bits = vector::ExtractOp::create(
+              ib, il,
+              vector::BitCastOp::create(
+                  ib, il, VectorType::get({1}, ib.getIntegerType(lanes)),
+                  beats),
+              ArrayRef<int64_t>{0});
+          Value mask = arith::ExtUIOp::create(ib, il, i32, bits);
+          Value zero =
+              arith::ConstantOp::create(ib, il, ib.getI32IntegerAttr(0));
+          Value one =
+              arith::ConstantOp::create(ib, il, ib.getI32IntegerAttr(1));
+          auto lanesLoop = scf::WhileOp::create(
+              ib, il, TypeRange{i32, worst.getType()}, ValueRange{mask, worst},
+              [&](OpBuilder &wb, Location wl, ValueRange args) {
+                Value more = arith::CmpIOp::create(
+                    wb, wl, arith::CmpIPredicate::ne, args[0], zero);
+                scf::ConditionOp::create(wb, wl, more, args);
+              },
+              [&](OpBuilder &wb, Location wl, ValueRange args) {
+                Value lane = arith::IndexCastUIOp::create(
+                    wb, wl, wb.getIndexType(),
+                    math::CountTrailingZerosOp::create(wb, wl, args[0]));
+                Value at = arith::AddIOp::create(wb, wl, t, lane);
+                Value w = visit(wb, row, at,
+                                arith::AddIOp::create(wb, wl, at, idx(wb, 1)),
+                                args[1], candidate);
+                Value rest = arith::AndIOp::create(
+                    wb, wl, args[0],
+                    arith::SubIOp::create(wb, wl, args[0], one));
+                scf::YieldOp::create(wb, wl, ValueRange{rest, w});
+              });
+          scf::YieldOp::create(ib, il, ValueRange{lanesLoop.getResult(1)});
         },
         [&](OpBuilder &ib, Location il) {
           scf::YieldOp::create(ib, il, ValueRange{worst});
