@@ -34,6 +34,15 @@ if ptxas:
     config.available_features.add("ptxas")
 if os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"):
     config.available_features.add("cuda")
+# x86 features of the host, for tests that run code built for a named CPU
+# (saec --target-cpu) here.
+try:
+    with open("/proc/cpuinfo") as f:
+        flags = next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), [])
+except OSError:
+    flags = []
+if "avx2" in flags and "fma" in flags:
+    config.available_features.add("avx2")
 import subprocess
 if subprocess.call([python, "-c", "import numpy"], stderr=subprocess.DEVNULL) == 0:
     config.available_features.add("numpy")

@@ -9,12 +9,17 @@ using namespace mlir;
 
 namespace sae {
 
-llvm::StringRef getCpuPipelineText() {
+std::string getCpuPipelineText(int64_t vectorLanes) {
   // One stage per line; docs/design.md ("The CPU pipeline") says why each
   // is where it is.
+  std::string lanes = vectorLanes > 0
+                          ? "{vector-lanes=" + std::to_string(vectorLanes) + "}"
+                          : "";
   return "sae-differentiate{drop-untrainable=true},"
          "sae-emit-c-abi,"
-         "convert-sae-to-linalg,"
+         "convert-sae-to-linalg" +
+         lanes +
+         ","
          "canonicalize,cse,"
          "func.func(linalg-fuse-elementwise-ops),"
          "one-shot-bufferize,"
@@ -35,10 +40,11 @@ llvm::StringRef getCpuPipelineText() {
          "canonicalize";
 }
 
-LogicalResult buildCpuPipeline(OpPassManager &pm, llvm::raw_ostream &errs) {
+LogicalResult buildCpuPipeline(OpPassManager &pm, llvm::raw_ostream &errs,
+                               int64_t vectorLanes) {
   // Parse into the (module-anchored) pass manager directly: wrapping the text
   // in builtin.module(...) would nest it and run nothing on the top module.
-  return parsePassPipeline(getCpuPipelineText(), pm, errs);
+  return parsePassPipeline(getCpuPipelineText(vectorLanes), pm, errs);
 }
 
 void registerSaePassesAndPipelines() {

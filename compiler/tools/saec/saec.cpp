@@ -1,9 +1,11 @@
 //===- saec.cpp - The saec compiler driver --------------------------------===//
 //
 // saec SPEC.sae -o LIB.so: parse, check, generate the sae dialect, lower it
-// for the host CPU and link a shared library implementing
+// for the host CPU (or --target-cpu) and link a shared library implementing
 // runtime/include/sae/runtime/abi.h. `--emit=` stops at any stage (Toy's
 // ladder): ast, mlir, lowered (LLVM dialect), llvm (LLVM IR), lib.
+// `--target-cpu=NAME` generates code for another CPU of the host's
+// architecture than the host's own.
 //
 //===----------------------------------------------------------------------===//
 #include "sae/Dialect/Sae/IR/SaeDialect.h"
@@ -38,7 +40,7 @@ namespace cl = llvm::cl;
 static cl::OptionCategory saecCategory("saec options");
 
 static cl::opt<std::string> inputFilename(cl::Positional,
-                                          cl::desc("<spec.sae>"), cl::Required,
+                                          cl::desc("<spec.sae>"),
                                           cl::cat(saecCategory));
 
 static cl::opt<std::string>
@@ -75,12 +77,22 @@ static cl::opt<unsigned> optLevel("O", cl::desc("LLVM optimisation level 0-3"),
                                   cl::init(3), cl::Prefix,
                                   cl::cat(saecCategory));
 
+static cl::opt<std::string> targetCpu(
+    "target-cpu",
+    cl::desc("The CPU to generate code for: host (the default, this "
+             "machine's CPU and features) or an LLVM CPU name of the host's "
+             "architecture, such as haswell (AVX2) or skylake-avx512; "
+             "--target-cpu=help lists them. The library records the "
+             "features it needs and refuses to load where they are missing"),
+    cl::value_desc("cpu"), cl::init("host"), cl::cat(saecCategory));
+
 namespace {
 
 /// Runs every stage up to `emitAction`; diagnostics go to the installed
 /// handler. Returns failure after the first stage that reports an error.
 mlir::LogicalResult compile(mlir::MLIRContext &ctx, llvm::SourceMgr &srcMgr,
                             const std::map<std::string, int64_t> &overrides,
+                            const sae::CpuTarget &target,
                             llvm::raw_ostream &out, std::string &libPath) {
   const llvm::MemoryBuffer *buf = srcMgr.getMemoryBuffer(1);
   std::unique_ptr<sae::ModelAST> ast =
@@ -103,7 +115,6 @@ mlir::LogicalResult compile(mlir::MLIRContext &ctx, llvm::SourceMgr &srcMgr,
     return mlir::success();
   }
 
-  sae::CpuTarget target = sae::getHostCpuTarget();
   if (mlir::failed(sae::annotateTarget(*module, target)))
     return mlir::failure();
   mlir::PassManager pm(&ctx);
@@ -111,7 +122,7 @@ mlir::LogicalResult compile(mlir::MLIRContext &ctx, llvm::SourceMgr &srcMgr,
     return mlir::failure();
   std::string pipelineErr;
   llvm::raw_string_ostream errs(pipelineErr);
-  if (mlir::failed(sae::buildCpuPipeline(pm, errs))) {
+  if (mlir::failed(sae::buildCpuPipeline(pm, errs, target.vectorLanes))) {
     mlir::emitError(mlir::UnknownLoc::get(&ctx))
         << "invalid CPU pipeline: " << pipelineErr;
     return mlir::failure();
@@ -154,6 +165,21 @@ int main(int argc, char **argv) {
       "  saec examples/topk.sae -o libtopk.so\n"
       "  saec examples/topk.sae --emit=mlir\n");
 
+  if (targetCpu == "help") {
+    sae::printCpuNames(llvm::outs());
+    return 0;
+  }
+  if (inputFilename.empty()) {
+    llvm::errs() << "saec: error: no spec file given (saec --help)\n";
+    return 1;
+  }
+  std::string targetError;
+  std::optional<sae::CpuTarget> target =
+      sae::getCpuTarget(targetCpu, targetError);
+  if (!target) {
+    llvm::errs() << "saec: error: --target-cpu: " << targetError << "\n";
+    return 1;
+  }
   if (optLevel > 3) {
     llvm::errs() << "saec: error: -O" << optLevel
                  << " is not an optimisation level; use -O0 to -O3\n";
@@ -211,11 +237,11 @@ int main(int argc, char **argv) {
 
   if (verifyDiagnostics) {
     mlir::SourceMgrDiagnosticVerifierHandler handler(srcMgr, &ctx);
-    (void)compile(ctx, srcMgr, overrides, out, libPath);
+    (void)compile(ctx, srcMgr, overrides, *target, out, libPath);
     return mlir::failed(handler.verify()) ? 1 : 0;
   }
   mlir::SourceMgrDiagnosticHandler handler(srcMgr, &ctx);
-  if (mlir::failed(compile(ctx, srcMgr, overrides, out, libPath)))
+  if (mlir::failed(compile(ctx, srcMgr, overrides, *target, out, libPath)))
     return 1;
   if (outFile)
     outFile->keep();

@@ -10,16 +10,20 @@
 
 #include "mlir/Pass/PassManager.h"
 
+#include <string>
+
 namespace sae {
 
 /// The textual pipeline from the sae dialect (tensor-level entry functions)
 /// to the LLVM dialect for a CPU: C ABI wrappers, sae -> linalg,
-/// bufferization, loops, LLVM.
-llvm::StringRef getCpuPipelineText();
+/// bufferization, loops, LLVM. `vectorLanes`: f32 lanes per vector of the
+/// product kernels (0: from the host's features).
+std::string getCpuPipelineText(int64_t vectorLanes = 0);
 
 /// Adds the CPU pipeline to `pm` (anchored on builtin.module).
 mlir::LogicalResult buildCpuPipeline(mlir::OpPassManager &pm,
-                                     llvm::raw_ostream &errs);
+                                     llvm::raw_ostream &errs,
+                                     int64_t vectorLanes = 0);
 
 /// Registers the sae dialect's passes and the named pipelines.
 void registerSaePassesAndPipelines();

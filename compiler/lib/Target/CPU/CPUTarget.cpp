@@ -4,6 +4,7 @@
 #include "mlir/Target/LLVMIR/Export.h"
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Verifier.h"
+#include "llvm/MC/MCSubtargetInfo.h"
 #include "llvm/MC/TargetRegistry.h"
 #include "llvm/Passes/PassBuilder.h"
 #include "llvm/Support/FileSystem.h"
@@ -49,6 +50,12 @@ createTargetMachine(const CpuTarget &t, unsigned optLevel, std::string &error) {
 
 } // namespace
 
+/// 16 f32 lanes with AVX-512, else 8 (AVX2's, and what other targets'
+/// vectorisers split or widen to).
+static int64_t lanesFor(const CpuTarget &t) {
+  return llvm::is_contained(t.requiredFeatures, "avx512f") ? 16 : 8;
+}
+
 CpuTarget sae::getHostCpuTarget() {
   CpuTarget t;
   t.triple = llvm::sys::getProcessTriple();
@@ -65,7 +72,60 @@ CpuTarget sae::getHostCpuTarget() {
       if (it != features.end() && it->second)
         t.requiredFeatures.push_back(name);
     }
+  t.vectorLanes = lanesFor(t);
   return t;
+}
+
+std::optional<CpuTarget> sae::getCpuTarget(llvm::StringRef cpu,
+                                           std::string &error) {
+  if (cpu.empty() || cpu == "host")
+    return getHostCpuTarget();
+  llvm::InitializeNativeTarget();
+  CpuTarget t;
+  t.triple = llvm::sys::getProcessTriple();
+  llvm::Triple triple(t.triple);
+  const llvm::Target *target =
+      llvm::TargetRegistry::lookupTarget(triple, error);
+  if (!target)
+    return std::nullopt;
+  // Checked on the generic subtarget first: creating one for an unknown
+  // CPU prints LLVM's own warning.
+  std::unique_ptr<llvm::MCSubtargetInfo> generic(
+      target->createMCSubtargetInfo(triple, "", ""));
+  if (!generic || !generic->isCPUStringValid(cpu)) {
+    error = ("unknown CPU '" + cpu + "' for " + t.triple +
+             " (--target-cpu=help lists the known ones)")
+                .str();
+    return std::nullopt;
+  }
+  std::unique_ptr<llvm::MCSubtargetInfo> sti(
+      target->createMCSubtargetInfo(triple, cpu, ""));
+  // The CPU's own features: an empty feature string takes its defaults.
+  t.cpu = cpu.str();
+  if (triple.isX86())
+    for (const char *name : kCheckedX86Features)
+      if (sti->checkFeatures(std::string("+") + name))
+        t.requiredFeatures.push_back(name);
+  t.vectorLanes = lanesFor(t);
+  return t;
+}
+
+void sae::printCpuNames(llvm::raw_ostream &os) {
+  llvm::InitializeNativeTarget();
+  std::string triple = llvm::sys::getProcessTriple(), error;
+  const llvm::Target *target =
+      llvm::TargetRegistry::lookupTarget(llvm::Triple(triple), error);
+  if (!target) {
+    os << error << "\n";
+    return;
+  }
+  std::unique_ptr<llvm::MCSubtargetInfo> sti(
+      target->createMCSubtargetInfo(llvm::Triple(triple), "", ""));
+  os << "CPU names for --target-cpu on " << triple
+     << " (default: host, this machine's CPU, " << llvm::sys::getHostCPUName()
+     << ", with its features):\n";
+  for (const llvm::SubtargetSubTypeKV &kv : sti->getAllProcessorDescriptions())
+    os << "  " << kv.Key << "\n";
 }
 
 mlir::LogicalResult sae::annotateTarget(mlir::ModuleOp module,
@@ -117,7 +177,8 @@ sae::translateAndOptimize(mlir::ModuleOp module, llvm::LLVMContext &llvmCtx,
     if (f.isDeclaration())
       continue;
     f.addFnAttr("target-cpu", target.cpu);
-    f.addFnAttr("target-features", target.features);
+    if (!target.features.empty())
+      f.addFnAttr("target-features", target.features);
   }
   if (optLevel == 0)
     return llvmModule;

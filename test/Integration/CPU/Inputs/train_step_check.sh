@@ -9,6 +9,7 @@
 # ARCH+clip trains with --clip 0.001, a bound that the gradient's norm
 # exceeds there, so that the step scales the gradient before Adam, and at
 # d = 192 (the outer products' chunks of 12 vectors, with AVX2 and AVX-512).
+# $SAEC_FLAGS, when set, goes to every saec command (--target-cpu=haswell).
 set -euo pipefail
 bin=$1 python=$2 inputs=$3 out=$4
 shift 4
@@ -19,7 +20,8 @@ for token in "$@"; do
   if [ "$arch" != "$token" ]; then clip=(--clip 0.001) d=192; fi
   t="$out/$token"
   rm -rf "$t" && mkdir -p "$t"
-  "$bin/saec" "$examples/$arch.sae" -D d=$d -D n=4096 -o "$t/lib.so"
+  # shellcheck disable=SC2086 # SAEC_FLAGS: words, one per flag
+  "$bin/saec" "$examples/$arch.sae" -D d=$d -D n=4096 ${SAEC_FLAGS:-} -o "$t/lib.so"
   "$bin/sae" init "$t/lib.so" --seed 1 --out "$t/init" > /dev/null
   "$python" "$inputs/saeref.py" randomize "$t/init" "$t/ckpt" "$t/x.npy" 64 7
   extra=() ref=()

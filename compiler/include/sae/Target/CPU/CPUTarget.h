@@ -15,6 +15,7 @@
 #include "llvm/IR/Module.h"
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,10 +28,21 @@ struct CpuTarget {
   /// Features the generated code may use, named as __builtin_cpu_supports
   /// names them (checked by the runtime when loading the library).
   std::vector<std::string> requiredFeatures;
+  /// f32 lanes per vector in the product kernels (convert-sae-to-linalg's
+  /// vector-lanes): 16 with AVX-512, else 8.
+  int64_t vectorLanes = 8;
 };
 
 /// The host's triple, CPU name and features.
 CpuTarget getHostCpuTarget();
+
+/// The target for `cpu`, an LLVM CPU name (`haswell`, `x86-64-v4`, ...) on
+/// the host's architecture, with that CPU's features; "host" or "" is
+/// getHostCpuTarget(). An unknown name sets `error` and returns nullopt.
+std::optional<CpuTarget> getCpuTarget(llvm::StringRef cpu, std::string &error);
+
+/// Lists the CPU names getCpuTarget knows, one per line.
+void printCpuNames(llvm::raw_ostream &os);
 
 /// Adds the "target" object to the module's `sae.describe` JSON.
 mlir::LogicalResult annotateTarget(mlir::ModuleOp module,
