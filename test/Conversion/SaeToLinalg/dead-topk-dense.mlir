@@ -47,16 +47,16 @@
 // CHECK: %[[WDT:.*]] = memref.alloc(%c64, %[[PAD]]) : memref<?x?xf32>
 // CHECK: scf.if %[[DENSE]] {
 // CHECK: scf.if %[[DENSE]] -> (tensor<?x64xf32>) {
-// CHECK: memref.alloc(%{{.*}}) : memref<?x64xf32>
+// CHECK: memref.alloc(%{{.*}}) {alignment = 64 : i64} : memref<?x64xf32>
 // CHECK: vector.fma
 // CHECK: } else {
 // CHECK: scf.if %[[DENSE]] -> (tensor<?x8xf32>) {
-// CHECK: memref.alloc(%{{.*}}) : memref<?x64xf32>
+// CHECK: memref.alloc(%{{.*}}) {alignment = 64 : i64} : memref<?x64xf32>
 // CHECK: vector.fma
 // CHECK: } else {
 // CHECK: %[[ROWS:.*]] = scf.if %[[DENSE]] -> (tensor<?x64xf32>) {
 // CHECK: memref.alloc(%[[PAD]]) : memref<?x64xf32>
-// CHECK: memref.alloc(%{{.*}}) : memref<?x64xf32>
+// CHECK: memref.alloc(%{{.*}}) {alignment = 64 : i64} : memref<?x64xf32>
 // CHECK: vector.fma
 // CHECK: } else {
 // CHECK: memref.alloc() : memref<129xindex>

@@ -7,10 +7,12 @@
 // ahead prefetched (no clamp: the 8 rows more are there for the last
 // panel), and one cache line of the next panel per step, from the flat
 // view of the packed buffer; the rows left over get blocks of 1 to 5 rows
-// of four vectors.
+// of four vectors. The packing writes whole aligned lines with
+// non-temporal stores.
 // CHECK-LABEL: func.func @linear_wide
-// CHECK: %[[PACKED:.*]] = memref.alloc(%c72) : memref<?x64xf32>
+// CHECK: %[[PACKED:.*]] = memref.alloc(%c72) {alignment = 64 : i64} : memref<?x64xf32>
 // CHECK: %[[FLAT:.*]] = memref.collapse_shape %[[PACKED]] {{\[\[}}0, 1]] : memref<?x64xf32> into memref<?xf32>
+// CHECK-COUNT-4: vector.store %{{.*}}, %[[PACKED]][%{{.*}}, %{{.*}}] {alignment = 64 : i64, nontemporal = true} : memref<?x64xf32>, vector<16xf32>
 // CHECK: scf.for %{{.*}} = %{{.*}} to %{{.*}} step %c64
 // CHECK: arith.minui
 // CHECK: scf.for %[[K:[^ ]*]] = {{.*}} -> (vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>)
@@ -33,7 +35,7 @@ func.func @linear_wide(%x: tensor<?x32xf32>, %w: tensor<32x128xf32>) -> tensor<?
 
 // Tests that a width of two vectors but not four keeps the 6 × 2 kernel.
 // CHECK-LABEL: func.func @linear_narrow
-// CHECK: memref.alloc(%c104) : memref<?x32xf32>
+// CHECK: memref.alloc(%c104) {alignment = 64 : i64} : memref<?x32xf32>
 // CHECK: scf.for {{.*}} -> (vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>)
 // CHECK-NOT: vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>, vector<16xf32>
 func.func @linear_narrow(%x: tensor<?x32xf32>, %w: tensor<32x96xf32>) -> tensor<?x96xf32> {

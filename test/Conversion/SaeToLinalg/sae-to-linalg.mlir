@@ -31,7 +31,7 @@ func.func @linear(%x: tensor<?x16xf32>, %w: tensor<16x20xf32>) -> tensor<?x20xf3
 // one smaller block per panel (1 to 5 rows), in the items of the last row
 // block, after its groups of 6 rows.
 // CHECK-LABEL: func.func @linear_kernel
-// CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<?x16xf32>
+// CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) {alignment = 64 : i64} : memref<?x16xf32>
 // CHECK: scf.parallel
 // CHECK: vector.load {{.*}} : memref<16x64xf32>, vector<8xf32>
 // CHECK: vector.store {{.*}}, %[[PACKED]]
@@ -104,7 +104,7 @@ func.func @linear_long_k(%x: tensor<?x2048xf32>, %w: tensor<2048x16xf32>, %b: te
 // CHECK-NOT: memref.alloc({{.*}}) : memref<?x64xf32>
 // CHECK: %[[VALS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xf32>
 // CHECK: %[[IDXS:.*]] = memref.alloc(%{{.*}}) : memref<?x4xi32>
-// CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) : memref<?x16xf32>
+// CHECK: %[[PACKED:.*]] = memref.alloc(%{{.*}}) {alignment = 64 : i64} : memref<?x16xf32>
 // CHECK: %[[ITEMS:.*]] = arith.ceildivui %{{.*}}, %c48
 // CHECK: %[[TILES:.*]] = memref.alloc(%[[ITEMS]]) : memref<?x6x16xf32>
 // CHECK: scf.parallel (%[[ITEM:.*]]) = (%{{.*}}) to (%[[ITEMS]]) step (%c1)
@@ -343,7 +343,8 @@ func.func @topk(%x: tensor<?x64xf32>) -> (tensor<?x4xf32>, tensor<?x4xi32>) {
 
 // Tests that decoding gathers one decoder row per kept entry: rows in
 // parallel, a loop over the 4 entries, and a vector axpy over the 16 columns
-// of the entry's decoder row; nothing iterates over the 64 latents.
+// of the entry's decoder row (16 is not a whole group of 4 vectors, so the
+// sums are kept in memory); nothing iterates over the 64 latents.
 // CHECK-LABEL: func.func @decode
 // CHECK-SAME: (%[[V:.*]]: tensor<?x4xf32>, %[[I:.*]]: tensor<?x4xi32>, %[[W:.*]]: tensor<64x16xf32>)
 // CHECK-DAG: %[[C4:.*]] = arith.constant 4 : index
@@ -371,6 +372,43 @@ func.func @decode(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %w: tensor<64x16xf32
   %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
   %d = sae.decode %z, %w : !sae.codes<?x64xf32, k = 4>, tensor<64x16xf32> -> tensor<?x16xf32>
   return %d : tensor<?x16xf32>
+}
+
+// -----
+
+// Tests that a decode 32 columns wide (a whole group of 4 vectors of 8)
+// keeps each row's sums in registers: per row and chunk of 4 vectors, the
+// entries in order, one weight load and one FMA per vector and entry from
+// zero, then one store per vector; the output is never filled nor read.
+// CHECK-LABEL: func.func @decode_registers
+// CHECK-SAME: (%[[V:.*]]: tensor<?x4xf32>, %[[I:.*]]: tensor<?x4xi32>, %[[W:.*]]: tensor<64x32xf32>)
+// CHECK-DAG: %[[C4:.*]] = arith.constant 4 : index
+// CHECK-DAG: %[[C32:.*]] = arith.constant 32 : index
+// CHECK-DAG: %[[ZERO:.*]] = arith.constant dense<0.000000e+00> : vector<8xf32>
+// CHECK: %[[OUT:.*]] = memref.alloc(%{{.*}}) : memref<?x32xf32>
+// CHECK-NOT: linalg.fill
+// CHECK: %[[WB:.*]] = bufferization.to_buffer %[[W]] read_only
+// CHECK: scf.parallel (%[[ROW:.*]]) =
+// CHECK:   scf.for %[[CHUNK:.*]] =
+// CHECK:     %[[COL:.*]] = arith.muli %[[CHUNK]], %[[C32]]
+// CHECK:     %[[SUMS:.*]]:4 = scf.for %[[T:.*]] = %{{.*}} to %[[C4]] step %{{.*}} iter_args(%[[A0:.*]] = %[[ZERO]], %{{.*}} = %[[ZERO]], %{{.*}} = %[[ZERO]], %{{.*}} = %[[ZERO]])
+// CHECK:       %[[VAL:.*]] = memref.load %{{.*}}[%[[ROW]], %[[T]]]
+// CHECK:       %[[IDX:.*]] = memref.load %{{.*}}[%[[ROW]], %[[T]]]
+// CHECK:       %[[LATENT:.*]] = arith.index_cast %[[IDX]] : i32 to index
+// CHECK:       %[[VV:.*]] = vector.broadcast %[[VAL]] : f32 to vector<8xf32>
+// CHECK:       %[[WV:.*]] = vector.load %[[WB]][%[[LATENT]], %[[COL]]]
+// CHECK:       vector.fma %[[VV]], %[[WV]], %[[A0]] : vector<8xf32>
+// CHECK-COUNT-3: vector.fma %[[VV]]
+// CHECK:       scf.yield
+// CHECK:     vector.store %[[SUMS]]#0, %[[OUT]][%[[ROW]], %[[COL]]]
+// CHECK-COUNT-3: vector.store %[[SUMS]]#{{[123]}}, %[[OUT]][%[[ROW]],
+// CHECK-NOT: memref.load %[[OUT]]
+// CHECK-NOT: vector.load %[[OUT]]
+// CHECK: bufferization.to_tensor %[[OUT]]
+func.func @decode_registers(%v: tensor<?x4xf32>, %i: tensor<?x4xi32>, %w: tensor<64x32xf32>) -> tensor<?x32xf32> {
+  %z = sae.make_codes %v, %i : tensor<?x4xf32>, tensor<?x4xi32> -> !sae.codes<?x64xf32, k = 4>
+  %d = sae.decode %z, %w : !sae.codes<?x64xf32, k = 4>, tensor<64x32xf32> -> tensor<?x32xf32>
+  return %d : tensor<?x32xf32>
 }
 
 // -----

