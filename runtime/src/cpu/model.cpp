@@ -648,7 +648,8 @@ std::unique_ptr<sae_rt_model> openModel(const std::string &path) {
     fail(SAE_RT_ERR_ABI, quote(path) + " was compiled for a CPU with " +
                              missing +
                              ", which this CPU lacks; recompile it with saec "
-                             "on this machine");
+                             "on this machine, or with saec --target-cpu "
+                             "naming this CPU");
 
   entries.init = lookup<sae_init_fn>(handle, SAE_SYM_INIT);
   entries.encode_dense =

@@ -70,7 +70,8 @@ TEST(ModelLoadTest, MissingCpuFeature) {
   expectError(sae_rt_model_open(SAE_FAKE_MISSING_CPU, &g.model), SAE_RT_ERR_ABI,
               {std::string("'") + SAE_FAKE_MISSING_CPU +
                "' was compiled for a CPU with avx512er, which this CPU "
-               "lacks; recompile it with saec on this machine"});
+               "lacks; recompile it with saec on this machine, or with "
+               "saec --target-cpu naming this CPU"});
   EXPECT_EQ(g.model, nullptr);
 #else
   GTEST_SKIP() << "x86-64 only";

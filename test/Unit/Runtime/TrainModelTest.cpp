@@ -463,7 +463,7 @@ TEST_F(TrainStepTest, WrappersValidateArguments) {
                                     nullptr, losses),
               SAE_RT_ERR_ARG, {"sae_gradient: grads is NULL"});
   // A failing call is SAE_RT_ERR_EXEC with the code.
-  ScopedEnv fail("SAE_FAKE_FAIL_STEP", "1");
+  ScopedEnv fail("SAE_FAKE_FAIL_ALL", "1");
   expectError(step(m.params, v.params, hyper), SAE_RT_ERR_EXEC,
               {"model 'fake_topk': sae_train_step returned 5"});
 

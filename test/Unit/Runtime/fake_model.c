@@ -69,6 +69,8 @@
  * Test switches of sae_train_step, counted per process from 1:
  *   $SAE_FAKE_NAN_STEP=N   call N returns NaN losses and NaN parameters
  *   $SAE_FAKE_FAIL_STEP=N  call N returns 5
+ *   $SAE_FAKE_FAIL_ALL=1   every call returns 5 (for a test that shares
+ *                          its process, and so the count, with others)
  *   $SAE_FAKE_TRACE=FILE   every call appends a line to FILE: the call
  *                          number, the seed, the 8 hyper values and the
  *                          batch x, floats in C's %a notation
@@ -772,7 +774,8 @@ EXPORT int32_t sae_train_step(int64_t batch, const float *const *inputs,
   if (inputsHaveNaN(batch, inputs))
     return 3;
   trace(call, batch, inputs[0], hyper, seed);
-  if (call == envNumber("SAE_FAKE_FAIL_STEP"))
+  if (call == envNumber("SAE_FAKE_FAIL_STEP") ||
+      envNumber("SAE_FAKE_FAIL_ALL") == 1)
     return 5;
   Grads g;
   int32_t result = backward(batch, inputs, params, hyper[SAE_HYPER_SPARSITY],
