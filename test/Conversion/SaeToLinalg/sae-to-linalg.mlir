@@ -598,11 +598,28 @@ func.func @unary(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
 
 // Tests that batch-level selection searches a threshold key with counting
 // passes, then collects B*k entries row by row, and that decoding batch
-// codes scatters each entry's decoder row into its own row.
+// codes scatters each entry's decoder row into its own row. The counting
+// passes run over 16 ranges of rows in parallel, 4 histograms of 256 bins
+// each (a lane counts into copy lane mod 4), with keys and bins in
+// vectors of 16: the first pass counts all 16 lanes, the later ones only
+// the lanes with the chosen prefix, by the bits of the comparison's mask.
 // CHECK-LABEL: func.func @batch_topk
 // CHECK: %[[VALS:.*]] = memref.alloc(%{{.*}}) : memref<?xf32>
 // CHECK: memref.alloc(%{{.*}}) : memref<?xi32>
 // CHECK: %[[ROWS:.*]] = memref.alloc(%{{.*}}) : memref<?xi32>
+// CHECK: %[[HIST:.*]] = memref.alloc() : memref<64x256xi64>
+// CHECK: scf.parallel (%{{.*}}) = (%{{.*}}) to (%c16)
+// CHECK:   vector.load %{{.*}} : memref<?x64xf32>, vector<16xf32>
+// CHECK-COUNT-16: vector.extract %{{.*}}[{{[0-9]+}}] : i32 from vector<16xi32>
+// CHECK: scf.parallel
+// CHECK:   %[[MATCH:.*]] = arith.cmpi eq, %{{.*}}, %{{.*}} : vector<16xi32>
+// CHECK:   vector.reduction <or>, %[[MATCH]]
+// CHECK:   vector.bitcast %[[MATCH]] : vector<16xi1> to vector<1xi16>
+// CHECK:   scf.while
+// CHECK:     math.cttz
+// CHECK:     vector.extract %{{.*}}[%{{.*}}] : i32 from vector<16xi32>
+// CHECK:     arith.remui %{{.*}}, %c4 : index
+// CHECK:     memref.store %{{.*}}, %[[HIST]]
 // CHECK: scf.for
 // CHECK: arith.bitcast %{{.*}} : f32 to i32
 // CHECK: bufferization.to_tensor %[[VALS]] restrict writable

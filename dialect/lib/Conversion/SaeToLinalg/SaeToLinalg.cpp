@@ -337,6 +337,46 @@ Value negInfOf(OpBuilder &b, Location l, Type elt) {
 
 /// One candidate of a row selection: its rank, its latent index (i32) and
 /// its value (null when the rank is the value).
+/// Runs `body` for each lane set in `mask` (a vector of i1), lowest
+/// first: the mask as an integer, its trailing zeros counted, the lowest
+/// set bit cleared. `init` are values carried from lane to lane (`body`
+/// returns the next ones); returns them after the last lane.
+SmallVector<Value>
+forEachSetLane(OpBuilder &b, Location l, Value mask, ValueRange init,
+               function_ref<SmallVector<Value>(OpBuilder &, Location,
+                                               Value lane, ValueRange args)>
+                   body) {
+  int64_t lanes = cast<VectorType>(mask.getType()).getNumElements();
+  Type i32 = b.getI32Type();
+  Value bits = vector::ExtractOp::create(
+      b, l,
+      vector::BitCastOp::create(
+          b, l, VectorType::get({1}, b.getIntegerType(lanes)), mask),
+      ArrayRef<int64_t>{0});
+  Value zero = arith::ConstantOp::create(b, l, b.getI32IntegerAttr(0));
+  Value one = arith::ConstantOp::create(b, l, b.getI32IntegerAttr(1));
+  SmallVector<Value> state{arith::ExtUIOp::create(b, l, i32, bits)};
+  llvm::append_range(state, init);
+  auto loop = scf::WhileOp::create(
+      b, l, ValueRange(state).getTypes(), state,
+      [&](OpBuilder &wb, Location wl, ValueRange args) {
+        Value more = arith::CmpIOp::create(wb, wl, arith::CmpIPredicate::ne,
+                                           args[0], zero);
+        scf::ConditionOp::create(wb, wl, more, args);
+      },
+      [&](OpBuilder &wb, Location wl, ValueRange args) {
+        Value lane = arith::IndexCastUIOp::create(
+            wb, wl, wb.getIndexType(),
+            math::CountTrailingZerosOp::create(wb, wl, args[0]));
+        SmallVector<Value> carried = body(wb, wl, lane, args.drop_front());
+        SmallVector<Value> next{arith::AndIOp::create(
+            wb, wl, args[0], arith::SubIOp::create(wb, wl, args[0], one))};
+        llvm::append_range(next, carried);
+        scf::YieldOp::create(wb, wl, next);
+      });
+  return SmallVector<Value>(loop.getResults().drop_front());
+}
+
 struct Candidate {
   Value rank, index, value;
 };
@@ -432,40 +472,16 @@ public:
     auto next = scf::IfOp::create(
         b, loc, any,
         [&](OpBuilder &ib, Location il) {
-          int64_t lanes = vecType.getNumElements();
-          Type i32 = ib.getI32Type();
-          Value bits = vector::ExtractOp::create(
-              ib, il,
-              vector::BitCastOp::create(
-                  ib, il, VectorType::get({1}, ib.getIntegerType(lanes)),
-                  beats),
-              ArrayRef<int64_t>{0});
-          Value mask = arith::ExtUIOp::create(ib, il, i32, bits);
-          Value zero =
-              arith::ConstantOp::create(ib, il, ib.getI32IntegerAttr(0));
-          Value one =
-              arith::ConstantOp::create(ib, il, ib.getI32IntegerAttr(1));
-          auto lanesLoop = scf::WhileOp::create(
-              ib, il, TypeRange{i32, worst.getType()}, ValueRange{mask, worst},
-              [&](OpBuilder &wb, Location wl, ValueRange args) {
-                Value more = arith::CmpIOp::create(
-                    wb, wl, arith::CmpIPredicate::ne, args[0], zero);
-                scf::ConditionOp::create(wb, wl, more, args);
-              },
-              [&](OpBuilder &wb, Location wl, ValueRange args) {
-                Value lane = arith::IndexCastUIOp::create(
-                    wb, wl, wb.getIndexType(),
-                    math::CountTrailingZerosOp::create(wb, wl, args[0]));
+          SmallVector<Value> after = forEachSetLane(
+              ib, il, beats, ValueRange{worst},
+              [&](OpBuilder &wb, Location wl, Value lane,
+                  ValueRange args) -> SmallVector<Value> {
                 Value at = arith::AddIOp::create(wb, wl, t, lane);
-                Value w = visit(wb, row, at,
-                                arith::AddIOp::create(wb, wl, at, idx(wb, 1)),
-                                args[1], candidate);
-                Value rest = arith::AndIOp::create(
-                    wb, wl, args[0],
-                    arith::SubIOp::create(wb, wl, args[0], one));
-                scf::YieldOp::create(wb, wl, ValueRange{rest, w});
+                return {visit(wb, row, at,
+                              arith::AddIOp::create(wb, wl, at, idx(wb, 1)),
+                              args[0], candidate)};
               });
-          scf::YieldOp::create(ib, il, ValueRange{lanesLoop.getResult(1)});
+          scf::YieldOp::create(ib, il, after);
         },
         [&](OpBuilder &ib, Location il) {
           scf::YieldOp::create(ib, il, ValueRange{worst});
@@ -4183,10 +4199,17 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
     // far (a histogram of 256 bins), then taking the bin where the count
     // from the top reaches what is still wanted.
     // One histogram per range of rows (ranges in parallel); integer counts,
-    // so their sum does not depend on the threads.
-    constexpr int64_t kParts = 16;
-    Value hist = memref::AllocOp::create(rewriter, loc,
-                                         MemRefType::get({kParts, 256}, i64));
+    // so their sum does not depend on the threads. Each range keeps
+    // kCopies histograms, column c counting into copy c mod kCopies:
+    // neighbouring keys mostly share a bin (the first pass's is the sign
+    // and exponent), and one histogram would chain every count's load on
+    // the store before it. Keys go by in blocks of kScreenWidth, their
+    // bins computed as one vector; after the first pass only the lanes
+    // with the chosen prefix count (one vector comparison; most blocks
+    // have none), each visited by its bit of the comparison's mask.
+    constexpr int64_t kParts = 16, kCopies = 4;
+    Value hist = memref::AllocOp::create(
+        rewriter, loc, MemRefType::get({kParts * kCopies, 256}, i64));
     Value span = arith::CeilDivUIOp::create(rewriter, loc, rows, cIdx(kParts));
     Value prefix = c64(rewriter, loc, 0), remaining = want;
     for (int64_t shift = 24; shift >= 0; shift -= 8) {
@@ -4195,47 +4218,113 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
           rewriter, loc, ValueRange{c0}, ValueRange{cIdx(kParts)},
           ValueRange{c1}, [&](OpBuilder &pb, Location pl, ValueRange ivs) {
             Value part = ivs[0];
-            scf::ForOp::create(
-                pb, pl, c0, cIdx(256), c1, ValueRange{},
-                [&](OpBuilder &b, Location l, Value bin, ValueRange) {
-                  memref::StoreOp::create(b, l, c64(b, l, 0), hist,
-                                          ValueRange{part, bin});
-                  scf::YieldOp::create(b, l);
-                });
+            Value first = arith::MulIOp::create(pb, pl, part, cIdx(kCopies));
+            forRange(pb, pl, first,
+                     arith::AddIOp::create(pb, pl, first, cIdx(kCopies)),
+                     [&](OpBuilder &hb, Value copy) {
+                       forRange(
+                           hb, pl, c0, cIdx(256), [&](OpBuilder &b, Value bin) {
+                             memref::StoreOp::create(b, pl, c64(b, pl, 0), hist,
+                                                     ValueRange{copy, bin});
+                           });
+                     });
             Value r0 = arith::MinUIOp::create(
                 pb, pl, arith::MulIOp::create(pb, pl, part, span), rows);
             Value r1 = arith::MinUIOp::create(
                 pb, pl, arith::AddIOp::create(pb, pl, r0, span), rows);
-            scf::ForOp::create(
-                pb, pl, r0, r1, c1, ValueRange{},
-                [&](OpBuilder &rb, Location rl, Value row, ValueRange) {
-                  scf::ForOp::create(
-                      rb, rl, c0, cN, c1, ValueRange{},
-                      [&](OpBuilder &b, Location l, Value col, ValueRange) {
-                        Value k = key(b, l, row, col);
-                        Value high = arith::ShRUIOp::create(
-                            b, l, k, c64(b, l, shift + 8));
-                        Value match = arith::CmpIOp::create(
-                            b, l, arith::CmpIPredicate::eq, high, pre);
-                        Value bin = arith::IndexCastOp::create(
-                            b, l, b.getIndexType(),
-                            arith::AndIOp::create(
-                                b, l,
-                                arith::ShRUIOp::create(b, l, k,
-                                                       c64(b, l, shift)),
-                                c64(b, l, 255)));
-                        Value old = memref::LoadOp::create(
-                            b, l, hist, ValueRange{part, bin});
-                        memref::StoreOp::create(
-                            b, l,
-                            arith::AddIOp::create(
-                                b, l, old,
-                                arith::ExtUIOp::create(b, l, i64, match)),
-                            hist, ValueRange{part, bin});
-                        scf::YieldOp::create(b, l);
-                      });
-                  scf::YieldOp::create(rb, rl);
-                });
+            // Counts the keys of columns [from, to) of `row` that have
+            // the prefix.
+            auto countCols = [&](OpBuilder &cb, Value row, Value from,
+                                 Value to) {
+              forRange(cb, pl, from, to, [&](OpBuilder &b, Value col) {
+                Location l = pl;
+                Value k = key(b, l, row, col);
+                Value high =
+                    arith::ShRUIOp::create(b, l, k, c64(b, l, shift + 8));
+                Value match = arith::CmpIOp::create(
+                    b, l, arith::CmpIPredicate::eq, high, pre);
+                Value bin = arith::IndexCastOp::create(
+                    b, l, b.getIndexType(),
+                    arith::AndIOp::create(
+                        b, l, arith::ShRUIOp::create(b, l, k, c64(b, l, shift)),
+                        c64(b, l, 255)));
+                Value copy = arith::AddIOp::create(
+                    b, l, first,
+                    arith::RemUIOp::create(b, l, col, cIdx(kCopies)));
+                Value old =
+                    memref::LoadOp::create(b, l, hist, ValueRange{copy, bin});
+                memref::StoreOp::create(
+                    b, l,
+                    arith::AddIOp::create(
+                        b, l, old, arith::ExtUIOp::create(b, l, i64, match)),
+                    hist, ValueRange{copy, bin});
+              });
+            };
+            // Whole blocks of kScreenWidth keys: their bins and prefixes
+            // as vectors; each key with the prefix (every key in the
+            // first pass) adds one to its bin, in its lane's copy.
+            auto i32Vec =
+                VectorType::get({kScreenWidth}, rewriter.getI32Type());
+            auto splat32 = [&](OpBuilder &b, uint32_t v) -> Value {
+              return arith::ConstantOp::create(
+                  b, pl, DenseElementsAttr::get(i32Vec, APInt(32, v)));
+            };
+            auto countBlock = [&](OpBuilder &bb, Value row, Value col) {
+              Value keys = orderedKeys32(
+                  bb, pl,
+                  vector::LoadOp::create(
+                      bb, pl,
+                      VectorType::get({kScreenWidth}, rewriter.getF32Type()),
+                      in, ValueRange{row, col}));
+              Value bins = arith::AndIOp::create(
+                  bb, pl,
+                  arith::ShRUIOp::create(bb, pl, keys, splat32(bb, shift)),
+                  splat32(bb, 255));
+              auto add = [&](OpBuilder &b, Location l, Value lane) {
+                Value bin = arith::IndexCastUIOp::create(
+                    b, l, b.getIndexType(),
+                    vector::ExtractOp::create(b, l, bins, OpFoldResult(lane)));
+                Value copy = arith::AddIOp::create(
+                    b, l, first,
+                    arith::RemUIOp::create(b, l, lane, cIdx(kCopies)));
+                Value old =
+                    memref::LoadOp::create(b, l, hist, ValueRange{copy, bin});
+                memref::StoreOp::create(
+                    b, l, arith::AddIOp::create(b, l, old, c64(b, l, 1)), hist,
+                    ValueRange{copy, bin});
+              };
+              if (shift == 24) {
+                for (int64_t lane = 0; lane < kScreenWidth; ++lane)
+                  add(bb, pl, cIdx(lane));
+                return;
+              }
+              Value match = arith::CmpIOp::create(
+                  bb, pl, arith::CmpIPredicate::eq,
+                  arith::ShRUIOp::create(bb, pl, keys, splat32(bb, shift + 8)),
+                  vector::BroadcastOp::create(
+                      bb, pl, i32Vec,
+                      arith::TruncIOp::create(bb, pl, bb.getI32Type(), pre)));
+              Value any = vector::ReductionOp::create(
+                  bb, pl, vector::CombiningKind::OR, match);
+              scf::IfOp::create(bb, pl, any, [&](OpBuilder &tb, Location tl) {
+                forEachSetLane(tb, tl, match, ValueRange{},
+                               [&](OpBuilder &wb, Location wl, Value lane,
+                                   ValueRange) -> SmallVector<Value> {
+                                 add(wb, wl, lane);
+                                 return {};
+                               });
+                scf::YieldOp::create(tb, tl);
+              });
+            };
+            int64_t blocks = codes.getNumLatents() / kScreenWidth;
+            forRange(pb, pl, r0, r1, [&](OpBuilder &rb, Value row) {
+              forRange(rb, pl, c0, cIdx(blocks), [&](OpBuilder &kb, Value blk) {
+                countBlock(
+                    kb, row,
+                    arith::MulIOp::create(kb, pl, blk, cIdx(kScreenWidth)));
+              });
+              countCols(rb, row, cIdx(blocks * kScreenWidth), cN);
+            });
           });
       // From bin 255 down: the first bin where the running count reaches
       // `remaining`; the keys in higher bins are all kept.
@@ -4246,7 +4335,7 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
           [&](OpBuilder &b, Location l, Value i, ValueRange st) {
             Value bin = arith::SubIOp::create(b, l, cIdx(255), i);
             auto binCount = scf::ForOp::create(
-                b, l, c0, cIdx(kParts), c1, ValueRange{st[2]},
+                b, l, c0, cIdx(kParts * kCopies), c1, ValueRange{st[2]},
                 [&](OpBuilder &hb, Location hl, Value part, ValueRange sum) {
                   Value c = memref::LoadOp::create(hb, hl, hist,
                                                    ValueRange{part, bin});
