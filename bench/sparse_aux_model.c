@@ -11,61 +11,90 @@
 //   gcc -O3 -march=native -fopenmp bench/sparse_aux_model.c -o /tmp/sparse_aux
 //   OMP_NUM_THREADS=2 /tmp/sparse_aux
 #include <immintrin.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-#include <omp.h>
-#define B 1024
-#define ND 1664
-#define D 768
-#define KA 512
-#define CH 192  // 12 vectors
-static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+1e-9*t.tv_nsec;}
-int main(){
-  float *W=aligned_alloc(64,sizeof(float)*ND*D), *out=aligned_alloc(64,sizeof(float)*B*D);
-  float *val=malloc(sizeof(float)*B*KA); int *idx=malloc(sizeof(int)*B*KA);
-  for(long i=0;i<(long)ND*D;i++) W[i]=(float)rand()/RAND_MAX;
-  for(int b=0;b<B;b++){ // KA distinct of ND, sorted (as a selection gives them in latent order)
-    char *used=calloc(ND,1); int c=0;
-    while(c<KA){int j=rand()%ND; if(!used[j]){used[j]=1;c++;}}
-    c=0; for(int j=0;j<ND;j++) if(used[j]){idx[b*KA+c]=j; val[b*KA+c]=(float)rand()/RAND_MAX; c++;}
-    free(used);
+
+enum { B = 1024, ND = 1664, D = 768, KA = 512, VECS = 12, CH = 16 * VECS };
+
+static float *W, *out, *val;
+static int *idx;
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+/* out[b, c0 : c0 + CH] = sum over row b's entries, in VECS registers. */
+static void chunk(int b, int c0) {
+  __m512 acc[VECS];
+  for (int u = 0; u < VECS; u++)
+    acc[u] = _mm512_setzero_ps();
+  const float *v = val + (long)b * KA;
+  const int *ix = idx + (long)b * KA;
+  for (int t = 0; t < KA; t++) {
+    __m512 s = _mm512_set1_ps(v[t]);
+    const float *w = W + (long)ix[t] * D + c0;
+    for (int u = 0; u < VECS; u++)
+      acc[u] = _mm512_fmadd_ps(s, _mm512_loadu_ps(w + 16 * u), acc[u]);
   }
-  for(int rep=0;rep<8;rep++){
-    double t0=now();
-    #pragma omp parallel
-    {
-      for(int c0=0;c0<D;c0+=CH){
-        #pragma omp for schedule(static)
-        for(int b=0;b<B;b++){
-          __m512 acc[12]; for(int u=0;u<12;u++) acc[u]=_mm512_setzero_ps();
-          const float *v=val+b*KA; const int *ix=idx+b*KA;
-          for(int t=0;t<KA;t++){
-            __m512 s=_mm512_set1_ps(v[t]); const float *w=W+(long)ix[t]*D+c0;
-            for(int u=0;u<12;u++) acc[u]=_mm512_fmadd_ps(s,_mm512_loadu_ps(w+16*u),acc[u]);
-          }
-          for(int u=0;u<12;u++) _mm512_storeu_ps(out+(long)b*D+c0+16*u,acc[u]);
-        }
+  for (int u = 0; u < VECS; u++)
+    _mm512_storeu_ps(out + (long)b * D + c0 + 16 * u, acc[u]);
+}
+
+static void report(const char *name, double t) {
+  printf("%-18s %6.2f ms, %3.0f GFLOP/s useful (a dense product over the %d "
+         "rows at %3.0f GFLOP/s)\n",
+         name, t * 1e3, 2.0 * B * KA * D / t / 1e9, ND,
+         2.0 * B * ND * D / t / 1e9);
+}
+
+int main(void) {
+  W = aligned_alloc(64, sizeof(float) * ND * D);
+  out = aligned_alloc(64, sizeof(float) * B * D);
+  val = malloc(sizeof(float) * B * KA);
+  idx = malloc(sizeof(int) * B * KA);
+  for (long i = 0; i < (long)ND * D; i++)
+    W[i] = (float)rand() / RAND_MAX;
+  /* KA distinct rows of ND per row, in increasing order (as a selection
+   * lists them). */
+  char *used = malloc(ND);
+  for (int b = 0; b < B; b++) {
+    for (int j = 0; j < ND; j++)
+      used[j] = 0;
+    for (int c = 0; c < KA;) {
+      int j = rand() % ND;
+      if (!used[j]) {
+        used[j] = 1;
+        c++;
       }
     }
-    double t=now()-t0;
-    printf("sparse chunk-outer: %.2f ms, %.0f GFLOP/s useful (dense equivalent at ND: %.0f GFLOP/s)\n", t*1e3, 2.0*B*KA*D/t/1e9, 2.0*B*ND*D/t/1e9);
-  }
-  // row-outer order, for comparison
-  for(int rep=0;rep<4;rep++){
-    double t0=now();
-    #pragma omp parallel for schedule(static)
-    for(int b=0;b<B;b++) for(int c0=0;c0<D;c0+=CH){
-      __m512 acc[12]; for(int u=0;u<12;u++) acc[u]=_mm512_setzero_ps();
-      const float *v=val+b*KA; const int *ix=idx+b*KA;
-      for(int t=0;t<KA;t++){
-        __m512 s=_mm512_set1_ps(v[t]); const float *w=W+(long)ix[t]*D+c0;
-        for(int u=0;u<12;u++) acc[u]=_mm512_fmadd_ps(s,_mm512_loadu_ps(w+16*u),acc[u]);
+    for (int j = 0, c = 0; j < ND; j++)
+      if (used[j]) {
+        idx[b * KA + c] = j;
+        val[b * KA + c++] = (float)rand() / RAND_MAX;
       }
-      for(int u=0;u<12;u++) _mm512_storeu_ps(out+(long)b*D+c0+16*u,acc[u]);
+  }
+  free(used);
+  for (int rep = 0; rep < 8; rep++) {
+    double t0 = now();
+#pragma omp parallel
+    for (int c0 = 0; c0 < D; c0 += CH) {
+#pragma omp for schedule(static)
+      for (int b = 0; b < B; b++)
+        chunk(b, c0);
     }
-    double t=now()-t0;
-    printf("sparse row-outer:   %.2f ms, %.0f GFLOP/s useful\n", t*1e3, 2.0*B*KA*D/t/1e9);
+    report("chunks outermost:", now() - t0);
+  }
+  for (int rep = 0; rep < 4; rep++) {
+    double t0 = now();
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++)
+      for (int c0 = 0; c0 < D; c0 += CH)
+        chunk(b, c0);
+    report("rows outermost:", now() - t0);
   }
   return 0;
 }

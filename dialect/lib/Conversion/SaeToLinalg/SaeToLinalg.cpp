@@ -4232,6 +4232,19 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
                 pb, pl, arith::MulIOp::create(pb, pl, part, span), rows);
             Value r1 = arith::MinUIOp::create(
                 pb, pl, arith::AddIOp::create(pb, pl, r0, span), rows);
+            // Adds `amount` to `bin` in the copy of the key at `pos`
+            // (its column or lane).
+            auto bump = [&](OpBuilder &b, Location l, Value pos, Value bin,
+                            Value amount) {
+              Value copy = arith::AddIOp::create(
+                  b, l, first,
+                  arith::RemUIOp::create(b, l, pos, cIdx(kCopies)));
+              Value old =
+                  memref::LoadOp::create(b, l, hist, ValueRange{copy, bin});
+              memref::StoreOp::create(b, l,
+                                      arith::AddIOp::create(b, l, old, amount),
+                                      hist, ValueRange{copy, bin});
+            };
             // Counts the keys of columns [from, to) of `row` that have
             // the prefix.
             auto countCols = [&](OpBuilder &cb, Value row, Value from,
@@ -4248,16 +4261,7 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
                     arith::AndIOp::create(
                         b, l, arith::ShRUIOp::create(b, l, k, c64(b, l, shift)),
                         c64(b, l, 255)));
-                Value copy = arith::AddIOp::create(
-                    b, l, first,
-                    arith::RemUIOp::create(b, l, col, cIdx(kCopies)));
-                Value old =
-                    memref::LoadOp::create(b, l, hist, ValueRange{copy, bin});
-                memref::StoreOp::create(
-                    b, l,
-                    arith::AddIOp::create(
-                        b, l, old, arith::ExtUIOp::create(b, l, i64, match)),
-                    hist, ValueRange{copy, bin});
+                bump(b, l, col, bin, arith::ExtUIOp::create(b, l, i64, match));
               });
             };
             // Whole blocks of kScreenWidth keys: their bins and prefixes
@@ -4284,14 +4288,7 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
                 Value bin = arith::IndexCastUIOp::create(
                     b, l, b.getIndexType(),
                     vector::ExtractOp::create(b, l, bins, OpFoldResult(lane)));
-                Value copy = arith::AddIOp::create(
-                    b, l, first,
-                    arith::RemUIOp::create(b, l, lane, cIdx(kCopies)));
-                Value old =
-                    memref::LoadOp::create(b, l, hist, ValueRange{copy, bin});
-                memref::StoreOp::create(
-                    b, l, arith::AddIOp::create(b, l, old, c64(b, l, 1)), hist,
-                    ValueRange{copy, bin});
+                bump(b, l, lane, bin, c64(b, l, 1));
               };
               if (shift == 24) {
                 for (int64_t lane = 0; lane < kScreenWidth; ++lane)
