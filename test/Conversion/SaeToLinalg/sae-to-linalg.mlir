@@ -173,8 +173,9 @@ func.func @linear_topk_shared(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: t
 // Tests that a top-k's input whose other use takes a few of its columns
 // (AuxK's dead columns, sae.take_columns with slots known before the top-k)
 // is not written: each row of the taken matrix is zeroed before its first
-// tile, and each vector of a tile's columns that has a slot in range
-// scatters its rows' values there (one test per vector and tile).
+// tile; then, for each vector of a tile's columns, the columns with a slot
+// in range (the bits of one vector comparison) copy the tile's rows to
+// their slots one element at a time (no masked scatter of whole vectors).
 // CHECK-LABEL: func.func @linear_topk_take
 // CHECK-SAME: %[[SLOT:[^:]*]]: tensor<64xi32>, %[[WIDTH:[^:]*]]: index
 // CHECK-NOT: memref.alloc({{.*}}) : memref<?x64xf32>
@@ -188,11 +189,18 @@ func.func @linear_topk_shared(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: t
 // CHECK: %[[WV:.*]] = vector.broadcast %[[W]] : i32 to vector<8xi32>
 // CHECK: %[[S:.*]] = vector.load %[[SLOTS]][%{{.*}}] : memref<64xi32>, vector<8xi32>
 // CHECK: %[[IN:.*]] = arith.cmpi ult, %[[S]], %[[WV]] : vector<8xi32>
-// CHECK: %[[ANY:.*]] = vector.reduction <or>, %[[IN]] : vector<8xi1> into i1
-// CHECK: scf.if %[[ANY]] {
-// CHECK:   scf.for
-// CHECK:     %[[V:.*]] = vector.load
-// CHECK:     vector.scatter %[[TAKEN]][%{{.*}}, %c0] [%[[S]]], %[[IN]], %[[V]]
+// CHECK: vector.bitcast %[[IN]] : vector<8xi1> to vector<1xi8>
+// CHECK: scf.while
+// CHECK:   %[[LANE:.*]] = math.cttz
+// CHECK:   %[[L:.*]] = arith.index_castui %[[LANE]] : i32 to index
+// CHECK:   %[[COL:.*]] = arith.addi %{{.*}}, %[[L]] : index
+// CHECK:   %[[TO32:.*]] = memref.load %[[SLOTS]][%[[COL]]] : memref<64xi32>
+// CHECK:   %[[TO:.*]] = arith.index_cast %[[TO32]] : i32 to index
+// CHECK:   scf.for %[[R:.*]] = %c0 to %c6 step %c1 {
+// CHECK:     %[[ROW:.*]] = arith.addi %{{.*}}, %[[R]] : index
+// CHECK:     %[[X:.*]] = memref.load %{{.*}}[%[[R]], %[[L]]]
+// CHECK:     memref.store %[[X]], %[[TAKEN]][%[[ROW]], %[[TO]]] : memref<?x?xf32>
+// CHECK-NOT: vector.scatter
 // CHECK-NOT: vector.store {{.*}} : memref<?x64xf32>
 // CHECK: %[[T:.*]] = bufferization.to_tensor %[[TAKEN]]
 // CHECK: return %{{.*}}, %[[T]]
