@@ -170,6 +170,58 @@ func.func @linear_topk_shared(%x: tensor<?x16xf32>, %w: tensor<16x64xf32>, %b: t
 
 // -----
 
+// Tests the kernel for fewer than 32 rows (an encode of a few tokens),
+// chosen at run time: B is streamed rather than packed. Each work item
+// (a range of whole panels of columns) zeroes its columns of the sums
+// (rows one vector longer than N, 64 + 8), walks B 8 rows at a time (8
+// vector loads, then per row of A 8 broadcasts and FMAs in order of k into
+// the row's vector of sums), then the K mod 8 rows left one by one, and
+// adds the bias and clamps. The rows then go by in groups of 6 through the
+// top-k, each tile a view of the sums. With 32 rows or more, the packed
+// kernel (an aligned panel buffer) runs instead.
+// CHECK-LABEL: func.func @linear_stream
+// CHECK: %[[FEW:.*]] = arith.cmpi ult, %[[M:.*]], %c32 : index
+// CHECK: scf.if %[[FEW]] {
+// CHECK:   %[[SUMS:.*]] = memref.alloc(%[[M]], %c72) : memref<?x?xf32>
+// CHECK:   scf.parallel (%[[J0:.*]]) = (%c0) to (%c64) step (%c16) {
+// CHECK:     %[[J1:.*]] = arith.minui
+// CHECK:     scf.for %[[R:.*]] = %c0 to %[[M]] step %c1 {
+// CHECK:       scf.for %[[J:.*]] = %[[J0]] to %[[J1]] step %c8 {
+// CHECK:         vector.store %{{.*}}, %[[SUMS]][%[[R]], %[[J]]]
+// CHECK:     scf.for %[[K0:.*]] = %c0 to %c16 step %c8 {
+// CHECK:       scf.for %[[J:.*]] = %[[J0]] to %[[J1]] step %c8 {
+// CHECK-COUNT-8: vector.load %{{.*}} : memref<20x64xf32>, vector<8xf32>
+// CHECK:         scf.for %[[R:.*]] = %c0 to %[[M]] step %c1 {
+// CHECK:           vector.load %[[SUMS]][%[[R]], %[[J]]]
+// CHECK-COUNT-8:   vector.fma
+// CHECK:           vector.store %{{.*}}, %[[SUMS]][%[[R]], %[[J]]]
+// CHECK:     scf.for %{{.*}} = %c16 to %c20 step %c1 {
+// CHECK:       vector.fma
+// CHECK:     scf.for
+// CHECK:       scf.for
+// CHECK:         arith.addf
+// CHECK:         arith.maximumf
+// CHECK:         vector.store %{{.*}}, %[[SUMS]]
+// CHECK:   %[[GROUPS:.*]] = arith.ceildivui %[[M]], %c6 : index
+// CHECK:   scf.parallel (%{{.*}}) = (%c0) to (%[[GROUPS]]) step (%c1) {
+// CHECK:     memref.subview %[[SUMS]]
+// CHECK:     arith.cmpf ogt
+// CHECK: } else {
+// CHECK:   memref.alloc(%{{.*}}) {alignment = 64 : i64} : memref<?x16xf32>
+// CHECK:   vector.fma
+// CHECK: }
+func.func @linear_stream(%x: tensor<?x20xf32>, %w: tensor<20x64xf32>, %b: tensor<64xf32>) -> (tensor<?x4xf32>, tensor<?x4xi32>) {
+  %0 = sae.linear %x, %w : tensor<?x20xf32>, tensor<20x64xf32> -> tensor<?x64xf32>
+  %1 = sae.bias_add %0, %b : tensor<?x64xf32>, tensor<64xf32>
+  %2 = sae.relu %1 : tensor<?x64xf32>
+  %z = sae.topk %2 : tensor<?x64xf32> -> !sae.codes<?x64xf32, k = 4>
+  %v = sae.codes_values %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x4xf32>
+  %i = sae.codes_indices %z : !sae.codes<?x64xf32, k = 4> -> tensor<?x4xi32>
+  return %v, %i : tensor<?x4xf32>, tensor<?x4xi32>
+}
+
+// -----
+
 // Tests that a top-k's input whose other use takes a few of its columns
 // (AuxK's dead columns, sae.take_columns with slots known before the top-k)
 // is not written: each row of the taken matrix is zeroed before its first

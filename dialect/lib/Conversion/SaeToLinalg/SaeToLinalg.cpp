@@ -663,7 +663,8 @@ constexpr int64_t kDepth = 512;
 
 /// Where emitPanelGemm's results go besides C (when C is given). `tile`
 /// takes rows [r0, r0 + rows) of the columns [col, col + vecs·lanes) (bias
-/// and clamp applied) from the [kRows, vecs·lanes] buffer `buf`; `begin`
+/// and clamp applied) from rows [0, rows) of `buf` (the packed kernel's
+/// [kRows, vecs·lanes] buffer, or a view of C in the streaming one); `begin`
 /// runs for each row before its first tile and `end` after its last. With an
 /// epilogue, one work item takes all the columns of its rows, and the tiles
 /// of a row come with increasing columns. `tile` is emitted twice (full
@@ -675,10 +676,196 @@ struct PanelEpilogue {
       tile;
 };
 
+/// Products with fewer rows than this stream B instead of packing it
+/// (emitStreamGemm).
+constexpr int64_t kStreamRows = 32;
+/// Rows of B that the streaming kernel reads side by side: one vector of
+/// each is multiplied into every row of C while it is in a register.
+constexpr int64_t kStreamDepth = 8;
+
+/// C[M, N] = A[M, K] · B[K, N] for a few rows (M < kStreamRows): the
+/// packed kernel below copies all of B before it uses each panel once per
+/// group of kRows rows, which for one row costs four times the product
+/// itself. Here every thread takes a range of columns and walks down B
+/// kStreamDepth rows at a time, reading each row of its range once, in
+/// order (so B streams from memory at the hardware prefetchers' pace),
+/// while the range of C (M · range floats, 64 KiB at most for N = 16384)
+/// stays in L1 or L2. Bias and clamp are
+/// applied when the range is done; with an epilogue, the rows of C then
+/// go by in tiles of kRows × cols, as from the packed kernel.
+void emitStreamGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
+                    Value m, Value k, Value n, int64_t lanes, int64_t cols,
+                    Value bias, bool relu, const PanelEpilogue *epilogue) {
+  Type f32 = b.getF32Type();
+  auto vecType = VectorType::get({lanes}, f32);
+  auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
+    return arith::ConstantIndexOp::create(ob, loc, v);
+  };
+  auto minU = [&](OpBuilder &ob, Value x, Value y) -> Value {
+    return arith::MinUIOp::create(ob, loc, x, y);
+  };
+  Value zero = arith::ConstantOp::create(
+      b, loc, DenseElementsAttr::get(vecType, b.getF32FloatAttr(0.0)));
+  // The sums, rows one vector longer than N: with N a multiple of 1024,
+  // the load of a vector of one row and the store to the same vector of
+  // the row before would be 4 KiB apart, which the CPU's memory
+  // disambiguation takes for the same address, and every row would wait
+  // on the one before.
+  Value sums = memref::AllocOp::create(
+      b, loc,
+      MemRefType::get({ShapedType::kDynamic, ShapedType::kDynamic}, f32),
+      ValueRange{m, arith::AddIOp::create(b, loc, n, idx(b, lanes))});
+  Value out = c ? c : sums;
+  // Ranges of whole panels of columns, at most 32 (a few per thread).
+  Value panels = arith::DivUIOp::create(b, loc, n, idx(b, cols));
+  Value span = arith::MulIOp::create(
+      b, loc,
+      arith::MaxUIOp::create(
+          b, loc, arith::CeilDivUIOp::create(b, loc, panels, idx(b, 32)),
+          idx(b, 1)),
+      idx(b, cols));
+  // Rows [k0, k0 + depth) of B into the range's columns of the sums: one
+  // vector of each row of B at a time, multiplied into every row.
+  auto rowsOfB = [&](OpBuilder &ob, Location l, Value j0, Value j1, Value k0,
+                     int64_t depth) {
+    scf::ForOp::create(
+        ob, l, j0, j1, idx(ob, lanes), ValueRange{},
+        [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
+          SmallVector<Value> w;
+          for (int64_t d = 0; d < depth; ++d)
+            w.push_back(vector::LoadOp::create(
+                jb, jl, vecType, bm,
+                ValueRange{arith::AddIOp::create(jb, jl, k0, idx(jb, d)), j}));
+          forRange(jb, jl, idx(jb, 0), m, [&](OpBuilder &rb, Value r) {
+            Value acc =
+                vector::LoadOp::create(rb, jl, vecType, sums, ValueRange{r, j});
+            for (int64_t d = 0; d < depth; ++d) {
+              Value x = memref::LoadOp::create(
+                  rb, jl, a,
+                  ValueRange{r, arith::AddIOp::create(rb, jl, k0, idx(rb, d))});
+              acc = vector::FMAOp::create(
+                  rb, jl, vector::BroadcastOp::create(rb, jl, vecType, x), w[d],
+                  acc);
+            }
+            vector::StoreOp::create(rb, jl, acc, sums, ValueRange{r, j});
+          });
+          scf::YieldOp::create(jb, jl);
+        });
+  };
+  scf::ParallelOp::create(
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{n}, ValueRange{span},
+      [&](OpBuilder &pb, Location l, ValueRange ivs) {
+        Value j0 = ivs[0];
+        Value j1 = minU(pb, arith::AddIOp::create(pb, l, j0, span), n);
+        auto eachVector =
+            [&](OpBuilder &ob,
+                function_ref<void(OpBuilder &, Value, Value)> fn) {
+              forRange(ob, l, idx(ob, 0), m, [&](OpBuilder &rb, Value r) {
+                scf::ForOp::create(
+                    rb, l, j0, j1, idx(rb, lanes), ValueRange{},
+                    [&](OpBuilder &jb, Location, Value j, ValueRange) {
+                      fn(jb, r, j);
+                      scf::YieldOp::create(jb, l);
+                    });
+              });
+            };
+        eachVector(pb, [&](OpBuilder &jb, Value r, Value j) {
+          vector::StoreOp::create(jb, l, zero, sums, ValueRange{r, j});
+        });
+        Value kFull = arith::MulIOp::create(
+            pb, l, arith::DivUIOp::create(pb, l, k, idx(pb, kStreamDepth)),
+            idx(pb, kStreamDepth));
+        scf::ForOp::create(
+            pb, l, idx(pb, 0), kFull, idx(pb, kStreamDepth), ValueRange{},
+            [&](OpBuilder &kb, Location kl, Value k0, ValueRange) {
+              rowsOfB(kb, kl, j0, j1, k0, kStreamDepth);
+              scf::YieldOp::create(kb, kl);
+            });
+        forRange(pb, l, kFull, k, [&](OpBuilder &kb, Value k0) {
+          rowsOfB(kb, l, j0, j1, k0, 1);
+        });
+        if (bias || relu || out != sums)
+          eachVector(pb, [&](OpBuilder &jb, Value r, Value j) {
+            Value v =
+                vector::LoadOp::create(jb, l, vecType, sums, ValueRange{r, j});
+            if (bias)
+              v = arith::AddFOp::create(
+                  jb, l, v,
+                  vector::LoadOp::create(jb, l, vecType, bias, ValueRange{j}));
+            if (relu)
+              v = arith::MaximumFOp::create(jb, l, v, zero);
+            vector::StoreOp::create(jb, l, v, out, ValueRange{r, j});
+          });
+      });
+  if (!epilogue)
+    return;
+  // Groups of kRows rows, each tile a view of C.
+  Value groups = arith::CeilDivUIOp::create(b, loc, m, idx(b, kRows));
+  scf::ParallelOp::create(
+      b, loc, ValueRange{idx(b, 0)}, ValueRange{groups}, ValueRange{idx(b, 1)},
+      [&](OpBuilder &gb, Location l, ValueRange ivs) {
+        Value r0 = arith::MulIOp::create(gb, l, ivs[0], idx(gb, kRows));
+        Value rows = arith::SubIOp::create(
+            gb, l,
+            minU(gb, arith::AddIOp::create(gb, l, r0, idx(gb, kRows)), m), r0);
+        Value r1 = arith::AddIOp::create(gb, l, r0, rows);
+        forRange(gb, l, r0, r1,
+                 [&](OpBuilder &rb, Value r) { epilogue->begin(rb, l, r); });
+        scf::ForOp::create(
+            gb, l, idx(gb, 0), n, idx(gb, cols), ValueRange{},
+            [&](OpBuilder &jb, Location jl, Value j, ValueRange) {
+              Value tile = memref::SubViewOp::create(
+                  jb, jl, out, ArrayRef<OpFoldResult>{r0, j},
+                  ArrayRef<OpFoldResult>{rows, jb.getIndexAttr(cols)},
+                  ArrayRef<OpFoldResult>{jb.getIndexAttr(1),
+                                         jb.getIndexAttr(1)});
+              epilogue->tile(jb, jl, tile, r0, rows, j);
+              scf::YieldOp::create(jb, jl);
+            });
+        forRange(gb, l, r0, r1,
+                 [&](OpBuilder &rb, Value r) { epilogue->end(rb, l, r); });
+      });
+}
+
+void emitPackedGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
+                    Value m, Value k, Value n, int64_t lanes, int64_t vecs,
+                    Value bias, bool relu, const PanelEpilogue *epilogue);
+
 void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                    Value m, Value k, Value n, int64_t lanes, int64_t vecs,
                    Value bias, bool relu,
                    const PanelEpilogue *epilogue = nullptr) {
+  std::optional<int64_t> staticM = getConstantIntValue(m);
+  if (staticM && *staticM >= kStreamRows) {
+    emitPackedGemm(b, loc, a, bm, c, m, k, n, lanes, vecs, bias, relu,
+                   epilogue);
+    return;
+  }
+  if (staticM) {
+    emitStreamGemm(b, loc, a, bm, c, m, k, n, lanes, vecs * lanes, bias, relu,
+                   epilogue);
+    return;
+  }
+  Value few = arith::CmpIOp::create(
+      b, loc, arith::CmpIPredicate::ult, m,
+      arith::ConstantIndexOp::create(b, loc, kStreamRows));
+  scf::IfOp::create(
+      b, loc, few,
+      [&](OpBuilder &tb, Location tl) {
+        emitStreamGemm(tb, tl, a, bm, c, m, k, n, lanes, vecs * lanes, bias,
+                       relu, epilogue);
+        scf::YieldOp::create(tb, tl);
+      },
+      [&](OpBuilder &eb, Location el) {
+        emitPackedGemm(eb, el, a, bm, c, m, k, n, lanes, vecs, bias, relu,
+                       epilogue);
+        scf::YieldOp::create(eb, el);
+      });
+}
+
+void emitPackedGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
+                    Value m, Value k, Value n, int64_t lanes, int64_t vecs,
+                    Value bias, bool relu, const PanelEpilogue *epilogue) {
   Type f32 = b.getF32Type();
   auto vecType = VectorType::get({lanes}, f32);
   int64_t cols = vecs * lanes;
