@@ -829,42 +829,6 @@ void emitStreamGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
 
 void emitPackedGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
                     Value m, Value k, Value n, int64_t lanes, int64_t vecs,
-                    Value bias, bool relu, const PanelEpilogue *epilogue);
-
-void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
-                   Value m, Value k, Value n, int64_t lanes, int64_t vecs,
-                   Value bias, bool relu,
-                   const PanelEpilogue *epilogue = nullptr) {
-  std::optional<int64_t> staticM = getConstantIntValue(m);
-  if (staticM && *staticM >= kStreamRows) {
-    emitPackedGemm(b, loc, a, bm, c, m, k, n, lanes, vecs, bias, relu,
-                   epilogue);
-    return;
-  }
-  if (staticM) {
-    emitStreamGemm(b, loc, a, bm, c, m, k, n, lanes, vecs * lanes, bias, relu,
-                   epilogue);
-    return;
-  }
-  Value few = arith::CmpIOp::create(
-      b, loc, arith::CmpIPredicate::ult, m,
-      arith::ConstantIndexOp::create(b, loc, kStreamRows));
-  scf::IfOp::create(
-      b, loc, few,
-      [&](OpBuilder &tb, Location tl) {
-        emitStreamGemm(tb, tl, a, bm, c, m, k, n, lanes, vecs * lanes, bias,
-                       relu, epilogue);
-        scf::YieldOp::create(tb, tl);
-      },
-      [&](OpBuilder &eb, Location el) {
-        emitPackedGemm(eb, el, a, bm, c, m, k, n, lanes, vecs, bias, relu,
-                       epilogue);
-        scf::YieldOp::create(eb, el);
-      });
-}
-
-void emitPackedGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
-                    Value m, Value k, Value n, int64_t lanes, int64_t vecs,
                     Value bias, bool relu, const PanelEpilogue *epilogue) {
   Type f32 = b.getF32Type();
   auto vecType = VectorType::get({lanes}, f32);
@@ -1177,6 +1141,31 @@ void emitPackedGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
         }
         if (epilogue)
           eachRow(epilogue->end);
+      });
+}
+
+/// C[M, N] = A[M, K] · B[K, N] (plus bias, clamped, through `epilogue`):
+/// the streaming kernel for fewer than kStreamRows rows, else the packed
+/// one, chosen at run time (canonicalisation folds the choice when M is a
+/// constant).
+void emitPanelGemm(OpBuilder &b, Location loc, Value a, Value bm, Value c,
+                   Value m, Value k, Value n, int64_t lanes, int64_t vecs,
+                   Value bias, bool relu,
+                   const PanelEpilogue *epilogue = nullptr) {
+  Value few = arith::CmpIOp::create(
+      b, loc, arith::CmpIPredicate::ult, m,
+      arith::ConstantIndexOp::create(b, loc, kStreamRows));
+  scf::IfOp::create(
+      b, loc, few,
+      [&](OpBuilder &tb, Location tl) {
+        emitStreamGemm(tb, tl, a, bm, c, m, k, n, lanes, vecs * lanes, bias,
+                       relu, epilogue);
+        scf::YieldOp::create(tb, tl);
+      },
+      [&](OpBuilder &eb, Location el) {
+        emitPackedGemm(eb, el, a, bm, c, m, k, n, lanes, vecs, bias, relu,
+                       epilogue);
+        scf::YieldOp::create(eb, el);
       });
 }
 
