@@ -47,17 +47,18 @@ def main():
     ap.add_argument("--calls", type=int, default=40)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
-    args = ap.parse_args()
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     sys.path.insert(0, HERE)
     sys.path.insert(0, os.path.join(ROOT, "test", "Integration", "CPU", "Inputs"))
-    import torch
     import train_step
+    train_step.add_heap_flag(ap)
+    args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
     from saelib import Library, _array
     from torchblas import require_openblas
     torch.set_num_threads(args.threads)
     require_openblas()
-    train_step.keep_heap()
+    train_step.set_heap(args)
 
     libs = args.libs
     if not libs:

@@ -10,6 +10,7 @@ has `since_fired`, or --dead-fraction of them), in its own parameters.
 Usage:
   /usr/bin/python3 bench/interleave.py LIB.so [LIB.so ...] [--steps 20]
       [--warmup 2] [--batch 1024] [--threads N] [--dead-fraction F]
+      [--glibc-defaults]
 Prints, per library, the median and the minimum step time after the
 warm-up steps.
 """
@@ -18,6 +19,12 @@ import os
 import sys
 
 import numpy as np
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import train_step  # noqa: E402
+from saelib import Library  # noqa: E402  (train_step put its directory on the path)
 
 
 def main():
@@ -30,15 +37,12 @@ def main():
     ap.add_argument("--dead-fraction", type=float,
                     help="fraction of the latents dead (models with "
                     "since_fired; default that of bench/train_step.py, 0.1)")
+    train_step.add_heap_flag(ap)
     args = ap.parse_args()
     if args.steps <= args.warmup:
         sys.exit("--steps must exceed --warmup")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, here)
-    import train_step
-    from saelib import Library  # train_step put its directory on the path
-    train_step.keep_heap()
+    train_step.set_heap(args)
     steppers = [train_step.stepper(Library(os.path.abspath(path)), args,
                                    np.random.default_rng(0))[2]
                 for path in args.libs]

@@ -126,10 +126,26 @@ def child_json(cmd):
 
 def keep_heap():
     """As the `sae` tool does: keep freed work buffers in the heap instead of
-    returning them to the OS (M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1)."""
+    returning them to the OS (M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1).
+    saec's libraries keep their own (runtime/src/cpu/workspace.c); this is
+    for PyTorch's tensors, and so that every style runs alike."""
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(-3, 1 << 30)
     libc.mallopt(-1, 1 << 30)
+
+
+def add_heap_flag(ap):
+    """--glibc-defaults: leave malloc's settings as they are."""
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="leave glibc's malloc settings as they are, as a "
+                    "program that loads the libraries itself would (by "
+                    "default the heap keeps freed blocks, as in the sae "
+                    "tool)")
+
+
+def set_heap(args):
+    if not args.glibc_defaults:
+        keep_heap()
 
 
 def stepper(lib, args, rng):

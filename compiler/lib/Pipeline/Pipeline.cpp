@@ -31,7 +31,7 @@ std::string getCpuPipelineText(int64_t vectorLanes) {
          "sae-guided-schedule,"
          "expand-strided-metadata,"
          "lower-affine,"
-         "finalize-memref-to-llvm,"
+         "finalize-memref-to-llvm{use-generic-functions=true},"
          "convert-scf-to-cf,"
          "convert-math-to-llvm,"
          "convert-vector-to-llvm,"

@@ -3598,11 +3598,12 @@ int dispatch(int argc, char **argv) {
 extern "C" void sae_rt_testing_set_fault(const char *points);
 
 int main(int argc, char **argv) {
-  // Model entry points allocate and free the same large work buffers on
-  // every call. glibc would hand each one back to the kernel (mmap above
-  // 128 KiB, trimming above 128 KiB free) and fault its pages in again on
-  // the next call; keeping them in the heap makes repeated steps reuse
-  // them.
+  // The tool allocates and frees the same large arrays batch after batch
+  // (inputs, codes, outputs). glibc would hand each one back to the kernel
+  // (mmap above 128 KiB, trimming above 128 KiB free) and fault its pages
+  // in again on the next batch; keeping them in the heap makes later
+  // batches reuse them. (Model entry points keep their own work memory:
+  // runtime/src/cpu/workspace.c.)
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   if (const char *faults = std::getenv("SAE_TESTING_FAULTS"))

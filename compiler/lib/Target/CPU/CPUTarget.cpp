@@ -22,6 +22,8 @@ using namespace sae;
 
 namespace {
 
+#include "WorkspaceSource.inc"
+
 /// x86 features whose absence makes generated code fault, with the names
 /// __builtin_cpu_supports uses for them (LLVM's are the same here).
 constexpr const char *kCheckedX86Features[] = {
@@ -235,6 +237,25 @@ bool sae::emitSharedLibrary(llvm::Module &llvmModule, const CpuTarget &target,
     }
   }
 
+  // The heap that the generated code allocates its work buffers from
+  // (runtime/src/cpu/workspace.c), compiled in the same driver call.
+  llvm::SmallString<128> wsPath;
+  if (std::error_code ec = llvm::sys::fs::createTemporaryFile(
+          "saec-workspace", "c", fd, wsPath)) {
+    error = "cannot create a temporary source file: " + ec.message();
+    return false;
+  }
+  llvm::FileRemover removeWs(wsPath);
+  {
+    llvm::raw_fd_ostream os(fd, /*shouldClose=*/true);
+    os << kWorkspaceSource;
+    os.flush();
+    if (os.has_error()) {
+      error = "cannot write '" + wsPath.str().str() + "'";
+      return false;
+    }
+  }
+
   const char *ccEnv = std::getenv("CC");
   std::string ccName = ccEnv && *ccEnv ? ccEnv : "cc";
   llvm::ErrorOr<std::string> cc = llvm::sys::findProgramByName(ccName);
@@ -247,10 +268,11 @@ bool sae::emitSharedLibrary(llvm::Module &llvmModule, const CpuTarget &target,
   // link never leaves a truncated library behind.
   std::string tmpOut = (outputPath + ".tmp").str();
   // Parallel loops call LLVM's OpenMP runtime (Debian's libomp-22-dev).
-  llvm::SmallVector<llvm::StringRef> args = {
-      *cc,   "-shared", "-o", tmpOut, objPath,
-      "-lm", "-L" SAE_LLVM_LIBDIR, "-lomp", "-Wl,-rpath," SAE_LLVM_LIBDIR,
-      "-Wl,-z,noexecstack"};
+  llvm::SmallVector<llvm::StringRef> args = {*cc, "-shared", "-o", tmpOut,
+                                             objPath};
+  args.append({"-O2", "-fPIC", "-pthread", wsPath});
+  args.append({"-lm", "-L" SAE_LLVM_LIBDIR, "-lomp",
+               "-Wl,-rpath," SAE_LLVM_LIBDIR, "-Wl,-z,noexecstack"});
   std::string linkErr;
   int rc =
       llvm::sys::ExecuteAndWait(*cc, args, std::nullopt, {}, 0, 0, &linkErr);

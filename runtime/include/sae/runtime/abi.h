@@ -18,15 +18,15 @@
  *  - Functions return 0 on success. Generated code never aborts the process;
  *    argument validation (B >= 1, buffer sizes, index ranges) is the caller's
  *    job.
- *  - Entry points allocate their work buffers with malloc and free them
- *    before returning (a training step at d = 768, n = 16384 uses hundreds
- *    of MiB). glibc returns buffers above 128 KiB to the kernel, so a caller
- *    that calls an entry point again and again pays for faulting their
- *    pages in on every call (measured at that size: a training step of
- *    1024 rows 154 ms instead of 126, an encode of 1024 rows 106 ms
- *    instead of 91). Such a caller should keep them in the heap, as the
- *    `sae` tool does at start-up:
- *    mallopt(M_MMAP_THRESHOLD, 1 << 30); mallopt(M_TRIM_THRESHOLD, 1 << 30);
+ *  - Entry points allocate their work buffers and free them before
+ *    returning (a training step at d = 768, n = 16384 uses hundreds of
+ *    MiB). Blocks of 128 KiB and more come from the library's own heap,
+ *    which keeps freed memory for the next call (runtime/src/cpu/
+ *    workspace.c): a caller that calls an entry point again and again does
+ *    not fault its pages in on every call, whatever its malloc settings.
+ *    Memory left unused for about five training steps' worth of
+ *    allocations is given back to the kernel; all of it when the library
+ *    is unloaded.
  *
  * Sparse codes come in two layouts (the "codes.layout" of the description):
  *  - "rows":  every row holds exactly k (value, latent index) pairs, ordered
