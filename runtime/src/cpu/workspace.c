@@ -16,7 +16,8 @@
  * memory mapped for the next allocation of any size, as glibc's heap does
  * with a raised mmap and trim threshold.
  *
- * The heap (blocks below kMinLarge go to malloc and free):
+ * The heap (blocks below kMinLarge go to malloc and free, and so do large
+ * ones when the heap cannot reserve more address space):
  *  - Memory is reserved in segments of at least kSegment bytes of address
  *    space (pages are only backed once written), and handed out in whole
  *    units of kUnit bytes.
@@ -45,11 +46,12 @@
 
 #define SAE_WS_HIDDEN __attribute__((visibility("hidden")))
 
-/* Every block holds its capacity in the 16 bytes before the caller's
- * memory. A small block is malloc'ed with that header in front (malloc's
- * 16-byte alignment is kept); a large one spans whole units and the
- * caller's memory starts kLargeOffset bytes into it (64-byte aligned). The
- * generated code aligns further itself where an allocation asks for it. */
+/* Every block has a header in the 16 bytes before the caller's memory: its
+ * capacity and whether it came from the heap. A malloc'ed block has the
+ * header in front (malloc's 16-byte alignment is kept); a heap block spans
+ * whole units and the caller's memory starts kLargeOffset bytes into it
+ * (64-byte aligned). The generated code aligns further itself where an
+ * allocation asks for it. */
 enum {
   kHeader = 16,
   kLargeOffset = 64,
@@ -83,8 +85,13 @@ static int nSegments;
 /* Counts allocations and frees of large blocks. */
 static uint64_t clock_;
 
-static size_t *capacityOf(void *ptr) {
-  return (size_t *)((char *)ptr - kHeader);
+struct Header {
+  size_t capacity;
+  size_t fromHeap;
+};
+
+static struct Header *headerOf(void *ptr) {
+  return (struct Header *)((char *)ptr - kHeader);
 }
 
 static void removeRange(int i) {
@@ -207,12 +214,12 @@ static void *allocLarge(size_t size) {
   if (!start)
     return NULL;
   void *ptr = start + kLargeOffset;
-  *capacityOf(ptr) = length - kLargeOffset;
+  *headerOf(ptr) = (struct Header){length - kLargeOffset, 1};
   return ptr;
 }
 
 static void freeLarge(void *ptr) {
-  size_t length = *capacityOf(ptr) + kLargeOffset;
+  size_t length = headerOf(ptr)->capacity + kLargeOffset;
   pthread_mutex_lock(&lock);
   ++clock_;
   addRange((char *)ptr - kLargeOffset, length, clock_);
@@ -221,22 +228,29 @@ static void freeLarge(void *ptr) {
 }
 
 SAE_WS_HIDDEN void *_mlir_memref_to_llvm_alloc(size_t size) {
-  if (size >= kMinLarge)
-    return allocLarge(size);
-  size_t *block = malloc(kHeader + size);
+  if (size >= kMinLarge) {
+    void *ptr = allocLarge(size);
+    if (ptr)
+      return ptr;
+    /* The heap could not grow (its segments used up, or the address space
+     * limited): malloc, as for a small block. */
+  }
+  if (size > SIZE_MAX - kHeader)
+    return NULL;
+  struct Header *block = malloc(kHeader + size);
   if (!block)
     return NULL;
-  *block = size;
+  *block = (struct Header){size, 0};
   return (char *)block + kHeader;
 }
 
 SAE_WS_HIDDEN void _mlir_memref_to_llvm_free(void *ptr) {
   if (!ptr)
     return;
-  if (*capacityOf(ptr) >= kMinLarge)
+  if (headerOf(ptr)->fromHeap)
     freeLarge(ptr);
   else
-    free(capacityOf(ptr));
+    free(headerOf(ptr));
 }
 
 __attribute__((destructor)) static void unmapSegments(void) {

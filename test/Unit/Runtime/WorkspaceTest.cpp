@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -143,6 +144,32 @@ TEST(Workspace, IdleMemoryIsGivenBack) {
   // Still usable.
   expectTakenAt(4 * kMiB, p, 4);
   release(guard);
+}
+
+TEST(Workspace, LargeBlocksComeFromMallocWhenTheHeapCannotGrow) {
+  // In a child process: 64 blocks just over a segment's 1 GiB take the
+  // heap's 64 segments (address space only; nothing is written but a byte).
+  // The 65th cannot be reserved: it comes from malloc, and frees as one.
+  EXPECT_EXIT(
+      {
+        const size_t huge = (size_t(1) << 30) + 4096;
+        std::vector<char *> blocks;
+        for (int i = 0; i < 65; ++i) {
+          auto *p = static_cast<char *>(alloc(huge));
+          if (!p)
+            std::exit(2);
+          p[0] = p[huge - 1] = char(i);
+          blocks.push_back(p);
+        }
+        for (char *p : blocks)
+          release(p);
+        // The heap still serves (from the freed segments).
+        void *q = alloc(8 * kMiB);
+        std::memset(q, 1, 8 * kMiB);
+        release(q);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 TEST(Workspace, ThreadsNeverShareMemory) {
