@@ -33,8 +33,8 @@
  *    is about 5 steps).
  *  - Every segment is unmapped when the library is unloaded.
  *
- * Every function is thread safe (one mutex, taken only for large blocks)
- * and hidden: each library has its own heap.
+ * Every function is thread safe (one mutex, taken only for large blocks,
+ * and held across fork) and hidden: each library has its own heap.
  *===----------------------------------------------------------------------===*/
 
 #include <pthread.h>
@@ -251,6 +251,16 @@ SAE_WS_HIDDEN void _mlir_memref_to_llvm_free(void *ptr) {
     freeLarge(ptr);
   else
     free(headerOf(ptr));
+}
+
+/* A child forked while another thread held the lock would wait on it for
+ * ever: fork takes it first, and both sides release it (glibc drops these
+ * handlers when the library is unloaded). */
+static void lockForFork(void) { pthread_mutex_lock(&lock); }
+static void unlockAfterFork(void) { pthread_mutex_unlock(&lock); }
+
+__attribute__((constructor)) static void registerForkHandlers(void) {
+  pthread_atfork(lockForFork, unlockAfterFork, unlockAfterFork);
 }
 
 __attribute__((destructor)) static void unmapSegments(void) {

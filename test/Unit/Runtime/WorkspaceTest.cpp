@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 extern "C" {
@@ -170,6 +172,33 @@ TEST(Workspace, LargeBlocksComeFromMallocWhenTheHeapCannotGrow) {
         std::exit(0);
       },
       ::testing::ExitedWithCode(0), "");
+}
+
+TEST(Workspace, ForkWhileAnotherThreadAllocates) {
+  // A child forked while another thread holds the heap's lock must still
+  // allocate: each child gets 5 seconds (then SIGALRM kills it).
+  std::atomic<bool> stop{false};
+  std::thread busy([&stop] {
+    while (!stop)
+      release(alloc(2 * kMiB));
+  });
+  int failures = 0;
+  for (int i = 0; i < 50; ++i) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      alarm(5);
+      void *p = alloc(3 * kMiB);
+      std::memset(p, 1, 3 * kMiB);
+      release(p);
+      _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    failures += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  stop = true;
+  busy.join();
+  EXPECT_EQ(failures, 0);
 }
 
 TEST(Workspace, ThreadsNeverShareMemory) {
