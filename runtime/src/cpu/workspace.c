@@ -20,17 +20,19 @@
  * ones when the heap cannot reserve more address space):
  *  - Memory is reserved in segments of at least kSegment bytes of address
  *    space (pages are only backed once written), and handed out in whole
- *    units of kUnit bytes.
+ *    pages (so that madvise never reaches into a neighbour).
  *  - An allocation takes the start of the smallest free range that holds
  *    it; a free returns the block's range, merged with free neighbours. So
  *    the memory a caller keeps is about the most a call has had live at
  *    once.
- *  - A free range left unused for kMaxIdle allocations and frees of large
- *    blocks has its pages given back to the kernel (madvise), keeping the
- *    address space (a caller that moves on to smaller batches does not keep
- *    the larger ones' memory for ever; a training step with AuxK at
- *    d = 768, n = 16384 allocates 49 large blocks and frees them, so 512
- *    is about 5 steps).
+ *  - A free range that no allocation or free has touched for kMaxIdle
+ *    allocations and frees of large blocks has its pages given back to
+ *    the kernel (madvise), keeping the address space (a training step with
+ *    AuxK at d = 768, n = 16384 allocates 49 large blocks and frees them,
+ *    so 512 is about 5 steps). A free next to it resets its age, as a
+ *    merge does: after one large call, smaller ones that use the start of
+ *    the same free range keep the large call's pages, as glibc's heap
+ *    with a raised trim threshold would.
  *  - Every segment is unmapped when the library is unloaded.
  *
  * Every function is thread safe (one mutex, taken only for large blocks,
@@ -43,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #define SAE_WS_HIDDEN __attribute__((visibility("hidden")))
 
@@ -60,7 +63,6 @@ enum {
   kMaxIdle = 512,
 };
 static const size_t kMinLarge = (size_t)1 << 17;
-static const size_t kUnit = (size_t)1 << 12;
 static const size_t kSegment = (size_t)1 << 30;
 /* `since` of a range whose pages have been given back. */
 static const uint64_t kReleased = UINT64_MAX;
@@ -84,6 +86,8 @@ static struct Segment segments[kMaxSegments];
 static int nSegments;
 /* Counts allocations and frees of large blocks. */
 static uint64_t clock_;
+/* Large blocks handed out and not yet freed. */
+static size_t live;
 
 struct Header {
   size_t capacity;
@@ -195,7 +199,8 @@ static int bestFit(size_t length) {
 static void *allocLarge(size_t size) {
   if (size > SIZE_MAX / 2)
     return NULL;
-  size_t length = (size + kLargeOffset + kUnit - 1) / kUnit * kUnit;
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  size_t length = (size + kLargeOffset + page - 1) / page * page;
   pthread_mutex_lock(&lock);
   ++clock_;
   int i = bestFit(length);
@@ -203,6 +208,7 @@ static void *allocLarge(size_t size) {
     i = bestFit(length);
   char *start = NULL;
   if (i >= 0) {
+    ++live;
     start = ranges[i].start;
     ranges[i].start += length;
     ranges[i].length -= length;
@@ -222,6 +228,7 @@ static void freeLarge(void *ptr) {
   size_t length = headerOf(ptr)->capacity + kLargeOffset;
   pthread_mutex_lock(&lock);
   ++clock_;
+  --live;
   addRange((char *)ptr - kLargeOffset, length, clock_);
   releaseIdle();
   pthread_mutex_unlock(&lock);
@@ -263,9 +270,16 @@ __attribute__((constructor)) static void registerForkHandlers(void) {
   pthread_atfork(lockForFork, unlockAfterFork, unlockAfterFork);
 }
 
+/* With blocks still live (a thread inside an entry point while the process
+ * exits), the segments stay mapped: the process is going anyway, and that
+ * thread must not fault on its buffers. */
 __attribute__((destructor)) static void unmapSegments(void) {
-  for (int s = 0; s < nSegments; ++s)
-    munmap(segments[s].base, segments[s].length);
-  nSegments = 0;
-  nRanges = 0;
+  pthread_mutex_lock(&lock);
+  if (live == 0) {
+    for (int s = 0; s < nSegments; ++s)
+      munmap(segments[s].base, segments[s].length);
+    nSegments = 0;
+    nRanges = 0;
+  }
+  pthread_mutex_unlock(&lock);
 }

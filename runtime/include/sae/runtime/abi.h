@@ -24,8 +24,10 @@
  *    which keeps freed memory for the next call (runtime/src/cpu/
  *    workspace.c): a caller that calls an entry point again and again does
  *    not fault its pages in on every call, whatever its malloc settings.
- *    Memory left unused for about five training steps' worth of
- *    allocations is given back to the kernel; all of it when the library
+ *    The memory kept is about the most that one call has had in use at
+ *    once (after a large call, smaller ones may keep its pages); a free
+ *    range that about five training steps' worth of allocations have not
+ *    touched is given back to the kernel, and all of it when the library
  *    is unloaded.
  *
  * Sparse codes come in two layouts (the "codes.layout" of the description):
