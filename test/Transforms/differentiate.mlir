@@ -115,6 +115,34 @@ func.func @two_selections(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_d
 
 // -----
 
+// Tests that per-batch codes (BatchTopK's), which cannot be concatenated
+// with rows-layout codes, still share one matrix with them: the encoder
+// weight's transposed product of the batch codes accumulates into that of
+// the rows-layout codes with the same input (`into ... {transposed}`), and
+// the decoder's joins the chain, with no dense sum of two matrices.
+// CHECK-LABEL: func.func @batch_beside_rows
+// CHECK: %[[D1:.*]] = sae.outer %{{.*}}, %{{.*}} : <?x256xf32, k = 8>, tensor<?x64xf32> -> tensor<256x64xf32>
+// CHECK: %[[E1:.*]] = sae.outer %{{.*}}, %arg0 {transposed} : <?x256xf32, k = 8>, tensor<?x64xf32> -> tensor<64x256xf32>
+// CHECK: sae.outer %{{.*}}, %arg0 into %[[E1]] {transposed} : <?x256xf32, k = 4, batch>, tensor<?x64xf32> -> tensor<64x256xf32>
+// CHECK: sae.outer %{{.*}}, %{{.*}} into %[[D1]] : <?x256xf32, k = 4, batch>, tensor<?x64xf32> -> tensor<256x64xf32>
+// CHECK-NOT: sae.add {{.*}} : tensor<64x256xf32>
+// CHECK-NOT: sae.add {{.*}} : tensor<256x64xf32>
+// CHECK: return
+func.func @batch_beside_rows(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_dec: tensor<256x64xf32>) -> (tensor<64x256xf32>, tensor<256x64xf32>) {
+  %l = sae.linear %x, %W_enc : tensor<?x64xf32>, tensor<64x256xf32> -> tensor<?x256xf32>
+  %z1 = sae.batch_topk %l : tensor<?x256xf32> -> !sae.codes<?x256xf32, k = 4, batch>
+  %z2 = sae.topk %l : tensor<?x256xf32> -> !sae.codes<?x256xf32, k = 8>
+  %y1 = sae.decode %z1, %W_dec : !sae.codes<?x256xf32, k = 4, batch>, tensor<256x64xf32> -> tensor<?x64xf32>
+  %y2 = sae.decode %z2, %W_dec : !sae.codes<?x256xf32, k = 8>, tensor<256x64xf32> -> tensor<?x64xf32>
+  %l1 = sae.mse %y1, %x : tensor<?x64xf32> -> f32
+  %l2 = sae.mse %y2, %x : tensor<?x64xf32> -> f32
+  %loss = arith.addf %l1, %l2 : f32
+  %g:2 = sae.gradient %loss wrt %W_enc, %W_dec : f32, tensor<64x256xf32>, tensor<256x64xf32> -> tensor<64x256xf32>, tensor<256x64xf32>
+  return %g#0, %g#1 : tensor<64x256xf32>, tensor<256x64xf32>
+}
+
+// -----
+
 // Tests scalar rules (a weighted sum of terms), stopgrad, and a parameter
 // the loss does not depend on: its gradient is zeros.
 // CHECK-LABEL: func.func @terms

@@ -158,19 +158,23 @@ private:
   /// Sparse outer products among the contributions `list` to one dense
   /// value, merged so that the sum forms one dense matrix rather than one
   /// per term plus their sum: products with the same dense operand become
-  /// one product of the concatenated codes, and the remaining rows-layout
-  /// products accumulate into each other (`sae.outer ... into`). Returns the
-  /// contributions left to add.
+  /// one product of the concatenated codes (per-batch codes, which cannot
+  /// be concatenated with rows, accumulate into that product instead), and
+  /// the remaining rows-layout products accumulate into each other
+  /// (`sae.outer ... into`). Returns the contributions left to add.
   SmallVector<Value> mergeOuters(Location l, ArrayRef<Value> list) {
     SmallVector<Value> rest;
-    SmallVector<OuterOp> outers;
+    SmallVector<OuterOp> outers, perBatch;
     for (Value g : list) {
       auto o = g.getDefiningOp<OuterOp>();
-      auto codes = o ? dyn_cast<CodesType>(o.getCodes().getType()) : nullptr;
-      if (o && g.use_empty() && !o.getInit() && !codes.getPerBatch())
-        outers.push_back(o);
-      else
+      if (!o || !g.use_empty() || o.getInit()) {
         rest.push_back(g);
+        continue;
+      }
+      if (cast<CodesType>(o.getCodes().getType()).getPerBatch())
+        perBatch.push_back(o);
+      else
+        outers.push_back(o);
     }
     // Same dense operand and layout: concatenate the codes' entries.
     SmallVector<OuterOp> merged;
@@ -190,6 +194,23 @@ private:
       same->erase();
       o.erase();
       *same = outer;
+    }
+    // Transposed per-batch products (BatchTopK's encoder gradient beside
+    // AuxK's): into the product with the same operand. The rows-layout
+    // ones join the chain below.
+    for (OuterOp o : perBatch) {
+      auto same = llvm::find_if(merged, [&](OuterOp m) {
+        return o.getTransposed() && m.getTransposed() &&
+               m.getRhs() == o.getRhs();
+      });
+      if (same == merged.end()) {
+        merged.push_back(o);
+        continue;
+      }
+      auto into = OuterOp::create(b, l, o.getType(), o.getCodes(), o.getRhs(),
+                                  same->getResult(), /*transposed=*/true);
+      o.erase();
+      *same = into;
     }
     // Rows layout, different dense operands: accumulate in one matrix.
     OuterOp chain;
