@@ -143,6 +143,35 @@ func.func @batch_beside_rows(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %
 
 // -----
 
+// Tests that dense contributions are summed before a rule's dense work:
+// ReLU+L1's codes get two dense gradients (the penalty's and the
+// reconstruction's); they are added once and masked once by relu. The
+// pre-activation gets that and a second penalty's: the encoder weight's
+// gradient is one product of their sum with the input, not two plus their
+// sum.
+// CHECK-LABEL: func.func @dense_penalty
+// CHECK: %[[SUM:.*]] = sae.add %{{.*}}, %{{.*}} : tensor<?x256xf32>
+// CHECK: %[[MASKED:.*]] = sae.mul %[[SUM]], %{{.*}} : tensor<?x256xf32>
+// CHECK: %[[ALL:.*]] = sae.add %{{.*}}, %[[MASKED]] : tensor<?x256xf32>
+// CHECK: sae.linear %{{.*}}, %[[ALL]] : tensor<64x?xf32>, tensor<?x256xf32> -> tensor<64x256xf32>
+// CHECK-NOT: sae.linear {{.*}} -> tensor<64x256xf32>
+// CHECK-NOT: sae.add {{.*}} : tensor<64x256xf32>
+// CHECK: return
+func.func @dense_penalty(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_dec: tensor<256x64xf32>) -> tensor<64x256xf32> {
+  %l = sae.linear %x, %W_enc : tensor<?x64xf32>, tensor<64x256xf32> -> tensor<?x256xf32>
+  %z = sae.relu %l : tensor<?x256xf32>
+  %y = sae.linear %z, %W_dec : tensor<?x256xf32>, tensor<256x64xf32> -> tensor<?x64xf32>
+  %rec = sae.mse %y, %x : tensor<?x64xf32> -> f32
+  %pen = sae.l1 %z : tensor<?x256xf32> -> f32
+  %pen2 = sae.l1 %l : tensor<?x256xf32> -> f32
+  %terms = arith.addf %rec, %pen : f32
+  %loss = arith.addf %terms, %pen2 : f32
+  %g = sae.gradient %loss wrt %W_enc : f32, tensor<64x256xf32> -> tensor<64x256xf32>
+  return %g : tensor<64x256xf32>
+}
+
+// -----
+
 // Tests scalar rules (a weighted sum of terms), stopgrad, and a parameter
 // the loss does not depend on: its gradient is zeros.
 // CHECK-LABEL: func.func @terms

@@ -256,6 +256,24 @@ private:
     auto it = grads.find(v);
     return it == grads.end() ? SmallVector<Value, 2>() : it->second;
   }
+  /// The contributions with the dense ones summed into one (after the
+  /// codes, which stay apart: sparse): a rule that maps each contribution
+  /// on its own then does its dense work once (ReLU+L1's two dense
+  /// gradients of the codes, the penalty's and the reconstruction's, cost
+  /// one product with the encoder's input instead of two).
+  SmallVector<Value, 2> denseSummed(Location l, Value v) {
+    SmallVector<Value, 2> out;
+    Value dense;
+    for (Value g : contributions(v)) {
+      if (isa<CodesType>(g.getType()))
+        out.push_back(g);
+      else
+        dense = dense ? AddOp::create(b, l, dense, g).getResult() : g;
+    }
+    if (dense)
+      out.push_back(dense);
+    return out;
+  }
 
   LogicalResult backward(Operation *o);
   LogicalResult unsupported(Operation *o, StringRef why = "") {
@@ -360,7 +378,7 @@ LogicalResult Differentiator::backward(Operation *o) {
         auto wT = RankedTensorType::get({wt.getDimSize(1), wt.getDimSize(0)},
                                         wt.getElementType());
         Value wTransposed;
-        for (Value g : contributions(lin)) {
+        for (Value g : denseSummed(l, lin)) {
           if (active.contains(x)) {
             if (!wTransposed)
               wTransposed = TransposeOp::create(b, l, wT, w);
@@ -418,7 +436,7 @@ LogicalResult Differentiator::backward(Operation *o) {
         // input is then no longer needed, and a sparse gradient's mask is
         // the selection's own values when relu feeds a top-k (the gather
         // folds).
-        for (Value g : contributions(r)) {
+        for (Value g : denseSummed(l, r)) {
           if (isa<CodesType>(g.getType())) {
             Value at = GatherOp::create(b, l, g, r.getResult());
             Value mask = stepOf(l, valuesOf(l, at));
