@@ -172,6 +172,32 @@ func.func @dense_penalty(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_de
 
 // -----
 
+// Tests that codes join a dense gradient of a product's output when there
+// is one (AuxK's beside ReLU+L1's): the encoder weight's gradient is one
+// dense product, with no sparse outer product and no sum of two [64, 256]
+// matrices.
+// CHECK-LABEL: func.func @codes_into_dense
+// CHECK: %[[D:.*]] = sae.densify %{{.*}} : <?x256xf32, k = 4> -> tensor<?x256xf32>
+// CHECK: %[[ALL:.*]] = sae.add %{{.*}}, %[[D]] : tensor<?x256xf32>
+// CHECK: sae.linear %{{.*}}, %[[ALL]] : tensor<64x?xf32>, tensor<?x256xf32> -> tensor<64x256xf32>
+// CHECK-NOT: sae.outer
+// CHECK-NOT: sae.add {{.*}} : tensor<64x256xf32>
+// CHECK: return
+func.func @codes_into_dense(%x: tensor<?x64xf32>, %W_enc: tensor<64x256xf32>, %W_dec: tensor<256x64xf32>) -> tensor<64x256xf32> {
+  %l = sae.linear %x, %W_enc : tensor<?x64xf32>, tensor<64x256xf32> -> tensor<?x256xf32>
+  %z = sae.relu %l : tensor<?x256xf32>
+  %c = sae.topk %l : tensor<?x256xf32> -> !sae.codes<?x256xf32, k = 4>
+  %y = sae.linear %z, %W_dec : tensor<?x256xf32>, tensor<256x64xf32> -> tensor<?x64xf32>
+  %yc = sae.decode %c, %W_dec : !sae.codes<?x256xf32, k = 4>, tensor<256x64xf32> -> tensor<?x64xf32>
+  %l1 = sae.mse %y, %x : tensor<?x64xf32> -> f32
+  %l2 = sae.mse %yc, %x : tensor<?x64xf32> -> f32
+  %loss = arith.addf %l1, %l2 : f32
+  %g = sae.gradient %loss wrt %W_enc : f32, tensor<64x256xf32> -> tensor<64x256xf32>
+  return %g : tensor<64x256xf32>
+}
+
+// -----
+
 // Tests scalar rules (a weighted sum of terms), stopgrad, and a parameter
 // the loss does not depend on: its gradient is zeros.
 // CHECK-LABEL: func.func @terms

@@ -260,19 +260,29 @@ private:
   /// codes, which stay apart: sparse): a rule that maps each contribution
   /// on its own then does its dense work once (ReLU+L1's two dense
   /// gradients of the codes, the penalty's and the reconstruction's, cost
-  /// one product with the encoder's input instead of two).
-  SmallVector<Value, 2> denseSummed(Location l, Value v) {
-    SmallVector<Value, 2> out;
+  /// one product with the encoder's input instead of two). With
+  /// `intoDense`, codes join a dense sum when there is one: a dense
+  /// product is made anyway, and the codes' own products would each form
+  /// a dense matrix to add to it (AuxK's beside ReLU+L1's gradient).
+  SmallVector<Value, 2> denseSummed(Location l, Value v,
+                                    bool intoDense = false) {
+    SmallVector<Value, 2> codes;
     Value dense;
     for (Value g : contributions(v)) {
       if (isa<CodesType>(g.getType()))
-        out.push_back(g);
+        codes.push_back(g);
       else
         dense = dense ? AddOp::create(b, l, dense, g).getResult() : g;
     }
-    if (dense)
-      out.push_back(dense);
-    return out;
+    if (!dense)
+      return codes;
+    if (intoDense) {
+      for (Value g : codes)
+        dense = AddOp::create(b, l, dense, densify(l, g, v.getType()));
+      codes.clear();
+    }
+    codes.push_back(dense);
+    return codes;
   }
 
   LogicalResult backward(Operation *o);
@@ -378,7 +388,7 @@ LogicalResult Differentiator::backward(Operation *o) {
         auto wT = RankedTensorType::get({wt.getDimSize(1), wt.getDimSize(0)},
                                         wt.getElementType());
         Value wTransposed;
-        for (Value g : denseSummed(l, lin)) {
+        for (Value g : denseSummed(l, lin, /*intoDense=*/true)) {
           if (active.contains(x)) {
             if (!wTransposed)
               wTransposed = TransposeOp::create(b, l, wT, w);
