@@ -12,12 +12,20 @@
 //  - "groups":  panels, and each row's entries taken G latents at a time,
 //               so that the G panel rows in use (40 KiB) stay in L1; the
 //               row's partial sums are reloaded once per group.
+//  - "gmajor":  groups, with the entries stored group by group (each
+//               group's rows in order, so that the entry lists and the
+//               sums, also stored as panels, are read in sequence) and
+//               summed in two sets of registers (even and odd entries:
+//               one set waits on the adds' latency).
+//  - "l1":      gmajor's loop with every entry on one panel row: the
+//               multiply-adds alone, the most a layout can reach.
 // Prints the time and the GFLOP/s a dense [B, ND] x [ND, 768] product would
 // need to match it.
 //
-//   gcc -O3 -march=native -fopenmp bench/sparse_aux_model.c -o /tmp/sparse_aux
+//   gcc -O3 -march=native -fopenmp bench/sparse_aux_model.c -o /tmp/sparse_aux -lm
 //   OMP_NUM_THREADS=2 /tmp/sparse_aux
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +44,10 @@ enum {
 
 static float *W, *P, *out, *val;
 static int *idx, *off;
+/* gmajor: entries of group g, row b at goff[g * (B + 1) + b] ..; sums as
+ * panels [D / CH][B][CH]. */
+static float *gval, *outp;
+static int *gidx, *goff;
 
 static double now(void) {
   struct timespec t;
@@ -61,6 +73,34 @@ static void chunk(int b, int c0, int t0, int t1, const float *w, long stride,
   }
   for (int u = 0; u < VECS; u++)
     _mm512_storeu_ps(o + 16 * u, acc[u]);
+}
+
+/* o[0 : CH] (+)= the entries t0 <= t < t1 of gval/gidx, rows of the
+ * panel `w` (stride CH; `stride` 0 reads row 0 for every entry). */
+static void chunk2(float *o, int t0, int t1, const float *w, long stride,
+                   int accumulate) {
+  __m512 even[VECS], odd[VECS];
+  for (int u = 0; u < VECS; u++) {
+    even[u] = accumulate ? _mm512_load_ps(o + 16 * u) : _mm512_setzero_ps();
+    odd[u] = _mm512_setzero_ps();
+  }
+  int t = t0;
+  for (; t + 1 < t1; t += 2) {
+    __m512 s0 = _mm512_set1_ps(gval[t]), s1 = _mm512_set1_ps(gval[t + 1]);
+    const float *r0 = w + gidx[t] * stride, *r1 = w + gidx[t + 1] * stride;
+    for (int u = 0; u < VECS; u++) {
+      even[u] = _mm512_fmadd_ps(s0, _mm512_load_ps(r0 + 16 * u), even[u]);
+      odd[u] = _mm512_fmadd_ps(s1, _mm512_load_ps(r1 + 16 * u), odd[u]);
+    }
+  }
+  if (t < t1) {
+    __m512 s0 = _mm512_set1_ps(gval[t]);
+    const float *r0 = w + gidx[t] * stride;
+    for (int u = 0; u < VECS; u++)
+      even[u] = _mm512_fmadd_ps(s0, _mm512_load_ps(r0 + 16 * u), even[u]);
+  }
+  for (int u = 0; u < VECS; u++)
+    _mm512_store_ps(o + 16 * u, _mm512_add_ps(even[u], odd[u]));
 }
 
 static void report(const char *name, double t) {
@@ -101,6 +141,21 @@ static void groups(void) {
   }
 }
 
+static void gmajor_run(long stride) {
+#pragma omp parallel
+  {
+    int nt = omp_get_num_threads(), me = omp_get_thread_num();
+    int b0 = B * me / nt, b1 = B * (me + 1) / nt;
+    for (int c0 = 0; c0 < D; c0 += CH)
+      for (int g = 0; g < NG; g++)
+        for (int b = b0; b < b1; b++)
+          chunk2(outp + (long)c0 * B + (long)b * CH, goff[g * (B + 1) + b],
+                 goff[g * (B + 1) + b + 1], P + (long)c0 * ND, stride, g > 0);
+  }
+}
+static void gmajor(void) { gmajor_run(CH); }
+static void l1(void) { gmajor_run(0); }
+
 int main(void) {
   W = aligned_alloc(64, sizeof(float) * ND * D);
   P = aligned_alloc(64, sizeof(float) * ND * D);
@@ -139,15 +194,46 @@ int main(void) {
     }
   }
   free(used);
+  gval = malloc(sizeof(float) * B * KA);
+  gidx = malloc(sizeof(int) * B * KA);
+  goff = malloc(sizeof(int) * NG * (B + 1));
+  outp = aligned_alloc(64, sizeof(float) * B * D);
+  for (int g = 0, t = 0; g < NG; g++) {
+    for (int b = 0; b < B; b++) {
+      goff[g * (B + 1) + b] = t;
+      for (int u = off[b * (NG + 1) + g]; u < off[b * (NG + 1) + g + 1]; u++) {
+        gval[t] = val[b * KA + u];
+        gidx[t++] = idx[b * KA + u];
+      }
+    }
+    goff[g * (B + 1) + B] = t;
+  }
   struct {
     const char *name;
     void (*run)(void);
-  } layouts[] = {{"rows", rows}, {"panels", panels}, {"groups", groups}};
-  for (int l = 0; l < 3; l++)
+  } layouts[] = {{"rows", rows},     {"panels", panels}, {"groups", groups},
+                 {"gmajor", gmajor}, {"l1", l1}};
+  for (int l = 0; l < 5; l++) {
     for (int rep = 0; rep < 6; rep++) {
       double t0 = now();
       layouts[l].run();
       report(layouts[l].name, now() - t0);
     }
+    if (layouts[l].run == gmajor) {
+      /* The same sums as groups' (run before it), in another order. */
+      double worst = 0;
+      for (int b = 0; b < B; b++)
+        for (int c = 0; c < D; c++) {
+          double a = out[(long)b * D + c],
+                 g = outp[(long)(c / CH * CH) * B + (long)b * CH + c % CH];
+          double e = fabs(a - g) / (1 + fabs(a));
+          worst = e > worst ? e : worst;
+        }
+      printf("gmajor against groups: largest relative difference %.1e\n",
+             worst);
+      if (worst > 1e-5)
+        return 1;
+    }
+  }
   return 0;
 }
