@@ -658,18 +658,21 @@ func.func @unary(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
 
 // Tests that batch-level selection searches a threshold key with counting
 // passes, then collects B*k entries row by row, and that decoding batch
-// codes scatters each entry's decoder row into its own row. The counting
-// passes run over 16 ranges of rows in parallel, 4 histograms of 256 bins
-// each (a lane counts into copy lane mod 4), with keys and bins in
-// vectors of 16: the first pass counts all 16 lanes, the later ones only
-// the lanes with the chosen prefix, by the bits of the comparison's mask.
+// codes scatters each entry's decoder row into its own row. The three
+// counting passes (11, 11 and 10 bits of the key) run over 16 ranges of
+// rows in parallel, 2 histograms of up to 2048 bins each (a lane counts
+// into copy lane mod 2), with keys and bins in vectors of 16: the first
+// pass counts all 16 lanes (bins: the key's top 11 bits), the later ones
+// only the lanes with the chosen prefix, by the bits of the comparison's
+// mask.
 // CHECK-LABEL: func.func @batch_topk
 // CHECK: %[[VALS:.*]] = memref.alloc(%{{.*}}) : memref<?xf32>
 // CHECK: memref.alloc(%{{.*}}) : memref<?xi32>
 // CHECK: %[[ROWS:.*]] = memref.alloc(%{{.*}}) : memref<?xi32>
-// CHECK: %[[HIST:.*]] = memref.alloc() : memref<64x256xi64>
+// CHECK: %[[HIST:.*]] = memref.alloc() : memref<32x2048xi64>
 // CHECK: scf.parallel (%{{.*}}) = (%{{.*}}) to (%c16)
 // CHECK:   vector.load %{{.*}} : memref<?x64xf32>, vector<16xf32>
+// CHECK:   arith.shrui %{{.*}}, %cst{{.*}} : vector<16xi32>
 // CHECK-COUNT-16: vector.extract %{{.*}}[{{[0-9]+}}] : i32 from vector<16xi32>
 // CHECK: scf.parallel
 // CHECK:   %[[MATCH:.*]] = arith.cmpi eq, %{{.*}}, %{{.*}} : vector<16xi32>
@@ -678,9 +681,13 @@ func.func @unary(%x: tensor<?x8xf32>) -> tensor<?x8xf32> {
 // CHECK:   scf.while
 // CHECK:     math.cttz
 // CHECK:     vector.extract %{{.*}}[%{{.*}}] : i32 from vector<16xi32>
-// CHECK:     arith.remui %{{.*}}, %c4 : index
+// CHECK:     arith.remui %{{.*}}, %c2 : index
 // CHECK:     memref.store %{{.*}}, %[[HIST]]
-// CHECK: scf.for
+// CHECK: scf.for %{{.*}} = %c0 to %c2048 step %c1 iter_args
+// CHECK: scf.parallel (%{{.*}}) = (%{{.*}}) to (%c16)
+// CHECK:   math.cttz
+// CHECK: scf.for %{{.*}} = %c0 to %c1024 step %c1 iter_args
+// CHECK-NOT: scf.parallel (%{{.*}}) = (%{{.*}}) to (%c16)
 // CHECK: arith.bitcast %{{.*}} : f32 to i32
 // CHECK: bufferization.to_tensor %[[VALS]] restrict writable
 // CHECK: %[[OUT:.*]] = memref.alloc(%{{.*}}) : memref<?x16xf32>

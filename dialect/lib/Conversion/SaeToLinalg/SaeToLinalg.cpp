@@ -4378,25 +4378,33 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
       return outer.getResult(0);
     };
     Value want = arith::IndexCastOp::create(rewriter, loc, i64, total);
-    // t = the want-th largest key, by radix selection: four passes, each
-    // counting the next 8 bits of the keys that share the prefix chosen so
-    // far (a histogram of 256 bins), then taking the bin where the count
-    // from the top reaches what is still wanted.
+    // t = the want-th largest key, by radix selection: three passes, each
+    // counting the next bits of the keys that share the prefix chosen so
+    // far (11, 11 and 10 bits: histograms of up to 2048 bins), then taking
+    // the bin where the count from the top reaches what is still wanted.
+    // The first pass's bins are the sign, the exponent and two bits of
+    // mantissa (a quarter of an octave), so few keys share the chosen one
+    // and the later passes, which count only those, mostly just read.
     // One histogram per range of rows (ranges in parallel); integer counts,
     // so their sum does not depend on the threads. Each range keeps
     // kCopies histograms, column c counting into copy c mod kCopies:
-    // neighbouring keys mostly share a bin (the first pass's is the sign
-    // and exponent), and one histogram would chain every count's load on
-    // the store before it. Keys go by in blocks of kScreenWidth, their
-    // bins computed as one vector; after the first pass only the lanes
-    // with the chosen prefix count (one vector comparison; most blocks
-    // have none), each visited by its bit of the comparison's mask.
-    constexpr int64_t kParts = 16, kCopies = 4;
+    // neighbouring keys often share a bin, and one histogram would chain
+    // every count's load on the store before it; two copies of 2048 bins
+    // still fit in L1. Keys go by in blocks of kScreenWidth, their bins
+    // computed as one vector; after the first pass only the lanes with the
+    // chosen prefix count (one vector comparison; most blocks have none),
+    // each visited by its bit of the comparison's mask.
+    constexpr int64_t kParts = 16, kCopies = 2, kMaxBins = 2048;
+    struct RadixPass {
+      int64_t shift, bits;
+    };
+    constexpr RadixPass kPasses[] = {{21, 11}, {10, 11}, {0, 10}};
     Value hist = memref::AllocOp::create(
-        rewriter, loc, MemRefType::get({kParts * kCopies, 256}, i64));
+        rewriter, loc, MemRefType::get({kParts * kCopies, kMaxBins}, i64));
     Value span = arith::CeilDivUIOp::create(rewriter, loc, rows, cIdx(kParts));
     Value prefix = c64(rewriter, loc, 0), remaining = want;
-    for (int64_t shift = 24; shift >= 0; shift -= 8) {
+    for (auto [shift, bits] : kPasses) {
+      const int64_t numBins = int64_t(1) << bits, top = shift + bits;
       Value pre = prefix;
       scf::ParallelOp::create(
           rewriter, loc, ValueRange{c0}, ValueRange{cIdx(kParts)},
@@ -4407,7 +4415,8 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
                      arith::AddIOp::create(pb, pl, first, cIdx(kCopies)),
                      [&](OpBuilder &hb, Value copy) {
                        forRange(
-                           hb, pl, c0, cIdx(256), [&](OpBuilder &b, Value bin) {
+                           hb, pl, c0, cIdx(numBins),
+                           [&](OpBuilder &b, Value bin) {
                              memref::StoreOp::create(b, pl, c64(b, pl, 0), hist,
                                                      ValueRange{copy, bin});
                            });
@@ -4436,15 +4445,14 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
               forRange(cb, pl, from, to, [&](OpBuilder &b, Value col) {
                 Location l = pl;
                 Value k = key(b, l, row, col);
-                Value high =
-                    arith::ShRUIOp::create(b, l, k, c64(b, l, shift + 8));
+                Value high = arith::ShRUIOp::create(b, l, k, c64(b, l, top));
                 Value match = arith::CmpIOp::create(
                     b, l, arith::CmpIPredicate::eq, high, pre);
                 Value bin = arith::IndexCastOp::create(
                     b, l, b.getIndexType(),
                     arith::AndIOp::create(
                         b, l, arith::ShRUIOp::create(b, l, k, c64(b, l, shift)),
-                        c64(b, l, 255)));
+                        c64(b, l, numBins - 1)));
                 bump(b, l, col, bin, arith::ExtUIOp::create(b, l, i64, match));
               });
             };
@@ -4467,21 +4475,21 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
               Value bins = arith::AndIOp::create(
                   bb, pl,
                   arith::ShRUIOp::create(bb, pl, keys, splat32(bb, shift)),
-                  splat32(bb, 255));
+                  splat32(bb, numBins - 1));
               auto add = [&](OpBuilder &b, Location l, Value lane) {
                 Value bin = arith::IndexCastUIOp::create(
                     b, l, b.getIndexType(),
                     vector::ExtractOp::create(b, l, bins, OpFoldResult(lane)));
                 bump(b, l, lane, bin, c64(b, l, 1));
               };
-              if (shift == 24) {
+              if (top == 32) {
                 for (int64_t lane = 0; lane < kScreenWidth; ++lane)
                   add(bb, pl, cIdx(lane));
                 return;
               }
               Value match = arith::CmpIOp::create(
                   bb, pl, arith::CmpIPredicate::eq,
-                  arith::ShRUIOp::create(bb, pl, keys, splat32(bb, shift + 8)),
+                  arith::ShRUIOp::create(bb, pl, keys, splat32(bb, top)),
                   vector::BroadcastOp::create(
                       bb, pl, i32Vec,
                       arith::TruncIOp::create(bb, pl, bb.getI32Type(), pre)));
@@ -4507,14 +4515,14 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
               countCols(rb, row, cIdx(blocks * kScreenWidth), cN);
             });
           });
-      // From bin 255 down: the first bin where the running count reaches
+      // From the top bin down: the first bin where the running count reaches
       // `remaining`; the keys in higher bins are all kept.
       Value none = c64(rewriter, loc, -1);
       auto scan = scf::ForOp::create(
-          rewriter, loc, c0, cIdx(256), c1,
+          rewriter, loc, c0, cIdx(numBins), c1,
           ValueRange{none, c64(rewriter, loc, 0), c64(rewriter, loc, 0)},
           [&](OpBuilder &b, Location l, Value i, ValueRange st) {
-            Value bin = arith::SubIOp::create(b, l, cIdx(255), i);
+            Value bin = arith::SubIOp::create(b, l, cIdx(numBins - 1), i);
             auto binCount = scf::ForOp::create(
                 b, l, c0, cIdx(kParts * kCopies), c1, ValueRange{st[2]},
                 [&](OpBuilder &hb, Location hl, Value part, ValueRange sum) {
@@ -4538,10 +4546,11 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
                            arith::SelectOp::create(b, l, here, st[2], st[1]),
                            acc});
           });
-      prefix = arith::OrIOp::create(
-          rewriter, loc,
-          arith::ShLIOp::create(rewriter, loc, prefix, c64(rewriter, loc, 8)),
-          scan.getResult(0));
+      prefix =
+          arith::OrIOp::create(rewriter, loc,
+                               arith::ShLIOp::create(rewriter, loc, prefix,
+                                                     c64(rewriter, loc, bits)),
+                               scan.getResult(0));
       remaining =
           arith::SubIOp::create(rewriter, loc, remaining, scan.getResult(1));
     }
