@@ -128,33 +128,29 @@ static void panels(void) {
   }
 }
 
-static void groups(void) {
+/* Chunk by chunk, group by group, each thread's rows: groups' layout, or
+ * gmajor's (`major`, panel rows `stride` floats apart). */
+static void by_group(int major, long stride) {
 #pragma omp parallel
   {
     int nt = omp_get_num_threads(), me = omp_get_thread_num();
     int b0 = B * me / nt, b1 = B * (me + 1) / nt;
     for (int c0 = 0; c0 < D; c0 += CH)
       for (int g = 0; g < NG; g++)
-        for (int b = b0; b < b1; b++)
-          chunk(b, c0, off[b * (NG + 1) + g], off[b * (NG + 1) + g + 1],
-                P + (long)c0 * ND, CH, g > 0);
+        for (int b = b0; b < b1; b++) {
+          const float *panel = P + (long)c0 * ND;
+          if (major)
+            chunk2(outp + (long)c0 * B + (long)b * CH, goff[g * (B + 1) + b],
+                   goff[g * (B + 1) + b + 1], panel, stride, g > 0);
+          else
+            chunk(b, c0, off[b * (NG + 1) + g], off[b * (NG + 1) + g + 1],
+                  panel, CH, g > 0);
+        }
   }
 }
-
-static void gmajor_run(long stride) {
-#pragma omp parallel
-  {
-    int nt = omp_get_num_threads(), me = omp_get_thread_num();
-    int b0 = B * me / nt, b1 = B * (me + 1) / nt;
-    for (int c0 = 0; c0 < D; c0 += CH)
-      for (int g = 0; g < NG; g++)
-        for (int b = b0; b < b1; b++)
-          chunk2(outp + (long)c0 * B + (long)b * CH, goff[g * (B + 1) + b],
-                 goff[g * (B + 1) + b + 1], P + (long)c0 * ND, stride, g > 0);
-  }
-}
-static void gmajor(void) { gmajor_run(CH); }
-static void l1(void) { gmajor_run(0); }
+static void groups(void) { by_group(0, CH); }
+static void gmajor(void) { by_group(1, CH); }
+static void l1(void) { by_group(1, 0); }
 
 int main(void) {
   W = aligned_alloc(64, sizeof(float) * ND * D);
