@@ -24,6 +24,7 @@ std::string getCpuPipelineText(int64_t vectorLanes) {
          "func.func(linalg-fuse-elementwise-ops),"
          "one-shot-bufferize,"
          "buffer-deallocation-pipeline,"
+         "sae-shorten-buffer-lifetimes,"
          "func.func(sae-parallelize-linalg),"
          "convert-linalg-to-loops,"
          "scf-forall-to-parallel,"

@@ -56,6 +56,23 @@ def Differentiate : Pass<"sae-differentiate", "ModuleOp"> {
                            "::mlir::tensor::TensorDialect"];
 }
 
+def ShortenBufferLifetimes : Pass<"sae-shorten-buffer-lifetimes"> {
+  let summary = "Free each buffer after its last use and allocate it at its first";
+  let description = [{
+    Runs after `buffer-deallocation-pipeline`, which frees every buffer at
+    the end of the block that allocated it. Within each block, a
+    `memref.dealloc` of a buffer allocated there (or of the base buffer of
+    an `scf.if` result whose branches both yield a new allocation) moves to
+    just after the last op of the block that uses the buffer or a view of
+    it, and a `memref.alloc` moves to just before the first op of the block
+    that uses it; uses in nested regions count for the op that holds them.
+    A buffer passed to a call, yielded, returned or turned into an address
+    stays where it is. The entry functions' peak memory is then the most
+    their buffers are live at once, not the sum of all of them.
+  }];
+  let dependentDialects = ["::mlir::memref::MemRefDialect"];
+}
+
 def ParallelizeLinalg : Pass<"sae-parallelize-linalg", "func::FuncOp"> {
   let summary = "Split large buffer-level linalg ops into chunks under scf.parallel";
   let description = [{
