@@ -4483,8 +4483,39 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
                 bump(b, l, lane, bin, c64(b, l, 1));
               };
               if (top == 32) {
-                for (int64_t lane = 0; lane < kScreenWidth; ++lane)
-                  add(bb, pl, cIdx(lane));
+                // Exact zeros (a ReLU's inactive latents: half of them at
+                // initialisation, nearly all once trained) share one bin;
+                // counted there one by one, every count would wait on the
+                // store before it. They go in as the number of set bits of
+                // one comparison; the other keys one by one.
+                constexpr uint32_t kZeroKey = 0x80000000u;
+                Value zero =
+                    arith::CmpIOp::create(bb, pl, arith::CmpIPredicate::eq,
+                                          keys, splat32(bb, kZeroKey));
+                Value laneBits = vector::ExtractOp::create(
+                    bb, pl,
+                    vector::BitCastOp::create(
+                        bb, pl,
+                        VectorType::get({1}, bb.getIntegerType(kScreenWidth)),
+                        zero),
+                    ArrayRef<int64_t>{0});
+                Value zeros = arith::ExtUIOp::create(
+                    bb, pl, i64, math::CtPopOp::create(bb, pl, laneBits));
+                bump(bb, pl, c0, cIdx((kZeroKey >> shift) & (numBins - 1)),
+                     zeros);
+                Value other = arith::XOrIOp::create(
+                    bb, pl, zero,
+                    arith::ConstantOp::create(
+                        bb, pl,
+                        DenseElementsAttr::get(
+                            VectorType::get({kScreenWidth}, bb.getI1Type()),
+                            true)));
+                forEachSetLane(bb, pl, other, ValueRange{},
+                               [&](OpBuilder &wb, Location wl, Value lane,
+                                   ValueRange) -> SmallVector<Value> {
+                                 add(wb, wl, lane);
+                                 return {};
+                               });
                 return;
               }
               Value match = arith::CmpIOp::create(
