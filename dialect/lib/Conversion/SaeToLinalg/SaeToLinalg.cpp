@@ -4482,6 +4482,15 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
                     vector::ExtractOp::create(b, l, bins, OpFoldResult(lane)));
                 bump(b, l, lane, bin, c64(b, l, 1));
               };
+              // Adds the keys of the lanes set in `mask`, one by one.
+              auto addLanes = [&](OpBuilder &b, Location l, Value mask) {
+                forEachSetLane(b, l, mask, ValueRange{},
+                               [&](OpBuilder &wb, Location wl, Value lane,
+                                   ValueRange) -> SmallVector<Value> {
+                                 add(wb, wl, lane);
+                                 return {};
+                               });
+              };
               if (top == 32) {
                 // Exact zeros (a ReLU's inactive latents: half of them at
                 // initialisation, nearly all once trained) share one bin;
@@ -4510,12 +4519,7 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
                         DenseElementsAttr::get(
                             VectorType::get({kScreenWidth}, bb.getI1Type()),
                             true)));
-                forEachSetLane(bb, pl, other, ValueRange{},
-                               [&](OpBuilder &wb, Location wl, Value lane,
-                                   ValueRange) -> SmallVector<Value> {
-                                 add(wb, wl, lane);
-                                 return {};
-                               });
+                addLanes(bb, pl, other);
                 return;
               }
               Value match = arith::CmpIOp::create(
@@ -4527,12 +4531,7 @@ struct BatchTopKLowering : OpRewritePattern<BatchTopKOp> {
               Value any = vector::ReductionOp::create(
                   bb, pl, vector::CombiningKind::OR, match);
               scf::IfOp::create(bb, pl, any, [&](OpBuilder &tb, Location tl) {
-                forEachSetLane(tb, tl, match, ValueRange{},
-                               [&](OpBuilder &wb, Location wl, Value lane,
-                                   ValueRange) -> SmallVector<Value> {
-                                 add(wb, wl, lane);
-                                 return {};
-                               });
+                addLanes(tb, tl, match);
                 scf::YieldOp::create(tb, tl);
               });
             };
