@@ -105,16 +105,14 @@ void freeEarly(memref::DeallocOp dealloc) {
     root = metadata.getSource();
     if (!madeByBranches(root, block))
       return;
-  } else if (!isa<memref::AllocOp>(def)) {
-    return;
-  }
-  if (metadata) {
     // The metadata op must serve the dealloc alone to move along with it.
     if (!metadata.getBaseBuffer().hasOneUse())
       return;
     for (Value result : metadata->getResults().drop_front())
       if (!result.use_empty())
         return;
+  } else if (!isa<memref::AllocOp>(def)) {
+    return;
   }
   FailureOr<Operation *> user =
       lastUser(root, block, {dealloc.getOperation(), metadata});
