@@ -43,9 +43,17 @@ Usage:
   /usr/bin/python3 bench/train_step.py [--shapes 768x16384,512x4096] [--k 32]
       [--batch 1024] [--steps 10] [--archs topk,batch_topk,jump_relu,relu_l1]
       [--no-aux] [--no-torch] [--threads N] [--build build] [--out DIR]
-      [--scaling]
+      [--scaling] [--aux-curve] [--dead-fractions 0,0.01,...]
 --scaling instead times the saec TopK step at d=768 as n grows (4096 ...
 65536, k=32) and as k grows (16 ... 256, n=16384).
+--aux-curve instead measures AuxK's cost for TopK at the first shape as the
+fraction of dead latents grows (--dead-fractions), each fraction a pair run
+as above, beside the work of AuxK's four products over the dead latents
+(decode, the codes' gradient, the decoder's and the encoder's gradients:
+2·B·n_dead·d multiply-adds each while they are dense, n_dead ≤ 8·k_aux;
+2·B·k_aux·d each when sparse) and that work's time at the measured sgemm
+speed as a share of the TopK step: the least AuxK can cost, before its
+selection.
 Prints tables; exits non-zero if a run fails.
 """
 import argparse
@@ -216,11 +224,10 @@ def pair_child(args):
     keep_heap()
     rng = np.random.default_rng(0)
     steppers = [stepper(Library(path), args, rng)[2] for path in (args.lib, args.lib2)]
-    ratios = []
-    for step in range(args.warmup + args.steps):
-        a, b = (f(step) for f in steppers)
-        ratios.append(b / a)
-    print(json.dumps({"ratio": float(np.median(ratios[args.warmup:]))}))
+    times = np.array([[f(step) for f in steppers]
+                      for step in range(args.warmup + args.steps)])[args.warmup:]
+    print(json.dumps({"ratio": float(np.median(times[:, 1] / times[:, 0])),
+                      "ms": [1e3 * float(np.median(t)) for t in times.T]}))
 
 
 def encoder(lib, batch):
@@ -395,6 +402,36 @@ def scaling(args):
           ["n", "k", "step ms", "encode ms"])
 
 
+def aux_curve(args):
+    d, n = (int(s) for s in args.shapes.split(",")[0].split("x"))
+    k_aux, dense_ratio = 512, 8  # AUX_LINE's k_aux; kDenseDeadRatio in SaeToLinalg.cpp
+    plain = compile_lib(args, "topk", False, d, n, args.k)
+    aux = compile_lib(args, "topk", True, d, n, args.k)
+    roof = child_json([PY, __file__, "--child", "roofline", "--d", str(d), "--n", str(n),
+                       "--batch", str(args.batch), "--threads", str(args.threads)])
+    rows = []
+    for fraction in (float(f) for f in args.dead_fractions.split(",")):
+        pair = child_json([PY, __file__, "--child", "pair", "--lib", plain, "--lib2", aux,
+                           "--batch", str(args.batch), "--steps", str(max(args.steps, PAIR_STEPS)),
+                           "--threads", str(args.threads), "--dead-fraction", str(fraction)])
+        dead = int(fraction * n)
+        width = dead if dead <= dense_ratio * k_aux else k_aux
+        flop = 4 * 2 * args.batch * width * d
+        floor_ms = 1e3 * flop / (roof["sgemm_gflops"] * 1e9)
+        rows.append({"dead %": "%g" % (100 * fraction), "dead latents": dead,
+                     "products": "dense" if dead <= dense_ratio * k_aux else "sparse",
+                     "TopK ms": "%.1f" % pair["ms"][0], "TopK+AuxK ms": "%.1f" % pair["ms"][1],
+                     "aux cost": "%+.0f%%" % (100 * (pair["ratio"] - 1)),
+                     "products GFLOP": "%.2f" % (flop / 1e9),
+                     "at sgemm speed": "%+.0f%%" % (100 * floor_ms / pair["ms"][0])})
+    print("OpenBLAS sgemm %.0f GFLOP/s on [%d, %d] x [%d, %d]\n"
+          % (roof["sgemm_gflops"], args.batch, d, d, n))
+    table("AuxK's cost as latents die: TopK d=%d n=%d k=%d B=%d, k_aux=%d (median of pairs)"
+          % (d, n, args.k, args.batch, k_aux), rows,
+          ["dead %", "dead latents", "products", "TopK ms", "TopK+AuxK ms", "aux cost",
+           "products GFLOP", "at sgemm speed"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="768x16384,512x4096")
@@ -409,6 +446,8 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--out", default="/tmp/saec-bench-step")
     ap.add_argument("--scaling", action="store_true")
+    ap.add_argument("--aux-curve", action="store_true")
+    ap.add_argument("--dead-fractions", default="0,0.005,0.01,0.02,0.03,0.05,0.07,0.1,0.15,0.2")
     ap.add_argument("--child", choices=("saec", "roofline", "pair"), help=argparse.SUPPRESS)
     ap.add_argument("--lib", help=argparse.SUPPRESS)
     ap.add_argument("--lib2", help=argparse.SUPPRESS)
@@ -429,6 +468,8 @@ def main():
         require_openblas()  # here too, so that its warning is seen
     if args.scaling:
         scaling(args)
+    elif args.aux_curve:
+        aux_curve(args)
     else:
         main_tables(args)
 
