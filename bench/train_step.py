@@ -404,7 +404,7 @@ def scaling(args):
 
 def aux_curve(args):
     d, n = (int(s) for s in args.shapes.split(",")[0].split("x"))
-    k_aux, dense_ratio = 512, 8  # AUX_LINE's k_aux; kDenseDeadRatio in SaeToLinalg.cpp
+    k_aux, dense_ratio = 512, 3  # AUX_LINE's k_aux; kDenseDeadRatio in SaeToLinalg.cpp
     plain = compile_lib(args, "topk", False, d, n, args.k)
     aux = compile_lib(args, "topk", True, d, n, args.k)
     roof = child_json([PY, __file__, "--child", "roofline", "--d", str(d), "--n", str(n),

@@ -7,12 +7,19 @@
 // decoder's dead rows [n_dead, 64] and their transpose, then three packed
 // panel products: the decode (K = n_dead), the sddmm (N = n_dead, so a
 // dynamic number of panels) and the outer (M = n_dead, K = B). Each is
-// used while n_dead <= 8 k (here 64); with more dead latents the sparse
-// product (lowered in the else branch) is cheaper. The outer's rows, in
-// either branch, are the dead latents' rows only ([?, 64]: the sparse
-// product's codes index the dead list); sae.place_rows puts them at their
-// latents through slot[j] (latent j's place in the dead list, -1 when
-// alive), which the selection writes, and zeroes the other rows.
+// used while n_dead <= 3 k (here 24); the dense products' buffers have no
+// dead rows otherwise. With more dead latents, the grouped sparse products
+// (the else branches) are cheaper: each row's entries by group of dead
+// latents (first[row, g], built only then; a group holds about 32 of a
+// row's entries, 128 to 512 latents), the decoder's dead rows
+// packed as panels of 64 columns (none while dense); the decode and the
+// sddmm visit each row's entries of a group (vector.fma; the sddmm's lanes
+// summed by a reassociating reduction); the outer sorts the entries by
+// place (an 8 x 129 table of counts) and sums each place's in registers.
+// The outer's rows, in either branch, are the dead latents' rows only
+// ([?, 64]); sae.place_rows puts them at their latents through slot[j]
+// (latent j's place in the dead list, -1 when alive), which the selection
+// writes, and zeroes the other rows.
 // The dead list is built where the mask is (here, first): the selection
 // reads the dead columns side by side, sae.take_columns with the slots
 // of the dead list and then the filler's column (the first live latent,
@@ -37,30 +44,53 @@
 // CHECK: memref.alloc(%[[LIST]]#0) : memref<?xi32>
 // CHECK: scf.for %[[T:.*]] = %c0 to %[[LIST]]#0
 // CHECK: memref.load %[[TAKEN]][%{{.*}}, %[[T]]] : memref<?x?xf32>
-// CHECK: %[[DENSE:.*]] = arith.cmpi ule, %{{.*}}, %c64 : index
-// CHECK: %[[ZA:.*]] = memref.alloc(%[[B:.*]], %[[PAD:.*]]) : memref<?x?xf32>
+// CHECK: %[[DENSE:.*]] = arith.cmpi ule, %[[COUNT:.*]], %c24 : index
+// CHECK: %[[DD:.*]] = arith.select %[[DENSE]], %[[PAD:.*]], %c0 : index
+// CHECK: %[[ZA:.*]] = memref.alloc(%[[B:.*]], %[[DD]]) : memref<?x?xf32>
 // CHECK: scf.if %[[DENSE]] {
 // CHECK: linalg.fill ins(%{{.*}} : f32) outs(%[[ZA]] : memref<?x?xf32>)
-// CHECK: %[[ZAT:.*]] = memref.alloc(%[[PAD]], %[[B]]) : memref<?x?xf32>
+// CHECK: %[[ZAT:.*]] = memref.alloc(%[[DD]], %[[B]]) : memref<?x?xf32>
 // CHECK: scf.if %[[DENSE]] {
-// CHECK: %[[WD:.*]] = memref.alloc(%[[PAD]]) : memref<?x64xf32>
-// CHECK: %[[WDT:.*]] = memref.alloc(%c64, %[[PAD]]) : memref<?x?xf32>
+// CHECK: %[[WD:.*]] = memref.alloc(%[[DD]]) : memref<?x64xf32>
+// CHECK: %[[WDT:.*]] = memref.alloc(%c64, %[[DD]]) : memref<?x?xf32>
 // CHECK: scf.if %[[DENSE]] {
+// CHECK: %[[PER:.*]] = arith.muli %[[COUNT]], %c32 : index
+// CHECK: %[[WANT:.*]] = arith.ceildivui %[[PER]], %c8 : index
+// CHECK: %[[ATLEAST:.*]] = arith.maxui %[[WANT]], %c128 : index
+// CHECK: %[[SIZE:.*]] = arith.minui %[[ATLEAST]], %c512 : index
+// CHECK: %[[GROUPS:.*]] = arith.ceildivui %[[COUNT]], %[[SIZE]] : index
+// CHECK: %[[FIRST:.*]] = memref.alloc(%[[B]], %{{.*}}) : memref<?x?xindex>
+// CHECK: scf.if %[[DENSE]] {
+// CHECK-NEXT: } else {
+// CHECK: arith.divui %{{.*}}, %[[SIZE]] : index
+// CHECK: %[[PROWS:.*]] = arith.select %[[DENSE]], %c0, %[[COUNT]] : index
+// CHECK: %[[PANELS:.*]] = memref.alloc(%[[PROWS]]) : memref<1x?x64xf32>
 // CHECK: scf.if %[[DENSE]] -> (tensor<?x64xf32>) {
 // CHECK: memref.alloc(%{{.*}}) {alignment = 64 : i64} : memref<?x64xf32>
 // CHECK: vector.fma
 // CHECK: } else {
+// CHECK: scf.for %{{.*}} = %c0 to %[[GROUPS]]
+// CHECK: %[[END:.*]] = memref.load %[[FIRST]]
+// CHECK: %[[BEGIN:.*]] = memref.load %[[FIRST]]
+// CHECK: scf.for %{{.*}} = %[[BEGIN]] to %[[END]]
+// CHECK: vector.load %[[PANELS]]
+// CHECK: vector.fma
 // CHECK: scf.if %[[DENSE]] -> (tensor<?x8xf32>) {
 // CHECK: memref.alloc(%{{.*}}) {alignment = 64 : i64} : memref<?x64xf32>
 // CHECK: vector.fma
 // CHECK: } else {
+// CHECK: memref.load %[[FIRST]]
+// CHECK: vector.load %[[PANELS]]
+// CHECK: vector.reduction <add>, %{{.*}} fastmath<reassoc>
 // CHECK: %[[ROWS:.*]] = scf.if %[[DENSE]] -> (tensor<?x64xf32>) {
 // CHECK: memref.alloc(%[[PAD]]) : memref<?x64xf32>
 // CHECK: memref.alloc(%{{.*}}) {alignment = 64 : i64} : memref<?x64xf32>
 // CHECK: vector.fma
 // CHECK: } else {
-// CHECK: memref.alloc() : memref<129xindex>
-// CHECK: tensor.cast %{{.*}} : tensor<128x64xf32> to tensor<?x64xf32>
+// CHECK: %[[SUMS:.*]] = memref.alloc(%[[COUNT]]) : memref<?x64xf32>
+// CHECK: memref.alloc() : memref<8x129xindex>
+// CHECK: vector.fma
+// CHECK: vector.store %{{.*}}, %[[SUMS]]
 // CHECK: %[[ROWBUF:.*]] = bufferization.to_buffer %[[ROWS]]
 // CHECK: %[[GRAD:.*]] = memref.alloc() : memref<128x64xf32>
 // CHECK: scf.parallel
@@ -99,13 +129,13 @@ func.func @aux_sparse(%pre: tensor<?x128xf32>, %mask: tensor<128xf32>, %w: tenso
 // put the dead latents' entries beside others' (tensor.concat, as the
 // differentiator merges products): the dead part is a dense product too,
 // dzᵀ · X over the dead latents, from dz's transpose [padded, B] written
-// directly from the entries; the sparse branch masks the unfilled slots
-// and indexes the dead list. Its rows are placed at their latents
+// directly from the entries; the grouped branch masks the unfilled slots
+// and sums each dead latent's entries by its place in the dead list. Its rows are placed at their latents
 // (slot), and the other part's product (k = 4 entries, no concat)
 // accumulates into them, then is transposed.
 // CHECK-LABEL: func.func @aux_encoder_grad
 // CHECK: %[[SLOT:.*]] = memref.alloc() : memref<128xi32>
-// CHECK: %[[DENSE:.*]] = arith.cmpi ule, %{{.*}}, %c64 : index
+// CHECK: %[[DENSE:.*]] = arith.cmpi ule, %{{.*}}, %c24 : index
 // CHECK: scf.if %[[DENSE]] -> (tensor<?x8xf32>) {
 // CHECK: } else {
 // CHECK: %[[ROWS:.*]] = scf.if %[[DENSE]] -> (tensor<?x64xf32>) {
@@ -118,8 +148,8 @@ func.func @aux_sparse(%pre: tensor<?x128xf32>, %mask: tensor<128xf32>, %w: tenso
 // CHECK: } else {
 // CHECK: arith.cmpi sge, %{{.*}}, %c0_i32 : i32
 // CHECK: arith.select
-// CHECK: tensor.cast %{{.*}} : tensor<128x64xf32> to tensor<?x64xf32>
 // CHECK: memref.alloc() : memref<8x129xindex>
+// CHECK: vector.fma
 // CHECK-NOT: tensor.concat
 // CHECK: %[[ROWBUF:.*]] = bufferization.to_buffer %[[ROWS]]
 // CHECK: scf.parallel

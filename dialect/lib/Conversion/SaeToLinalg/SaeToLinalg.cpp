@@ -161,6 +161,8 @@ void addScaledRow(OpBuilder &b, Location l, Value dst, Value dstRow, Value src,
 void forRange(OpBuilder &b, Location loc, Value lo, Value hi,
               function_ref<void(OpBuilder &, Value)> fn);
 int64_t outerVecs(int64_t d, int64_t lanes);
+void sumRowsByLatent(OpBuilder &b, Location l, MakeCodesOp make, Value panel,
+                     Value out, Value count, int64_t lanes);
 
 /// `v` is defined before `op` in its block (or is an argument of it).
 bool definedBefore(Value v, Operation *op) {
@@ -3141,17 +3143,31 @@ Value orderedKeys32(OpBuilder &b, Location l, Value v) {
 ///
 /// When the model is f32 with a decoder width that the register-blocked
 /// kernel takes, the products with these codes (sae.decode, sae.sddmm and
-/// sae.outer, the aux loss and its gradient) become dense products over
-/// the dead latents alone: the codes as a dense [B, n_dead] matrix and the
-/// decoder's dead rows gathered into [n_dead, d] (n_dead rounded up to
-/// whole panels with zeros). With k_aux a third of n_dead or more, three
-/// dense products cost less than the row-by-row sparse ones, which load a
-/// decoder row from L3 per entry.
-/// Dense AuxK products are used while n_dead ≤ kDenseDeadRatio · k_aux:
-/// measured at d = 768 on AVX-512, a panel product over n_dead latents runs
-/// about 11 times as many multiply-adds per second as the sparse product
-/// over k_aux entries per row.
-constexpr int64_t kDenseDeadRatio = 8;
+/// sae.outer, the aux loss and its gradient) are built twice, and the
+/// number of dead latents picks one at run time:
+/// - dense products over the dead latents alone: the codes as a dense
+///   [B, n_dead] matrix and the decoder's dead rows gathered into
+///   [n_dead, d] (n_dead rounded up to whole panels with zeros), while
+///   n_dead ≤ kDenseDeadRatio · k_aux;
+/// - grouped sparse products over the k_aux entries of each row, with
+///   more dead latents (DeadTopKLowering::denseProducts says how).
+/// Each product costs 2·B·n_dead·d dense, 2·B·k_aux·d sparse; measured
+/// in a TopK + AuxK step at d = 768, n = 16384, k_aux = 512 on a Zen 4
+/// (bench/train_step.py --aux-curve, and both forced side by side), the
+/// two cost the same between 2 and 3 times k_aux dead latents, and the
+/// dense ones run about 2.5 times as many multiply-adds per second.
+constexpr int64_t kDenseDeadRatio = 3;
+/// The grouped products' groups of consecutive dead latents: each row has
+/// about kGroupEntries entries in a group, with at least kMinGroup and at
+/// most kMaxGroup latents (a group's panel rows, up to 512 · 192 floats,
+/// stay in L2 while the rows go by; fewer entries per visit of a row would
+/// spend the time loading and storing its sums). Blocks of kRowBlock rows
+/// are taken in parallel: each block reads all the panels, so fewer
+/// blocks read less (at B = 1024 and 50% dead, blocks of 512 rows took
+/// 235 ms a step, of 256 244 ms and of 128 251 ms), but a block is a
+/// thread's work: 256 keeps four threads busy at B = 1024.
+constexpr int64_t kGroupEntries = 32, kMinGroup = 128, kMaxGroup = 512;
+constexpr int64_t kRowBlock = 256;
 
 struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
   DeadTopKLowering(MLIRContext *ctx, int64_t lanes)
@@ -3548,12 +3564,16 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                               arith::CeilDivUIOp::create(
                                   rewriter, loc, count, idx(rewriter, padCols)),
                               idx(rewriter, padCols));
-    // Dense products cost 2·B·n_dead·d each, the sparse ones B·k·d loads
-    // from L3: with far more dead latents than k (a run that lost many),
-    // the sparse ones are cheaper. Both are built; this picks one.
+    // Dense products cost 2·B·n_dead·d each, the grouped ones 2·B·k·d at
+    // a lower speed: with many more dead latents than k (a run that lost
+    // many), the grouped ones are cheaper. Both are built; this picks one.
     Value useDense =
         arith::CmpIOp::create(rewriter, loc, arith::CmpIPredicate::ule, count,
                               idx(rewriter, kDenseDeadRatio * k));
+    // The dense products' buffers have no rows or columns for dead latents
+    // while the grouped ones run.
+    Value denseDead = arith::SelectOp::create(rewriter, loc, useDense, padded,
+                                              idx(rewriter, 0));
     auto ifDense = [&](OpBuilder &b, function_ref<void(OpBuilder &)> fn) {
       scf::IfOp::create(b, loc, useDense, [&](OpBuilder &tb, Location tl) {
         fn(tb);
@@ -3604,7 +3624,7 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
         return;
       OpBuilder::InsertionGuard guard(rewriter);
       rewriter.setInsertionPoint(op);
-      za = dynMatrix(rewriter, rows, padded);
+      za = dynMatrix(rewriter, rows, denseDead);
       ifDense(rewriter, [&](OpBuilder &ib) {
         fillZero(ib, za);
         forEachRowParallel(
@@ -3624,7 +3644,7 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       denseCodes();
       OpBuilder::InsertionGuard guard(rewriter);
       rewriter.setInsertionPoint(op);
-      zaT = dynMatrix(rewriter, padded, rows);
+      zaT = dynMatrix(rewriter, denseDead, rows);
       ifDense(rewriter, [&](OpBuilder &ib) {
         emitTranspose(ib, loc, za, zaT, padded, rows);
       });
@@ -3637,8 +3657,8 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
       OpBuilder::InsertionGuard guard(rewriter);
       rewriter.setInsertionPoint(op);
       Value wBuf = toBuffer(rewriter, loc, w);
-      Value wd = matrix(rewriter, padded, d);
-      Value wdT = dynMatrix(rewriter, idx(rewriter, d), padded);
+      Value wd = matrix(rewriter, denseDead, d);
+      Value wdT = dynMatrix(rewriter, idx(rewriter, d), denseDead);
       ifDense(rewriter, [&](OpBuilder &ib) {
         forEachRowParallel(
             ib, loc, padded, [&](OpBuilder &b, Location l, Value s) {
@@ -3675,40 +3695,342 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                    RankedTensorType::get({n}, rewriter.getI32Type()), slotOf));
     };
 
+    // Grouped sparse products, with many dead latents. A row's filled
+    // slots are in dead-list order, so its entries among a group of
+    // groupSize consecutive dead latents are the slots [first[row, g],
+    // first[row, g + 1]). The decoder's dead rows are packed as panels
+    // [chunk, place, column] of `chunkOf(width)` columns. The decode and
+    // the sddmm take blocks of kRowBlock rows in parallel and, chunk by
+    // chunk and group by group, visit each row's entries in the group, so
+    // the group's panel rows stay in cache while the rows go by. The outer
+    // products sort the entries by place and sum each place's in
+    // registers, chunk by chunk, from panels of their right-hand side. Every
+    // sum runs in an order fixed by the entries, whatever the threads.
+    Type indexType = rewriter.getIndexType();
+    auto chunkOf = [&](int64_t width) {
+      for (int64_t vecs : {12, 8, 4})
+        if (width % (vecs * lanes) == 0)
+          return vecs * lanes;
+      return 2 * lanes; // the widths taken here are multiples of it
+    };
+    auto vecType = VectorType::get({lanes}, f32);
+    auto ifSparse = [&](OpBuilder &b, function_ref<void(OpBuilder &)> fn) {
+      scf::IfOp::create(
+          b, loc, useDense,
+          [&](OpBuilder &tb, Location tl) { scf::YieldOp::create(tb, tl); },
+          [&](OpBuilder &eb, Location el) {
+            fn(eb);
+            scf::YieldOp::create(eb, el);
+          });
+    };
+    auto index = [&](OpBuilder &b, Value buf, ValueRange at) -> Value {
+      return arith::IndexCastOp::create(
+          b, loc, indexType, memref::LoadOp::create(b, loc, buf, at));
+    };
+    Value groupSize, groups, first;
+    auto groupStarts = [&]() {
+      if (first)
+        return;
+      OpBuilder::InsertionGuard guard(rewriter);
+      rewriter.setInsertionPoint(op);
+      groupSize = arith::MinUIOp::create(
+          rewriter, loc,
+          arith::MaxUIOp::create(
+              rewriter, loc,
+              arith::CeilDivUIOp::create(
+                  rewriter, loc,
+                  arith::MulIOp::create(rewriter, loc, count,
+                                        idx(rewriter, kGroupEntries)),
+                  idx(rewriter, k)),
+              idx(rewriter, kMinGroup)),
+          idx(rewriter, kMaxGroup));
+      groups = arith::CeilDivUIOp::create(rewriter, loc, count, groupSize);
+      Value cols =
+          arith::AddIOp::create(rewriter, loc, groups, idx(rewriter, 1));
+      first = memref::AllocOp::create(
+          rewriter, loc,
+          MemRefType::get({ShapedType::kDynamic, ShapedType::kDynamic},
+                          indexType),
+          ValueRange{rows, cols});
+      ifSparse(rewriter, [&](OpBuilder &ib) {
+        forEachRowParallel(
+            ib, loc, rows, [&](OpBuilder &b, Location l, Value row) {
+              // Count each group's entries one place on, then sum up.
+              forRange(b, l, idx(b, 0), cols, [&](OpBuilder &fb, Value g) {
+                memref::StoreOp::create(fb, l, idx(fb, 0), first,
+                                        ValueRange{row, g});
+              });
+              forFilled(
+                  b, l, row, [&](OpBuilder &fb, Location fl, Value, Value p) {
+                    SmallVector<Value, 2> at{
+                        row, arith::AddIOp::create(
+                                 fb, fl,
+                                 arith::DivUIOp::create(fb, fl, p, groupSize),
+                                 idx(fb, 1))};
+                    Value c = memref::LoadOp::create(fb, fl, first, at);
+                    memref::StoreOp::create(
+                        fb, fl, arith::AddIOp::create(fb, fl, c, idx(fb, 1)),
+                        first, at);
+                  });
+              forRange(b, l, idx(b, 1), cols, [&](OpBuilder &fb, Value g) {
+                Value below = memref::LoadOp::create(
+                    fb, l, first,
+                    ValueRange{row,
+                               arith::SubIOp::create(fb, l, g, idx(fb, 1))});
+                Value here =
+                    memref::LoadOp::create(fb, l, first, ValueRange{row, g});
+                memref::StoreOp::create(
+                    fb, l, arith::AddIOp::create(fb, l, below, here), first,
+                    ValueRange{row, g});
+              });
+            });
+      });
+    };
+    // panel[c, r, :] = columns [c·chunk, (c + 1)·chunk) of buf's row
+    // rowOf(r), for r < panelRows.
+    auto packPanels =
+        [&](OpBuilder &b, Value buf, int64_t width, int64_t chunk,
+            Value panelRows,
+            function_ref<Value(OpBuilder &, Location, Value)> rowOf) -> Value {
+      Value panel = memref::AllocOp::create(
+          b, loc,
+          MemRefType::get({width / chunk, ShapedType::kDynamic, chunk}, f32),
+          ValueRange{panelRows});
+      forEachRowParallel(
+          b, loc, panelRows, [&](OpBuilder &pb, Location l, Value r) {
+            Value src = rowOf(pb, l, r);
+            for (int64_t c = 0; c < width; c += lanes) {
+              Value v = vector::LoadOp::create(pb, l, vecType, buf,
+                                               ValueRange{src, idx(pb, c)});
+              vector::StoreOp::create(
+                  pb, l, v, panel,
+                  ValueRange{idx(pb, c / chunk), r, idx(pb, c % chunk)});
+            }
+          });
+      return panel;
+    };
+    // The dead rows of decoder w as panels, built at the selection.
+    llvm::SmallDenseMap<Value, Value> panelsOf;
+    auto deadPanels = [&](Value w, int64_t chunk) {
+      if (Value p = panelsOf.lookup(w))
+        return p;
+      groupStarts();
+      OpBuilder::InsertionGuard guard(rewriter);
+      rewriter.setInsertionPoint(op);
+      Value wBuf = toBuffer(rewriter, loc, w);
+      int64_t width = cast<MemRefType>(wBuf.getType()).getDimSize(1);
+      // No rows while the products are dense.
+      Value panelRows = arith::SelectOp::create(rewriter, loc, useDense,
+                                                idx(rewriter, 0), count);
+      Value panel =
+          packPanels(rewriter, wBuf, width, chunk, panelRows,
+                     [&](OpBuilder &b, Location l, Value r) -> Value {
+                       return memref::LoadOp::create(b, l, dead, ValueRange{r});
+                     });
+      return panelsOf[w] = panel;
+    };
+    // The slots and groups a grouped product visits: `fn(b, row, t0, t1)`
+    // for each row of [r0, r1), its entries in group g being [t0, t1).
+    auto forRowsOfGroup =
+        [&](OpBuilder &b, Location l, Value g, Value r0, Value r1,
+            function_ref<void(OpBuilder &, Value row, Value t0, Value t1)> fn) {
+          Value next = arith::AddIOp::create(b, l, g, idx(b, 1));
+          forRange(b, l, r0, r1, [&](OpBuilder &rb, Value row) {
+            fn(rb, row,
+               memref::LoadOp::create(rb, l, first, ValueRange{row, g}),
+               memref::LoadOp::create(rb, l, first, ValueRange{row, next}));
+          });
+        };
+    // body(b, c, g, r0, r1) for each chunk c of `width` and group g, over
+    // blocks [r0, r1) of rows in parallel.
+    auto byRowBlocks = [&](OpBuilder &b, int64_t width, int64_t chunk,
+                           function_ref<void(OpBuilder &, Location, Value c,
+                                             Value g, Value r0, Value r1)>
+                               body) {
+      Value blocks =
+          arith::CeilDivUIOp::create(b, loc, rows, idx(b, kRowBlock));
+      forEachRowParallel(
+          b, loc, blocks, [&](OpBuilder &pb, Location l, Value blk) {
+            Value r0 = arith::MulIOp::create(pb, l, blk, idx(pb, kRowBlock));
+            Value r1 = arith::MinUIOp::create(
+                pb, l, rows,
+                arith::AddIOp::create(pb, l, r0, idx(pb, kRowBlock)));
+            forRange(pb, l, idx(pb, 0), idx(pb, width / chunk),
+                     [&](OpBuilder &cb, Value c) {
+                       forRange(cb, l, idx(cb, 0), groups,
+                                [&](OpBuilder &gb, Value g) {
+                                  body(gb, l, c, g, r0, r1);
+                                });
+                     });
+          });
+    };
+    auto vecLoads = [&](OpBuilder &b, Location l, Value buf, ValueRange at,
+                        int64_t n) {
+      SmallVector<Value> vs;
+      SmallVector<Value, 3> where(at.begin(), at.end());
+      for (int64_t u = 0; u < n; ++u) {
+        where.back() =
+            arith::AddIOp::create(b, l, at.back(), idx(b, u * lanes));
+        vs.push_back(vector::LoadOp::create(b, l, vecType, buf, where));
+      }
+      return vs;
+    };
+    auto vecStores = [&](OpBuilder &b, Location l, ValueRange vs, Value buf,
+                         ValueRange at) {
+      SmallVector<Value, 3> where(at.begin(), at.end());
+      for (auto [u, v] : llvm::enumerate(vs)) {
+        where.back() =
+            arith::AddIOp::create(b, l, at.back(), idx(b, u * lanes));
+        vector::StoreOp::create(b, l, v, buf, where);
+      }
+    };
+    // out[row, :] = Σ vals[row, t] · Wd[pos[row, t], :].
+    auto groupedDecode = [&](OpBuilder &b, Value w, int64_t width) {
+      int64_t chunk = chunkOf(width), vecs = chunk / lanes;
+      Value panel = deadPanels(w, chunk);
+      Value out = matrix(b, rows, width);
+      fillZero(b, out);
+      byRowBlocks(
+          b, width, chunk,
+          [&](OpBuilder &gb, Location l, Value c, Value g, Value r0, Value r1) {
+            Value col = arith::MulIOp::create(gb, l, c, idx(gb, chunk));
+            forRowsOfGroup(
+                gb, l, g, r0, r1,
+                [&](OpBuilder &rb, Value row, Value t0, Value t1) {
+                  SmallVector<Value> acc =
+                      vecLoads(rb, l, out, {row, col}, vecs);
+                  auto loop = scf::ForOp::create(
+                      rb, l, t0, t1, idx(rb, 1), acc,
+                      [&](OpBuilder &eb, Location, Value t, ValueRange a) {
+                        Value v = vector::BroadcastOp::create(
+                            eb, l, vecType,
+                            memref::LoadOp::create(eb, l, vals,
+                                                   ValueRange{row, t}));
+                        SmallVector<Value> w = vecLoads(
+                            eb, l, panel,
+                            {c, index(eb, pos, {row, t}), idx(eb, 0)}, vecs);
+                        SmallVector<Value> next;
+                        for (int64_t u = 0; u < vecs; ++u)
+                          next.push_back(
+                              vector::FMAOp::create(eb, l, v, w[u], a[u]));
+                        scf::YieldOp::create(eb, l, next);
+                      });
+                  vecStores(rb, l, loop.getResults(), out, {row, col});
+                });
+          });
+      return out;
+    };
+    // out[row, t] = ⟨lhs[row, :], Wd[pos[row, t], :]⟩ at filled slots, 0 at
+    // the others.
+    auto groupedSddmm = [&](OpBuilder &b, Value lhs, Value w, int64_t width) {
+      int64_t chunk = chunkOf(width), vecs = chunk / lanes;
+      Value panel = deadPanels(w, chunk);
+      auto valsType = codes.getValuesType();
+      Value out = allocLike(b, loc, valsType,
+                            dynamicSizes(b, loc, valsType, op.getInput()));
+      fillZero(b, out);
+      byRowBlocks(
+          b, width, chunk,
+          [&](OpBuilder &gb, Location l, Value c, Value g, Value r0, Value r1) {
+            Value col = arith::MulIOp::create(gb, l, c, idx(gb, chunk));
+            forRowsOfGroup(
+                gb, l, g, r0, r1,
+                [&](OpBuilder &rb, Value row, Value t0, Value t1) {
+                  SmallVector<Value> x = vecLoads(rb, l, lhs, {row, col}, vecs);
+                  forRange(rb, l, t0, t1, [&](OpBuilder &eb, Value t) {
+                    SmallVector<Value> w = vecLoads(
+                        eb, l, panel, {c, index(eb, pos, {row, t}), idx(eb, 0)},
+                        vecs);
+                    // Four chains of multiply-adds, then their sum, then the
+                    // lanes'.
+                    SmallVector<Value, 4> part;
+                    for (int64_t u = 0; u < vecs; ++u)
+                      if (u < 4)
+                        part.push_back(
+                            arith::MulFOp::create(eb, l, x[u], w[u]));
+                      else
+                        part[u % 4] = vector::FMAOp::create(eb, l, x[u], w[u],
+                                                            part[u % 4]);
+                    while (part.size() > 1) {
+                      part[0] =
+                          arith::AddFOp::create(eb, l, part[0], part.back());
+                      part.pop_back();
+                      if (part.size() > 1) {
+                        part[1] =
+                            arith::AddFOp::create(eb, l, part[1], part.back());
+                        part.pop_back();
+                      }
+                    }
+                    Value dot = vector::ReductionOp::create(
+                        eb, l, vector::CombiningKind::ADD, part[0],
+                        arith::FastMathFlags::reassoc);
+                    SmallVector<Value, 2> at{row, t};
+                    memref::StoreOp::create(
+                        eb, l,
+                        arith::AddFOp::create(
+                            eb, l, memref::LoadOp::create(eb, l, out, at), dot),
+                        out, at);
+                  });
+                });
+          });
+      return out;
+    };
+    // out[p, :] = Σ over the filled slots t at place p: values[row, t] ·
+    // rhs[row, :] (rows [count, width]). The entries are sorted by place
+    // (LatentEntries, with the places as latents; zero values are left
+    // out), then, chunk by chunk, each place's sum is taken in registers
+    // over its entries in row order, reading the chunk of rhs from panels
+    // that stay in L2.
+    auto groupedOuter = [&](OpBuilder &b, Location l, Value values,
+                            Value rhs) -> Value {
+      Value rhsBuf = toBuffer(b, l, rhs);
+      int64_t width = cast<MemRefType>(rhsBuf.getType()).getDimSize(1);
+      int64_t chunk = chunkOf(width);
+      Value panel =
+          packPanels(b, rhsBuf, width, chunk, rows,
+                     [](OpBuilder &, Location, Value r) { return r; });
+      auto byPlace = MakeCodesOp::create(
+          b, l, codes, values, asTensor(b, l, codes.getIndicesType(), pos),
+          Value());
+      Value out = matrix(b, count, width);
+      sumRowsByLatent(b, l, byPlace, panel, out, count, lanes);
+      return out;
+    };
+
     for (Operation *user : users) {
       rewriter.setInsertionPoint(user);
       Location l = user->getLoc();
-      // The result in each case: dense (then) or the op itself (else).
+      // The result in each case: dense (then) or grouped (else).
       auto choose = [&](function_ref<Value(OpBuilder &)> dense,
-                        function_ref<Value(OpBuilder &, Operation *)> sparse) {
+                        function_ref<Value(OpBuilder &)> sparse) {
         auto choice = scf::IfOp::create(
             rewriter, l, useDense,
             [&](OpBuilder &tb, Location tl) {
               scf::YieldOp::create(tb, tl, dense(tb));
             },
             [&](OpBuilder &eb, Location el) {
-              scf::YieldOp::create(eb, el, sparse(eb, eb.clone(*user)));
+              scf::YieldOp::create(eb, el, sparse(eb));
             });
         return choice.getResult(0);
-      };
-      auto itself = [](OpBuilder &, Operation *clone) {
-        return clone->getResult(0);
       };
       if (auto decode = dyn_cast<DecodeOp>(user)) {
         // recon[B, d] = Za · Wd.
         denseCodes();
         Value wd = decoderRows(decode.getWeight()).first;
         auto type = cast<RankedTensorType>(decode.getType());
-        rewriter.replaceOp(user, choose(
-                                     [&](OpBuilder &tb) {
-                                       Value out = matrix(tb, rows, d);
-                                       emitPanelGemm(tb, l, za, wd, out, rows,
-                                                     padded, idx(tb, d), lanes,
-                                                     vecsFor(d), Value(),
-                                                     false);
-                                       return asTensor(tb, l, type, out);
-                                     },
-                                     itself));
+        rewriter.replaceOp(
+            user,
+            choose(
+                [&](OpBuilder &tb) {
+                  Value out = matrix(tb, rows, d);
+                  emitPanelGemm(tb, l, za, wd, out, rows, padded, idx(tb, d),
+                                lanes, vecsFor(d), Value(), false);
+                  return asTensor(tb, l, type, out);
+                },
+                [&](OpBuilder &eb) {
+                  return asTensor(eb, l, type,
+                                  groupedDecode(eb, decode.getWeight(), d));
+                }));
       } else if (auto sddmm = dyn_cast<SddmmOp>(user)) {
         // S[B, n_dead] = lhs · Wdᵀ, read at each filled slot.
         Value wdT = decoderRows(sddmm.getWeight()).second;
@@ -3736,9 +4058,10 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                   });
               return asTensor(tb, l, valsType, out);
             },
-            [&](OpBuilder &eb, Operation *clone) {
-              return CodesValuesOp::create(eb, l, valsType, clone->getResult(0))
-                  .getResult();
+            [&](OpBuilder &eb) {
+              return asTensor(eb, l, valsType,
+                              groupedSddmm(eb, toBuffer(eb, l, sddmm.getLhs()),
+                                           sddmm.getWeight(), d));
             });
         rewriter.replaceOpWithNewOp<MakeCodesOp>(
             user, codes, values,
@@ -3747,12 +4070,10 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
         // Only the dead latents' rows are nonzero: they are computed as
         // rows [count, d] and placed at their latents by sae.place_rows
         // (an update reads them through it; nothing writes [n, d] for
-        // them). Dense: the panel product Zaᵀ · rhs. Sparse: the outer
-        // product of the codes with each entry at its slot's place in the
-        // dead list instead of its latent.
+        // them). Dense: the panel product Zaᵀ · rhs. Grouped: each place's
+        // sum over its entries.
         auto outer = cast<OuterOp>(user);
         transposedCodes();
-        auto type = outer.getType();
         auto deadRowsType =
             RankedTensorType::get({ShapedType::kDynamic, d}, f32);
         auto deadRows = scf::IfOp::create(
@@ -3765,14 +4086,13 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
               scf::YieldOp::create(tb, tl, asTensor(tb, l, deadRowsType, g));
             },
             [&](OpBuilder &eb, Location el) {
-              Value bySlot = MakeCodesOp::create(
-                  eb, l, codes, asTensor(eb, l, codes.getValuesType(), vals),
-                  asTensor(eb, l, codes.getIndicesType(), pos), Value());
-              Value all = OuterOp::create(eb, l, type, bySlot, outer.getRhs());
-              // Rows [count, n) are zero: no entry is there.
               scf::YieldOp::create(
                   eb, el,
-                  tensor::CastOp::create(eb, l, deadRowsType, all).getResult());
+                  asTensor(
+                      eb, l, deadRowsType,
+                      groupedOuter(eb, l,
+                                   asTensor(eb, l, codes.getValuesType(), vals),
+                                   outer.getRhs())));
             });
         Value placed = placeAtSlots(l, deadRows.getResult(0), d);
         if (outer.getInit())
@@ -3844,15 +4164,9 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                                                  floatConst(bb, bl, f32, 0.0))
                       .getResult();
                 });
-            Value bySlot =
-                MakeCodesOp::create(eb, l, codes, kept, posT, Value());
-            Value all = OuterOp::create(
-                eb, l, RankedTensorType::get({codes.getNumLatents(), w}, f32),
-                bySlot, x);
-            // Rows [count, n) are zero: no entry is there.
             scf::YieldOp::create(
                 eb, el,
-                tensor::CastOp::create(eb, l, deadRowsType, all).getResult());
+                asTensor(eb, l, deadRowsType, groupedOuter(eb, l, kept, x)));
           });
       Value placed = placeAtSlots(l, deadRows.getResult(0), w);
       Value init = TransposeOp::create(rewriter, l, type, placed);
@@ -5043,6 +5357,63 @@ struct LatentEntries {
     return loop.getResults();
   }
 };
+
+/// out[j, :] = Σ value · rhs[row, :] over the entries of `make` at latent
+/// j < count (rows [count, width]), rhs given as panels [chunk, row,
+/// column] (chunks of `chunk` columns, read chunk by chunk so that one
+/// stays in L2). The entries are sorted by latent (LatentEntries), then
+/// each latent's sum is taken in registers in row order, in parallel over
+/// latents: the order of the adds does not depend on the threads.
+void sumRowsByLatent(OpBuilder &b, Location l, MakeCodesOp make, Value panel,
+                     Value out, Value count, int64_t lanes) {
+  auto panelType = cast<MemRefType>(panel.getType());
+  int64_t chunks = panelType.getDimSize(0), chunk = panelType.getDimSize(2);
+  auto idx = [&](OpBuilder &ob, int64_t v) -> Value {
+    return arith::ConstantIndexOp::create(ob, l, v);
+  };
+  auto vecType = VectorType::get({lanes}, panelType.getElementType());
+  LatentEntries entries(b, l, make,
+                        cast<CodesType>(make.getType()).getNumLatents());
+  forRange(b, l, idx(b, 0), idx(b, chunks), [&](OpBuilder &cb, Value c) {
+    Value col = arith::MulIOp::create(cb, l, c, idx(cb, chunk));
+    forEachRowParallel(cb, l, count, [&](OpBuilder &pb, Location, Value j) {
+      Value isFirst =
+          arith::CmpIOp::create(pb, l, arith::CmpIPredicate::eq, j, idx(pb, 0));
+      Value s0 = arith::SelectOp::create(
+          pb, l, isFirst, idx(pb, 0),
+          memref::LoadOp::create(
+              pb, l, entries.start,
+              ValueRange{arith::SelectOp::create(
+                  pb, l, isFirst, j,
+                  arith::SubIOp::create(pb, l, j, idx(pb, 1)))}));
+      Value s1 = memref::LoadOp::create(pb, l, entries.start, j);
+      SmallVector<Value> zeros(
+          chunk / lanes, arith::ConstantOp::create(
+                             pb, l, cast<TypedAttr>(pb.getZeroAttr(vecType))));
+      auto loop = scf::ForOp::create(
+          pb, l, s0, s1, idx(pb, 1), zeros,
+          [&](OpBuilder &eb, Location, Value e, ValueRange a) {
+            Value row = memref::LoadOp::create(eb, l, entries.rowOf, e);
+            Value v = vector::BroadcastOp::create(
+                eb, l, vecType,
+                memref::LoadOp::create(eb, l, entries.valOf, e));
+            SmallVector<Value> next;
+            for (auto [u, sum] : llvm::enumerate(a)) {
+              Value x = vector::LoadOp::create(
+                  eb, l, vecType, panel,
+                  ValueRange{c, row, idx(eb, u * lanes)});
+              next.push_back(vector::FMAOp::create(eb, l, v, x, sum));
+            }
+            scf::YieldOp::create(eb, l, next);
+          });
+      for (auto [u, sum] : llvm::enumerate(loop.getResults()))
+        vector::StoreOp::create(
+            pb, l, sum, out,
+            ValueRange{j,
+                       arith::AddIOp::create(pb, l, col, idx(pb, u * lanes))});
+    });
+  });
+}
 
 struct OuterLowering : OpRewritePattern<OuterOp> {
   OuterLowering(MLIRContext *ctx, int64_t lanes)
