@@ -3829,24 +3829,19 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
                      });
       return panelsOf[w] = panel;
     };
-    // The slots and groups a grouped product visits: `fn(b, row, t0, t1)`
-    // for each row of [r0, r1), its entries in group g being [t0, t1).
-    auto forRowsOfGroup =
-        [&](OpBuilder &b, Location l, Value g, Value r0, Value r1,
-            function_ref<void(OpBuilder &, Value row, Value t0, Value t1)> fn) {
-          Value next = arith::AddIOp::create(b, l, g, idx(b, 1));
-          forRange(b, l, r0, r1, [&](OpBuilder &rb, Value row) {
-            fn(rb, row,
-               memref::LoadOp::create(rb, l, first, ValueRange{row, g}),
-               memref::LoadOp::create(rb, l, first, ValueRange{row, next}));
-          });
-        };
-    // body(b, c, g, r0, r1) for each chunk c of `width` and group g, over
-    // blocks [r0, r1) of rows in parallel.
-    auto byRowBlocks = [&](OpBuilder &b, int64_t width, int64_t chunk,
-                           function_ref<void(OpBuilder &, Location, Value c,
-                                             Value g, Value r0, Value r1)>
-                               body) {
+    // Zeroes `out`, then calls body(b, l, panel, c, col, row, t0, t1) for
+    // each chunk c of decoder w's dead rows (panel[c], its first column
+    // col), group g and row, the row's entries in g being the slots
+    // [t0, t1): blocks of rows in parallel, then chunks, groups and the
+    // block's rows in order.
+    auto forGroupedRows = [&](OpBuilder &b, Value w, int64_t width, Value out,
+                              function_ref<void(OpBuilder &, Location,
+                                                Value panel, Value c, Value col,
+                                                Value row, Value t0, Value t1)>
+                                  body) {
+      int64_t chunk = chunkOf(width);
+      Value panel = deadPanels(w, chunk);
+      fillZero(b, out);
       Value blocks =
           arith::CeilDivUIOp::create(b, loc, rows, idx(b, kRowBlock));
       forEachRowParallel(
@@ -3855,13 +3850,23 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
             Value r1 = arith::MinUIOp::create(
                 pb, l, rows,
                 arith::AddIOp::create(pb, l, r0, idx(pb, kRowBlock)));
-            forRange(pb, l, idx(pb, 0), idx(pb, width / chunk),
-                     [&](OpBuilder &cb, Value c) {
-                       forRange(cb, l, idx(cb, 0), groups,
-                                [&](OpBuilder &gb, Value g) {
-                                  body(gb, l, c, g, r0, r1);
-                                });
-                     });
+            forRange(
+                pb, l, idx(pb, 0), idx(pb, width / chunk),
+                [&](OpBuilder &cb, Value c) {
+                  Value col = arith::MulIOp::create(cb, l, c, idx(cb, chunk));
+                  forRange(
+                      cb, l, idx(cb, 0), groups, [&](OpBuilder &gb, Value g) {
+                        Value next =
+                            arith::AddIOp::create(gb, l, g, idx(gb, 1));
+                        forRange(gb, l, r0, r1, [&](OpBuilder &rb, Value row) {
+                          body(rb, l, panel, c, col, row,
+                               memref::LoadOp::create(rb, l, first,
+                                                      ValueRange{row, g}),
+                               memref::LoadOp::create(rb, l, first,
+                                                      ValueRange{row, next}));
+                        });
+                      });
+                });
           });
     };
     auto vecLoads = [&](OpBuilder &b, Location l, Value buf, ValueRange at,
@@ -3886,92 +3891,74 @@ struct DeadTopKLowering : OpRewritePattern<DeadTopKOp> {
     };
     // out[row, :] = Σ vals[row, t] · Wd[pos[row, t], :].
     auto groupedDecode = [&](OpBuilder &b, Value w, int64_t width) {
-      int64_t chunk = chunkOf(width), vecs = chunk / lanes;
-      Value panel = deadPanels(w, chunk);
+      int64_t vecs = chunkOf(width) / lanes;
       Value out = matrix(b, rows, width);
-      fillZero(b, out);
-      byRowBlocks(
-          b, width, chunk,
-          [&](OpBuilder &gb, Location l, Value c, Value g, Value r0, Value r1) {
-            Value col = arith::MulIOp::create(gb, l, c, idx(gb, chunk));
-            forRowsOfGroup(
-                gb, l, g, r0, r1,
-                [&](OpBuilder &rb, Value row, Value t0, Value t1) {
-                  SmallVector<Value> acc =
-                      vecLoads(rb, l, out, {row, col}, vecs);
-                  auto loop = scf::ForOp::create(
-                      rb, l, t0, t1, idx(rb, 1), acc,
-                      [&](OpBuilder &eb, Location, Value t, ValueRange a) {
-                        Value v = vector::BroadcastOp::create(
-                            eb, l, vecType,
-                            memref::LoadOp::create(eb, l, vals,
-                                                   ValueRange{row, t}));
-                        SmallVector<Value> w = vecLoads(
-                            eb, l, panel,
-                            {c, index(eb, pos, {row, t}), idx(eb, 0)}, vecs);
-                        SmallVector<Value> next;
-                        for (int64_t u = 0; u < vecs; ++u)
-                          next.push_back(
-                              vector::FMAOp::create(eb, l, v, w[u], a[u]));
-                        scf::YieldOp::create(eb, l, next);
-                      });
-                  vecStores(rb, l, loop.getResults(), out, {row, col});
+      forGroupedRows(
+          b, w, width, out,
+          [&](OpBuilder &rb, Location l, Value panel, Value c, Value col,
+              Value row, Value t0, Value t1) {
+            SmallVector<Value> acc = vecLoads(rb, l, out, {row, col}, vecs);
+            auto loop = scf::ForOp::create(
+                rb, l, t0, t1, idx(rb, 1), acc,
+                [&](OpBuilder &eb, Location, Value t, ValueRange a) {
+                  Value v = vector::BroadcastOp::create(
+                      eb, l, vecType,
+                      memref::LoadOp::create(eb, l, vals, ValueRange{row, t}));
+                  SmallVector<Value> w =
+                      vecLoads(eb, l, panel,
+                               {c, index(eb, pos, {row, t}), idx(eb, 0)}, vecs);
+                  SmallVector<Value> next;
+                  for (int64_t u = 0; u < vecs; ++u)
+                    next.push_back(vector::FMAOp::create(eb, l, v, w[u], a[u]));
+                  scf::YieldOp::create(eb, l, next);
                 });
+            vecStores(rb, l, loop.getResults(), out, {row, col});
           });
       return out;
     };
     // out[row, t] = ⟨lhs[row, :], Wd[pos[row, t], :]⟩ at filled slots, 0 at
     // the others.
     auto groupedSddmm = [&](OpBuilder &b, Value lhs, Value w, int64_t width) {
-      int64_t chunk = chunkOf(width), vecs = chunk / lanes;
-      Value panel = deadPanels(w, chunk);
+      int64_t vecs = chunkOf(width) / lanes;
       auto valsType = codes.getValuesType();
       Value out = allocLike(b, loc, valsType,
                             dynamicSizes(b, loc, valsType, op.getInput()));
-      fillZero(b, out);
-      byRowBlocks(
-          b, width, chunk,
-          [&](OpBuilder &gb, Location l, Value c, Value g, Value r0, Value r1) {
-            Value col = arith::MulIOp::create(gb, l, c, idx(gb, chunk));
-            forRowsOfGroup(
-                gb, l, g, r0, r1,
-                [&](OpBuilder &rb, Value row, Value t0, Value t1) {
-                  SmallVector<Value> x = vecLoads(rb, l, lhs, {row, col}, vecs);
-                  forRange(rb, l, t0, t1, [&](OpBuilder &eb, Value t) {
-                    SmallVector<Value> w = vecLoads(
-                        eb, l, panel, {c, index(eb, pos, {row, t}), idx(eb, 0)},
-                        vecs);
-                    // Four chains of multiply-adds, then their sum, then the
-                    // lanes'.
-                    SmallVector<Value, 4> part;
-                    for (int64_t u = 0; u < vecs; ++u)
-                      if (u < 4)
-                        part.push_back(
-                            arith::MulFOp::create(eb, l, x[u], w[u]));
-                      else
-                        part[u % 4] = vector::FMAOp::create(eb, l, x[u], w[u],
-                                                            part[u % 4]);
-                    while (part.size() > 1) {
-                      part[0] =
-                          arith::AddFOp::create(eb, l, part[0], part.back());
-                      part.pop_back();
-                      if (part.size() > 1) {
-                        part[1] =
-                            arith::AddFOp::create(eb, l, part[1], part.back());
-                        part.pop_back();
-                      }
-                    }
-                    Value dot = vector::ReductionOp::create(
-                        eb, l, vector::CombiningKind::ADD, part[0],
-                        arith::FastMathFlags::reassoc);
-                    SmallVector<Value, 2> at{row, t};
-                    memref::StoreOp::create(
-                        eb, l,
-                        arith::AddFOp::create(
-                            eb, l, memref::LoadOp::create(eb, l, out, at), dot),
-                        out, at);
-                  });
-                });
+      forGroupedRows(
+          b, w, width, out,
+          [&](OpBuilder &rb, Location l, Value panel, Value c, Value col,
+              Value row, Value t0, Value t1) {
+            SmallVector<Value> x = vecLoads(rb, l, lhs, {row, col}, vecs);
+            forRange(rb, l, t0, t1, [&](OpBuilder &eb, Value t) {
+              SmallVector<Value> w =
+                  vecLoads(eb, l, panel,
+                           {c, index(eb, pos, {row, t}), idx(eb, 0)}, vecs);
+              // Four chains of multiply-adds, then their sum, then the
+              // lanes'.
+              SmallVector<Value, 4> part;
+              for (int64_t u = 0; u < vecs; ++u)
+                if (u < 4)
+                  part.push_back(arith::MulFOp::create(eb, l, x[u], w[u]));
+                else
+                  part[u % 4] =
+                      vector::FMAOp::create(eb, l, x[u], w[u], part[u % 4]);
+              while (part.size() > 1) {
+                part[0] = arith::AddFOp::create(eb, l, part[0], part.back());
+                part.pop_back();
+                if (part.size() > 1) {
+                  part[1] = arith::AddFOp::create(eb, l, part[1], part.back());
+                  part.pop_back();
+                }
+              }
+              Value dot = vector::ReductionOp::create(
+                  eb, l, vector::CombiningKind::ADD, part[0],
+                  arith::FastMathFlags::reassoc);
+              SmallVector<Value, 2> at{row, t};
+              memref::StoreOp::create(
+                  eb, l,
+                  arith::AddFOp::create(
+                      eb, l, memref::LoadOp::create(eb, l, out, at), dot),
+                  out, at);
+            });
           });
       return out;
     };
