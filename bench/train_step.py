@@ -50,7 +50,7 @@ Usage:
 fraction of dead latents grows (--dead-fractions), each fraction a pair run
 as above, beside the work of AuxK's four products over the dead latents
 (decode, the codes' gradient, the decoder's and the encoder's gradients:
-2·B·n_dead·d multiply-adds each while they are dense, n_dead ≤ 8·k_aux;
+2·B·n_dead·d multiply-adds each while they are dense, n_dead ≤ 3·k_aux;
 2·B·k_aux·d each when sparse) and that work's time at the measured sgemm
 speed as a share of the TopK step: the least AuxK can cost, before its
 selection.
