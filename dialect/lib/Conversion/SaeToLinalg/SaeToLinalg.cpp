@@ -5267,6 +5267,20 @@ struct LatentEntries {
                        });
   }
 
+  /// Latent j's entries: [start[j - 1], start[j]) (from 0 for j = 0).
+  std::pair<Value, Value> range(OpBuilder &b, Location l, Value j) const {
+    Value zero = arith::ConstantIndexOp::create(b, l, 0);
+    Value first =
+        arith::CmpIOp::create(b, l, arith::CmpIPredicate::eq, j, zero);
+    Value below = arith::SelectOp::create(
+        b, l, first, j,
+        arith::SubIOp::create(b, l, j,
+                              arith::ConstantIndexOp::create(b, l, 1)));
+    return {arith::SelectOp::create(b, l, first, zero,
+                                    memref::LoadOp::create(b, l, start, below)),
+            memref::LoadOp::create(b, l, start, j)};
+  }
+
   /// Latent j's sums over columns [c, c + width·vecs) of rhs, as `vecs`
   /// values of `width` lanes (width 1: scalars): from init's row for j
   /// through the latent's entries in order, the same multiply-adds in the
@@ -5278,13 +5292,7 @@ struct LatentEntries {
       return arith::ConstantIndexOp::create(ob, l, v);
     };
     Type f32 = cast<MemRefType>(valOf.getType()).getElementType();
-    Value first =
-        arith::CmpIOp::create(b, l, arith::CmpIPredicate::eq, j, idx(b, 0));
-    Value below = arith::SelectOp::create(
-        b, l, first, j, arith::SubIOp::create(b, l, j, idx(b, 1)));
-    Value s0 = arith::SelectOp::create(
-        b, l, first, idx(b, 0), memref::LoadOp::create(b, l, start, below));
-    Value s1 = memref::LoadOp::create(b, l, start, j);
+    auto [s0, s1] = range(b, l, j);
     Type t = width == 1 ? f32 : Type(VectorType::get({width}, f32));
     auto load = [&](OpBuilder &ob, Value buf, Value r, Value col) {
       return width == 1
@@ -5364,16 +5372,7 @@ void sumRowsByLatent(OpBuilder &b, Location l, MakeCodesOp make, Value panel,
   forRange(b, l, idx(b, 0), idx(b, chunks), [&](OpBuilder &cb, Value c) {
     Value col = arith::MulIOp::create(cb, l, c, idx(cb, chunk));
     forEachRowParallel(cb, l, count, [&](OpBuilder &pb, Location, Value j) {
-      Value isFirst =
-          arith::CmpIOp::create(pb, l, arith::CmpIPredicate::eq, j, idx(pb, 0));
-      Value s0 = arith::SelectOp::create(
-          pb, l, isFirst, idx(pb, 0),
-          memref::LoadOp::create(
-              pb, l, entries.start,
-              ValueRange{arith::SelectOp::create(
-                  pb, l, isFirst, j,
-                  arith::SubIOp::create(pb, l, j, idx(pb, 1)))}));
-      Value s1 = memref::LoadOp::create(pb, l, entries.start, j);
+      auto [s0, s1] = entries.range(pb, l, j);
       SmallVector<Value> zeros(
           chunk / lanes, arith::ConstantOp::create(
                              pb, l, cast<TypedAttr>(pb.getZeroAttr(vecType))));
